@@ -1,0 +1,244 @@
+"""The ``tavireg`` command line: a thin front end over the library.
+
+Contract (see the project guide): exit status 0 on success; 2 on bad input or usage with one line
+``error: ...`` on stderr and no traceback; 1 on an internal failure. Every fallback a step takes is
+printed as ``warning: ...`` on stderr (and listed in ``--json`` output). Outputs are written
+atomically (``outputs.OutputSet``): a failed run leaves no partial file and never touches an input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from .errors import InputError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
+
+_COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one ``error:`` line and exit status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise InputError(f"{message} (see '{self.prog} --help')")
+
+
+def _floats(text: str, n: Optional[int] = None, what: str = "value") -> List[float]:
+    try:
+        values = [float(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if n is not None and len(values) != n:
+        raise InputError(f"{what} needs {n} comma-separated numbers, got {text!r}")
+    return values
+
+
+def _emit_warnings(warnings: Sequence[str]) -> None:
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False, default=float))
+
+
+# --------------------------------------------------------------------------------------------
+# tavireg info
+# --------------------------------------------------------------------------------------------
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="geometry and image facts of a fluoroscopy DICOM file")
+    p.add_argument("fluoro", type=Path, help="XA or RF DICOM file")
+    p.add_argument("--frame", type=int, default=0, help="frame whose geometry is reported (default 0)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _run_info(args) -> int:
+    from .fluoro import read_fluoro
+
+    series = read_fluoro(args.fluoro, load_pixels=False)
+    info = series.info_dict(args.frame)
+    if args.json:
+        _print_json(info)
+        return EXIT_OK
+    _emit_warnings(info.get("warnings", []))
+    rows = [
+        ("modality", info["modality"]),
+        ("size", f"{info['rows']} x {info['cols']} px, {info['frames']} frame(s)"),
+        ("primary angle", f"{info['primary_angle_deg']:+.1f} deg ({'LAO' if info['primary_angle_deg'] >= 0 else 'RAO'})"),
+        ("secondary angle", f"{info['secondary_angle_deg']:+.1f} deg ({'CRA' if info['secondary_angle_deg'] >= 0 else 'CAU'})"),
+        ("SID", f"{info['sid_mm']:.1f} mm"),
+        ("SOD", f"{info['sod_mm']:.1f} mm"),
+        ("imager pixel spacing", "{:.4f} x {:.4f} mm (row x col)".format(*info["imager_pixel_spacing_mm"])),
+        ("magnification", f"{info['magnification']:.3f}"),
+    ]
+    for key, value in rows:
+        print(f"{key:>22}: {value}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# tavireg project
+# --------------------------------------------------------------------------------------------
+_MANUAL_GEOMETRY = ("primary", "secondary", "sid", "sod", "spacing", "rows", "cols")
+
+
+def add_model_arguments(p) -> None:
+    p.add_argument("--model", type=Path, required=True,
+                   help="vessel surface (STL/OBJ/PLY/VTK/VTP) or labelmap (NRRD/NIfTI)")
+    p.add_argument("--units", choices=("mm", "cm", "m"), help="units of the model file (default: its header, else mm with a warning)")
+    p.add_argument("--space", choices=("LPS", "RAS"), help="coordinate space of the model file (default: its SPACE= header, else LPS with a warning)")
+    p.add_argument("--isocenter", metavar="X,Y,Z",
+                   help="C-arm isocentre in the model's LPS mm (default: the model's bounding-box centre, with a warning)")
+    p.add_argument("--orthographic", action="store_true",
+                   help="parallel projection (the paper's Eq. 3) instead of the perspective C-arm")
+
+
+def _add_project(sub) -> None:
+    p = sub.add_parser("project", help="binary C-arm projection of a surface model")
+    add_model_arguments(p)
+    p.add_argument("--fluoro", type=Path, help="take the geometry from this XA/RF DICOM file")
+    p.add_argument("--frame", type=int, default=0, help="frame of --fluoro (default 0)")
+    g = p.add_argument_group("manual geometry (all of them without --fluoro; with it, they override the file)")
+    g.add_argument("--primary", type=float, help="primary angle, deg (+LAO / -RAO)")
+    g.add_argument("--secondary", type=float, help="secondary angle, deg (+CRA / -CAU)")
+    g.add_argument("--sid", type=float, help="source to detector distance, mm")
+    g.add_argument("--sod", type=float, help="source to isocentre distance, mm")
+    g.add_argument("--spacing", help="detector pixel spacing, mm: one value or ROW,COL")
+    g.add_argument("--rows", type=int, help="image rows")
+    g.add_argument("--cols", type=int, help="image columns")
+    p.add_argument("--out", type=Path, required=True, help="output PNG (0/255 mask at the frame's size)")
+    p.add_argument("--depth", type=Path, help="also write a depth picture (near = bright) to this PNG")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def geometry_from_args(args, warnings: List[str]):
+    """The C-arm geometry of the command: from --fluoro (manual values override), or manual."""
+    from .geometry import CArmGeometry
+
+    spacing = None
+    if args.spacing is not None:
+        sp = _floats(args.spacing, what="--spacing")
+        if len(sp) not in (1, 2):
+            raise InputError("--spacing takes one value or ROW,COL")
+        spacing = (sp[0], sp[-1])
+    if args.fluoro is not None:
+        from .fluoro import read_fluoro
+
+        if args.rows is not None or args.cols is not None:
+            raise InputError("--rows/--cols cannot be combined with --fluoro (the frame's size is used)")
+        series = read_fluoro(
+            args.fluoro, primary_angle_deg=args.primary, secondary_angle_deg=args.secondary,
+            sid_mm=args.sid, sod_mm=args.sod, pixel_spacing_mm=spacing, load_pixels=False,
+        )
+        warnings.extend(series.warnings)
+        return series.geometry(args.frame), series
+    missing = [f"--{n}" for n in _MANUAL_GEOMETRY if getattr(args, n) is None]
+    if missing:
+        raise InputError("without --fluoro the geometry needs " + ", ".join(missing))
+    geom = CArmGeometry(args.primary, args.secondary, args.sid, args.sod, spacing, args.rows, args.cols)
+    return geom, None
+
+
+def load_model_from_args(args, warnings: List[str]):
+    from .mesh import load_model
+
+    model = load_model(args.model, units=args.units, space=args.space)
+    warnings.extend(model.warnings)
+    return model
+
+
+def isocenter_from_args(args, model, warnings: List[str]):
+    if args.isocenter:
+        return tuple(_floats(args.isocenter, 3, "--isocenter"))
+    center = tuple(float(c) for c in model.center)
+    warnings.append(
+        "isocentre not given: placed at the model's bounding-box centre "
+        "({:.1f}, {:.1f}, {:.1f}) LPS mm".format(*center)
+    )
+    return center
+
+
+def _run_project(args) -> int:
+    from .outputs import OutputSet, image_png_writer, mask_png_writer
+    from .projection import render_projection
+
+    warnings: List[str] = []
+    geom, _ = geometry_from_args(args, warnings)
+    model = load_model_from_args(args, warnings)
+    geom = geom.with_isocenter(isocenter_from_args(args, model, warnings))
+    proj = render_projection(model.polydata, geom, orthographic=args.orthographic, with_depth=args.depth is not None)
+    if proj.area_px == 0:
+        raise InputError("the model projects entirely outside the detector for this geometry and isocentre")
+    inputs = [args.model] + ([args.fluoro] if args.fluoro else [])
+    with OutputSet(inputs=inputs) as outs:
+        outs.add(args.out, mask_png_writer(proj.mask))
+        if args.depth is not None:
+            outs.add(args.depth, image_png_writer(proj.depth_display()))
+    _emit_warnings(warnings)
+    if args.json:
+        _print_json({
+            "out": str(args.out),
+            "geometry": geom.to_dict(),
+            "orthographic": bool(args.orthographic),
+            "projection_matrix": proj.matrix.tolist(),
+            "area_px": proj.area_px,
+            "warnings": warnings,
+        })
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(
+        prog="tavireg",
+        description="Register a pre-operative CTA vessel model to TAVI fluoroscopy.",
+    )
+    parser.add_argument("--version", action="version", version=f"tavireg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for add, name, run in _REGISTRY:
+        add(sub)
+        _COMMANDS[name] = run
+    return parser
+
+
+_REGISTRY = [
+    (_add_info, "info", _run_info),
+    (_add_project, "project", _run_project),
+]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return _COMMANDS[args.command](args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence of a clinical tool
+        if os.environ.get("TAVIREG_DEBUG"):
+            traceback.print_exc()
+        msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+        print(f"internal error: {msg} (set TAVIREG_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
