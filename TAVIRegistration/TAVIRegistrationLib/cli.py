@@ -195,6 +195,49 @@ def _run_project(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# tavireg bench
+# --------------------------------------------------------------------------------------------
+BENCHMARKS = ("projection",)
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure timings on this machine (medians over repeats)")
+    p.add_argument("--only", choices=BENCHMARKS, action="append", help="run only this benchmark (repeatable)")
+    p.add_argument("--model", type=Path, help="mesh for the projection benchmark (default: a 200k-triangle sphere)")
+    p.add_argument("--repeats", type=int, default=30, help="timed repeats per measurement (default 30)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _run_bench(args) -> int:
+    from tqdm import tqdm
+
+    from . import bench
+
+    if args.repeats < 1:
+        raise InputError("--repeats must be at least 1")
+    results = {}
+    selected = args.only or list(BENCHMARKS)
+    if "projection" in selected:
+        polydata = None
+        if args.model is not None:
+            from .mesh import load_model
+
+            polydata = load_model(args.model).polydata
+        sizes = (512, 1024)
+        with tqdm(total=len(sizes) * (args.repeats + 2), desc="projection", unit="render",
+                  file=sys.stderr, disable=None) as bar:
+            results["projection"] = bench.bench_projection(polydata, sizes, args.repeats, progress=bar.update)
+    if args.json:
+        _print_json(results)
+        return EXIT_OK
+    for name, res in results.items():
+        print(f"{name}: {res.get('triangles', '')} triangles, machine {res['machine']}")
+        for size, summary in res["sizes"].items():
+            print(f"  {size}x{size}: median {summary['median_ms']:.1f} ms, p90 {summary['p90_ms']:.1f} ms (n={summary['n']})")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 _REGISTRY = [
     (_add_info, "info", _run_info),
     (_add_project, "project", _run_project),
+    (_add_bench, "bench", _run_bench),
 ]
 
 
