@@ -157,12 +157,9 @@ def load_model_from_args(args, warnings: List[str]):
 def isocenter_from_args(args, model, warnings: List[str]):
     if args.isocenter:
         return tuple(_floats(args.isocenter, 3, "--isocenter"))
-    center = tuple(float(c) for c in model.center)
-    warnings.append(
-        "isocentre not given: placed at the model's bounding-box centre "
-        "({:.1f}, {:.1f}, {:.1f}) LPS mm".format(*center)
-    )
-    return center
+    from .pipeline import default_isocenter
+
+    return default_isocenter(model, warnings)
 
 
 def _run_project(args) -> int:
@@ -260,6 +257,13 @@ _REGISTRY = [
     (_add_info, "info", _run_info),
     (_add_project, "project", _run_project),
     (_add_bench, "bench", _run_bench),
+    # segmentation commands: their modules import torch lazily, so building the parser stays light
+    (lambda sub: __import__(f"{__package__}.segmentation", fromlist=["_"]).add_segment_parser(sub),
+     "segment", lambda args: __import__(f"{__package__}.segmentation", fromlist=["_"]).run_segment(args)),
+    (lambda sub: __import__(f"{__package__}.segmentation", fromlist=["_"]).add_gradcam_parser(sub),
+     "gradcam", lambda args: __import__(f"{__package__}.segmentation", fromlist=["_"]).run_gradcam(args)),
+    (lambda sub: __import__(f"{__package__}.train_seg", fromlist=["_"]).add_train_seg_parser(sub),
+     "train-seg", lambda args: __import__(f"{__package__}.train_seg", fromlist=["_"]).run_train_seg(args)),
 ]
 
 

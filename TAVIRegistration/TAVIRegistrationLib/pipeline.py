@@ -1,0 +1,151 @@
+"""The pipeline object shared by the three front ends (CLI, Qt viewer, Slicer Logic).
+
+It holds one case (a surface model and a fluoroscopy series) and runs the steps of the data flow on
+a frame: geometry, projection, region of interest, and the moving image cropped from it. Later
+steps (segmentation, registration, warp, overlay) plug in here, so that every front end runs the
+very same code on the same inputs.
+
+Front ends convert their own inputs (files, MRML nodes) into ``SurfaceModel`` / ``FluoroSeries``
+and call these methods; nothing here knows about files beyond what the step modules read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import InputError
+from .geometry import CArmGeometry
+from .projection import Projection, ProjectionRenderer
+
+Roi = Tuple[int, int, int, int]  # (x = col, y = row, width, height) in frame pixels
+
+
+def default_isocenter(model, warnings: List[str]) -> Tuple[float, float, float]:
+    """The model's bounding-box centre, used as the C-arm isocentre when none is given (named in
+    ``warnings``: real XA files do not say where the patient lies relative to the isocentre)."""
+    center = tuple(float(c) for c in model.center)
+    warnings.append(
+        "isocentre not given: placed at the model's bounding-box centre "
+        "({:.1f}, {:.1f}, {:.1f}) LPS mm".format(*center)
+    )
+    return center
+
+
+def validate_roi(roi: Sequence[int], rows: int, cols: int) -> Roi:
+    """Check an ROI against a frame of ``rows`` x ``cols``; raise InputError when unusable."""
+    try:
+        x, y, w, h = (int(round(float(v))) for v in roi)
+    except (TypeError, ValueError):
+        raise InputError(f"ROI must be four integers X,Y,W,H, got {roi!r}") from None
+    if w <= 0 or h <= 0:
+        raise InputError(f"ROI {x},{y},{w},{h} has zero or negative size")
+    if x >= cols or y >= rows or x + w <= 0 or y + h <= 0:
+        raise InputError(f"ROI {x},{y},{w},{h} lies outside the {cols}x{rows} frame")
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(cols, x + w), min(rows, y + h)
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        raise InputError(f"ROI {x},{y},{w},{h} keeps less than 8x8 pixels inside the frame")
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def bounding_roi(mask: np.ndarray, margin: float = 0.1, min_size: int = 32) -> Optional[Roi]:
+    """Bounding box of a mask grown by ``margin`` of its size on each side, clipped to the frame."""
+    rows_any = np.flatnonzero(mask.any(axis=1))
+    cols_any = np.flatnonzero(mask.any(axis=0))
+    if rows_any.size == 0:
+        return None
+    r0, r1 = rows_any[0], rows_any[-1] + 1
+    c0, c1 = cols_any[0], cols_any[-1] + 1
+    h, w = r1 - r0, c1 - c0
+    grow_r = max(int(round(margin * h)), (min_size - h + 1) // 2, 0)
+    grow_c = max(int(round(margin * w)), (min_size - w + 1) // 2, 0)
+    rows, cols = mask.shape
+    r0, r1 = max(0, r0 - grow_r), min(rows, r1 + grow_r)
+    c0, c1 = max(0, c0 - grow_c), min(cols, c1 + grow_c)
+    return (int(c0), int(r0), int(c1 - c0), int(r1 - r0))
+
+
+@dataclass
+class FrameProjection:
+    """The projection step's result for one frame, with the ROI a user would start from."""
+
+    frame_index: int
+    geometry: CArmGeometry
+    projection: Projection
+    default_roi: Optional[Roi]
+
+
+class RegistrationPipeline:
+    """One case: a surface model (LPS mm) and a fluoroscopy series, processed frame by frame.
+
+    ``isocenter_lps``: the C-arm isocentre in the model's coordinates (default: see
+    ``default_isocenter``).
+    """
+
+    def __init__(self, model, series, *, isocenter_lps: Optional[Sequence[float]] = None,
+                 orthographic: bool = False):
+        self.model = model
+        self.series = series
+        self.orthographic = bool(orthographic)
+        self.warnings: List[str] = list(getattr(model, "warnings", [])) + list(getattr(series, "warnings", []))
+        if isocenter_lps is None:
+            isocenter_lps = default_isocenter(model, self.warnings)
+        self.isocenter_lps = tuple(float(c) for c in isocenter_lps)
+        self._renderer: Optional[ProjectionRenderer] = None
+        self._projections: Dict[int, FrameProjection] = {}
+
+    # -- frames and geometry ------------------------------------------------------------------
+    @property
+    def n_frames(self) -> int:
+        return int(self.series.n_frames)
+
+    def frame(self, index: int) -> np.ndarray:
+        return self.series.frame(index)
+
+    def geometry(self, index: int) -> CArmGeometry:
+        return self.series.geometry(index).with_isocenter(self.isocenter_lps)
+
+    # -- projection ---------------------------------------------------------------------------
+    def project(self, index: int) -> FrameProjection:
+        """The model's projection under frame ``index``'s geometry (cached per frame)."""
+        if index not in self._projections:
+            geom = self.geometry(index)
+            if self._renderer is None:
+                self._renderer = ProjectionRenderer(self.model.polydata)
+            proj = self._renderer.render(geom, orthographic=self.orthographic, with_depth=True)
+            if proj.area_px == 0:
+                raise InputError(
+                    f"frame {index}: the model projects entirely outside the detector; check the "
+                    "isocentre, the model's space (LPS/RAS) and units"
+                )
+            self._projections[index] = FrameProjection(index, geom, proj, bounding_roi(proj.mask))
+        return self._projections[index]
+
+    def moving_image(self, index: int, roi: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, Roi]:
+        """The projection cropped to the ROI (default: around the whole projection).
+
+        Returns the uint8 0/1 crop and the ROI actually used (clipped to the frame).
+        """
+        fp = self.project(index)
+        rows, cols = fp.projection.mask.shape
+        roi = validate_roi(roi if roi is not None else fp.default_roi, rows, cols)
+        x, y, w, h = roi
+        crop = fp.projection.mask[y:y + h, x:x + w]
+        if not crop.any():
+            raise InputError(f"ROI {x},{y},{w},{h} contains no part of the model's projection")
+        return crop.copy(), roi
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self._projections.clear()
+
+    def __enter__(self) -> "RegistrationPipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
