@@ -59,6 +59,12 @@ def _add_info(sub) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
+def _side(angle: float, positive: str, negative: str) -> str:
+    if abs(angle) < 0.05:
+        return "none"
+    return positive if angle > 0 else negative
+
+
 def _run_info(args) -> int:
     from .fluoro import read_fluoro
 
@@ -71,8 +77,8 @@ def _run_info(args) -> int:
     rows = [
         ("modality", info["modality"]),
         ("size", f"{info['rows']} x {info['cols']} px, {info['frames']} frame(s)"),
-        ("primary angle", f"{info['primary_angle_deg']:+.1f} deg ({'LAO' if info['primary_angle_deg'] >= 0 else 'RAO'})"),
-        ("secondary angle", f"{info['secondary_angle_deg']:+.1f} deg ({'CRA' if info['secondary_angle_deg'] >= 0 else 'CAU'})"),
+        ("primary angle", f"{info['primary_angle_deg']:+.1f} deg ({_side(info['primary_angle_deg'], 'LAO', 'RAO')})"),
+        ("secondary angle", f"{info['secondary_angle_deg']:+.1f} deg ({_side(info['secondary_angle_deg'], 'CRA', 'CAU')})"),
         ("SID", f"{info['sid_mm']:.1f} mm"),
         ("SOD", f"{info['sod_mm']:.1f} mm"),
         ("imager pixel spacing", "{:.4f} x {:.4f} mm (row x col)".format(*info["imager_pixel_spacing_mm"])),
