@@ -195,7 +195,7 @@ def test_project_units_and_space_change_the_picture(case, tmp_path, capsys):
     mm, cm, ras = (np.array(Image.open(outs[k])) > 0 for k in ("mm", "cm", "ras"))
     # RAS flips x: the tube centred at x=+10 (patient left) moves to the patient's right
     assert np.nonzero(ras)[1].mean() < np.nonzero(mm)[1].mean()
-    assert cm.sum() > 5 * mm.sum()  # ten times larger model
+    assert cm.sum() > 1.5 * mm.sum()  # ten times larger model: fills most of the detector
 
 
 def _bad_meshes(d):
