@@ -198,6 +198,34 @@ def _run_project(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# tavireg gui
+# --------------------------------------------------------------------------------------------
+def _add_gui(sub) -> None:
+    p = sub.add_parser("gui", help="the Qt viewer: projection, ROI, overlay, export")
+    p.add_argument("--model", type=Path, help="vessel surface model to open")
+    p.add_argument("--fluoro", type=Path, help="fluoroscopy DICOM to open")
+    p.add_argument("--units", choices=("mm", "cm", "m"), help="units of the model file (default: its header, else mm with a warning)")
+    p.add_argument("--space", choices=("LPS", "RAS"), help="coordinate space of the model file (default: its SPACE= header, else LPS with a warning)")
+    p.add_argument("--isocenter", metavar="X,Y,Z",
+                   help="C-arm isocentre in the model's LPS mm (default: the model's bounding-box centre, with a warning)")
+    p.add_argument("--orthographic", action="store_true",
+                   help="parallel projection (the paper's Eq. 3) instead of the perspective C-arm")
+    p.add_argument("--frame", type=int, default=0, help="frame to show first (default 0)")
+    p.add_argument("--demo", action="store_true", help="open the synthetic demo case")
+    p.add_argument("--screenshot", type=Path, metavar="OUT.png",
+                   help="render the window offscreen to this PNG and exit (no window is shown)")
+
+
+def _run_gui(args) -> int:
+    iso = tuple(_floats(args.isocenter, 3, "--isocenter")) if args.isocenter else None
+    from .viewer import run_viewer
+
+    return run_viewer(args.model, args.fluoro, units=args.units, space=args.space, isocenter=iso,
+                      orthographic=args.orthographic, frame=args.frame, screenshot=args.screenshot,
+                      demo=args.demo)
+
+
+# --------------------------------------------------------------------------------------------
 # tavireg bench
 # --------------------------------------------------------------------------------------------
 BENCHMARKS = ("projection",)
@@ -263,6 +291,7 @@ _REGISTRY = [
     (_add_info, "info", _run_info),
     (_add_project, "project", _run_project),
     (_add_bench, "bench", _run_bench),
+    (_add_gui, "gui", _run_gui),
     # segmentation commands: their modules import torch lazily, so building the parser stays light
     (lambda sub: __import__(f"{__package__}.segmentation", fromlist=["_"]).add_segment_parser(sub),
      "segment", lambda args: __import__(f"{__package__}.segmentation", fromlist=["_"]).run_segment(args)),

@@ -56,6 +56,7 @@ class OutputSet:
         check_writable_dir(final.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
             with os.fdopen(fd, "wb") as fh:
                 writer(fh)
                 fh.flush()
@@ -91,6 +92,12 @@ class OutputSet:
         else:
             self.discard()
         return False
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -1,0 +1,528 @@
+"""Vessel segmentation of a fluoroscopy frame with the DRU-Net (step 4 of the data flow).
+
+``segment_frame(image)`` takes one 2D grey frame (any bit depth, 32-4096 pixels a side) and returns
+a ``SegmentationResult`` with a uint8 0/1 mask and a float32 vessel probability at the input's size.
+
+Pre-processing, shared with training (``preprocess``; one function so that both see the same
+numbers):
+
+1. ``normalize_intensity``: percentile scaling, the 0.5th percentile to 0 and the 99.5th to 1,
+   clipped. It does not care whether the frame is 8-, 12- or 16-bit or has a rescale applied, and a
+   few saturated pixels or collimator bands do not squash the contrast. Polarity is kept (X-ray
+   convention: contrast-filled vessels darker; ``fluoro.read_fluoro`` already inverts MONOCHROME1).
+2. ``resize_image`` to the network's input size (256 x 256): area averaging along an axis that
+   shrinks, bilinear interpolation along one that grows. A non-square frame is stretched (with a
+   warning), as in training.
+
+The network's logits are resized back to the input's size (bilinear), a sigmoid gives the
+probability, and the FoV's threshold gives the mask.
+
+FoV (upper = aortic root / chest, lower = iliac-femoral / pelvis) and ``fov='auto'``:
+one network serves both FoVs (training uses BCE on upper and Dice on lower frames, the paper's
+losses); the FoV only picks the probability threshold that training chose on its validation split
+for that FoV (and, if the manifest ever lists FoV-specific models, the model). ``'auto'`` reads the
+FoV from the DICOM header when there is one (``fov_from_header``: BodyPartExamined, then series,
+protocol and study descriptions: iliac/femoral/pelvis/leg/abdomen words mean lower,
+heart/chest/thorax/aortic root/valve/TAVI words mean upper). Without a readable hint no image-based
+guess is made: the FoV is reported as ``"unknown"``, the threshold chosen over both FoVs is used and
+a warning says so. Pass ``fov='upper'|'lower'`` to choose.
+
+Grad-CAM (``gradcam``): the gradient of the mean vessel logit over the predicted vessel pixels (all
+pixels when nothing is predicted) with respect to the bottleneck features gives one weight per
+channel; the ReLU of the weighted sum of the feature maps, resized to the input's size and scaled
+to [0, 1], is the attention map.
+
+Torch is imported lazily: importing this module (e.g. to build the CLI's parser) stays cheap.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import InputError
+
+INPUT_SIZE = (256, 256)
+MIN_SIDE = 32
+MAX_SIDE = 4096
+PERCENTILES = (0.5, 99.5)
+FOVS = ("upper", "lower")
+DEFAULT_THRESHOLD = 0.5
+_ASPECT_WARN = 1.25
+
+_LOWER_WORDS = ("ILIAC", "FEMOR", "PELVI", " LEG", "GROIN", "ABDOM", "RUNOFF", "RUN-OFF", "LOWER EXTREM")
+_UPPER_WORDS = ("HEART", "CARDI", "CHEST", "THORA", "CORONAR", "AORTIC ROOT", " ROOT", "VALV", "TAVI",
+                "TAVR", "ASCENDING", "VENTRIC")
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class SegmentationResult:
+    """Output of ``segment_frame``, all at the input image's size."""
+
+    mask: np.ndarray  # uint8 0/1 (rows, cols)
+    probability: np.ndarray  # float32 [0, 1] (rows, cols)
+    fov_used: str  # "upper" | "lower" | "unknown"
+    threshold: float
+    model_name: Optional[str] = None
+    warnings: List[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# pre-processing (shared with training)
+# ---------------------------------------------------------------------------------------------
+def validate_image(image: Any, what: str = "image") -> np.ndarray:
+    """The image as a finite float32 2D array, or InputError saying what is wrong with it."""
+    try:
+        arr = np.asarray(image)
+    except Exception:  # noqa: BLE001
+        raise InputError(f"{what} is not an array") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise InputError(f"{what} must hold numbers, got dtype {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        raise InputError(
+            f"{what} has {arr.shape[-1]} colour channels {tuple(arr.shape)}: give one 2D grey frame"
+        )
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise InputError(f"{what} must be one 2D grey frame, got an array of shape {tuple(arr.shape)}")
+    rows, cols = arr.shape
+    if min(rows, cols) < MIN_SIDE:
+        raise InputError(f"{what} is too small ({rows} x {cols} px; at least {MIN_SIDE} px a side)")
+    if max(rows, cols) > MAX_SIDE:
+        raise InputError(f"{what} is too large ({rows} x {cols} px; at most {MAX_SIDE} px a side)")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{what} contains NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        raise InputError(f"{what} is constant (every pixel is {lo:g}): nothing to segment")
+    return arr
+
+
+def normalize_intensity(image: np.ndarray, percentiles: Tuple[float, float] = PERCENTILES) -> np.ndarray:
+    """Percentile scaling to [0, 1] (float32), robust to the bit depth and to outliers.
+
+    The low percentile maps to 0 and the high one to 1, clipped; where the two coincide (a mostly
+    flat image), the minimum and maximum are used instead.
+    """
+    arr = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(arr, percentiles)
+    if not hi > lo:
+        lo, hi = float(arr.min()), float(arr.max())
+    if not hi > lo:
+        return np.zeros(arr.shape, np.float32)
+    out = (arr - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+
+
+def resize_image(image, size: Sequence[int]):
+    """Resize a 2D array (numpy) or an (N, C, H, W) tensor to ``size`` = (rows, cols).
+
+    Each axis separately: area averaging where it shrinks, bilinear (align_corners=False) where it
+    grows. Returns the same kind it was given (numpy float32 for numpy).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    is_numpy = not isinstance(image, torch.Tensor)
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None] if is_numpy else image
+    h, w = int(size[0]), int(size[1])
+    for axis, target in ((2, h), (3, w)):
+        cur = t.shape[axis]
+        if cur == target:
+            continue
+        new = (target, t.shape[3]) if axis == 2 else (t.shape[2], target)
+        if target < cur:
+            t = F.interpolate(t, size=new, mode="area")
+        else:
+            t = F.interpolate(t, size=new, mode="bilinear", align_corners=False)
+    if is_numpy:
+        return t[0, 0].numpy().astype(np.float32, copy=False)
+    return t
+
+
+def preprocess(image, size: Sequence[int] = INPUT_SIZE, what: str = "image") -> Tuple[np.ndarray, List[str]]:
+    """Validated, intensity-normalised image at the network's size, and warnings. Used by training too."""
+    arr = validate_image(image, what)
+    warnings: List[str] = []
+    r, c = arr.shape
+    if max(r, c) / min(r, c) > _ASPECT_WARN:
+        warnings.append(
+            f"{what} is not square ({r} x {c} px): stretched to {size[0]} x {size[1]} for the network, as in training"
+        )
+    return resize_image(normalize_intensity(arr), size), warnings
+
+
+def resize_mask(mask: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Binary mask (any non-zero = vessel) resized to ``size`` as uint8 0/1 (area/bilinear, then >= 0.5)."""
+    m = (np.asarray(mask) > 0).astype(np.float32)
+    return (resize_image(m, size) >= 0.5).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# FoV
+# ---------------------------------------------------------------------------------------------
+def fov_from_text(*texts: Optional[str]) -> Optional[str]:
+    """'lower' or 'upper' from free text (DICOM descriptions), or None when nothing says which."""
+    joined = " " + " ".join(str(t) for t in texts if t).upper().replace("_", " ") + " "
+    if not joined.strip():
+        return None
+    if any(w in joined for w in _LOWER_WORDS):
+        return "lower"
+    if any(w in joined for w in _UPPER_WORDS):
+        return "upper"
+    return None
+
+
+def fov_from_header(header: Any) -> Optional[str]:
+    """FoV from a DICOM header (pydicom Dataset or a mapping of keywords), or None."""
+    if header is None:
+        return None
+    def get(keyword: str) -> Optional[str]:
+        try:
+            v = header.get(keyword) if isinstance(header, dict) else getattr(header, keyword, None)
+        except Exception:  # noqa: BLE001 - a malformed element is no hint
+            return None
+        return str(v) if v else None
+
+    # BodyPartExamined first: it is the coded field; then the free-text descriptions together.
+    coded = fov_from_text(get("BodyPartExamined"))
+    if coded:
+        return coded
+    return fov_from_text(*(get(k) for k in ("SeriesDescription", "ProtocolName",
+                                            "PerformedProcedureStepDescription", "StudyDescription")))
+
+
+def _resolve_fov(fov: str, fov_hint: Optional[str], warnings: List[str]) -> str:
+    f = (fov or "auto").lower()
+    if f in FOVS:
+        return f
+    if f != "auto":
+        raise InputError(f"fov must be upper, lower or auto, got {fov!r}")
+    if fov_hint in FOVS:
+        return fov_hint
+    warnings.append(
+        "field of view unknown (no DICOM header says it): used the threshold chosen over both FoVs; "
+        "pass --fov upper|lower to choose"
+    )
+    return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------
+_MODEL_CACHE: Dict[Tuple[str, str, str, str], Tuple[Any, Dict[str, Any]]] = {}
+
+
+def get_model(model=None, device=None, fov: Optional[str] = None, directory=None):
+    """``(module, entry or None, device)`` from a module, a manifest name or None (the default)."""
+    import torch
+
+    from .models import find_entry, load_model_with_entry, models_dir, pick_device
+
+    dev = torch.device(device) if device is not None else pick_device()
+    if model is not None and not isinstance(model, (str, Path)):
+        return model, None, dev
+    name = str(model) if model is not None else "segmentation"
+    entry = find_entry(name, directory, fov=fov if fov in FOVS else None)
+    key = (entry["name"], str(directory or models_dir()), str(dev), str(entry["sha256"]))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = load_model_with_entry(entry["name"], dev, directory)
+    module, entry = _MODEL_CACHE[key]
+    if entry["kind"] != "segmentation":
+        raise InputError(f"model {entry['name']!r} is a {entry['kind']} model, not a segmentation model")
+    return module, entry, dev
+
+
+def _entry_size(entry: Optional[Dict[str, Any]], input_size) -> Tuple[int, int]:
+    if input_size is not None:
+        size = input_size
+    elif entry and entry.get("input_size"):
+        size = entry["input_size"]
+    else:
+        size = INPUT_SIZE
+    if isinstance(size, int):
+        size = (size, size)
+    return int(size[0]), int(size[1])
+
+
+def threshold_for(entry: Optional[Dict[str, Any]], fov_used: str) -> float:
+    th = (entry or {}).get("thresholds") or {}
+    for key in (fov_used, "unknown", "all"):
+        if key in th and th[key] is not None:
+            return float(th[key])
+    return DEFAULT_THRESHOLD
+
+
+# ---------------------------------------------------------------------------------------------
+# inference
+# ---------------------------------------------------------------------------------------------
+def segment_frame(image, fov: str = "auto", model=None, device=None, *, fov_hint: Optional[str] = None,
+                  threshold: Optional[float] = None, input_size=None, models_directory=None) -> SegmentationResult:
+    """Segment the vessels of one 2D grey frame.
+
+    ``model``: None (the manifest's default segmentation model), a manifest name, or a loaded
+    module (then ``threshold`` defaults to 0.5 and ``input_size`` to 256 x 256). ``fov_hint``: the
+    FoV read from a header (see ``fov_from_header``), used by ``fov='auto'``. ``device``: default
+    cuda when available, else cpu.
+    """
+    import torch
+
+    warnings: List[str] = []
+    arr = validate_image(image)
+    fov_used = _resolve_fov(fov, fov_hint, warnings)
+    module, entry, dev = get_model(model, device, fov_used, models_directory)
+    size = _entry_size(entry, input_size)
+    x, w = preprocess(arr, size)
+    warnings.extend(w)
+    with torch.inference_mode():
+        t = torch.from_numpy(x)[None, None].to(dev)
+        logits = module(t).float()
+        logits = resize_image(logits, arr.shape)
+        prob = torch.sigmoid(logits)[0, 0].cpu().numpy().astype(np.float32)
+    if threshold is None:
+        threshold = threshold_for(entry, fov_used)
+    elif not 0.0 < float(threshold) < 1.0:
+        raise InputError(f"threshold must lie between 0 and 1, got {threshold}")
+    mask = (prob >= float(threshold)).astype(np.uint8)
+    return SegmentationResult(
+        mask=mask, probability=prob, fov_used=fov_used, threshold=float(threshold),
+        model_name=entry["name"] if entry else None, warnings=warnings,
+    )
+
+
+def gradcam(image, model=None, device=None, *, input_size=None, models_directory=None) -> np.ndarray:
+    """Grad-CAM attention map (float32 in [0, 1], the input's size) on the network's bottleneck."""
+    import torch
+
+    arr = validate_image(image)
+    module, entry, dev = get_model(model, device, None, models_directory)
+    if not hasattr(module, "forward_with_features"):
+        raise InputError("this model has no forward_with_features(): Grad-CAM needs a DRU-Net")
+    size = _entry_size(entry, input_size)
+    x, _ = preprocess(arr, size)
+    was_training = bool(getattr(module, "training", False))
+    module.eval()
+    try:
+        with torch.enable_grad():
+            t = torch.from_numpy(x)[None, None].to(dev).requires_grad_(True)
+            logits, feats = module.forward_with_features(t)
+            vessel = (logits.detach() > 0).float()
+            if float(vessel.sum()) > 0:
+                score = (logits * vessel).sum() / vessel.sum()
+            else:
+                score = logits.mean()
+            (grads,) = torch.autograd.grad(score, feats)
+        weights = grads.mean(dim=(2, 3), keepdim=True)
+        cam = torch.relu((weights * feats.detach()).sum(dim=1, keepdim=True))
+        cam = resize_image(cam, arr.shape)[0, 0].cpu().numpy().astype(np.float32)
+    finally:
+        if was_training:
+            module.train()
+    peak = float(cam.max())
+    return cam / peak if peak > 0 else np.zeros_like(cam)
+
+
+# ---------------------------------------------------------------------------------------------
+# image files (PNG/JPEG or DICOM) for the front ends
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class LoadedImage:
+    image: np.ndarray  # float32 (rows, cols)
+    fov_hint: Optional[str]
+    source: str  # "png" | "jpeg" | "dicom"
+    frame: int
+    n_frames: int
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom")
+
+
+def read_image_file(path: Union[str, Path], frame: Optional[int] = None) -> LoadedImage:
+    """One grey frame from a PNG/JPEG file (8-bit grey only) or a fluoroscopy DICOM file.
+
+    DICOM goes through ``fluoro.read_fluoro`` (frame default 0; out of range is an InputError); its
+    header gives the FoV hint. PNG/JPEG: colour, 16-bit and 1-bit images are refused.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"image {path} does not exist")
+    if not path.is_file():
+        raise InputError(f"image {path} is not a file")
+    if _is_dicom(path):
+        from .fluoro import read_fluoro
+
+        series = read_fluoro(path)
+        idx = 0 if frame is None else frame
+        img = series.frame(idx)
+        return LoadedImage(validate_image(img, path.name), fov_from_header(series.header), "dicom",
+                           int(idx), int(series.n_frames))
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError:
+        raise InputError(f"{path.name} is neither a PNG/JPEG image nor a DICOM file") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path.name}: {exc}") from None
+    with im:
+        fmt = (im.format or "").upper()
+        if fmt not in ("PNG", "JPEG"):
+            raise InputError(f"{path.name} is a {fmt or 'unknown'} image; give PNG, JPEG or DICOM")
+        n = int(getattr(im, "n_frames", 1) or 1)
+        if frame not in (None, 0):
+            raise InputError(f"frame {frame} is out of range: {path.name} is a single-frame {fmt} image (frame 0 only)")
+        cols, rows = im.size
+        mode = im.mode
+        if mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LA", "La", "RGBa", "LAB", "HSV"):
+            raise InputError(f"{path.name} is a colour/alpha image (mode {mode}); give an 8-bit grey image or the DICOM file")
+        if mode.startswith("I;16") or mode in ("I", "F"):
+            raise InputError(
+                f"{path.name} is a {'16-bit' if mode.startswith('I;16') else '32-bit'} image (mode {mode}); "
+                "give an 8-bit grey PNG/JPEG or the DICOM file (its header says how to read high bit depths)"
+            )
+        if mode == "1":
+            raise InputError(f"{path.name} is a 1-bit (binary) image, a mask rather than an X-ray frame")
+        if mode != "L":
+            raise InputError(f"{path.name} has unsupported pixel mode {mode}; give an 8-bit grey image")
+        if min(rows, cols) < MIN_SIDE:  # checked before decoding: a huge file is never loaded
+            raise InputError(f"{path.name} is too small ({rows} x {cols} px; at least {MIN_SIDE} px a side)")
+        if max(rows, cols) > MAX_SIDE:
+            raise InputError(f"{path.name} is too large ({rows} x {cols} px; at most {MAX_SIDE} px a side)")
+        try:
+            data = np.asarray(im, dtype=np.uint8)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot decode {path.name}: {exc}") from None
+    return LoadedImage(validate_image(data, path.name), None, "png" if fmt == "PNG" else "jpeg", 0, n)
+
+
+def colorize_map(values: np.ndarray) -> np.ndarray:
+    """uint8 RGB heat map (dark blue - cyan - yellow - red) of values in [0, 1]."""
+    v = np.clip(np.asarray(values, np.float32), 0, 1)
+    stops = np.array([0.0, 0.35, 0.65, 1.0], np.float32)
+    colours = np.array([[0, 0, 128], [0, 200, 255], [255, 230, 0], [220, 0, 0]], np.float32)
+    rgb = np.stack([np.interp(v, stops, colours[:, k]) for k in range(3)], axis=-1)
+    return rgb.round().astype(np.uint8)
+
+
+def heat_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    grey = normalize_intensity(image)[..., None] * 255.0
+    blend = (1 - alpha * cam[..., None]) * grey + alpha * cam[..., None] * colorize_map(cam).astype(np.float32)
+    return np.clip(blend.round(), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line (the wrappers in cli.py import these lazily)
+# ---------------------------------------------------------------------------------------------
+def _add_common(p) -> None:
+    p.add_argument("image", type=Path, help="PNG/JPEG (8-bit grey) or fluoroscopy DICOM file")
+    p.add_argument("--frame", type=int, default=None, help="frame of a multi-frame DICOM (default 0)")
+    p.add_argument("--model", default="segmentation",
+                   help="manifest name of the weights (default: the installed segmentation model)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def add_segment_parser(sub) -> None:
+    p = sub.add_parser("segment", help="vessel mask of a fluoroscopy frame (DRU-Net)")
+    _add_common(p)
+    p.add_argument("--fov", choices=("upper", "lower", "auto"), default="auto",
+                   help="field of view: upper (aortic root) or lower (iliac/femoral); auto reads the DICOM header")
+    p.add_argument("--threshold", type=float, help="probability threshold (default: the model's, per FoV)")
+    p.add_argument("--out", type=Path, required=True, help="output mask PNG (0/255, the input's size)")
+    p.add_argument("--prob", type=Path, help="also write the vessel probability (0-255 PNG)")
+
+
+def add_gradcam_parser(sub) -> None:
+    p = sub.add_parser("gradcam", help="Grad-CAM attention map of the segmentation network")
+    _add_common(p)
+    p.add_argument("--out", type=Path, required=True, help="output map PNG (8-bit grey, 255 = most attention)")
+    p.add_argument("--overlay", type=Path, help="also write a colour heat map blended on the frame (PNG)")
+
+
+def _print(obj) -> None:
+    import json
+
+    print(json.dumps(obj, indent=2, default=float))
+
+
+def _warn(warnings: Sequence[str]) -> None:
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+
+
+def run_segment(args) -> int:
+    from .models import pick_device
+    from .outputs import OutputSet, image_png_writer, mask_png_writer
+
+    loaded = read_image_file(args.image, args.frame)
+    device = pick_device(requested=args.device)
+    res = segment_frame(loaded.image, fov=args.fov, model=args.model, device=device,
+                        fov_hint=loaded.fov_hint, threshold=args.threshold)
+    with OutputSet(inputs=[args.image]) as outs:
+        outs.add(args.out, mask_png_writer(res.mask))
+        if args.prob is not None:
+            outs.add(args.prob, image_png_writer((res.probability * 255).round().astype(np.uint8)))
+    _warn(res.warnings)
+    if args.json:
+        _print({
+            "out": str(args.out), "rows": int(res.mask.shape[0]), "cols": int(res.mask.shape[1]),
+            "frame": loaded.frame, "fov_used": res.fov_used, "threshold": res.threshold,
+            "model": res.model_name, "vessel_fraction": float(res.mask.mean()), "device": str(device),
+            "warnings": res.warnings,
+        })
+    return 0
+
+
+def run_gradcam(args) -> int:
+    from .models import pick_device
+    from .outputs import OutputSet, image_png_writer
+
+    loaded = read_image_file(args.image, args.frame)
+    device = pick_device(requested=args.device)
+    cam = gradcam(loaded.image, model=args.model, device=device)
+    if not cam.any():
+        _warn(["the Grad-CAM map is zero everywhere: no bottleneck feature supports the vessel prediction"])
+    with OutputSet(inputs=[args.image]) as outs:
+        outs.add(args.out, image_png_writer((cam * 255).round().astype(np.uint8)))
+        if args.overlay is not None:
+            outs.add(args.overlay, image_png_writer(heat_overlay(loaded.image, cam)))
+    if args.json:
+        _print({"out": str(args.out), "rows": int(cam.shape[0]), "cols": int(cam.shape[1]),
+                "frame": loaded.frame, "device": str(device)})
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# overlap metrics (training validation and evaluation)
+# ---------------------------------------------------------------------------------------------
+def overlap_metrics(pred: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
+    """Dice, precision and recall of a binary prediction against a binary truth.
+
+    Undefined ratios (nothing predicted / nothing true) are NaN, except Dice of two empty masks = 1.
+    """
+    p = np.asarray(pred) > 0
+    t = np.asarray(truth) > 0
+    tp = float(np.count_nonzero(p & t))
+    fp = float(np.count_nonzero(p & ~t))
+    fn = float(np.count_nonzero(~p & t))
+    denom = 2 * tp + fp + fn
+    return {
+        "dice": 2 * tp / denom if denom > 0 else 1.0,
+        "precision": tp / (tp + fp) if tp + fp > 0 else float("nan"),
+        "recall": tp / (tp + fn) if tp + fn > 0 else float("nan"),
+    }

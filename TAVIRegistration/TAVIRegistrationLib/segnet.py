@@ -1,0 +1,145 @@
+"""DRU-Net: the deep residual U-Net that segments vessels in a fluoroscopy frame.
+
+The architecture of Li et al. ("Model-to-Image Registration via Deep Learning towards
+Image-Guided Endovascular Interventions"), with the width as a parameter:
+
+* input 1 x 256 x 256 (any size divisible by 16 works: the network is fully convolutional);
+* encoder: four residual blocks of width c, 2c, 4c, 8c, each two 3x3 convolutions with batch norm
+  and ReLU plus a residual (identity, or 1x1 convolution + batch norm where the width changes),
+  each followed by 2x2 max-pooling;
+* bottleneck: one residual block of width 16c at 1/16 of the input size;
+* decoder: four stages, each a 2x2 transposed convolution (learned up-sampling, and deterministic
+  on CUDA, unlike bilinear up-sampling's backward pass), concatenation with the matching encoder
+  features and a residual block;
+* a 1x1 convolution to one channel of logits (apply a sigmoid for the vessel probability).
+
+Width: 32 base channels is 8.1 M parameters (too slow to train on a 2-core CPU); the shipped
+network uses 8-16 (see ``count_parameters`` and ``tavireg bench``).
+
+This module is pure torch: it knows no files, no DICOM and no intensity scaling. The network is
+TorchScript-scriptable; the scripted module keeps ``architecture``, ``base_channels``,
+``in_channels``, ``out_channels`` and ``depth`` as attributes (``models.load_model`` checks them
+against the manifest) and exports ``forward_with_features`` (logits + bottleneck features) for
+Grad-CAM. (No ``from __future__ import annotations`` here: TorchScript reads the class
+annotations.)
+"""
+
+from typing import List, Tuple
+
+import torch
+import torch.nn as nn
+
+ARCHITECTURE = "DRUNet"
+#: The encoder halves the size four times: inputs must be multiples of this.
+SIZE_MULTIPLE = 16
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN, plus the (projected) input, then ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        if in_channels != out_channels:
+            self.skip = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
+            )
+        else:
+            self.skip = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.relu(y + self.skip(x))
+
+
+class UpStage(nn.Module):
+    """2x2 transposed convolution, concatenation with the encoder features, residual block."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
+        self.block = ResidualBlock(out_channels + skip_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.block(torch.cat([self.up(x), skip], dim=1))
+
+
+class DRUNet(nn.Module):
+    """Deep residual U-Net; ``forward(x)`` maps (N, 1, H, W) to (N, 1, H, W) logits."""
+
+    architecture: str
+    base_channels: int
+    in_channels: int
+    out_channels: int
+    depth: int
+
+    def __init__(self, base_channels: int = 16, in_channels: int = 1, out_channels: int = 1):
+        super().__init__()
+        if int(base_channels) < 1:
+            raise ValueError(f"base_channels must be >= 1, got {base_channels}")
+        c = int(base_channels)
+        self.architecture = ARCHITECTURE
+        self.base_channels = c
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.depth = 4
+        widths = [c * 2 ** i for i in range(self.depth)]  # c, 2c, 4c, 8c
+        encoders: List[nn.Module] = []
+        prev = self.in_channels
+        for w in widths:
+            encoders.append(ResidualBlock(prev, w))
+            prev = w
+        self.encoders = nn.ModuleList(encoders)
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = ResidualBlock(prev, 2 * prev)
+        decoders: List[nn.Module] = []
+        prev = 2 * prev
+        for w in reversed(widths):
+            decoders.append(UpStage(prev, w, w))
+            prev = w
+        self.decoders = nn.ModuleList(decoders)
+        self.head = nn.Conv2d(prev, self.out_channels, 1)
+
+    @torch.jit.export
+    def forward_with_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the bottleneck features (the Grad-CAM layer)."""
+        skips: List[torch.Tensor] = []
+        for enc in self.encoders:
+            x = enc(x)
+            skips.append(x)
+            x = self.pool(x)
+        feats = self.bottleneck(x)
+        x = feats
+        n = len(skips)
+        for i, dec in enumerate(self.decoders):
+            x = dec(x, skips[n - 1 - i])
+        return self.head(x), feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(x)[0]
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters of ``model``."""
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only))
+
+
+def drunet_parameters(base_channels: int) -> int:
+    """Parameter count of a DRU-Net of this width (builds it on the CPU)."""
+    return count_parameters(DRUNet(base_channels))
+
+
+def script_model(model: DRUNet) -> torch.jit.ScriptModule:
+    """TorchScript version of ``model`` in eval mode (a CPU copy; the original is not changed)."""
+    import copy
+    import warnings
+
+    m = copy.deepcopy(model).cpu().eval()
+    with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; it is still supported
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=DeprecationWarning)
+        return torch.jit.script(m)

@@ -1,0 +1,458 @@
+"""DRU-Net segmentation: the network, the weights registry, inference, training and the CLI.
+
+Everything runs on tiny networks and 64 x 64 images so that the file takes seconds on a 2-core CPU.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+# torch 2.13 marks TorchScript deprecated (the library silences it; the tests call torch.jit directly)
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:DeprecationWarning")
+
+from PIL import Image  # noqa: E402
+
+from TAVIRegistrationLib import cli  # noqa: E402
+from TAVIRegistrationLib.errors import InputError  # noqa: E402
+from TAVIRegistrationLib.models import (  # noqa: E402
+    add_manifest_entry,
+    load_manifest,
+    load_model,
+    load_model_with_entry,
+    models_dir,
+    pick_device,
+    sha256_file,
+)
+from TAVIRegistrationLib.segmentation import (  # noqa: E402
+    fov_from_header,
+    gradcam,
+    normalize_intensity,
+    preprocess,
+    read_image_file,
+    resize_image,
+    segment_frame,
+    validate_image,
+)
+from TAVIRegistrationLib.segnet import DRUNet, count_parameters, script_model  # noqa: E402
+from TAVIRegistrationLib.train_seg import (  # noqa: E402
+    TrainConfig,
+    augment_batch,
+    load_case_index,
+    segmentation_loss,
+    split_patients,
+    train,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def _vessel_image(rng, rows=64, cols=64):
+    """A bright background with one dark curved 'vessel' and noise, and its mask."""
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    a, b, c = rng.uniform(-0.01, 0.01), rng.uniform(-0.5, 0.5), rng.uniform(rows * 0.3, rows * 0.7)
+    centre = a * (xx - cols / 2) ** 2 + b * (xx - cols / 2) + c
+    mask = np.abs(yy - centre) < rng.uniform(2, 4)
+    img = 170 - 90 * mask + rng.normal(0, 8, (rows, cols))
+    return np.clip(img, 0, 255).astype(np.uint8), mask.astype(np.uint8)
+
+
+def _write_folder(folder: Path, n=5, seed=0, rows=64, cols=64):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(1, n + 1):
+        img, mask = _vessel_image(rng, rows, cols)
+        Image.fromarray(img).save(folder / f"{i}.png")
+        Image.fromarray(mask * 255).save(folder / f"{i}_gt.png")
+    return folder
+
+
+def _config(data, out, **kw):
+    base = dict(data=[str(data)], out=str(out), epochs=1, batch_size=2, base_channels=2, size=64,
+                val_fraction=0.2, seed=3, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def _same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """A tiny trained-and-exported model in its own models folder (manifest + TorchScript file)."""
+    root = tmp_path_factory.mktemp("tiny")
+    data = _write_folder(root / "data", n=5)
+    summary = train(_config(data, root / "run", export="tiny", export_dir=str(root / "models")))
+    return root / "models", summary
+
+
+# ---------------------------------------------------------------------------------------------
+# the network
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(64, 64), (48, 80)])
+def test_drunet_output_shape(size):
+    net = DRUNet(4).eval()
+    x = torch.rand(2, 1, *size)
+    logits, feats = net.forward_with_features(x)
+    assert logits.shape == (2, 1, *size)
+    assert feats.shape == (2, 64, size[0] // 16, size[1] // 16)  # bottleneck: 16 x base channels
+
+
+def test_parameter_count_scales_with_width():
+    counts = {c: count_parameters(DRUNet(c)) for c in (4, 8, 16)}
+    assert counts[4] < counts[8] < counts[16]
+    assert 3.5 < counts[16] / counts[8] < 4.2  # about quadratic in the width
+    assert 7.9e6 < count_parameters(DRUNet(32)) < 8.3e6  # the guide's 8.1 M at 32 channels
+
+
+def test_torchscript_round_trip_identical(tmp_path):
+    torch.manual_seed(0)
+    net = DRUNet(4)
+    net.train()
+    net(torch.rand(4, 1, 64, 64))  # move the batch-norm statistics away from their defaults
+    net.eval()
+    path = tmp_path / "net.pt"
+    script_model(net).save(str(path))
+    loaded = torch.jit.load(str(path))
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded(x))
+    assert loaded.architecture == "DRUNet" and loaded.base_channels == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# the weights registry
+# ---------------------------------------------------------------------------------------------
+def _register(directory: Path, name="m", base=2, **extra):
+    directory.mkdir(parents=True, exist_ok=True)
+    script_model(DRUNet(base)).save(str(directory / f"{name}.pt"))
+    return add_manifest_entry({"name": name, "file": f"{name}.pt", "kind": "segmentation",
+                               "architecture": "DRUNet", "base_channels": base, "input_size": [64, 64],
+                               **extra}, directory)
+
+
+def test_models_dir_env_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path))
+    assert models_dir() == tmp_path
+    monkeypatch.delenv("TAVIREG_MODELS_DIR")
+    assert models_dir().parts[-2:] == ("Resources", "Models")
+
+
+def test_manifest_load_verify_and_refuse(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path))
+    with pytest.raises(InputError, match="no segmentation model"):
+        load_model("segmentation")
+    entry = _register(tmp_path)
+    assert entry["sha256"] == sha256_file(tmp_path / "m.pt")
+    assert [e["name"] for e in load_manifest()] == ["m"]
+    module = load_model("segmentation", device="cpu")
+    assert module.base_channels == 2
+    assert load_model_with_entry("m", device="cpu")[1]["name"] == "m"
+    with pytest.raises(InputError, match="not in"):
+        load_model("no-such-model")
+
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "m.pt").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit flipped
+    with pytest.raises(InputError, match="does not match its manifest"):
+        load_model("m")
+    (tmp_path / "m.pt").unlink()
+    with pytest.raises(InputError, match="missing"):
+        load_model("m")
+
+
+def test_manifest_refuses_wrong_architecture_and_bad_json(tmp_path):
+    _register(tmp_path, name="w", base=2)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["models"][0]["base_channels"] = 8
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="base channels"):
+        load_model("w", directory=tmp_path)
+    # a TorchScript file of another network
+    other = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1)))
+    other.save(str(tmp_path / "w.pt"))
+    manifest["models"][0]["sha256"] = sha256_file(tmp_path / "w.pt")
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="not a segmentation network"):
+        load_model("w", directory=tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(InputError, match="cannot be read"):
+        load_manifest(tmp_path)
+
+
+def test_pick_device():
+    assert pick_device(force_cpu=True).type == "cpu"
+    assert pick_device(requested="cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert pick_device().type == "cpu"
+        with pytest.raises(InputError, match="no CUDA"):
+            pick_device(requested="cuda")
+    with pytest.raises(InputError):
+        pick_device(requested="tpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# pre-processing and inference
+# ---------------------------------------------------------------------------------------------
+def test_normalisation_ignores_bit_depth():
+    rng = np.random.default_rng(1)
+    img8, _ = _vessel_image(rng, 96, 96)
+    img12 = img8.astype(np.uint16) * 16 + 7  # the same picture as 12-bit values with an offset
+    assert np.allclose(normalize_intensity(img8), normalize_intensity(img12), atol=1e-5)
+    n = normalize_intensity(img12)
+    assert n.dtype == np.float32 and n.min() == 0.0 and n.max() == 1.0
+
+
+def test_resize_both_ways_keeps_constants_and_shapes():
+    img = np.full((300, 97), 0.25, np.float32)
+    out = resize_image(img, (256, 256))  # rows shrink (area), columns grow (bilinear)
+    assert out.shape == (256, 256) and np.allclose(out, 0.25)
+    x, warnings = preprocess(np.arange(300 * 97, dtype=np.float32).reshape(300, 97), (64, 64))
+    assert x.shape == (64, 64) and warnings and "not square" in warnings[0]
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((64, 64, 3)), "colour"),
+    (np.zeros((3, 64, 64)), "2D"),
+    (np.zeros((20, 64)), "too small"),
+    (np.zeros((4100, 40)), "too"),
+    (np.full((64, 64), 7.0), "constant"),
+    (np.where(np.eye(64) > 0, np.nan, 1.0), "NaN"),
+    (np.array([["a"] * 64] * 64), "numbers"),
+])
+def test_bad_images_refused(bad, match):
+    with pytest.raises(InputError, match=match):
+        validate_image(bad)
+    with pytest.raises(InputError):
+        segment_frame(bad, model=DRUNet(2).eval(), device="cpu", input_size=64)
+
+
+@pytest.mark.parametrize("shape", [(37, 91), (301, 257), (33, 33), (64, 64)])
+def test_segment_frame_mask_at_input_size(shape):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 4096, shape).astype(np.uint16)  # a 12-bit frame
+    res = segment_frame(img, fov="upper", model=DRUNet(2).eval(), device="cpu", input_size=64)
+    assert res.mask.shape == shape and res.mask.dtype == np.uint8
+    assert set(np.unique(res.mask)) <= {0, 1}
+    assert res.probability.shape == shape and res.probability.dtype == np.float32
+    assert res.fov_used == "upper" and res.threshold == 0.5
+
+
+def test_fov_auto():
+    net = DRUNet(2).eval()
+    img = np.random.default_rng(0).random((64, 64))
+    res = segment_frame(img, "auto", model=net, device="cpu", input_size=64)
+    assert res.fov_used == "unknown" and any("field of view unknown" in w for w in res.warnings)
+    assert segment_frame(img, "auto", model=net, device="cpu", input_size=64, fov_hint="lower").fov_used == "lower"
+    with pytest.raises(InputError, match="fov"):
+        segment_frame(img, "middle", model=net, device="cpu", input_size=64)
+    assert fov_from_header({"BodyPartExamined": "PELVIS"}) == "lower"
+    assert fov_from_header({"SeriesDescription": "TAVI aortic root angio"}) == "upper"
+    assert fov_from_header({"SeriesDescription": "TAVI femoral access"}) == "lower"
+    assert fov_from_header({"SeriesDescription": "run 3"}) is None
+
+
+def test_gradcam_map_at_input_size(tiny_models):
+    directory, _ = tiny_models
+    img = np.random.default_rng(2).integers(0, 255, (70, 90)).astype(np.uint8)
+    cam = gradcam(img, model="tiny", device="cpu", models_directory=directory)
+    assert cam.shape == (70, 90) and cam.dtype == np.float32
+    assert cam.min() >= 0 and cam.max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+def test_augmentation_keeps_range_and_binary_masks():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 64, 64)
+    y = (torch.rand(4, 1, 64, 64) > 0.9).float()
+    xa, ya = augment_batch(x, y, gen)
+    assert xa.shape == x.shape and float(xa.min()) >= 0 and float(xa.max()) <= 1
+    assert set(torch.unique(ya).tolist()) <= {0.0, 1.0}
+    gen2 = torch.Generator().manual_seed(0)
+    assert torch.equal(augment_batch(x, y, gen2)[0], xa)  # seeded: repeatable
+
+
+def test_losses():
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:8] = 1
+    good = (target * 2 - 1) * 10
+    lower = torch.tensor([False, True])
+    for mode in ("per-fov", "bce", "dice", "combined"):
+        assert float(segmentation_loss(good, target, lower, mode)) < float(segmentation_loss(-good, target, lower, mode))
+
+
+def test_train_checkpoint_resume_export(tiny_models, tmp_path, monkeypatch):
+    directory, summary = tiny_models
+    assert summary["epochs_done"] == 1
+    entry = load_manifest(directory)[0]
+    assert entry["sha256"] == sha256_file(directory / "tiny.pt")
+    assert entry["command"].startswith("tavireg train-seg --data ")
+    assert entry["input_size"] == [64, 64] and entry["base_channels"] == 2
+    assert "upper" in entry["metrics"]["validation"]
+    assert load_model("tiny", device="cpu", directory=directory).base_channels == 2
+
+    # resume: run 1 of 2 epochs, then continue; the result equals the uninterrupted run
+    data = _write_folder(tmp_path / "data", n=5)
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path / "models"))
+    train(_config(data, tmp_path / "a", epochs=2, stop_epoch=1))
+    assert (tmp_path / "a" / "last.pt").is_file() and (tmp_path / "a" / "best.pt").is_file()
+    s = train(_config(data, tmp_path / "a", epochs=2, resume="last", export="resumed"))
+    assert s["epochs_done"] == 2
+    train(_config(data, tmp_path / "b", epochs=2))
+    assert _same_state(_state(tmp_path / "a" / "last.pt"), _state(tmp_path / "b" / "last.pt"))
+    entry = {e["name"]: e for e in load_manifest()}["resumed"]
+    assert entry["sha256"] == sha256_file(tmp_path / "models" / "resumed.pt")
+    with pytest.raises(InputError, match="base_channels"):
+        train(_config(data, tmp_path / "a", epochs=3, resume="last", base_channels=4))
+
+
+def test_training_is_deterministic(tmp_path):
+    data = _write_folder(tmp_path / "data", n=5)  # 4 training frames, batch 2: two steps
+    train(_config(data, tmp_path / "r1"))
+    train(_config(data, tmp_path / "r2"))
+    assert _same_state(_state(tmp_path / "r1" / "last.pt"), _state(tmp_path / "r2" / "last.pt"))
+    train(_config(data, tmp_path / "r3", seed=4))
+    assert not _same_state(_state(tmp_path / "r1" / "last.pt"), _state(tmp_path / "r3" / "last.pt"))
+
+
+def test_case_index_csv(tmp_path):
+    rng = np.random.default_rng(5)
+    rows = ["patient,split,fov,image,frame,mask"]
+    for p in range(4):
+        for f in range(2):
+            img, mask = _vessel_image(rng)
+            Image.fromarray(img).save(tmp_path / f"p{p}_{f}.png")
+            Image.fromarray(mask * 255).save(tmp_path / f"p{p}_{f}_gt.png")
+            split = "test" if p == 3 else ""
+            rows.append(f"P{p},{split},{'lower' if f else 'upper'},p{p}_{f}.png,,p{p}_{f}_gt.png")
+    (tmp_path / "cases.csv").write_text("\n".join(rows) + "\n")
+    samples, skipped = load_case_index(tmp_path / "cases.csv", 64)
+    assert skipped == 2 and len(samples) == 6
+    train_s, val_s = split_patients(samples, 0.34, seed=0)
+    assert {s.patient for s in train_s}.isdisjoint({s.patient for s in val_s}) and val_s
+
+    bad = rows[:2] + [rows[2].replace("P0,,", "P0,val,")]  # P0 in two splits
+    (tmp_path / "bad.csv").write_text("\n".join(bad) + "\n")
+    with pytest.raises(InputError, match="patient-wise"):
+        load_case_index(tmp_path / "bad.csv", 64)
+    (tmp_path / "cols.csv").write_text("patient,image\nP0,p0_0.png\n")
+    with pytest.raises(InputError, match="lacks the column"):
+        load_case_index(tmp_path / "cols.csv", 64)
+
+
+def test_case_index_reads_dicom_frames(tmp_path):
+    fluoro = pytest.importorskip("TAVIRegistrationLib.fluoro")
+    from TAVIRegistrationLib.geometry import CArmGeometry
+
+    rng = np.random.default_rng(6)
+    pairs = [_vessel_image(rng) for _ in range(2)]
+    frames = np.stack([p[0] for p in pairs]).astype(np.uint16) * 16
+    geom = CArmGeometry(30.0, 10.0, 1200.0, 800.0, (0.3, 0.3), 64, 64)
+    fluoro.write_fluoro_dicom(tmp_path / "run.dcm", frames, geom, bits_stored=12,
+                              series_description="TAVI iliac access")
+    for i, (_, m) in enumerate(pairs):
+        Image.fromarray(m * 255).save(tmp_path / f"m{i}.png")
+    (tmp_path / "cases.csv").write_text(
+        "patient,split,fov,image,frame,mask\nA,train,lower,run.dcm,0,m0.png\nA,train,lower,run.dcm,1,m1.png\n")
+    samples, _ = load_case_index(tmp_path / "cases.csv", 64)
+    assert len(samples) == 2 and np.array_equal(samples[1].mask, pairs[1][1])
+
+    loaded = read_image_file(tmp_path / "run.dcm", 1)
+    assert loaded.fov_hint == "lower" and loaded.image.shape == (64, 64) and loaded.n_frames == 2
+    with pytest.raises(InputError, match="out of range"):
+        read_image_file(tmp_path / "run.dcm", 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+def test_cli_segment_and_gradcam(tiny_models, tmp_path, monkeypatch, capsys):
+    directory, _ = tiny_models
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(directory))
+    img, _ = _vessel_image(np.random.default_rng(9), 75, 61)
+    Image.fromarray(img).save(tmp_path / "frame.png")
+    out = tmp_path / "mask.png"
+    assert cli.main(["segment", str(tmp_path / "frame.png"), "--fov", "upper", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["model"] == "tiny" and summary["fov_used"] == "upper"
+    mask = np.asarray(Image.open(out))
+    assert mask.shape == (75, 61) and set(np.unique(mask)) <= {0, 255}
+    assert cli.main(["gradcam", str(tmp_path / "frame.png"), "--out", str(tmp_path / "cam.png"),
+                     "--overlay", str(tmp_path / "ov.png")]) == 0
+    assert np.asarray(Image.open(tmp_path / "cam.png")).shape == (75, 61)
+    assert np.asarray(Image.open(tmp_path / "ov.png")).shape == (75, 61, 3)
+
+
+def _bad_inputs(tmp_path):
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[..., 0] = np.arange(64)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)).save(tmp_path / "deep.png")
+    Image.fromarray(np.full((64, 64), 9, np.uint8)).save(tmp_path / "flat.png")
+    Image.fromarray(np.arange(400, dtype=np.uint8).reshape(20, 20)).save(tmp_path / "tiny.png")
+    return {"rgb.png": "colour", "deep.png": "16-bit", "flat.png": "constant", "tiny.png": "too small"}
+
+
+def test_cli_segment_bad_input_exit_2(tiny_models, tmp_path, monkeypatch, capsys):
+    directory, _ = tiny_models
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(directory))
+    out = tmp_path / "mask.png"
+    for name, words in _bad_inputs(tmp_path).items():
+        assert cli.main(["segment", str(tmp_path / name), "--out", str(out)]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and words in err and "\n" not in err
+        assert not out.exists()
+    img, _ = _vessel_image(np.random.default_rng(1))
+    Image.fromarray(img).save(tmp_path / "ok.png")
+    assert cli.main(["segment", str(tmp_path / "ok.png"), "--frame", "4", "--out", str(out)]) == 2
+    assert "out of range" in capsys.readouterr().err and not out.exists()
+
+
+def test_cli_segment_refuses_tampered_and_missing_weights(tiny_models, tmp_path, monkeypatch, capsys):
+    directory, _ = tiny_models
+    copy = tmp_path / "models"
+    copy.mkdir()
+    for f in ("manifest.json", "tiny.pt"):
+        (copy / f).write_bytes((directory / f).read_bytes())
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(copy))
+    img, _ = _vessel_image(np.random.default_rng(1))
+    Image.fromarray(img).save(tmp_path / "ok.png")
+    out = tmp_path / "mask.png"
+    with open(copy / "tiny.pt", "ab") as fh:
+        fh.write(b"\0")
+    assert cli.main(["segment", str(tmp_path / "ok.png"), "--out", str(out)]) == 2
+    assert "does not match" in capsys.readouterr().err and not out.exists()
+    (copy / "tiny.pt").unlink()
+    assert cli.main(["segment", str(tmp_path / "ok.png"), "--out", str(out)]) == 2
+    assert "missing" in capsys.readouterr().err and not out.exists()
+
+
+def test_cli_train_seg_usage_errors(tmp_path, capsys):
+    assert cli.main(["train-seg", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "--data" in capsys.readouterr().err
+    data = _write_folder(tmp_path / "d", n=3)
+    assert cli.main(["train-seg", "--data", str(data), "--out", str(tmp_path / "o"), "--size", "50"]) == 2
+    assert "multiple of 16" in capsys.readouterr().err
+    assert cli.main(["train-seg", "--data", str(data), "--out", str(tmp_path / "o"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_angios40_folder_loads(shared_data):
+    from TAVIRegistrationLib.train_seg import load_folder
+
+    folder = shared_data / "angios40" / "train"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent")
+    samples = load_folder(folder, 64, "upper")
+    assert len(samples) == 40 and all(s.image.shape == (64, 64) for s in samples)
+    assert 0.01 < float(np.mean([s.mask.mean() for s in samples])) < 0.15
