@@ -16,6 +16,7 @@ pytest.importorskip("PyQt5")
 pytest.importorskip("pytestqt")
 
 from TAVIRegistrationLib import roi_view as rv  # noqa: E402
+from TAVIRegistrationLib import overlay  # noqa: E402
 from TAVIRegistrationLib.qt_compat import (  # noqa: E402
     QT_API, _qimage_via_ppm, inverted, qget, qimage_from_array, qt)
 
@@ -159,28 +160,28 @@ def test_hit_test():
 def test_mask_contour_and_label_contour():
     mask = np.zeros((9, 9), np.uint8)
     mask[2:7, 2:7] = 1
-    contour = rv.mask_contour(mask)
+    contour = overlay.mask_contour(mask)
     assert contour.dtype == np.uint8
     assert contour.sum() == 16 and contour[4, 4] == 0 and contour[2, 4] == 1
-    full = rv.mask_contour(np.ones((4, 5), np.uint8))     # the image border counts as outside
+    full = overlay.mask_contour(np.ones((4, 5), np.uint8))     # the image border counts as outside
     assert full.sum() == 4 * 5 - 2 * 3
     labels = np.zeros((6, 8), np.int32)
     labels[1:5, 1:4] = 1
     labels[1:5, 4:7] = 2                                  # touching regions keep their outlines
-    lc = rv.label_contour(labels)
+    lc = overlay.label_contour(labels)
     assert lc[2, 3] == 1 and lc[2, 4] == 1 and lc[2, 2] == 0
 
 
 def test_window_to_uint8():
     img = np.linspace(0, 1, 10000, dtype=np.float64).reshape(100, 100)
-    out = rv.window_to_uint8(img)
+    out = overlay.display_frame(img)
     assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
     assert abs(int(out[50, 50]) - 128) <= 2
     img[0, 0] = np.nan
-    assert rv.window_to_uint8(img)[0, 0] == 0
-    assert rv.window_to_uint8(np.zeros((4, 4))).max() == 0
-    assert rv.window_to_uint8(np.full((4, 4), 7.0)).min() == 255
-    assert rv.window_to_uint8(img, window=(0, 2))[99, 99] == 128
+    assert overlay.display_frame(img)[0, 0] == 0
+    assert overlay.display_frame(np.zeros((4, 4))).max() == 0
+    assert overlay.display_frame(np.full((4, 4), 7.0)).min() == 255
+    assert overlay.display_frame(img, window=(0, 2))[99, 99] == 128
 
 
 def test_composite_overlay():

@@ -17,23 +17,63 @@ FN_COLOR = (0, 230, 255)
 DEFAULT_COLOR = (255, 140, 0)
 
 
-def display_frame(frame: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> np.ndarray:
-    """uint8 grey picture of a float frame, windowed to its 1-99 percentiles."""
-    f = np.asarray(frame, dtype=np.float64)
-    finite = f[np.isfinite(f)]
-    if finite.size == 0:
-        return np.zeros(f.shape, np.uint8)
-    lo, hi = np.percentile(finite, [low_pct, high_pct])
-    if hi <= lo:
-        hi = lo + 1.0
-    return (np.clip((np.nan_to_num(f, nan=lo) - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
+def label_contour(labels):
+    """Boundary pixels of every non-zero label region (4-neighbourhood) as a uint8 0/1 mask.
+
+    A non-zero pixel is on the boundary when one of its 4 neighbours holds another label or lies
+    outside the image, so touching regions of different labels each keep their outline.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError("label_contour needs a 2-D array, got shape %s" % (labels.shape,))
+    if labels.size == 0:
+        return np.zeros(labels.shape, np.uint8)
+    padded = np.pad(labels, 1, mode="constant", constant_values=0)
+    centre = padded[1:-1, 1:-1]
+    differs = ((padded[:-2, 1:-1] != centre) | (padded[2:, 1:-1] != centre)
+               | (padded[1:-1, :-2] != centre) | (padded[1:-1, 2:] != centre))
+    return ((centre != 0) & differs).astype(np.uint8)
 
 
-def mask_contour(mask: np.ndarray, width: int = 1) -> np.ndarray:
-    """Boolean boundary pixels of a binary mask (inside pixels that touch the outside)."""
-    m = np.asarray(mask) > 0
-    inner = ndimage.binary_erosion(m, iterations=max(1, int(width)), border_value=0)
-    return m & ~inner
+def mask_contour(mask, width=1):
+    """Boundary pixels (uint8 0/1) of a mask: inside pixels within ``width`` 4-neighbour steps of
+    the outside (the image border counts as outside)."""
+    m = np.asarray(mask) != 0
+    if width <= 1:
+        return label_contour(m)
+    inner = ndimage.binary_erosion(m, iterations=int(width), border_value=0)
+    return (m & ~inner).astype(np.uint8)
+
+
+def display_frame(image, low_percentile=1.0, high_percentile=99.0, window=None):
+    """Map a grey image to uint8 for display.
+
+    ``window=(low, high)`` gives the grey range explicitly; otherwise it is the
+    ``low_percentile``..``high_percentile`` range of the finite pixels (falling back to min/max
+    when that range is empty). NaN and inf pixels show black.
+    """
+    a = np.asarray(image, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError("display_frame needs a 2-D image, got shape %s" % (a.shape,))
+    finite = np.isfinite(a)
+    if window is not None:
+        low, high = float(window[0]), float(window[1])
+    else:
+        values = a[finite]
+        if values.size == 0:
+            return np.zeros(a.shape, np.uint8)
+        if values.size > 2_000_000:  # percentiles of a regular subsample are as good and faster
+            values = values[:: values.size // 1_000_000]
+        low, high = (float(v) for v in np.percentile(values, [low_percentile, high_percentile]))
+        if not high > low:
+            low, high = float(values.min()), float(values.max())
+    if not high > low:
+        out = np.where(a > low, 255, 0) if low <= 0 else np.where(a >= low, 255, 0)
+        out[~finite] = 0
+        return out.astype(np.uint8)
+    scaled = (a - low) * (255.0 / (high - low))
+    scaled[~finite] = 0
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
 
 
 def blend(rgb: np.ndarray, where: np.ndarray, color: Tuple[int, int, int], opacity: float) -> None:
@@ -60,7 +100,7 @@ def overlay_rgb(frame: np.ndarray, mask: np.ndarray, *, reference: Optional[np.n
     if contour_width is None:
         contour_width = max(1, round(max(m.shape) / 400))
     if reference is None:
-        region = mask_contour(m, contour_width) if mode == "contour" else m
+        region = mask_contour(m, contour_width) > 0 if mode == "contour" else m
         blend(rgb, region, color, 1.0 if mode == "contour" else opacity)
         return rgb
     ref = np.asarray(reference) > 0
@@ -69,6 +109,6 @@ def overlay_rgb(frame: np.ndarray, mask: np.ndarray, *, reference: Optional[np.n
         blend(rgb, m & ~ref, FP_COLOR, opacity)
         blend(rgb, ~m & ref, FN_COLOR, opacity)
     else:
-        blend(rgb, mask_contour(ref, contour_width), FN_COLOR, 1.0)
-        blend(rgb, mask_contour(m, contour_width), TP_COLOR, 1.0)
+        blend(rgb, mask_contour(ref, contour_width) > 0, FN_COLOR, 1.0)
+        blend(rgb, mask_contour(m, contour_width) > 0, TP_COLOR, 1.0)
     return rgb

@@ -33,12 +33,12 @@ import math
 import numpy as np
 
 from .qt_compat import qt, Signal, qget, inverted, event_pos, enum_int, qimage_from_array
+from .overlay import display_frame, label_contour, mask_contour
 
 __all__ = [
     "HANDLES", "OVERLAY_MODES",
     "normalize_roi", "clamp_roi", "roi_from_points", "move_roi", "resize_roi",
-    "handle_points", "hit_test", "mask_contour", "label_contour", "window_to_uint8",
-    "composite_overlay",
+    "handle_points", "hit_test", "composite_overlay",
     "ImageRoiView", "RoiEditor",
 ]
 
@@ -224,60 +224,6 @@ def hit_test(rect, point, handle_size=8.0, tolerance=3.0):
     return None
 
 
-def label_contour(labels):
-    """Boundary pixels of every non-zero label region (4-neighbourhood) as a uint8 0/1 mask.
-
-    A non-zero pixel is on the boundary when one of its 4 neighbours holds another label or lies
-    outside the image, so touching regions of different labels each keep their outline.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError("label_contour needs a 2-D array, got shape %s" % (labels.shape,))
-    if labels.size == 0:
-        return np.zeros(labels.shape, np.uint8)
-    padded = np.pad(labels, 1, mode="constant", constant_values=0)
-    centre = padded[1:-1, 1:-1]
-    differs = ((padded[:-2, 1:-1] != centre) | (padded[2:, 1:-1] != centre)
-               | (padded[1:-1, :-2] != centre) | (padded[1:-1, 2:] != centre))
-    return ((centre != 0) & differs).astype(np.uint8)
-
-
-def mask_contour(mask):
-    """Boundary pixels (4-neighbourhood, image border counts as outside) of a 0/1 mask."""
-    return label_contour(np.asarray(mask) != 0)
-
-
-def window_to_uint8(image, low_percentile=1.0, high_percentile=99.0, window=None):
-    """Map a grey image to uint8 for display.
-
-    ``window=(low, high)`` gives the grey range explicitly; otherwise it is the
-    ``low_percentile``..``high_percentile`` range of the finite pixels (falling back to min/max
-    when that range is empty). NaN and inf pixels show black.
-    """
-    a = np.asarray(image, dtype=np.float32)
-    if a.ndim != 2:
-        raise ValueError("window_to_uint8 needs a 2-D image, got shape %s" % (a.shape,))
-    finite = np.isfinite(a)
-    if window is not None:
-        low, high = float(window[0]), float(window[1])
-    else:
-        values = a[finite]
-        if values.size == 0:
-            return np.zeros(a.shape, np.uint8)
-        if values.size > 2_000_000:  # percentiles of a regular subsample are as good and faster
-            values = values[:: values.size // 1_000_000]
-        low, high = (float(v) for v in np.percentile(values, [low_percentile, high_percentile]))
-        if not high > low:
-            low, high = float(values.min()), float(values.max())
-    if not high > low:
-        out = np.where(a > low, 255, 0) if low <= 0 else np.where(a >= low, 255, 0)
-        out[~finite] = 0
-        return out.astype(np.uint8)
-    scaled = (a - low) * (255.0 / (high - low))
-    scaled[~finite] = 0
-    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
-
-
 def _rgb_labels(rgb):
     rgb = rgb.astype(np.uint32)
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
@@ -447,7 +393,7 @@ class ImageRoiView(qt.QGraphicsView):
             return
         array = np.asarray(image)
         if array.ndim == 2:
-            display = window_to_uint8(array, window=window)
+            display = display_frame(array, window=window)
         elif array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
             display = np.ascontiguousarray(array[..., :3])
         else:
@@ -468,6 +414,7 @@ class ImageRoiView(qt.QGraphicsView):
             self._autoFit = True
             self.fit()
         self._setRoi(self._roi, emit=True)
+        self._updateRoiItems()  # an ROI set before any image existed becomes visible now
 
     def imageShape(self):
         """``(rows, cols)`` of the shown image, or ``None``."""
