@@ -9,6 +9,7 @@ atomically (``outputs.OutputSet``): a failed run leaves no partial file and neve
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -287,18 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lazy(module: str, attr: str) -> Callable:
+    """A function that imports ``module`` of this package on first call and calls its ``attr``."""
+
+    def call(*args):
+        return getattr(importlib.import_module(f".{module}", __package__), attr)(*args)
+
+    return call
+
+
 _REGISTRY = [
     (_add_info, "info", _run_info),
     (_add_project, "project", _run_project),
     (_add_bench, "bench", _run_bench),
     (_add_gui, "gui", _run_gui),
-    # segmentation commands: their modules import torch lazily, so building the parser stays light
-    (lambda sub: __import__(f"{__package__}.segmentation", fromlist=["_"]).add_segment_parser(sub),
-     "segment", lambda args: __import__(f"{__package__}.segmentation", fromlist=["_"]).run_segment(args)),
-    (lambda sub: __import__(f"{__package__}.segmentation", fromlist=["_"]).add_gradcam_parser(sub),
-     "gradcam", lambda args: __import__(f"{__package__}.segmentation", fromlist=["_"]).run_gradcam(args)),
-    (lambda sub: __import__(f"{__package__}.train_seg", fromlist=["_"]).add_train_seg_parser(sub),
-     "train-seg", lambda args: __import__(f"{__package__}.train_seg", fromlist=["_"]).run_train_seg(args)),
+    # commands whose modules are heavy (torch): imported only when the command is built or run
+    (_lazy("segmentation", "add_segment_parser"), "segment", _lazy("segmentation", "run_segment")),
+    (_lazy("segmentation", "add_gradcam_parser"), "gradcam", _lazy("segmentation", "run_gradcam")),
+    (_lazy("train_seg", "add_train_seg_parser"), "train-seg", _lazy("train_seg", "run_train_seg")),
 ]
 
 
