@@ -301,11 +301,13 @@ _REGISTRY = [
     (_add_info, "info", _run_info),
     (_add_project, "project", _run_project),
     (_add_bench, "bench", _run_bench),
+    (_lazy("phantom", "add_phantom_parser"), "phantom", _lazy("phantom", "run_phantom")),
     (_add_gui, "gui", _run_gui),
-    # commands whose modules are heavy (torch): imported only when the command is built or run
+    # commands whose modules are heavy: imported only when the parser is built or the command runs
     (_lazy("segmentation", "add_segment_parser"), "segment", _lazy("segmentation", "run_segment")),
     (_lazy("segmentation", "add_gradcam_parser"), "gradcam", _lazy("segmentation", "run_gradcam")),
     (_lazy("train_seg", "add_train_seg_parser"), "train-seg", _lazy("train_seg", "run_train_seg")),
+    (_lazy("train_reg", "add_train_reg_parser"), "train-reg", _lazy("train_reg", "run_train_reg")),
 ]
 
 
