@@ -181,6 +181,9 @@ def test_same_seed_gives_the_same_data(dataset, tmp_path):
         b = read_fluoro(again / r["image"]).frame(int(r["frame"]))
         assert np.array_equal(a, b)
         assert np.array_equal(_png(dataset / r["mask"]), _png(again / r["mask"]))
+    # the DICOM files themselves are byte-identical (fixed UIDs and study date/time)
+    for dcm in sorted(dataset.rglob("*.dcm")):
+        assert dcm.read_bytes() == (again / dcm.relative_to(dataset)).read_bytes()
     # an existing data set is not replaced without --overwrite
     assert cli.main(["phantom", "--out", str(again)] + ARGS) == 2
 

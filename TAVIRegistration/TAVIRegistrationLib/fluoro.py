@@ -1189,6 +1189,8 @@ def write_fluoro_dicom(
     intensifier_size_mm: Optional[float] = None,
     rescale: Optional[Tuple[float, float]] = None,
     jpeg_quality: int = 95,
+    sop_instance_uid: Optional[str] = None,
+    content_datetime: Optional[datetime] = None,
 ):
     """Write ``frames`` ((n, rows, cols) or (rows, cols), uint8/uint16) as XA or RF Image Storage.
 
@@ -1269,9 +1271,10 @@ def write_fluoro_dicom(
         angles = [(geometry.primary_angle_deg, geometry.secondary_angle_deg)] * n
     base_p, base_s = angles[0]
 
-    now = datetime.now()
+    # fixed UID and date/time (both optional) make the file byte-reproducible, e.g. for the phantom
+    now = content_datetime or datetime.now()
     sop_class = XA_SOP_CLASS_UID if modality == "XA" else RF_SOP_CLASS_UID
-    sop_instance = generate_uid()
+    sop_instance = sop_instance_uid or generate_uid()
     ds = pydicom.Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class

@@ -51,6 +51,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -64,6 +65,7 @@ from .geometry import CArmGeometry, project
 
 FORMAT = "TAVIRegistration.phantom"
 VERSION = 1
+PHANTOM_DATETIME = datetime(2026, 1, 1, 8, 0, 0)  # fixed study date/time: byte-reproducible files
 VOXEL_MM = 1.0                 # lumen voxel size of the contrast splat
 SURFACE_VOXEL_MM = 1.0         # voxel size of the model surface (about 190k triangles)
 VISIBILITY_ATTENUATION = 0.06
@@ -751,6 +753,8 @@ def _generate_patient(index: int, config: PhantomConfig, folder: Path,
                 study_instance_uid=pt.study_uid, series_instance_uid=_uid(FORMAT, config.seed, index, si),
                 series_description=f"TAVIRegistration phantom {fov} FoV {'cine' if spec['cine'] else 'single'}",
                 bits_stored=im.bits_stored, intensifier_size_mm=None,
+                sop_instance_uid=_uid(FORMAT, config.seed, index, si, "sop"),
+                content_datetime=PHANTOM_DATETIME,
             )
             gdoc = geom.to_dict()
             gdoc["coplanar"] = bool(g["coplanar"])
