@@ -18,3 +18,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA} (set TAVIREG_SHARED_DATA)")
     return SHARED_DATA
+
+
+#: one small synthetic data set (1 patient, 6 frames of 256 x 256), shared by the tests that need one
+PHANTOM_ARGS = ["--patients", "1", "--frames-per-patient", "6", "--size", "256", "--seed", "4", "--workers", "1"]
+
+
+def generate_phantom(out: Path) -> Path:
+    from TAVIRegistrationLib import cli
+
+    assert cli.main(["phantom", "--out", str(out)] + PHANTOM_ARGS) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def phantom_dataset(tmp_path_factory) -> Path:
+    """A phantom data set made through the command line once per test session."""
+    return generate_phantom(tmp_path_factory.mktemp("phantom") / "data")

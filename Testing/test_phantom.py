@@ -21,17 +21,12 @@ from TAVIRegistrationLib.geometry import CArmGeometry, project
 from TAVIRegistrationLib.mesh import arrays_from_polydata, load_model, polydata_from_arrays
 from TAVIRegistrationLib.projection import ProjectionRenderer
 
-ARGS = ["--patients", "1", "--frames-per-patient", "6", "--size", "256", "--seed", "4", "--workers", "1"]
-
-
-def _generate(out: Path) -> Path:
-    assert cli.main(["phantom", "--out", str(out)] + ARGS) == 0
-    return out
+from conftest import PHANTOM_ARGS as ARGS, generate_phantom as _generate
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return _generate(tmp_path_factory.mktemp("phantom") / "data")
+def dataset(phantom_dataset) -> Path:
+    return phantom_dataset
 
 
 @pytest.fixture(scope="module")

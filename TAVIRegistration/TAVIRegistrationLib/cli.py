@@ -227,6 +227,130 @@ def _run_gui(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# tavireg register
+# --------------------------------------------------------------------------------------------
+def _add_register(sub) -> None:
+    p = sub.add_parser("register", help="register the model's projection to a fluoroscopy frame (or a run)")
+    add_model_arguments(p)
+    p.add_argument("--fluoro", type=Path, required=True, help="XA/RF DICOM file")
+    p.add_argument("--frame", default="0", help="frame index, or 'all' for every frame of a run (default 0)")
+    p.add_argument("--roi", metavar="X,Y,W,H", help="region of interest on the projection, frame pixels "
+                   "(default: the projection's bounding box with a margin)")
+    p.add_argument("--fixed-mask", type=Path, help="the frame's vessel mask (PNG, 0/255): skips segmentation")
+    p.add_argument("--method", choices=("cnn", "cnn+refine", "sitk"), default="cnn",
+                   help="registration CNN (default), CNN then a few soft-Dice gradient steps, or SimpleITK")
+    p.add_argument("--fov", choices=("auto", "upper", "lower"), default="auto", help="field of view for segmentation")
+    p.add_argument("--mode", choices=("contour", "fill"), default="contour", help="overlay drawing")
+    p.add_argument("--force-cpu", action="store_true", help="do not use a GPU even when one is present")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def _read_mask_png(path: Path, shape) -> "np.ndarray":
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("1", "L", "P"):
+                raise InputError(f"{path}: the mask must be a one-channel PNG (0/255), not {im.mode}")
+            arr = np.asarray(im.convert("L"))
+    except (OSError, UnidentifiedImageError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise InputError(f"{path}: no such file") from None
+        raise InputError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    if arr.shape != tuple(shape):
+        raise InputError(f"{path}: the mask is {arr.shape[1]}x{arr.shape[0]}, the frame is {shape[1]}x{shape[0]}")
+    return (arr > 127).astype(np.uint8)
+
+
+def _run_register(args) -> int:
+    from .fluoro import read_fluoro
+    from .pipeline import RegistrationPipeline
+    from .registration import RegistrationFailed
+    from . import report
+
+    warnings: List[str] = []
+    model = load_model_from_args(args, warnings)
+    series = read_fluoro(args.fluoro)
+    iso = tuple(_floats(args.isocenter, 3, "--isocenter")) if args.isocenter else None
+    frames = _frame_list(args.frame, series.n_frames)
+    roi = tuple(int(v) for v in _floats(args.roi, 4, "--roi")) if args.roi else None
+    device = "cpu" if args.force_cpu else None
+    with RegistrationPipeline(model, series, isocenter_lps=iso, orthographic=args.orthographic) as pipe:
+        warnings[:] = pipe.warnings
+        fixed = _read_mask_png(args.fixed_mask, (series.rows, series.cols)) if args.fixed_mask else None
+        if fixed is not None and str(args.frame).strip().lower() == "all":
+            raise InputError("--fixed-mask is one frame's mask: it cannot be combined with --frame all")
+        results = []
+        init = None
+        for index in frames:
+            reg = pipe.register(index, roi, fixed_mask=fixed, method=args.method, init=init,
+                                fov=args.fov, device=device)
+            if not reg.valid:
+                raise RegistrationFailed(f"frame {index}: {reg.result.message} (no overlay written)")
+            results.append(reg)
+            init = reg.result.frame_matrix
+        summary = report.write_registration_outputs(
+            args.out, pipe, results, mode=args.mode, inputs=[args.model, args.fluoro, args.fixed_mask],
+            warnings=warnings,
+        )
+    _emit_warnings(summary["warnings"])
+    if args.json:
+        _print_json(summary)
+    else:
+        for line in report.summary_lines(summary):
+            print(line)
+    return EXIT_OK
+
+
+def _frame_list(text: str, n_frames: int) -> List[int]:
+    if str(text).strip().lower() == "all":
+        return list(range(n_frames))
+    try:
+        index = int(text)
+    except ValueError:
+        raise InputError(f"--frame must be an integer or 'all', got {text!r}") from None
+    if not 0 <= index < n_frames:
+        raise InputError(f"--frame {index} is out of range: valid frame indices 0-{n_frames - 1}")
+    return [index]
+
+
+# --------------------------------------------------------------------------------------------
+# tavireg demo
+# --------------------------------------------------------------------------------------------
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="make a synthetic TAVI case and run the whole pipeline on it")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
+    p.add_argument("--seed", type=int, default=None, help="phantom seed of the case (default: the built-in one)")
+    p.add_argument("--method", choices=("cnn", "cnn+refine", "sitk"),
+                   help="registration method (default: cnn+refine when a network is installed, else sitk)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def _run_demo(args) -> int:
+    from .demo import DEMO_SEED, run_demo
+
+    result = run_demo(args.out, seed=DEMO_SEED if args.seed is None else args.seed, method=args.method)
+    _emit_warnings(result["warnings"])
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"demo case: {result['case']} (frame {result['frame']}), method {result['method']}")
+        print("Dice vs ground truth: {} before, {} after registration".format(
+            _fmt3(result["dice_before"]), _fmt3(result["dice_vs_truth"])))
+        if result["landmark_error_mm"] is not None:
+            print(f"landmark error: {result['landmark_error_before_mm']:.1f} mm before, "
+                  f"{result['landmark_error_mm']:.1f} mm after")
+        print(f"report: {Path(args.out) / 'report.md'}")
+    return EXIT_OK
+
+
+def _fmt3(v) -> str:
+    return "n/a" if v is None or v != v else f"{v:.3f}"
+
+
+# --------------------------------------------------------------------------------------------
 # tavireg bench
 # --------------------------------------------------------------------------------------------
 BENCHMARKS = ("projection",)
@@ -300,6 +424,8 @@ def _lazy(module: str, attr: str) -> Callable:
 _REGISTRY = [
     (_add_info, "info", _run_info),
     (_add_project, "project", _run_project),
+    (_add_register, "register", _run_register),
+    (_add_demo, "demo", _run_demo),
     (_add_bench, "bench", _run_bench),
     (_lazy("phantom", "add_phantom_parser"), "phantom", _lazy("phantom", "run_phantom")),
     (_add_gui, "gui", _run_gui),

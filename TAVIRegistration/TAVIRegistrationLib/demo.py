@@ -32,9 +32,13 @@ class DemoCase:
     frame_index: int
     isocenter_lps: Tuple[float, float, float]
     fov: str
-    truth_mask_path: Path  # the vessel mask as opacified in the frame (0/255 PNG)
-    truth_affine: np.ndarray  # nominal -> true projection, frame pixels (3x3)
-    row: Dict[str, str] = field(default_factory=dict)
+    row: Dict[str, str] = field(default_factory=dict)  # the frame's row of the phantom's index.csv
+
+    def truth(self):
+        """The phantom's ground truth of the frame (``phantom.FrameTruth``)."""
+        from .phantom import frame_truth
+
+        return frame_truth(self.directory, self.row)
 
 
 def make_demo_case(directory, seed: int = DEMO_SEED, frames: int = 4, size: int = DEMO_SIZE) -> DemoCase:
@@ -57,16 +61,154 @@ def make_demo_case(directory, seed: int = DEMO_SEED, frames: int = 4, size: int 
         raise InputError(f"the demo case in {directory} has no frames")
     # the frame with the most contrast: the clearest picture for a first look
     row = max(upper, key=lambda r: int(r.get("opacified_px") or 0))
-    affine = np.asarray(json.loads((directory / row["affine"]).read_text())["matrix"]
-                        if row["affine"].endswith(".json") else json.loads(row["affine"]), dtype=float)
     return DemoCase(
         directory=directory,
         model_path=directory / Path(row["case"]).parent / "model.vtk",
         fluoro_path=directory / row["image"],
         frame_index=int(row["frame"]),
-        isocenter_lps=tuple(float(v) for v in json.loads(row["isocenter_lps"])),
+        isocenter_lps=tuple(float(v) for v in row["isocenter_lps"].split(";")),
         fov=row["fov"],
-        truth_mask_path=directory / row["mask"],
-        truth_affine=affine.reshape(3, 3),
         row=row,
     )
+
+
+def _available(kind: str) -> bool:
+    from .models import load_manifest
+
+    try:
+        return any(e.get("kind") == kind for e in load_manifest())
+    except InputError:
+        return False
+
+
+def run_demo(out_dir, seed: int = DEMO_SEED, method: Optional[str] = None) -> Dict[str, object]:
+    """Make the demo case and register it; write pictures, the registration files and report.md."""
+    from .fluoro import read_fluoro
+    from .mesh import load_model
+    from .outputs import OutputSet, check_writable_dir, image_png_writer
+    from .overlay import overlay_rgb
+    from .pipeline import RegistrationPipeline
+    from .report import write_registration_outputs
+    from .segmentation import overlap_metrics
+
+    out = Path(out_dir)
+    check_writable_dir(out)
+    t0 = time.perf_counter()
+    case = make_demo_case(out / "case", seed=seed)
+    truth = case.truth()
+    warnings: List[str] = []
+    model = load_model(case.model_path)
+    series = read_fluoro(case.fluoro_path)
+    roi = truth.user_roi()
+    if roi is None:
+        raise InputError("the demo frame shows no contrast-filled vessel")
+    seg_ready = _available("segmentation")
+    if method is None:
+        method = "cnn+refine" if _available("registration") else "sitk"
+        if method == "sitk":
+            warnings.append("no registration network is installed: the demo registers with SimpleITK")
+    if not seg_ready:
+        warnings.append("no segmentation network is installed: the demo uses the ground-truth vessel mask")
+    i = case.frame_index
+    with RegistrationPipeline(model, series, isocenter_lps=case.isocenter_lps) as pipe:
+        fp = pipe.project(i)
+        reg = pipe.register(i, roi, fixed_mask=None if seg_ready else truth.mask, method=method)
+        if not reg.valid:
+            raise InputError(f"demo registration failed: {reg.result.message}")
+        summary = write_registration_outputs(out / "registration", pipe, [reg], inputs=[case.model_path, case.fluoro_path],
+                                             warnings=pipe.warnings + warnings)
+        frame = pipe.frame(i)
+        before = overlay_rgb(frame, fp.projection.mask)
+        after_truth = overlay_rgb(frame, reg.registered_mask, reference=truth.mask, mode="fill", opacity=0.45)
+        seg_pic = overlay_rgb(frame, reg.fixed_mask, mode="fill", opacity=0.45, color=(0, 200, 255))
+        with OutputSet(inputs=[case.model_path, case.fluoro_path]) as outs:
+            outs.add(out / "frame_with_unregistered_projection.png", image_png_writer(before))
+            outs.add(out / "fixed_mask.png", image_png_writer(seg_pic))
+            outs.add(out / "registered_vs_truth.png", image_png_writer(after_truth))
+        in_roi = np.zeros_like(truth.mask)
+        x, y, w, h = reg.result.window.x0, reg.result.window.y0, reg.result.window.side, reg.result.window.side
+        in_roi[max(0, y):y + h, max(0, x):x + w] = 1
+        vs_truth = overlap_metrics(reg.registered_mask, truth.mask * in_roi)
+        before_truth = overlap_metrics(fp.projection.mask * _roi_mask(fp.projection.mask.shape, roi), truth.mask * in_roi)
+        tre = truth.landmark_errors_mm(reg.result.frame_matrix, roi)
+        tre0 = truth.landmark_errors_mm(np.eye(3), roi)
+        result = {
+            "case": str(case.directory), "frame": i, "roi": list(roi), "method": method,
+            "segmentation": "DRU-Net" if seg_ready else "ground truth",
+            "dice_vs_truth": vs_truth["dice"], "recall_vs_truth": vs_truth["recall"],
+            "precision_vs_truth": vs_truth["precision"], "dice_before": before_truth["dice"],
+            "landmark_error_mm": float(np.median(tre)) if tre.size else None,
+            "landmark_error_before_mm": float(np.median(tre0)) if tre0.size else None,
+            "registration_ms": 1000 * float(reg.result.seconds),
+            "total_s": time.perf_counter() - t0,
+            "warnings": summary["warnings"],
+        }
+        geom = fp.geometry
+    report_md = _report_markdown(result, geom, case)
+    with OutputSet() as outs:
+        outs.add(out / "report.md", lambda fh: fh.write(report_md.encode()))
+        outs.add(out / "demo.json", lambda fh: fh.write((json.dumps(result, indent=2, default=float) + "\n").encode()))
+    return result
+
+
+def _roi_mask(shape, roi) -> np.ndarray:
+    m = np.zeros(shape, np.uint8)
+    x, y, w, h = roi
+    m[y:y + h, x:x + w] = 1
+    return m
+
+
+def _fmt(v, spec: str = ".3f") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+
+
+def _report_markdown(r: Dict[str, object], geom, case: DemoCase) -> str:
+    view = "LAO" if geom.primary_angle_deg >= 0 else "RAO"
+    tilt = "CRA" if geom.secondary_angle_deg >= 0 else "CAU"
+    lines = [
+        "# TAVIRegistration demo",
+        "",
+        "A synthetic TAVI patient (`tavireg phantom`): the pre-operative vessel model "
+        f"(`{case.model_path.relative_to(case.directory.parent)}`) and an intra-operative aortography frame "
+        f"(`{case.fluoro_path.relative_to(case.directory.parent)}`, frame {r['frame']}), "
+        f"{view} {abs(geom.primary_angle_deg):.1f} deg, {tilt} {abs(geom.secondary_angle_deg):.1f} deg, "
+        f"SID {geom.sid_mm:.0f} mm, SOD {geom.sod_mm:.0f} mm, {geom.cols}x{geom.rows} px. "
+        "The patient lies shifted and rotated against the pre-operative model and the vessels are deformed, "
+        "as during a procedure; the DICOM angles are nominal. Research use only.",
+        "",
+        f"The region of interest ({', '.join(str(v) for v in r['roi'])}; x, y, w, h) is the one a user would "
+        "draw: around the contrast-filled part of the model.",
+        "",
+        "| | before registration | after registration |",
+        "| --- | --- | --- |",
+        f"| Dice vs ground truth (in the registration window) | {_fmt(r['dice_before'])} | {_fmt(r['dice_vs_truth'])} |",
+        f"| landmark error, mm at the isocentre (median) | {_fmt(r['landmark_error_before_mm'], '.1f')} | "
+        f"{_fmt(r['landmark_error_mm'], '.1f')} |",
+        "",
+        f"Method: `{r['method']}`; fixed mask: {r['segmentation']}; registration time {r['registration_ms']:.0f} ms; "
+        f"whole demo {r['total_s']:.1f} s.",
+        "",
+        "## Pictures",
+        "",
+        "The model's projection under the frame's nominal geometry, before registration:",
+        "",
+        "![before](frame_with_unregistered_projection.png)",
+        "",
+        "The fixed image: the vessel mask the projection is registered to:",
+        "",
+        "![fixed](fixed_mask.png)",
+        "",
+        "After registration, against the ground truth (yellow: agree, magenta: registered projection only, "
+        "cyan: truth only):",
+        "",
+        "![after](registered_vs_truth.png)",
+        "",
+        "The overlay a user gets (`registration/overlay.png`; also `registration/overlay.dcm`, "
+        "`registration/transform.json`):",
+        "",
+        "![overlay](registration/overlay.png)",
+        "",
+    ]
+    if r["warnings"]:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in r["warnings"]] + [""]
+    return "\n".join(lines)

@@ -1092,3 +1092,78 @@ def run_phantom(args) -> int:
         print(f"{summary['frames']} frames of {summary['patients']} patients in {summary['seconds']} s "
               f"-> {summary['out']} (split: " + ", ".join(f"{k} {len(v)}" for k, v in summary['split'].items()) + ")")
     return 0
+
+
+# =============================================================================================
+# ground truth of one frame, for evaluation and the demo
+# =============================================================================================
+@dataclass
+class FrameTruth:
+    """What the phantom knows about one frame (from ``index.csv`` and ``case.json``)."""
+
+    mask: np.ndarray  # uint8 0/1: the vessels as opacified in this frame
+    projection_nominal: np.ndarray  # uint8 0/1: the pre-op model under the nominal geometry
+    affine: np.ndarray  # 3x3 frame pixels: nominal projection -> true projection
+    landmarks_px: Dict[str, np.ndarray]  # true landmark positions in the frame
+    landmarks_nominal_px: Dict[str, np.ndarray]  # the same landmarks projected nominally
+    landmarks_in_frame: List[str]
+    mm_per_px_at_isocenter: float
+    isocenter_lps: Tuple[float, float, float]
+
+    def user_roi(self, margin: float = 0.08) -> Optional[Tuple[int, int, int, int]]:
+        """The ROI a user would draw on the projection: around the part of the model that is
+        contrast-filled in the frame (the opacified mask pulled back through the true affine onto
+        the nominal projection), grown by ``margin`` of its size. None when nothing is opacified."""
+        from scipy import ndimage
+
+        A = np.asarray(self.affine, float)
+        # output (nominal) pixel (row, col) samples the true mask at A applied to (col, row)
+        rc = np.array([[A[1, 1], A[1, 0]], [A[0, 1], A[0, 0]]])
+        back = ndimage.affine_transform(self.mask.astype(np.float32), rc, offset=(A[1, 2], A[0, 2]), order=0)
+        sel = (back > 0.5) & (self.projection_nominal > 0)
+        if not sel.any():
+            return None
+        ys, xs = np.nonzero(sel)
+        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        mx, my = int(round(margin * (x1 - x0))), int(round(margin * (y1 - y0)))
+        rows, cols = self.mask.shape
+        x0, y0 = max(0, x0 - mx), max(0, y0 - my)
+        x1, y1 = min(cols, x1 + mx), min(rows, y1 + my)
+        return (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+
+    def landmark_errors_mm(self, frame_matrix: np.ndarray, roi=None) -> np.ndarray:
+        """Target registration error (mm at the isocentre) of the landmarks inside the frame (and
+        inside ``roi`` when given): the registration's frame affine applied to the nominal landmark
+        pixels, against the true ones."""
+        M = np.asarray(frame_matrix, float)
+        errs = []
+        for name in self.landmarks_in_frame:
+            p = np.asarray(self.landmarks_nominal_px[name], float)
+            if roi is not None:
+                x, y, w, h = roi
+                if not (x <= p[0] < x + w and y <= p[1] < y + h):
+                    continue
+            q = M[:2, :2] @ p + M[:2, 2]
+            errs.append(float(np.hypot(*(q - np.asarray(self.landmarks_px[name], float)))))
+        return np.asarray(errs) * self.mm_per_px_at_isocenter
+
+
+def frame_truth(root, row: Dict[str, str]) -> FrameTruth:
+    """The ground truth of the frame of ``index.csv`` row ``row`` in the data set at ``root``."""
+    from PIL import Image
+
+    root = Path(root)
+    case = json.loads((root / row["case"]).read_text())
+    series = next(s for s in case["series"] if s["series"] == row["series"])
+    frame = next(f for f in series["frames"] if int(f["index"]) == int(row["frame"]))
+    geom = series_geometry(series)
+    mask = (np.asarray(Image.open(root / row["mask"])) > 0).astype(np.uint8)
+    nominal = (np.asarray(Image.open(root / row["projection_nominal"])) > 0).astype(np.uint8)
+    return FrameTruth(
+        mask=mask, projection_nominal=nominal, affine=np.asarray(frame["affine"], float),
+        landmarks_px={k: np.asarray(v, float) for k, v in frame["landmarks_px"].items()},
+        landmarks_nominal_px={k: np.asarray(v, float) for k, v in frame["landmarks_nominal_px"].items()},
+        landmarks_in_frame=list(frame["landmarks_in_frame"]),
+        mm_per_px_at_isocenter=float(np.mean(geom.pixel_spacing_mm)) / geom.magnification,
+        isocenter_lps=tuple(float(v) for v in series["isocenter_lps"]),
+    )

@@ -78,6 +78,35 @@ class FrameProjection:
     default_roi: Optional[Roi]
 
 
+@dataclass
+class FrameRegistration:
+    """The registration of one frame: the guide's affine, the registered projection, the masks."""
+
+    frame_index: int
+    roi: Roi
+    projection: FrameProjection
+    fixed_mask: np.ndarray  # uint8 0/1, frame grid: the segmentation or the given mask
+    fixed_source: str  # "segmentation" | "given"
+    result: object  # registration.RegistrationResult
+    warnings: List[str]
+
+    @property
+    def valid(self) -> bool:
+        return self.result.valid
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self.result.matrix
+
+    @property
+    def registered_mask(self) -> np.ndarray:
+        return self.result.registered_mask
+
+    @property
+    def metrics(self) -> Dict[str, float]:
+        return self.result.metrics
+
+
 class RegistrationPipeline:
     """One case: a surface model (LPS mm) and a fluoroscopy series, processed frame by frame.
 
@@ -96,6 +125,7 @@ class RegistrationPipeline:
         self.isocenter_lps = tuple(float(c) for c in isocenter_lps)
         self._renderer: Optional[ProjectionRenderer] = None
         self._projections: Dict[int, FrameProjection] = {}
+        self._segmentations: Dict[tuple, object] = {}
 
     # -- frames and geometry ------------------------------------------------------------------
     @property
@@ -138,11 +168,57 @@ class RegistrationPipeline:
             raise InputError(f"ROI {x},{y},{w},{h} contains no part of the model's projection")
         return crop.copy(), roi
 
+    # -- segmentation -------------------------------------------------------------------------
+    def segment(self, index: int, fov: str = "auto", model=None, device=None):
+        """The DRU-Net vessel mask of frame ``index`` (cached per frame and FoV)."""
+        from .segmentation import fov_from_header, segment_frame
+
+        key = (index, fov, model if isinstance(model, (str, type(None))) else id(model))
+        if key not in self._segmentations:
+            hint = fov_from_header(getattr(self.series, "header", None))
+            self._segmentations[key] = segment_frame(self.frame(index), fov=fov, model=model,
+                                                     device=device, fov_hint=hint)
+        return self._segmentations[key]
+
+    # -- registration --------------------------------------------------------------------------
+    def register(self, index: int, roi: Optional[Sequence[int]] = None, *, fixed_mask: Optional[np.ndarray] = None,
+                 method: str = "cnn", init: Optional[np.ndarray] = None, fov: str = "auto",
+                 seg_model=None, reg_model=None, device=None) -> "FrameRegistration":
+        """Register the model's projection (inside ``roi``) to frame ``index``.
+
+        ``fixed_mask``: the frame's vessel mask when known (skips segmentation); else the DRU-Net
+        segmentation. ``init``: a frame-grid affine to start from (the previous cine frame's
+        ``frame_matrix``). A degenerate or failed result is returned with ``valid`` False and the
+        reasons in ``problems``: front ends must not show its overlay as if it were valid.
+        """
+        from .registration import register_pair
+
+        fp = self.project(index)
+        rows, cols = fp.projection.mask.shape
+        roi = validate_roi(roi if roi is not None else fp.default_roi, rows, cols)
+        warnings: List[str] = []
+        if fixed_mask is None:
+            seg = self.segment(index, fov=fov, model=seg_model, device=device)
+            fixed, fixed_source = seg.mask, "segmentation"
+            warnings.extend(seg.warnings)
+        else:
+            fixed = np.asarray(fixed_mask)
+            if fixed.shape != (rows, cols):
+                raise InputError(f"fixed mask is {fixed.shape[1]}x{fixed.shape[0]}, the frame is {cols}x{rows}")
+            fixed, fixed_source = (fixed > 0).astype(np.uint8), "given"
+        if not fixed.any():
+            raise InputError(f"frame {index}: the vessel mask is empty (no contrast-filled vessel found)")
+        result = register_pair(fp.projection.mask, fixed, roi, method=method, model=reg_model,
+                               init=init, device=device)
+        warnings.extend(result.warnings)
+        return FrameRegistration(index, roi, fp, fixed, fixed_source, result, warnings)
+
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
         self._projections.clear()
+        self._segmentations.clear()
 
     def __enter__(self) -> "RegistrationPipeline":
         return self

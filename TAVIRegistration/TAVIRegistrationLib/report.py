@@ -1,0 +1,123 @@
+"""What a registration leaves on disk (step 6 of the data flow): the files of ``tavireg register``.
+
+``DIR/overlay.png``                 the frame with the registered projection drawn over it
+``DIR/registered_projection.png``   the registered projection as a 0/255 mask on the frame's grid
+``DIR/transform.json``              the guide's 3x3 M (ROI pixels -> frame pixels), ROI, metrics
+``DIR/overlay.dcm``                 the overlay as a DICOM Secondary Capture in the frame's study
+``DIR/metrics.csv``                 per frame, when the fixed mask was given (ground truth known)
+
+A run of several frames (``--frame all``) adds ``DIR/frames.csv`` (per-frame transform, metrics and
+time) and ``DIR/overlay.gif`` (the overlay movie); the four single-frame files then show the last
+frame, the one a user watching live fluoroscopy sees. Everything is written through one
+``OutputSet``: all files appear together, or none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from .export import csv_writer, dicom_writer, json_writer, secondary_capture
+from .outputs import OutputSet, check_writable_dir, image_png_writer, mask_png_writer
+from .overlay import overlay_rgb
+
+METRIC_KEYS = ("dice", "precision", "recall")
+
+
+def frame_overlay(pipe, reg, mode: str = "contour") -> np.ndarray:
+    """RGB picture of the frame with the registered projection; TP/FP/FN when the mask was given."""
+    reference = reg.fixed_mask if reg.fixed_source == "given" else None
+    return overlay_rgb(pipe.frame(reg.frame_index), reg.registered_mask, reference=reference, mode=mode)
+
+
+def _frame_record(reg) -> Dict[str, object]:
+    m = np.asarray(reg.matrix)
+    rec: Dict[str, object] = {"frame": reg.frame_index, "method": reg.result.method,
+                              "seconds": round(float(reg.result.seconds), 4)}
+    for i in range(2):
+        for j in range(3):
+            rec[f"m{i}{j}"] = float(m[i, j])
+    for k in METRIC_KEYS:
+        rec[k] = float(reg.metrics.get(k, float("nan")))
+    rec["fixed_mask"] = reg.fixed_source
+    return rec
+
+
+def write_registration_outputs(out_dir, pipe, results: Sequence, *, mode: str = "contour",
+                               inputs: Sequence = (), warnings: Sequence[str] = ()) -> Dict[str, object]:
+    """Write the files of one registered frame, or of a run; returns the JSON summary."""
+    out = Path(out_dir)
+    check_writable_dir(out)
+    last = results[-1]
+    all_warnings: List[str] = list(dict.fromkeys(list(warnings) + [w for r in results for w in r.warnings]))
+    rgb = frame_overlay(pipe, last, mode)
+    geom = pipe.geometry(last.frame_index)
+    transform = {
+        "matrix": np.asarray(last.matrix).tolist(),
+        "matrix_convention": "3x3 homogeneous: moving-ROI pixel (x=col, y=row; 0,0 = ROI top-left) -> frame pixel",
+        "roi": [int(v) for v in last.roi],
+        "frame": int(last.frame_index),
+        "method": last.result.method,
+        "fixed_mask": last.fixed_source,
+        "metrics": {k: float(v) for k, v in last.metrics.items()},
+        "metrics_reference": "the given fixed mask" if last.fixed_source == "given" else "the DRU-Net segmentation",
+        "seconds": float(last.result.seconds),
+        "valid": bool(last.valid),
+        "geometry": geom.to_dict(),
+        "warnings": all_warnings,
+    }
+    if len(results) > 1:
+        transform["frames"] = [_frame_record(r) | {"matrix": np.asarray(r.matrix).tolist()} for r in results]
+    comments = (f"TAVIRegistration {last.result.method} registration, frame {last.frame_index}, "
+                f"Dice {last.metrics.get('dice', float('nan')):.3f} vs {transform['metrics_reference']}. "
+                "Research use only.")
+    with OutputSet(inputs=[p for p in inputs if p is not None]) as outs:
+        outs.add(out / "overlay.png", image_png_writer(rgb))
+        outs.add(out / "registered_projection.png", mask_png_writer(last.registered_mask))
+        outs.add(out / "transform.json", json_writer(transform))
+        outs.add(out / "overlay.dcm", dicom_writer(secondary_capture(
+            rgb, getattr(pipe.series, "header", None), frame_index=last.frame_index, comments=comments)))
+        if any(r.fixed_source == "given" for r in results):
+            outs.add(out / "metrics.csv", csv_writer([_frame_record(r) for r in results]))
+        if len(results) > 1:
+            outs.add(out / "frames.csv", csv_writer([_frame_record(r) for r in results]))
+            movie = [frame_overlay(pipe, r, mode) for r in results]
+            outs.add(out / "overlay.gif", _gif_writer(movie, getattr(pipe.series, "frame_time_ms", None)))
+    times = [float(r.result.seconds) for r in results]
+    return {
+        "out": str(out),
+        "frames": [int(r.frame_index) for r in results],
+        "matrix": transform["matrix"],
+        "roi": transform["roi"],
+        "method": transform["method"],
+        "metrics": transform["metrics"],
+        "metrics_reference": transform["metrics_reference"],
+        "median_seconds_per_frame": float(np.median(times)),
+        "warnings": all_warnings,
+    }
+
+
+def _gif_writer(frames: List[np.ndarray], frame_time_ms) -> object:
+    from PIL import Image
+
+    duration = int(frame_time_ms) if frame_time_ms and frame_time_ms > 0 else 100
+    pictures = [Image.fromarray(f) for f in frames]
+
+    def write(fh):
+        pictures[0].save(fh, format="GIF", save_all=True, append_images=pictures[1:], duration=duration, loop=0)
+
+    return write
+
+
+def summary_lines(summary: Dict[str, object]) -> List[str]:
+    m = summary["metrics"]
+    lines = [f"registered frame(s) {', '.join(str(f) for f in summary['frames'])} with {summary['method']}"]
+    if m:
+        lines.append("agreement with {}: Dice {:.3f}, precision {:.3f}, recall {:.3f}".format(
+            summary["metrics_reference"], m.get("dice", float("nan")), m.get("precision", float("nan")),
+            m.get("recall", float("nan"))))
+    lines.append(f"median registration time per frame: {1000 * summary['median_seconds_per_frame']:.0f} ms")
+    lines.append(f"outputs in {summary['out']}")
+    return lines

@@ -1,0 +1,160 @@
+"""`tavireg register` and `tavireg demo` end to end on a phantom case, and the guide's affine.
+
+The registration networks are trained separately (`tavireg train-seg/train-reg`); these tests use
+the optimisation method (`sitk`) and the ground-truth vessel mask (`--fixed-mask`), so they check
+the pipeline, the affine convention and the exports whatever weights are installed.
+"""
+
+import csv
+import json
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from TAVIRegistrationLib.cli import main
+from TAVIRegistrationLib.fluoro import read_fluoro
+from TAVIRegistrationLib.mesh import load_model
+from TAVIRegistrationLib.phantom import frame_truth
+from TAVIRegistrationLib.pipeline import RegistrationPipeline
+from TAVIRegistrationLib.registration import warp_mask
+
+OUTPUTS = ("overlay.png", "registered_projection.png", "transform.json", "overlay.dcm")
+
+
+@pytest.fixture(scope="module")
+def frame(phantom_dataset):
+    """The upper-FoV frame with the most contrast, and its ground truth."""
+    with open(phantom_dataset / "index.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["fov"] == "upper"]
+    row = max(rows, key=lambda r: int(r["opacified_px"]))
+    truth = frame_truth(phantom_dataset, row)
+    mask_png = phantom_dataset / row["mask"]
+    return phantom_dataset, row, truth, mask_png
+
+
+def _args(frame, out, *extra):
+    root, row, truth, mask_png = frame
+    iso = ",".join(row["isocenter_lps"].split(";"))
+    return ["register", "--model", str(root / row["case"]).replace("case.json", "model.vtk"),
+            "--fluoro", str(root / row["image"]), "--frame", row["frame"], f"--isocenter={iso}",
+            "--out", str(out)] + [str(e) for e in extra]
+
+
+def _one_line_error(code, capsys):
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0, err
+    return err
+
+
+def test_register_writes_the_contract_outputs(frame, tmp_path, capsys):
+    root, row, truth, mask_png = frame
+    roi = truth.user_roi()
+    out = tmp_path / "reg"
+    code = main(_args(frame, out, "--fixed-mask", mask_png, "--method", "sitk", "--roi", ",".join(map(str, roi)), "--json"))
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    for name in OUTPUTS + ("metrics.csv",):
+        assert (out / name).is_file(), name
+    t = json.loads((out / "transform.json").read_text())
+    M = np.array(t["matrix"])
+    assert M.shape == (3, 3) and np.allclose(M[2], [0, 0, 1])
+    assert t["roi"] == list(roi) and t["fixed_mask"] == "given" and set(t["metrics"]) >= {"dice", "precision", "recall"}
+    reg = np.array(Image.open(out / "registered_projection.png"))
+    assert reg.shape == truth.mask.shape and set(np.unique(reg)) <= {0, 255}
+    # the registered projection agrees with the truth better than the unregistered one
+    x, y, w, h = roi
+    nominal = truth.projection_nominal.copy()
+    nominal[:y] = 0; nominal[y + h:] = 0; nominal[:, :x] = 0; nominal[:, x + w:] = 0  # noqa: E702
+    def dice(a, b):
+        a, b = a > 0, b > 0
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+    assert dice(reg, truth.mask) > dice(nominal, truth.mask)
+    assert summary["metrics"]["dice"] > 0.8
+    # the Secondary Capture files into the frame's study, with new series/instance UIDs
+    sc = pydicom.dcmread(out / "overlay.dcm")
+    src = pydicom.dcmread(root / row["image"], stop_before_pixels=True)
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.StudyInstanceUID == src.StudyInstanceUID
+    assert sc.SeriesInstanceUID != src.SeriesInstanceUID and sc.SOPInstanceUID != src.SOPInstanceUID
+    assert sc.pixel_array.shape == truth.mask.shape + (3,)
+    assert np.array_equal(sc.pixel_array, np.array(Image.open(out / "overlay.png")))
+
+
+def test_known_affine_is_recovered_within_a_pixel(frame):
+    """Fixed image = the nominal projection (inside the ROI) moved by a known affine on the frame grid."""
+    root, row, truth, _ = frame
+    series = read_fluoro(root / row["image"])
+    model = load_model(root / row["case"].replace("case.json", "model.vtk"))
+    iso = tuple(float(v) for v in row["isocenter_lps"].split(";"))
+    with RegistrationPipeline(model, series, isocenter_lps=iso) as pipe:
+        i = int(row["frame"])
+        proj = pipe.project(i).projection.mask
+        rows, cols = proj.shape
+        roi = truth.user_roi()
+        x, y, w, h = roi
+        moving_roi = proj[y:y + h, x:x + w]
+        a = np.deg2rad(3.0)
+        A = np.array([[1.04 * np.cos(a), -np.sin(a), 6.0], [np.sin(a), 0.98 * np.cos(a), -4.0], [0, 0, 1]])
+        c = np.array([x + w / 2, y + h / 2])
+        A[:2, 2] += c - A[:2, :2] @ c  # about the ROI centre
+        T_roi = np.array([[1, 0, x], [0, 1, y], [0, 0, 1.0]])
+        fixed = warp_mask(moving_roi, A @ T_roi, (rows, cols))
+        reg = pipe.register(i, roi, fixed_mask=fixed, method="sitk")
+        assert reg.valid, reg.result.problems
+        corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], float).T
+        err = np.hypot(*((reg.matrix @ corners)[:2] - (A @ T_roi @ corners)[:2]))
+        assert err.max() < 1.0, err
+
+
+@pytest.mark.parametrize("case", ["empty-mask", "wrong-size", "roi-outside", "roi-off-projection", "degenerate"])
+def test_bad_registration_input_exit_2_and_no_output(case, frame, tmp_path, capsys):
+    root, row, truth, mask_png = frame
+    out = tmp_path / "reg"
+    rows, cols = truth.mask.shape
+    mask = tmp_path / "mask.png"
+    roi = truth.user_roi()
+    if case == "empty-mask":
+        Image.fromarray(np.zeros((rows, cols), np.uint8)).save(mask)
+    elif case == "wrong-size":
+        Image.fromarray(np.zeros((rows + 3, cols), np.uint8)).save(mask)
+    elif case == "degenerate":  # a tiny blob: no affine can explain it
+        m = np.zeros((rows, cols), np.uint8)
+        m[5:8, 5:8] = 255
+        Image.fromarray(m).save(mask)
+    else:
+        mask = mask_png
+        if case == "roi-outside":
+            roi = (cols + 10, 0, 20, 20)
+        else:
+            empty = np.argwhere(truth.projection_nominal == 0)
+            r0, c0 = empty[len(empty) // 2]
+            ys, xs = np.nonzero(truth.projection_nominal == 0)
+            # a 16x16 square free of the projection
+            for r0, c0 in zip(ys[::97], xs[::97]):
+                if r0 + 16 <= rows and c0 + 16 <= cols and not truth.projection_nominal[r0:r0 + 16, c0:c0 + 16].any():
+                    break
+            roi = (int(c0), int(r0), 16, 16)
+    before = mask.read_bytes()
+    code = main(_args(frame, out, "--fixed-mask", mask, "--method", "sitk", "--roi", ",".join(map(str, roi))))
+    _one_line_error(code, capsys)
+    assert not any((out / n).exists() for n in OUTPUTS)
+    assert mask.read_bytes() == before
+
+
+def test_fixed_mask_cannot_serve_a_whole_run(frame, tmp_path, capsys):
+    root, row, truth, mask_png = frame
+    args = _args(frame, tmp_path / "o", "--fixed-mask", mask_png, "--method", "sitk")
+    args[args.index("--frame") + 1] = "all"
+    _one_line_error(main(args), capsys)
+
+
+def test_demo_runs_and_reports(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--method", "sitk", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (out / "report.md").is_file() and (out / "registration" / "overlay.png").is_file()
+    text = (out / "report.md").read_text()
+    for pic in ("frame_with_unregistered_projection.png", "fixed_mask.png", "registered_vs_truth.png"):
+        assert pic in text and (out / pic).is_file()
+    assert result["dice_vs_truth"] > result["dice_before"]
