@@ -1181,7 +1181,7 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         if shape is None:
             return roi
         from TAVIRegistrationLib.errors import InputError
-        from TAVIRegistrationLib.pipeline import validate_roi
+        from TAVIRegistrationLib.roi import validate_roi
 
         try:
             return validate_roi(roi, int(shape[0]), int(shape[1]))

@@ -237,8 +237,9 @@ def _add_register(sub) -> None:
     p.add_argument("--roi", metavar="X,Y,W,H", help="region of interest on the projection, frame pixels "
                    "(default: the projection's bounding box with a margin)")
     p.add_argument("--fixed-mask", type=Path, help="the frame's vessel mask (PNG, 0/255): skips segmentation")
-    p.add_argument("--method", choices=("cnn", "cnn+refine", "sitk"), default="cnn",
-                   help="registration CNN (default), CNN then a few soft-Dice gradient steps, or SimpleITK")
+    p.add_argument("--method", choices=("cnn", "cnn+refine", "sitk"),
+                   help="registration CNN, the CNN then a few soft-Dice optimisation steps, or SimpleITK "
+                   "(default: cnn+refine when a registration network is installed, else sitk with a warning)")
     p.add_argument("--fov", choices=("auto", "upper", "lower"), default="auto", help="field of view for segmentation")
     p.add_argument("--mode", choices=("contour", "fill"), default="contour", help="overlay drawing")
     p.add_argument("--force-cpu", action="store_true", help="do not use a GPU even when one is present")

@@ -72,15 +72,6 @@ def make_demo_case(directory, seed: int = DEMO_SEED, frames: int = 4, size: int 
     )
 
 
-def _available(kind: str) -> bool:
-    from .models import load_manifest
-
-    try:
-        return any(e.get("kind") == kind for e in load_manifest())
-    except InputError:
-        return False
-
-
 def run_demo(out_dir, seed: int = DEMO_SEED, method: Optional[str] = None) -> Dict[str, object]:
     """Make the demo case and register it; write pictures, the registration files and report.md."""
     from .fluoro import read_fluoro
@@ -88,6 +79,8 @@ def run_demo(out_dir, seed: int = DEMO_SEED, method: Optional[str] = None) -> Di
     from .outputs import OutputSet, check_writable_dir, image_png_writer
     from .overlay import overlay_rgb
     from .pipeline import RegistrationPipeline
+    from .models import installed
+    from .registration import default_method
     from .report import write_registration_outputs
     from .segmentation import overlap_metrics
 
@@ -102,11 +95,9 @@ def run_demo(out_dir, seed: int = DEMO_SEED, method: Optional[str] = None) -> Di
     roi = truth.user_roi()
     if roi is None:
         raise InputError("the demo frame shows no contrast-filled vessel")
-    seg_ready = _available("segmentation")
+    seg_ready = installed("segmentation")
     if method is None:
-        method = "cnn+refine" if _available("registration") else "sitk"
-        if method == "sitk":
-            warnings.append("no registration network is installed: the demo registers with SimpleITK")
+        method = default_method(warnings)
     if not seg_ready:
         warnings.append("no segmentation network is installed: the demo uses the ground-truth vessel mask")
     i = case.frame_index

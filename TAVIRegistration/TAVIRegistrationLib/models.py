@@ -94,6 +94,14 @@ def load_manifest(directory: Optional[Union[str, Path]] = None) -> List[Dict[str
     return entries
 
 
+def installed(kind: str, directory: Optional[Union[str, Path]] = None) -> bool:
+    """Whether the manifest lists a model of ``kind`` ('segmentation' or 'registration')."""
+    try:
+        return any(e.get("kind") == kind for e in load_manifest(directory))
+    except InputError:
+        return False
+
+
 def find_entry(name_or_kind: str, directory: Optional[Union[str, Path]] = None,
                fov: Optional[str] = None) -> Dict[str, Any]:
     """The entry named ``name_or_kind``; or, for a kind, the default one of that kind.

@@ -19,8 +19,8 @@ import numpy as np
 from .errors import InputError
 from .geometry import CArmGeometry
 from .projection import Projection, ProjectionRenderer
+from .roi import Roi, bounding_roi, validate_roi
 
-Roi = Tuple[int, int, int, int]  # (x = col, y = row, width, height) in frame pixels
 
 
 def default_isocenter(model, warnings: List[str]) -> Tuple[float, float, float]:
@@ -32,40 +32,6 @@ def default_isocenter(model, warnings: List[str]) -> Tuple[float, float, float]:
         "({:.1f}, {:.1f}, {:.1f}) LPS mm".format(*center)
     )
     return center
-
-
-def validate_roi(roi: Sequence[int], rows: int, cols: int) -> Roi:
-    """Check an ROI against a frame of ``rows`` x ``cols``; raise InputError when unusable."""
-    try:
-        x, y, w, h = (int(round(float(v))) for v in roi)
-    except (TypeError, ValueError):
-        raise InputError(f"ROI must be four integers X,Y,W,H, got {roi!r}") from None
-    if w <= 0 or h <= 0:
-        raise InputError(f"ROI {x},{y},{w},{h} has zero or negative size")
-    if x >= cols or y >= rows or x + w <= 0 or y + h <= 0:
-        raise InputError(f"ROI {x},{y},{w},{h} lies outside the {cols}x{rows} frame")
-    x0, y0 = max(0, x), max(0, y)
-    x1, y1 = min(cols, x + w), min(rows, y + h)
-    if x1 - x0 < 8 or y1 - y0 < 8:
-        raise InputError(f"ROI {x},{y},{w},{h} keeps less than 8x8 pixels inside the frame")
-    return (x0, y0, x1 - x0, y1 - y0)
-
-
-def bounding_roi(mask: np.ndarray, margin: float = 0.1, min_size: int = 32) -> Optional[Roi]:
-    """Bounding box of a mask grown by ``margin`` of its size on each side, clipped to the frame."""
-    rows_any = np.flatnonzero(mask.any(axis=1))
-    cols_any = np.flatnonzero(mask.any(axis=0))
-    if rows_any.size == 0:
-        return None
-    r0, r1 = rows_any[0], rows_any[-1] + 1
-    c0, c1 = cols_any[0], cols_any[-1] + 1
-    h, w = r1 - r0, c1 - c0
-    grow_r = max(int(round(margin * h)), (min_size - h + 1) // 2, 0)
-    grow_c = max(int(round(margin * w)), (min_size - w + 1) // 2, 0)
-    rows, cols = mask.shape
-    r0, r1 = max(0, r0 - grow_r), min(rows, r1 + grow_r)
-    c0, c1 = max(0, c0 - grow_c), min(cols, c1 + grow_c)
-    return (int(c0), int(r0), int(c1 - c0), int(r1 - r0))
 
 
 @dataclass
@@ -182,21 +148,24 @@ class RegistrationPipeline:
 
     # -- registration --------------------------------------------------------------------------
     def register(self, index: int, roi: Optional[Sequence[int]] = None, *, fixed_mask: Optional[np.ndarray] = None,
-                 method: str = "cnn", init: Optional[np.ndarray] = None, fov: str = "auto",
+                 method: Optional[str] = None, init: Optional[np.ndarray] = None, fov: str = "auto",
                  seg_model=None, reg_model=None, device=None) -> "FrameRegistration":
         """Register the model's projection (inside ``roi``) to frame ``index``.
 
         ``fixed_mask``: the frame's vessel mask when known (skips segmentation); else the DRU-Net
-        segmentation. ``init``: a frame-grid affine to start from (the previous cine frame's
+        segmentation. ``method``: cnn, cnn+refine or sitk (default: ``registration.default_method``).
+        ``init``: a frame-grid affine to start from (the previous cine frame's
         ``frame_matrix``). A degenerate or failed result is returned with ``valid`` False and the
         reasons in ``problems``: front ends must not show its overlay as if it were valid.
         """
-        from .registration import register_pair
+        from .registration import default_method, register_pair
 
         fp = self.project(index)
         rows, cols = fp.projection.mask.shape
         roi = validate_roi(roi if roi is not None else fp.default_roi, rows, cols)
         warnings: List[str] = []
+        if method is None:
+            method = default_method(warnings)
         if fixed_mask is None:
             seg = self.segment(index, fov=fov, model=seg_model, device=device)
             fixed, fixed_source = seg.mask, "segmentation"

@@ -47,7 +47,8 @@ __all__ = [
 ]
 
 #: Tooltip of the Register action while the library has no registration step.
-REGISTER_UNAVAILABLE_TIP = "registration step not available in this version"
+REGISTER_UNAVAILABLE_TIP = ("registration needs the vessel segmentation network, and none is installed "
+                            "(train one with 'tavireg train-seg --export NAME')")
 #: The projection's colour on the frame: the library's default (also the CLI's).
 OVERLAY_COLOR = DEFAULT_COLOR
 
@@ -955,10 +956,10 @@ class ViewerWindow(qt.QMainWindow):
 
     def movingRoi(self):
         """The ROI the registration would use: the drawn one, else the frame's default
-        (``pipeline.validate_roi`` checks it). InputError when unusable; None without projection."""
+        (``roi.validate_roi`` checks it). InputError when unusable; None without projection."""
         if self.frameProjection is None:
             return None
-        from .pipeline import validate_roi
+        from .roi import validate_roi
 
         roi = self.roiEditor.roi()
         if roi is None:
@@ -1086,17 +1087,19 @@ class ViewerWindow(qt.QMainWindow):
 
     # ================================================================== register
     def registrationAvailable(self) -> bool:
-        """Whether the library's pipeline has a registration step (``RegistrationPipeline.register``)."""
-        from .pipeline import RegistrationPipeline
+        """Whether registration can run: the viewer registers to the DRU-Net segmentation of the
+        frame, so a segmentation network must be installed (the registration method itself falls
+        back to SimpleITK when no registration network is, with a warning)."""
+        from .models import installed
 
-        return callable(getattr(RegistrationPipeline, "register", None))
+        return installed("segmentation")
 
     def register(self):
         """Register the projection ROI to the current frame in the worker thread.
 
         Plugs into ``RegistrationPipeline.register(frame_index, roi)``, whose result carries
         ``registered_mask`` (uint8 0/1 on the frame's grid); the frame view then shows
-        ``overlay.overlay_rgb`` of it, like the CLI. Not available in this version.
+        ``overlay.overlay_rgb`` of it, like the CLI. A degenerate result is reported and not shown.
         """
         if not self.registrationAvailable():
             self._reportError("Register", InputError(REGISTER_UNAVAILABLE_TIP))
@@ -1112,7 +1115,11 @@ class ViewerWindow(qt.QMainWindow):
 
         def done(result):
             if pipeline is self.pipeline and index == self.frameIndex:
-                self.registration = result
+                if not result.valid:  # never show a wrong overlay as if it were right
+                    self.registration = None
+                    self._reportError("Register", InputError(result.result.message))
+                else:
+                    self.registration = result
                 self._refreshAll()
 
         self._submit(f"Registering frame {index}", lambda: pipeline.register(index, roi), done)

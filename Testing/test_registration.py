@@ -1,0 +1,436 @@
+"""Registration step, registration CNN and its training (registration.py, regnet.py, train_reg.py).
+
+Conventions under test: M maps moving-ROI pixels (x = col, y = row) to frame pixels; theta is
+torch's affine_grid theta (align_corners=False) on the registration window and never leaves the
+network code.
+"""
+
+import json
+import math
+import subprocess
+import warnings
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from TAVIRegistrationLib import registration as R  # noqa: E402
+from TAVIRegistrationLib.errors import InputError  # noqa: E402
+from TAVIRegistrationLib.models import load_manifest, load_model, sha256_file  # noqa: E402
+from TAVIRegistrationLib.regnet import (  # noqa: E402
+    CHANNELS, PAPER_POOL_AFTER, RegNet, count_parameters, multiply_adds, scaled_channels, script_model,
+)
+from TAVIRegistrationLib import train_reg as TR  # noqa: E402
+
+FRAME = (256, 256)
+ROI = (60, 40, 130, 150)
+
+
+def similarity(angle_deg, scale, shift, centre, shear=0.0):
+    """3x3 frame affine: rotation/scale/shear about ``centre`` then a shift (pixels)."""
+    a = math.radians(angle_deg)
+    lin = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) @ np.array([[1, shear], [0, 1]])
+    c = np.asarray(centre, float)
+    m = np.eye(3)
+    m[:2, :2] = lin
+    m[:2, 2] = c - lin @ c + np.asarray(shift, float)
+    return m
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: these small networks gain nothing from two, and on a shared 2-core
+    machine two threads spin against other processes (measured: 7x slower under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def vessel():
+    """A vessel-like tree on a 256 x 256 frame (deterministic)."""
+    m = TR.synthetic_vessel_mask(FRAME, np.random.default_rng(3))
+    assert m[ROI[1]:ROI[1] + ROI[3], ROI[0]:ROI[0] + ROI[2]].sum() > 800
+    return m
+
+
+def _known_case(vessel, angle=5.0, scale=1.04, shift=(6.0, -4.0), shear=0.02):
+    x, y, w, h = ROI
+    frame_m = similarity(angle, scale, shift, (x + w / 2, y + h / 2), shear)
+    fixed = R.warp_mask(vessel, frame_m, FRAME)
+    return frame_m, fixed
+
+
+# ---------------------------------------------------------------------------------------------
+# conversions
+# ---------------------------------------------------------------------------------------------
+def test_window_is_square_centred_and_covers_the_roi():
+    for roi in [(60, 40, 130, 150), (0, 0, 31, 80), (200, 10, 56, 9)]:
+        w = R.registration_window(roi, 0.3)
+        assert w.side == math.ceil(max(roi[2], roi[3]) * 1.6 - 1e-9)
+        assert w.x0 <= roi[0] and w.y0 <= roi[1]
+        assert w.x0 + w.side >= roi[0] + roi[2] and w.y0 + w.side >= roi[1] + roi[3]
+        assert abs((w.x0 + w.side / 2) - (roi[0] + roi[2] / 2)) <= 0.5
+
+
+def test_theta_matrix_round_trips():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        roi = (int(rng.integers(0, 200)), int(rng.integers(0, 200)), int(rng.integers(16, 300)), int(rng.integers(16, 300)))
+        win = R.registration_window(roi, rng.uniform(0.2, 0.5))
+        theta = np.eye(3)[:2] + rng.normal(scale=0.08, size=(2, 3))
+        m = R.theta_to_matrix(theta, win, roi)
+        np.testing.assert_allclose(R.matrix_to_theta(m, win, roi), theta, atol=1e-10)
+        mf = R.theta_to_frame_matrix(theta, win)
+        np.testing.assert_allclose(m, mf @ R.roi_matrix(roi), atol=1e-10)
+        np.testing.assert_allclose(R.frame_matrix_to_theta(mf, win), theta, atol=1e-10)
+    win = R.registration_window(ROI)
+    np.testing.assert_allclose(R.theta_to_matrix(np.eye(3)[:2], win, ROI), R.roi_matrix(ROI), atol=1e-12)
+    # normalised -> frame: the window's first pixel centre is at -1 + 1/S (align_corners=False)
+    a = win.norm_to_frame()
+    np.testing.assert_allclose(R.apply_matrix(a, [[-1 + 1 / win.side, -1 + 1 / win.side]]), [[win.x0, win.y0]], atol=1e-9)
+
+
+@pytest.mark.parametrize("window, size", [(R.Window(0, 0, 256), 256), (R.Window(-20, 30, 160), 160)])
+def test_theta_direction_matches_grid_sample(vessel, window, size):
+    """grid_sample with theta on the window and warp_mask with M_frame on the frame agree pixel for
+    pixel: the forward point map is the inverse of theta, and the pixel formulas are right."""
+    theta = np.array([[0.97, -0.08, 0.06], [0.09, 1.02, -0.05]])
+    inside = np.zeros_like(vessel)  # grid_sample sees nothing beyond the window: neither may warp_mask
+    fr, fc, _, _ = window.slices(FRAME)
+    inside[fr, fc] = vessel[fr, fc]
+    vessel = inside
+    mov_w = R.crop_window(vessel, window, size)
+    t = torch.from_numpy(mov_w)[None, None]
+    warped = (R.warp_images(torch.tensor(theta, dtype=torch.float32)[None], t)[0, 0] >= 0.5).numpy()
+    on_frame = R.warp_mask(vessel, R.theta_to_frame_matrix(theta, window), FRAME)
+    expect = R.crop_window(on_frame, window) >= 0.5
+    in_frame = R.crop_window(np.ones(FRAME), window) > 0  # the frame grid has no pixels beyond its edge
+    assert expect.sum() > 500 and (warped != expect)[in_frame].mean() < 0.001
+
+
+# ---------------------------------------------------------------------------------------------
+# warp_mask
+# ---------------------------------------------------------------------------------------------
+def test_warp_mask_integer_shift_is_exact(vessel):
+    m = np.eye(3)
+    m[:2, 2] = (7, -5)
+    out = R.warp_mask(vessel, m, FRAME)
+    expect = np.zeros_like(vessel)
+    expect[0:FRAME[0] - 5, 7:FRAME[1]] = vessel[5:FRAME[0], 0:FRAME[1] - 7]
+    assert np.array_equal(out, expect)
+
+
+def test_warp_mask_moves_a_rasterised_tube_onto_the_transformed_tube():
+    """A tube drawn from its centreline, warped with M, equals the tube drawn from the transformed
+    centreline (radius times the scale) up to boundary pixels."""
+    from scipy.spatial import cKDTree
+
+    yy, xx = np.mgrid[0:FRAME[0], 0:FRAME[1]]
+
+    def distance(points):  # pixel centre -> centreline (exact to 0.01 px: dense points)
+        return cKDTree(points).query(np.c_[xx.ravel(), yy.ravel()])[0].reshape(FRAME)
+
+    t = np.linspace(0, 1, 8000)
+    pts = np.c_[40 + 150 * t, 60 + 80 * t + 30 * np.sin(3 * t)]
+    src = (distance(pts) <= 6.0).astype(np.uint8)
+    m = similarity(17.0, 1.2, (10.3, -6.7), (128, 128))
+    out = R.warp_mask(src, m, FRAME) > 0
+    d = distance(R.apply_matrix(m, pts))
+    direct = d <= 6.0 * 1.2
+    diff = out != direct
+    assert abs(int(out.sum()) - int(direct.sum())) < 0.01 * direct.sum()  # no bias: same area
+    assert np.abs(d[diff] - 7.2).max() < 0.75  # disagreement only where the true edge crosses the pixel
+    # the ROI crop with M and the frame-grid mask with M_frame give the same picture
+    x, y, w, h = 30, 40, 180, 150
+    crop = src[y:y + h, x:x + w]
+    roi_only = np.zeros_like(src)
+    roi_only[y:y + h, x:x + w] = crop
+    assert np.array_equal(R.warp_mask(crop, m @ R.roi_matrix((x, y, w, h)), FRAME), R.warp_mask(roi_only, m, FRAME))
+
+
+# ---------------------------------------------------------------------------------------------
+# recovering a known affine
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["sitk", "cnn+refine"])
+def test_known_affine_recovered_within_one_pixel(vessel, method):
+    frame_m, fixed = _known_case(vessel)
+    truth = frame_m @ R.roi_matrix(ROI)
+    net = RegNet()  # untrained: the identity; cnn+refine is then the refinement from the identity
+    res = R.register_pair(vessel, fixed, ROI, method, model=net if method != "sitk" else None)
+    assert res.valid, res.message
+    assert R.corner_error(res.matrix, truth, ROI) < 1.0
+    assert res.metrics["dice"] > 0.95 and res.metrics["recall"] > 0.95
+    np.testing.assert_allclose(res.matrix, res.frame_matrix @ R.roi_matrix(ROI))
+    # the registered projection is the warp of the ROI by M
+    crop = vessel[ROI[1]:ROI[1] + ROI[3], ROI[0]:ROI[0] + ROI[2]]
+    assert np.array_equal(res.registered_mask, R.warp_mask(crop, res.matrix, FRAME))
+    d = res.to_dict()
+    assert json.loads(json.dumps(d))["roi"] == list(ROI) and d["method"] == method and d["seconds"] > 0
+
+
+def test_identity_network_returns_t_roi(vessel):
+    _, fixed = _known_case(vessel)
+    res = R.register_pair(vessel, fixed, ROI, "cnn", model=RegNet())
+    np.testing.assert_allclose(res.frame_matrix, np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(res.matrix, R.roi_matrix(ROI), atol=1e-5)
+
+
+def test_cnn_path_reports_the_networks_theta_as_m(vessel):
+    """A network whose output is a known theta: register_pair reports exactly its M."""
+    frame_m, fixed = _known_case(vessel)
+    win = R.registration_window(ROI)
+    theta = R.frame_matrix_to_theta(frame_m, win)
+    net = RegNet(channels=scaled_channels(0.125), fc=16)
+    with torch.no_grad():
+        net.fc2.bias.copy_(torch.tensor(theta.ravel(), dtype=torch.float32))
+    res = R.register_pair(vessel, fixed, ROI, "cnn", model=script_model(net))
+    assert R.corner_error(res.matrix, frame_m @ R.roi_matrix(ROI), ROI) < 1e-3
+    assert res.metrics["dice"] > 0.97
+    # warm start: init composed with the network's (identity) output
+    res2 = R.register_pair(vessel, fixed, ROI, "cnn", model=RegNet(), init=frame_m)
+    assert R.corner_error(res2.matrix, frame_m @ R.roi_matrix(ROI), ROI) < 1e-3
+
+
+def test_tiny_network_learns_translations():
+    """The cnn path learns without ground truth: a small RegNet trained for 120 steps through the
+    STN + Dice loss on shifted copies of two vessel trees registers new shifts of them far better
+    than the identity it starts from (the ground truth is only used to score)."""
+    cfg = TR.RegTrainConfig(data=["synthetic:2"], out="unused", size=64, width=0.25, fc=64, max_rotation=0,
+                            scale_range=(1.0, 1.0), max_shear=0, max_shift=0.12, corrupt=0.0, sub_roi=0.0,
+                            lr=1e-3, val_pairs=4)
+    torch.manual_seed(0)
+    shapes = TR.synthetic_samples(8, 0)[:2]
+    val_pairs = TR.validation_pairs(shapes, cfg)  # seeded apart from the training draws below
+    model = TR.build_model(cfg)
+    before = TR.pair_metrics(TR.predict_thetas(model, val_pairs, "cpu"), val_pairs)
+    opt = TR.make_optimizer(model, cfg)
+    from TAVIRegistrationLib.registration import pair_loss
+
+    for step in range(120):
+        rng = np.random.default_rng([1, step])
+        pairs = [TR.make_pair(shapes[int(i)], rng, cfg) for i in rng.integers(0, len(shapes), 8)]
+        mv, fx, box, _ = TR._batch_tensors(pairs, "cpu")
+        model.train()
+        loss = pair_loss(model(torch.cat([mv, fx], 1)), mv, fx, box)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = TR.pair_metrics(TR.predict_thetas(model, val_pairs, "cpu"), val_pairs)
+    # margins from 4 torch seeds (centre error 0.24-0.49 of the identity's, corners 0.33-0.55)
+    assert after["mean_centre_error_px"] < 0.6 * before["mean_centre_error_px"], (before, after)
+    assert after["mean_corner_error_px"] < 0.75 * before["mean_corner_error_px"], (before, after)
+    assert after["median_dice"] > before["median_dice"] + 0.2, (before, after)
+
+
+# ---------------------------------------------------------------------------------------------
+# sanity checks and bad input
+# ---------------------------------------------------------------------------------------------
+def test_check_affine_flags_degenerate_transforms():
+    win = R.registration_window(ROI)
+    assert R.check_affine(np.eye(3), win, ROI) == []
+    assert R.check_affine(similarity(8, 1.1, (10, 5), (125, 115)), win, ROI) == []
+    mirror = np.diag([-1.0, 1.0, 1.0])
+    assert any("mirror" in p for p in R.check_affine(mirror))
+    assert any("scales" in p for p in R.check_affine(np.diag([3.0, 3.0, 1.0])))
+    assert any("scales" in p for p in R.check_affine(np.diag([0.3, 0.3, 1.0])))
+    assert any("shear" in p for p in R.check_affine(np.array([[1.0, 0.9, 0], [0, 1.0, 0], [0, 0, 1]])))
+    far = np.eye(3)
+    far[0, 2] = 400
+    assert any("outside the registration window" in p for p in R.check_affine(far, win, ROI))
+    assert R.check_affine(np.full((3, 3), np.nan))
+
+
+def test_degenerate_prediction_is_flagged_not_shown(vessel):
+    _, fixed = _known_case(vessel)
+    net = RegNet(channels=scaled_channels(0.125), fc=16)
+    with torch.no_grad():
+        net.fc2.bias.copy_(torch.tensor([-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))  # a left-right mirror
+    res = R.register_pair(vessel, fixed, ROI, "cnn", model=net)
+    assert not res.valid and "mirror" in res.message
+    with pytest.raises(R.RegistrationFailed, match="mirror"):
+        res.raise_if_invalid()
+    assert isinstance(R.RegistrationFailed("x"), InputError)
+    with torch.no_grad():
+        net.fc2.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0]))  # collapses everything
+    res = R.register_pair(vessel, fixed, ROI, "cnn", model=net)
+    assert not res.valid and "singular" in res.message and not res.registered_mask.any()
+
+
+def test_bad_inputs_raise_clear_input_errors(vessel):
+    _, fixed = _known_case(vessel)
+    net = RegNet(channels=scaled_channels(0.125), fc=16)
+    empty = np.zeros(FRAME, np.uint8)
+    with pytest.raises(InputError, match="segmentation is empty"):
+        R.register_pair(vessel, empty, ROI, "cnn", model=net)
+    with pytest.raises(InputError, match="projection is empty"):
+        R.register_pair(empty, fixed, ROI, "sitk")
+    empty_roi = next((x, y, 32, 32) for y in range(0, 224, 8) for x in range(0, 224, 8)
+                     if not vessel[y:y + 32, x:x + 32].any())
+    with pytest.raises(InputError, match="contains no part of the model's projection"):
+        R.register_pair(vessel, fixed, empty_roi, "sitk")
+    with pytest.raises(InputError, match="outside"):
+        R.register_pair(vessel, fixed, (300, 300, 20, 20), "sitk")
+    far = np.zeros(FRAME, np.uint8)
+    far[250:, 250:] = 1
+    with pytest.raises(InputError, match="no overlap"):
+        R.register_pair(vessel, far, (60, 40, 60, 60), "sitk")
+    with pytest.raises(InputError, match="differ in size"):
+        R.register_pair(vessel, fixed[:200], ROI, "sitk")
+    with pytest.raises(InputError, match="method"):
+        R.register_pair(vessel, fixed, ROI, "elastix")
+    with pytest.raises(InputError, match="not a RegNet"):
+        R.register_pair(vessel, fixed, ROI, "cnn", model=torch.nn.Identity())
+
+
+# ---------------------------------------------------------------------------------------------
+# the network
+# ---------------------------------------------------------------------------------------------
+def test_regnet_shape_identity_and_torchscript(tmp_path):
+    net = RegNet().eval()
+    assert count_parameters(net) == 5_661_574  # 1.46 M convolutions + 4.2 M fully connected
+    assert 2.3e9 < multiply_adds(net) < 2.6e9
+    paper = RegNet(pool_after=PAPER_POOL_AFTER)
+    assert count_parameters(paper) == count_parameters(net) and multiply_adds(paper) > 3.5 * multiply_adds(net)
+    assert list(net.channels) == list(CHANNELS)
+    x = torch.rand(2, 2, 256, 256)
+    with torch.no_grad():
+        theta = net(x)
+    assert theta.shape == (2, 2, 3)
+    torch.testing.assert_close(theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(2, 2, 3))
+    small = RegNet(in_size=64, channels=scaled_channels(0.125), fc=16)
+    torch.nn.init.normal_(small.fc2.weight, std=0.01)
+    scripted = script_model(small)
+    path = tmp_path / "r.pt"
+    scripted.save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loaded = torch.jit.load(str(path))
+    assert loaded.architecture == "RegNet" and loaded.align_corners is False and loaded.in_size == 64
+    x = torch.rand(1, 2, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small.eval()(x))
+    with pytest.raises(ValueError):
+        RegNet(in_size=100)
+
+
+# ---------------------------------------------------------------------------------------------
+# training data
+# ---------------------------------------------------------------------------------------------
+def test_pairs_ground_truth_aligns_moving_with_clean_fixed():
+    """make_pair's conventions: warping the moving image with theta_gt reproduces the clean fixed
+    image inside the warped ROI; the corruption changes the fixed image."""
+    from TAVIRegistrationLib.segmentation import overlap_metrics
+
+    cfg = TR.RegTrainConfig(data=["synthetic:3"], out="unused", size=128)
+    samples = TR.synthetic_samples(3, 0)
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        p = TR.make_pair(samples[k % 3], rng, cfg)
+        w = R.warp_images(torch.tensor(p.theta_gt, dtype=torch.float32)[None],
+                          torch.from_numpy(np.stack([p.moving, p.roi_box]))[None])[0]
+        reg, foot = (w[0] >= 0.5).numpy(), (w[1] >= 0.5).numpy()
+        assert overlap_metrics(reg & foot, (p.clean > 0) & foot)["dice"] > 0.95
+        assert p.moving.shape == p.fixed.shape == (128, 128) and 0 <= p.moving.min() and p.moving.max() <= 1
+    m = TR.synthetic_vessel_mask((128, 128), np.random.default_rng(1))
+    changed = [not np.array_equal(TR.corrupt_like_segmentation(m, np.random.default_rng(s)), m) for s in range(5)]
+    assert sum(changed) >= 4
+
+
+def test_phantom_index_rows(tmp_path):
+    from PIL import Image
+
+    rows = ["patient,split,fov,image,frame,mask,projection_true,projection_nominal,affine"]
+    rng = np.random.default_rng(0)
+    shift = np.eye(3)
+    shift[:2, 2] = (3, -2)
+    for p, split in (("P0", "train"), ("P1", "test"), ("P2", "")):
+        nominal = TR.synthetic_vessel_mask((96, 96), rng)
+        true = R.warp_mask(nominal, shift, (96, 96))
+        for name, arr in (("nom", nominal), ("true", true), ("mask", true)):
+            Image.fromarray(arr * 255).save(tmp_path / f"{p}_{name}.png")
+        rows.append(f'{p},{split},upper,x.dcm,0,{p}_mask.png,{p}_true.png,{p}_nom.png,"{json.dumps(shift.tolist())}"')
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    samples, skipped = TR.load_phantom_index(tmp_path / "index.csv")
+    assert skipped == 1 and [s.patient for s in samples] == ["index:P0", "index:P2"]
+    np.testing.assert_allclose(samples[0].affine, shift)
+    cfg = TR.RegTrainConfig(data=["x"], out="unused", size=64, corrupt=0.0)
+    from TAVIRegistrationLib.segmentation import overlap_metrics
+
+    p = TR.make_pair(samples[0], np.random.default_rng(2), cfg)
+    w = R.warp_images(torch.tensor(p.theta_gt, dtype=torch.float32)[None],
+                      torch.from_numpy(np.stack([p.moving, p.roi_box]))[None])[0]
+    reg, foot = (w[0] >= 0.5).numpy(), (w[1] >= 0.5).numpy()
+    assert overlap_metrics(reg & foot, (p.clean > 0) & foot)["dice"] > 0.9
+    (tmp_path / "bad.csv").write_text("patient,split,image,mask\n")
+    with pytest.raises(InputError, match="projection_true"):
+        TR.load_phantom_index(tmp_path / "bad.csv")
+
+
+def test_angios40_masks_load(shared_data):
+    folder = shared_data / "angios40" / "train"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    samples = TR.load_mask_folder(folder)
+    assert len(samples) == len(list(folder.glob("*_gt.png"))) and samples[0].shape == (300, 300)
+
+
+# ---------------------------------------------------------------------------------------------
+# training engine
+# ---------------------------------------------------------------------------------------------
+def _config(out, **kw):
+    base = dict(data=["synthetic:5"], out=str(out), epochs=2, batch_size=2, pairs_per_epoch=4, size=64,
+                width=0.125, fc=16, val_pairs=1, progress=False)
+    base.update(kw)
+    return TR.RegTrainConfig(**base)
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_checkpoint_resume_export(tmp_path, monkeypatch, vessel):
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path / "models"))
+    TR.train(_config(tmp_path / "a", stop_epoch=1))
+    assert (tmp_path / "a" / "last.pt").is_file() and (tmp_path / "a" / "best.pt").is_file()
+    hist = json.loads((tmp_path / "a" / "history.json").read_text())
+    assert hist["history"][0]["val_before"]["median_dice"] is not None
+    s = TR.train(_config(tmp_path / "a", resume="last", export="reg-test"))
+    assert s["epochs_done"] == 2 and s["export"]["sha256"] == sha256_file(tmp_path / "models" / "reg-test.pt")
+    TR.train(_config(tmp_path / "b"))
+    assert _same(_state(tmp_path / "a" / "last.pt"), _state(tmp_path / "b" / "last.pt"))
+    (entry,) = load_manifest(tmp_path / "models")
+    assert entry["kind"] == "registration" and entry["architecture"] == "RegNet" and entry["input_size"] == [64, 64]
+    assert entry["command"].startswith("tavireg train-reg --data synthetic:5") and "--width 0.125" in entry["command"]
+    assert "pooling" in entry["deviations"] and entry["window_margin"] == 0.3 and entry["metrics"]["validation"]
+    module = load_model("registration", device="cpu")
+    assert module.architecture == "RegNet"
+    _, fixed = _known_case(vessel)
+    res = R.register_pair(vessel, fixed, ROI, "cnn", model="reg-test", device="cpu")
+    assert res.model_name == "reg-test" and res.input_size == 64 and res.matrix.shape == (3, 3)
+    with pytest.raises(InputError, match="fc=16"):
+        TR.train(_config(tmp_path / "a", epochs=3, resume="last", fc=32))
+
+
+def test_training_is_deterministic(tmp_path):
+    TR.train(_config(tmp_path / "r1", epochs=1))
+    TR.train(_config(tmp_path / "r2", epochs=1))
+    assert _same(_state(tmp_path / "r1" / "last.pt"), _state(tmp_path / "r2" / "last.pt"))
+    TR.train(_config(tmp_path / "r3", epochs=1, seed=5))
+    assert not _same(_state(tmp_path / "r1" / "last.pt"), _state(tmp_path / "r3" / "last.pt"))
+
+
+def test_cli_train_reg_bad_input(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "TAVIRegistrationLib.cli", "train-reg", "--data", str(tmp_path / "nope"),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "TAVIRegistrationLib.cli", "train-reg", "--data", "synthetic:3",
+                        "--out", str(tmp_path / "o"), "--size", "100"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--size" in r.stderr
