@@ -149,7 +149,9 @@ def test_fixed_mask_cannot_serve_a_whole_run(frame, tmp_path, capsys):
     _one_line_error(main(args), capsys)
 
 
-def test_demo_runs_and_reports(tmp_path, capsys):
+def test_demo_runs_and_reports(tmp_path, capsys, monkeypatch):
+    # no networks installed: the demo registers to the ground-truth mask with SimpleITK, and says so
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path / "no-models"))
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--method", "sitk", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -158,3 +160,5 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     for pic in ("frame_with_unregistered_projection.png", "fixed_mask.png", "registered_vs_truth.png"):
         assert pic in text and (out / pic).is_file()
     assert result["dice_vs_truth"] > result["dice_before"]
+    assert result["segmentation"] == "ground truth"
+    assert any("no segmentation network" in w for w in result["warnings"])

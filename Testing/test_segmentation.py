@@ -43,9 +43,9 @@ from TAVIRegistrationLib.train_seg import (  # noqa: E402
     augment_batch,
     load_case_index,
     segmentation_loss,
-    split_patients,
     train,
 )
+from TAVIRegistrationLib.training import split_patients  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,6 +60,12 @@ def _vessel_model():
     return tri.GetOutput()
 
 
+@pytest.fixture(autouse=True)
+def _no_installed_networks(tmp_path_factory, monkeypatch):
+    """These tests do not depend on which trained networks are installed in Resources/Models."""
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path_factory.mktemp("no-models")))
+
+
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     d = tmp_path_factory.mktemp("viewer_case")

@@ -32,7 +32,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .errors import InputError
 
@@ -240,7 +240,7 @@ def add_manifest_entry(entry: Dict[str, Any], directory: Optional[Union[str, Pat
             entry["torch_version"] = None
     entries = [e for e in load_manifest(base) if e["name"] != entry["name"]]
     entries.append(entry)
-    _write_json_atomic(manifest_path(base), {"format": MANIFEST_FORMAT, "models": entries})
+    write_json_atomic(manifest_path(base), {"format": MANIFEST_FORMAT, "models": entries})
     return entry
 
 
@@ -251,16 +251,16 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def _write_json_atomic(path: Path, data) -> None:
+def write_atomic(path: Union[str, Path], write: Callable[[str], None]) -> None:
+    """Create or replace ``path`` in one step: ``write(tmp)`` fills a temporary file beside it (with
+    the usual permissions), which then takes its place; a failure leaves no partial file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
     try:
         os.chmod(tmp, file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=_json_default)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -270,7 +270,21 @@ def _write_json_atomic(path: Path, data) -> None:
         raise
 
 
-def _json_default(o):
+def write_json_atomic(path: Union[str, Path], data) -> None:
+    """``data`` as indented JSON (numpy values and paths converted), written with ``write_atomic``."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=json_default)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    write_atomic(path, write)
+
+
+def json_default(o):
+    """``json.dump``'s ``default``: numpy scalars and arrays, paths."""
     try:
         import numpy as np
 

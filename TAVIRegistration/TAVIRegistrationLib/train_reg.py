@@ -35,7 +35,7 @@ then (p = ``--corrupt``) DRU-Net-like corruption of the fixed mask: dropped vess
 dilation or erosion, catheter/guide-wire-like false tubes, speckle, and rarely a whole side missing
 (contrast in one limb only).
 
-Validation: ``--val-fraction`` of the patients (patient-wise, ``train_seg.split_patients``),
+Validation: ``--val-fraction`` of the patients (patient-wise, ``training.split_patients``),
 ``--val-pairs`` fixed random pairs each (seeded, the same every epoch), evaluated before training
 (the identity network) and after every epoch: medians of Dice / precision / recall of the warped
 moving image against the fixed one inside the warped ROI (``val_dice`` ...: what a user can
@@ -43,33 +43,26 @@ observe), Dice against the clean (uncorrupted) fixed image (``val_dice_clean``),
 median error of the ROI corners in frame pixels where the ground truth is known (logged only).
 ``best.pt`` is chosen on the median Dice against the fixed images (no ground truth).
 
-Optimisation: AdamW with a cosine decay (``train_seg._lr_at``); the last (affine) layer learns at
+Optimisation: AdamW with a cosine decay (``training.lr_at``); the last (affine) layer learns at
 ``HEAD_LR_UNITS / fc`` of the rate without weight decay (at the body's rate one Adam step would
 move the predicted affine by ~0.5); gradient norm clipped at ``GRAD_CLIP``. The loss adds
 ``registration.affine_prior``, zero for plausible affines (scale within 1.5x, anisotropy 1.3, shift
 within 40 % of the window), which keeps early training out of degenerate shrink-onto-a-blob
 solutions; it uses no ground truth.
 
-Habits shared with ``train-seg`` (and its code where it is generic): ``DIR/last.pt`` /
-``best.pt`` / ``history.json`` written atomically (``train_seg._save_atomic``), ``--resume``,
-``--max-minutes`` / ``--stop-epoch``, tqdm progress (``train_seg._Logger``), torchrun/DDP
-(``train_seg._setup``, ``_agree``, ``_barrier``; batch norm synchronised on GPUs; ``--batch-size``
-is global; rank 0 validates, checkpoints and exports), deterministic algorithms, TorchScript export with a manifest entry (kind ``registration``) via
-``models.add_manifest_entry`` with the exact command and the validation metrics.
+The training run is ``training``'s, shared with ``train-seg``: ``DIR/last.pt`` / ``best.pt`` /
+``history.json`` written atomically, ``--resume``, ``--max-minutes`` / ``--stop-epoch``, tqdm
+progress, torchrun/DDP (batch norm synchronised on GPUs; ``--batch-size`` is global; rank 0
+validates, checkpoints and exports), deterministic algorithms, TorchScript export with a manifest
+entry (kind ``registration``) with the exact command and the validation metrics.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 import re
-import shlex
-import sys
-import tempfile
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -77,12 +70,15 @@ import numpy as np
 
 from .errors import InputError
 from .registration import DEFAULT_MARGIN, NET_SIZE, Window, crop_window, registration_window
+from .training import (TrainingConfig, TrainingRun, add_common_training_arguments, finite_median, natural_key,
+                        read_case_index, read_mask_png, run_command)
 
-CHECKPOINT_FORMAT = 1
 CHECKPOINT_KIND = "train-reg"
 _CSV_COLUMNS = ("patient", "split", "image", "mask", "projection_true", "projection_nominal")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SYNTH_RE = re.compile(r"^synthetic:(\d+)$")
+#: what must agree between a checkpoint and the run that resumes it
+RESUME_KEYS = ("width", "fc", "size", "seed", "batch_size", "pairs_per_epoch", "margin", "paper_pooling", "sub_roi",
+               "corrupt", "max_rotation", "max_shear", "max_shift")
 #: learning-rate factor of the last (affine) layer is HEAD_LR_UNITS / fc: Adam moves every weight by
 #: ~lr per step and each of the 6 outputs sums fc (1024) of them, so at the body's rate the predicted
 #: affine would jump by ~0.5 per step; this keeps its step the same for any fc
@@ -101,21 +97,15 @@ DEVIATIONS = (
 # configuration
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class RegTrainConfig:
-    data: List[str]
-    out: str
+class RegTrainConfig(TrainingConfig):
     epochs: int = 30
-    batch_size: int = 8
-    pairs_per_epoch: int = 256
     lr: float = 3e-4
-    weight_decay: float = 1e-4
-    seed: int = 0
     size: int = NET_SIZE
+    pairs_per_epoch: int = 256
     width: float = 1.0
     fc: int = 1024
     paper_pooling: bool = False
     margin: float = DEFAULT_MARGIN
-    val_fraction: float = 0.2
     val_pairs: int = 4
     sub_roi: float = 0.5
     corrupt: float = 0.8
@@ -123,24 +113,20 @@ class RegTrainConfig:
     scale_range: Tuple[float, float] = (0.85, 1.15)
     max_shear: float = 0.05
     max_shift: float = 0.2
-    device: str = "auto"
-    max_minutes: Optional[float] = None
-    stop_epoch: Optional[int] = None
-    resume: Optional[str] = None  # None, "last" or a checkpoint path
-    export: Optional[str] = None
-    export_dir: Optional[str] = None
-    progress: bool = True
+
+    SUBCOMMAND = "train-reg"
+    COMMAND_OPTIONS = ("epochs", "batch_size", "pairs_per_epoch", "lr", "weight_decay", "seed", "size", "width", "fc",
+                       "margin", "val_fraction", "val_pairs", "sub_roi", "corrupt", "max_rotation", "scale_range",
+                       "max_shear", "max_shift")
 
     def check(self) -> None:
         if not self.data:
             raise InputError("train-reg needs at least one --data folder, case index CSV or synthetic:COUNT")
-        for name, v, lo in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
-                            ("--pairs-per-epoch", self.pairs_per_epoch, 1), ("--val-pairs", self.val_pairs, 1),
+        super().check()
+        for name, v, lo in (("--pairs-per-epoch", self.pairs_per_epoch, 1), ("--val-pairs", self.val_pairs, 1),
                             ("--fc", self.fc, 1)):
             if int(v) < lo:
                 raise InputError(f"{name} must be >= {lo}, got {v}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InputError(f"--lr must be a positive number, got {self.lr}")
         if not 0.05 <= self.width <= 4:
             raise InputError(f"--width must lie in 0.05-4, got {self.width}")
         mult = 2 ** len(_pool_after(self))
@@ -148,8 +134,6 @@ class RegTrainConfig:
             raise InputError(f"--size must be a multiple of {mult}, at least {2 * mult}, got {self.size}")
         if not 0.0 <= self.margin <= 1.0:
             raise InputError(f"--margin must lie in [0, 1], got {self.margin}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise InputError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
         for name, v in (("--sub-roi", self.sub_roi), ("--corrupt", self.corrupt)):
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"{name} must lie in [0, 1], got {v}")
@@ -158,39 +142,9 @@ class RegTrainConfig:
             raise InputError(f"--scale-range must be LO,HI with 0.3 <= LO <= 1 <= HI <= 3, got {lo},{hi}")
         if not (0 <= self.max_rotation <= 90 and 0 <= self.max_shear <= 0.5 and 0 <= self.max_shift <= 0.5):
             raise InputError("--max-rotation must lie in 0-90, --max-shear in 0-0.5, --max-shift in 0-0.5")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise InputError(f"--max-minutes must be positive, got {self.max_minutes}")
-        if self.stop_epoch is not None and not 1 <= self.stop_epoch <= self.epochs:
-            raise InputError(f"--stop-epoch must lie in 1-{self.epochs}, got {self.stop_epoch}")
-        if self.export is not None and not _NAME_RE.match(self.export):
-            raise InputError(f"--export name {self.export!r} must be letters, digits, '.', '_' or '-' (up to 64)")
 
-    def command(self, world_size: int = 1) -> str:
-        """The command line that reproduces this run's weights (resume and time limit left out)."""
-        parts = ["train-reg"]
-        for d in self.data:
-            parts += ["--data", str(d)]
-        parts += ["--epochs", str(self.epochs), "--batch-size", str(self.batch_size),
-                  "--pairs-per-epoch", str(self.pairs_per_epoch), "--lr", f"{self.lr:g}",
-                  "--weight-decay", f"{self.weight_decay:g}", "--seed", str(self.seed), "--size", str(self.size),
-                  "--width", f"{self.width:g}", "--fc", str(self.fc), "--margin", f"{self.margin:g}",
-                  "--val-fraction", f"{self.val_fraction:g}", "--val-pairs", str(self.val_pairs),
-                  "--sub-roi", f"{self.sub_roi:g}", "--corrupt", f"{self.corrupt:g}",
-                  "--max-rotation", f"{self.max_rotation:g}",
-                  "--scale-range", f"{self.scale_range[0]:g},{self.scale_range[1]:g}",
-                  "--max-shear", f"{self.max_shear:g}", "--max-shift", f"{self.max_shift:g}"]
-        if self.paper_pooling:
-            parts.append("--paper-pooling")
-        if self.stop_epoch is not None:
-            parts += ["--stop-epoch", str(self.stop_epoch)]
-        parts += ["--out", str(self.out)]
-        if self.export:
-            parts += ["--export", self.export]
-        if self.export_dir:
-            parts += ["--export-dir", str(self.export_dir)]
-        prefix = ["tavireg"] if world_size <= 1 else [
-            "torchrun", f"--nproc_per_node={world_size}", "-m", "TAVIRegistrationLib.cli"]
-        return shlex.join(prefix + parts)
+    def command_flags(self) -> List[str]:
+        return ["--paper-pooling"] if self.paper_pooling else []
 
 
 def _pool_after(config) -> Tuple[int, ...]:
@@ -372,31 +326,14 @@ def _mask_sample(mask: np.ndarray, patient: str, source: str, name: str) -> RegS
     return RegSample(m.shape, p, p, None, None, _default_roi(m), patient, source, "", name, np.eye(3))
 
 
-def _read_png_mask(path: Path, shape: Optional[Tuple[int, int]] = None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise InputError(f"mask {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            m = np.asarray(im.convert("L"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"cannot read mask {path}: {exc}") from None
-    if shape is not None and m.shape != tuple(shape):
-        raise InputError(f"mask {path.name} is {m.shape[0]} x {m.shape[1]} px, expected {shape[0]} x {shape[1]}")
-    return (m > 127).astype(np.uint8)
-
-
 def load_mask_folder(folder: Path) -> List[RegSample]:
     """``*_gt.png`` masks (else every ``*.png``) of a folder; each mask is its own patient."""
-    from .train_seg import _natural_key
-
     files = sorted(folder.glob("*_gt.png")) or sorted(folder.glob("*.png"))
     if not files:
         raise InputError(f"{folder} holds no PNG masks (*_gt.png or *.png)")
     out = []
-    for f in sorted(files, key=lambda p: _natural_key(p.stem)):
-        m = _read_png_mask(f)
+    for f in sorted(files, key=lambda p: natural_key(p.stem)):
+        m = read_mask_png(f)
         if m.sum() < 20:
             continue  # an empty mask gives no pair
         out.append(_mask_sample(m, f"{folder.name}:{f.stem}", str(folder), f.name))
@@ -436,47 +373,23 @@ def _parse_affine(text: Optional[str]) -> Optional[np.ndarray]:
 
 def load_phantom_index(csv_path: Path) -> Tuple[List[RegSample], int]:
     """Rows of a phantom case index (not the ``test`` ones); returns (samples, test rows skipped)."""
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            cols = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"cannot read case index {csv_path}: {exc}") from None
-    missing = [c for c in _CSV_COLUMNS if c not in cols]
-    if missing:
-        raise InputError(f"case index {csv_path.name} lacks the column(s) {', '.join(missing)} (train-reg needs "
-                         "the phantom's projection_true and projection_nominal)")
+    rows, skipped = read_case_index(csv_path, _CSV_COLUMNS,
+                                    " (train-reg needs the phantom's projection_true and projection_nominal)")
     base = csv_path.parent
     out: List[RegSample] = []
-    skipped = 0
-    sides: Dict[str, set] = {}
-    for i, r in enumerate(rows, start=2):
-        split = r["split"].lower()
-        if split not in ("", "auto", "train", "val", "test"):
-            raise InputError(f"{csv_path.name} line {i}: split must be train, val, test or empty, got {r['split']!r}")
-        if not r["patient"]:
-            raise InputError(f"{csv_path.name} line {i}: empty patient")
-        patient = f"{csv_path.stem}:{r['patient']}"
-        sides.setdefault(patient, set()).add(split if split in ("train", "val", "test") else "auto")
-        if split == "test":
-            skipped += 1
-            continue
-        nominal = _read_png_mask(base / r["projection_nominal"])
+    for row in rows:
+        r = row.values
+        nominal = read_mask_png(base / r["projection_nominal"])
         shape = nominal.shape
-        mask = _read_png_mask(base / r["mask"], shape)
-        truth = _read_png_mask(base / r["projection_true"], shape)
-        seg = _read_png_mask(base / r["segmentation"], shape) if r.get("segmentation") else None
+        mask = read_mask_png(base / r["mask"], shape)
+        truth = read_mask_png(base / r["projection_true"], shape)
+        seg = read_mask_png(base / r["segmentation"], shape) if r.get("segmentation") else None
         if nominal.sum() < 20 or mask.sum() < 20:
             continue
-        roi = _parse_roi_text(r["roi"], f"{csv_path.name} line {i}") if r.get("roi") else _default_roi(nominal)
+        roi = _parse_roi_text(r["roi"], f"{csv_path.name} line {row.line}") if r.get("roi") else _default_roi(nominal)
         out.append(RegSample(shape, _pack(nominal), _pack(mask), _pack(truth),
-                             _pack(seg) if seg is not None else None, roi, patient, str(csv_path),
-                             split if split in ("train", "val") else "", f"{r['mask']}", _parse_affine(r.get("affine"))))
-    for patient, s in sides.items():
-        if len(s & {"train", "val", "test"}) > 1 or ("auto" in s and len(s) > 1):
-            raise InputError(f"case index {csv_path.name}: patient {patient.split(':', 1)[1]!r} has frames in several "
-                             f"splits ({', '.join(sorted(s))}); the split must be patient-wise")
+                             _pack(seg) if seg is not None else None, roi, row.patient, str(csv_path),
+                             row.split, f"{r['mask']}", _parse_affine(r.get("affine"))))
     return out, skipped
 
 
@@ -631,12 +544,6 @@ def predict_thetas(model, pairs: Sequence[Pair], device, batch_size: int = 8) ->
     return np.concatenate(out) if out else np.zeros((0, 2, 3), np.float32)
 
 
-def _median(values) -> Optional[float]:
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    return float(np.median(v)) if v.size else None
-
-
 def pair_metrics(thetas: np.ndarray, pairs: Sequence[Pair]) -> Dict[str, Any]:
     """Medians over pairs (see the module docstring) and the ROI-corner error in frame pixels."""
     import torch
@@ -667,116 +574,13 @@ def pair_metrics(thetas: np.ndarray, pairs: Sequence[Pair]) -> Dict[str, Any]:
     c = np.asarray(corners, float)
     cc = np.asarray(centres, float)
     return {
-        "median_dice": _median(dice), "median_precision": _median(prec), "median_recall": _median(rec),
-        "median_dice_clean": _median(dice_clean),
+        "median_dice": finite_median(dice), "median_precision": finite_median(prec),
+        "median_recall": finite_median(rec), "median_dice_clean": finite_median(dice_clean),
         "mean_corner_error_px": float(np.mean(c)) if c.size else None,
         "median_corner_error_px": float(np.median(c)) if c.size else None,
         "mean_centre_error_px": float(np.mean(cc)) if cc.size else None,
         "n_pairs": len(pairs),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints and export
-# ---------------------------------------------------------------------------------------------
-def _load_checkpoint(path: Path) -> Dict[str, Any]:
-    import torch
-
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist (nothing to resume)")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"checkpoint {path} cannot be read: {' '.join(str(exc).split())[:160]}") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or ck.get("kind") != CHECKPOINT_KIND:
-        raise InputError(f"{path} is not a train-reg checkpoint")
-    return ck
-
-
-def _save_scripted_atomic(scripted, target_dir: Path, file_name: str) -> Tuple[Path, str]:
-    from .models import file_mode, sha256_file
-
-    final = target_dir / file_name
-    fd, tmp = tempfile.mkstemp(prefix=f".{file_name}.", suffix=".part", dir=target_dir)
-    os.close(fd)
-    try:
-        os.chmod(tmp, file_mode())
-        scripted.save(tmp)
-        digest = sha256_file(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return final, digest
-
-
-def export_model(config: RegTrainConfig, out_dir: Path, described, split, world: int, epochs_done: int,
-                 stopped_by_time: bool, summary: Dict[str, Any]) -> Dict[str, Any]:
-    """TorchScript file + manifest entry (kind ``registration``) from ``best.pt`` (else ``last.pt``)."""
-    import torch
-
-    from .models import add_manifest_entry, models_dir
-    from .outputs import check_writable_dir
-    from .regnet import ARCHITECTURE, POOLED_SIZE, count_parameters, multiply_adds, script_model
-
-    ck_path = out_dir / "best.pt" if (out_dir / "best.pt").is_file() else out_dir / "last.pt"
-    ck = _load_checkpoint(ck_path)
-    model = build_model(config)
-    model.load_state_dict(ck["model"])
-    target_dir = Path(config.export_dir) if config.export_dir else models_dir()
-    check_writable_dir(target_dir)
-    final, digest = _save_scripted_atomic(script_model(model), target_dir, f"{config.export}.pt")
-    best = ck.get("best") or {}
-    repro = config
-    if stopped_by_time:
-        repro = RegTrainConfig(**{**asdict(config), "stop_epoch": epochs_done, "max_minutes": None})
-    pool = list(model.pool_after)
-    entry = {
-        "name": config.export,
-        "file": final.name,
-        "sha256": digest,
-        "kind": "registration",
-        "architecture": ARCHITECTURE,
-        "input_size": [config.size, config.size],
-        "params": count_parameters(model),
-        "multiply_adds": multiply_adds(model),
-        "channels": list(model.channels),
-        "pool_after": pool,
-        "pool_before_fc": f"adaptive average pooling to {POOLED_SIZE}x{POOLED_SIZE}",
-        "fc": config.fc,
-        "deviations": DEVIATIONS.format(
-            pool=", ".join(map(str, pool)),
-            pbf=f"adaptive average pooling to {POOLED_SIZE}x{POOLED_SIZE} before the first fully connected layer "
-                f"(its weights: {model.fc1.in_features * model.fc1.out_features / 1e6:.1f} M)"),
-        "theta_convention": "torch affine_grid, align_corners=False, output (fixed) -> input (moving) sampling",
-        "window_margin": config.margin,
-        "normalisation": "binary masks cropped to the registration window and area-resized to the input size, "
-                         "floats in [0, 1]; channel 0 moving (projection inside the ROI), channel 1 fixed",
-        "trained_on": described,
-        "validation_patients": split["val_patients"],
-        "metrics": {
-            "validation": best.get("metrics"),
-            "validation_before_training": (ck.get("history") or [{}])[0].get("val_before"),
-            "evaluated_at": f"network size {config.size}, {config.val_pairs} seeded synthetic pairs per validation "
-                            "patient (random affine + DRU-Net-like corruption); Dice inside the warped ROI",
-            "checkpoint_epoch": best.get("epoch", ck.get("epoch")),
-            "epochs_trained": epochs_done,
-            "train_minutes": summary.get("train_minutes"),
-            "device": summary.get("device"),
-            "world_size": world,
-        },
-        "loss": "1 - soft Dice of the STN-warped moving image against the fixed image inside the warped ROI, "
-                "mean over a 4-level blur pyramid (registration.pair_loss)",
-        "seed": config.seed,
-        "command": repro.command(world),
-        "argv": shlex.join(sys.argv),
-        "torch_version": torch.__version__,
-    }
-    stored = add_manifest_entry(entry, target_dir)
-    return {"file": str(final), "sha256": digest, "models_dir": str(target_dir), "entry": stored}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -786,131 +590,48 @@ def train(config: RegTrainConfig) -> Dict[str, Any]:
     """Train (or resume), checkpoint every epoch, export when asked. Returns a summary dict."""
     import torch
 
-    from .outputs import check_writable_dir
-    from .regnet import count_parameters
-    from .train_seg import _Logger, _agree, _barrier, _lr_at, _natural_key, _save_atomic, _setup, split_patients
+    from .regnet import count_parameters, script_model
 
-    config.check()
-    t_start = time.monotonic()
-    out_dir = Path(config.out)
-    dinfo, device = _setup(config)
-    log = _Logger(config.progress and dinfo.main)
-
+    run = TrainingRun(config, CHECKPOINT_KIND)
+    device, log = run.device, run.log
     samples, described = load_data(config)
-    if config.resume:
-        _load_checkpoint(out_dir / "last.pt" if config.resume == "last" else Path(config.resume))
-    check_writable_dir(out_dir)
-    train_set, val_set = split_patients(samples, config.val_fraction, config.seed)
-    split = {"train_patients": sorted({s.patient for s in train_set}, key=_natural_key),
-             "val_patients": sorted({s.patient for s in val_set}, key=_natural_key)}
+    train_set, val_set = run.split_data(samples, described)
     for d in described:
         key = str(d["path"]) if d["kind"] == "synthetic vessel trees" else str(Path(d["path"]))
         d["train_masks"] = sum(1 for s in train_set if s.source == key)
         d["val_masks"] = sum(1 for s in val_set if s.source == key)
     log.line(f"data: {len(train_set)} training masks, {len(val_set)} validation masks "
              f"({len(val_set) * config.val_pairs} validation pairs)")
-    val_pairs = validation_pairs(val_set, config) if dinfo.main and val_set else []
+    val_pairs = validation_pairs(val_set, config) if run.dist.main and val_set else []
 
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
     n_params = count_parameters(model)
     opt = make_optimizer(model, config)
-    start_epoch, history, best = 0, [], None
     val_before = None
-    if config.resume:
-        ck_path = out_dir / "last.pt" if config.resume == "last" else Path(config.resume)
-        ck = _load_checkpoint(ck_path)
-        old = ck.get("config", {})
-        for key in ("width", "fc", "size", "seed", "batch_size", "pairs_per_epoch", "margin", "paper_pooling",
-                    "sub_roi", "corrupt", "max_rotation", "max_shear", "max_shift"):
-            if old.get(key) != getattr(config, key):
-                raise InputError(f"cannot resume {ck_path}: it was trained with {key}={old.get(key)!r}, "
-                                 f"this run asks for {getattr(config, key)!r}")
-        if ck.get("split") != split:
-            raise InputError(f"cannot resume {ck_path}: the training/validation patients differ from the checkpoint's")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        start_epoch, history, best = int(ck["epoch"]), list(ck.get("history", [])), ck.get("best")
-        log.line(f"resumed from {ck_path} after epoch {start_epoch}")
-    elif val_pairs:
+    if not run.resume(model, opt, RESUME_KEYS) and val_pairs:
         val_before = pair_metrics(predict_thetas(model, val_pairs, device), val_pairs)
         log.line(f"before training (identity): val median Dice {val_before['median_dice']:.3f}, "
                  f"clean {val_before['median_dice_clean']:.3f}, corner error mean "
                  f"{_fmt(val_before['mean_corner_error_px'])} px")
+    net, model = run.parallel(model)
 
-    net = model
-    if dinfo.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    def validate():
+        if not val_pairs:
+            return None
+        metrics = pair_metrics(predict_thetas(model, val_pairs, device), val_pairs)
+        return metrics, metrics["median_dice"] or 0.0
 
-        if device.type == "cuda":
-            net = DDP(torch.nn.SyncBatchNorm.convert_sync_batchnorm(model), device_ids=[device.index])
-        else:
-            net = DDP(model)
-        model = net.module
+    def describe(v) -> str:
+        return (f", val median Dice {v['median_dice']:.3f} (clean {v['median_dice_clean']:.3f}, "
+                f"P {v['median_precision'] or 0:.3f} R {v['median_recall'] or 0:.3f}), corner error "
+                f"mean {_fmt(v['mean_corner_error_px'])} px")
 
-    last_epoch = config.stop_epoch or config.epochs
-    per_rank_batch = max(1, config.batch_size // dinfo.world)
-    epoch_times: List[float] = []
-    stopped_by_time = False
-    epoch = start_epoch
-    for epoch in range(start_epoch, last_epoch):
-        if config.max_minutes is not None and epoch > start_epoch:
-            elapsed = time.monotonic() - t_start
-            stopped_by_time = _agree(elapsed + max(epoch_times[-3:]) > 60 * config.max_minutes, dinfo)
-            if stopped_by_time:
-                break
-        t0 = time.monotonic()
-        loss_avg = _train_epoch(net, opt, train_set, config, epoch, dinfo, device, per_rank_batch, log, _lr_at)
-        epoch_times.append(time.monotonic() - t0)
-        record: Dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_avg, "lr": _lr_at(config, epoch),
-                                  "seconds": round(epoch_times[-1], 2)}
-        if val_before is not None and epoch == 0:
-            record["val_before"] = val_before
-        if dinfo.main:
-            improved = False
-            if val_pairs:
-                metrics = pair_metrics(predict_thetas(model, val_pairs, device), val_pairs)
-                record["val"] = metrics
-                score = metrics["median_dice"] or 0.0
-                if best is None or score > best["score"]:
-                    best = {"epoch": epoch + 1, "score": score, "metrics": metrics}
-                    improved = True
-            history.append(record)
-            ck = {"format": CHECKPOINT_FORMAT, "kind": CHECKPOINT_KIND, "model": model.state_dict(),
-                  "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history, "best": best,
-                  "config": asdict(config), "split": split, "params": n_params, "torch_version": torch.__version__}
-            _save_atomic(ck, out_dir / "last.pt")
-            if improved:
-                _save_atomic({**ck, "optimizer": None}, out_dir / "best.pt")
-            _save_atomic({"history": history, "best": best, "split": split, "data": described},
-                         out_dir / "history.json")
-            val_txt = ""
-            if "val" in record:
-                v = record["val"]
-                val_txt = (f", val median Dice {v['median_dice']:.3f} (clean {v['median_dice_clean']:.3f}, "
-                           f"P {v['median_precision'] or 0:.3f} R {v['median_recall'] or 0:.3f}), corner error "
-                           f"mean {_fmt(v['mean_corner_error_px'])} px")
-            log.line(f"epoch {epoch + 1}/{config.epochs}: loss {loss_avg:.4f}{val_txt} [{epoch_times[-1]:.1f} s]")
-        _barrier(dinfo)
-    epochs_done = len(history) if dinfo.main else epoch + 1
-    summary: Dict[str, Any] = {"out": str(out_dir), "epochs_done": epochs_done, "params": n_params,
-                               "device": str(device), "world_size": dinfo.world, "best": best,
-                               "val_before": (history[0].get("val_before") if history else None),
-                               "stopped_by_time": stopped_by_time,
-                               "train_minutes": round((time.monotonic() - t_start) / 60, 2)}
-    if stopped_by_time:
-        log.line(f"stopped after epoch {epochs_done}: --max-minutes {config.max_minutes:g} reached")
-    if config.export and dinfo.main:
-        summary["export"] = export_model(config, out_dir, described, split, dinfo.world, epochs_done,
-                                         stopped_by_time, summary)
-        log.line(f"exported {summary['export']['file']} (sha256 {summary['export']['sha256'][:16]}...) "
-                 f"to {summary['export']['models_dir']}")
-    _barrier(dinfo)
-    if dinfo.world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-    return summary
+    run.fit(model, net, opt, lambda epoch: _train_epoch(run, net, opt, train_set, epoch), validate, describe,
+            n_params, first_record=None if val_before is None else {"val_before": val_before})
+    return run.finish(n_params, {"val_before": run.history[0].get("val_before") if run.history else None},
+                      build_model=lambda: build_model(config), script_model=script_model,
+                      manifest_fields=lambda m, ck: manifest_fields(config, m, ck))
 
 
 def make_optimizer(model, config):
@@ -931,36 +652,62 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.1f}"
 
 
-def _train_epoch(net, opt, train_set: List[RegSample], config: RegTrainConfig, epoch: int, dinfo, device,
-                 per_rank_batch: int, log, lr_at) -> float:
+def _train_epoch(run: TrainingRun, net, opt, train_set: List[RegSample], epoch: int) -> float:
     import torch
 
     from .registration import pair_loss
 
-    for group in opt.param_groups:
-        group["lr"] = lr_at(config, epoch) * float(group.get("lr_scale", 1.0))
+    config, dist = run.config, run.dist
     order = np.random.default_rng([int(config.seed), 31337, epoch]).permutation(config.pairs_per_epoch)
     order = [int(i) % len(train_set) for i in order]
-    mine = order[dinfo.rank::dinfo.world]
-    batches = [mine[i:i + per_rank_batch] for i in range(0, len(mine), per_rank_batch)]
-    net.train()
-    total, count = 0.0, 0
-    bar = log.bar(batches, desc=f"epoch {epoch + 1}/{config.epochs}")
-    for b, idx in enumerate(bar):
-        rng = np.random.default_rng([int(config.seed), epoch, dinfo.rank, b])
+
+    def loss_of(b: int, idx: List[int]):
+        rng = np.random.default_rng([int(config.seed), epoch, dist.rank, b])
         pairs = [make_pair(train_set[i], rng, config) for i in idx]
-        mv, fx, box, _ = _batch_tensors(pairs, device)
-        theta = net(torch.cat([mv, fx], dim=1))
-        loss = pair_loss(theta, mv, fx, box)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP)
-        opt.step()
-        total += float(loss.detach()) * len(idx)
-        count += len(idx)
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{total / count:.4f}")
-    return total / max(count, 1)
+        mv, fx, box, _ = _batch_tensors(pairs, run.device)
+        return pair_loss(net(torch.cat([mv, fx], dim=1)), mv, fx, box)
+
+    return run.train_epoch(net, opt, epoch, order[dist.rank::dist.world], loss_of, grad_clip=GRAD_CLIP)
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+def manifest_fields(config: RegTrainConfig, model, ck: Dict[str, Any]):
+    """The registration fields of a manifest entry (``training.TrainingRun.export_with_manifest``):
+    ``(fields, metrics, loss)``."""
+    from .regnet import ARCHITECTURE, POOLED_SIZE, count_parameters, multiply_adds
+
+    best = ck.get("best") or {}
+    pool = list(model.pool_after)
+    fields = {
+        "kind": "registration",
+        "architecture": ARCHITECTURE,
+        "input_size": [config.size, config.size],
+        "params": count_parameters(model),
+        "multiply_adds": multiply_adds(model),
+        "channels": list(model.channels),
+        "pool_after": pool,
+        "pool_before_fc": f"adaptive average pooling to {POOLED_SIZE}x{POOLED_SIZE}",
+        "fc": config.fc,
+        "deviations": DEVIATIONS.format(
+            pool=", ".join(map(str, pool)),
+            pbf=f"adaptive average pooling to {POOLED_SIZE}x{POOLED_SIZE} before the first fully connected layer "
+                f"(its weights: {model.fc1.in_features * model.fc1.out_features / 1e6:.1f} M)"),
+        "theta_convention": "torch affine_grid, align_corners=False, output (fixed) -> input (moving) sampling",
+        "window_margin": config.margin,
+        "normalisation": "binary masks cropped to the registration window and area-resized to the input size, "
+                         "floats in [0, 1]; channel 0 moving (projection inside the ROI), channel 1 fixed",
+    }
+    metrics = {
+        "validation": best.get("metrics"),
+        "validation_before_training": (ck.get("history") or [{}])[0].get("val_before"),
+        "evaluated_at": f"network size {config.size}, {config.val_pairs} seeded synthetic pairs per validation "
+                        "patient (random affine + DRU-Net-like corruption); Dice inside the warped ROI",
+    }
+    loss = ("1 - soft Dice of the STN-warped moving image against the fixed image inside the warped ROI, "
+            "mean over a 4-level blur pyramid (registration.pair_loss)")
+    return fields, metrics, loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -979,21 +726,13 @@ def add_train_reg_parser(sub) -> None:
     p.add_argument("--data", action="append", required=True, metavar="PATH",
                    help="folder of vessel masks (*_gt.png, else *.png), phantom case index CSV, or synthetic:COUNT "
                         "(repeatable)")
-    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints and the training history")
-    p.add_argument("--epochs", type=int, default=30, help="planned epochs (the learning-rate schedule spans them)")
-    p.add_argument("--batch-size", type=int, default=8, help="global batch size (split across torchrun processes)")
     p.add_argument("--pairs-per-epoch", type=int, default=256, help="random pairs per epoch (default 256)")
-    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=NET_SIZE, help="network input size (default 256)")
     p.add_argument("--width", type=float, default=1.0, help="filters = Fig. 4's times this (default 1)")
     p.add_argument("--fc", type=int, default=1024, help="units of the first fully connected layer (default 1024)")
     p.add_argument("--paper-pooling", action="store_true",
                    help="pool after convolutions 3, 5, 7, 9 as in the paper (4x slower) instead of 1, 3, 5, 7, 9")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help="registration window margin, a fraction of the ROI's longer side per side (default 0.3)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of patients held out for validation")
     p.add_argument("--val-pairs", type=int, default=4, help="seeded validation pairs per validation patient")
     p.add_argument("--sub-roi", type=float, default=0.5, help="probability of a random sub-ROI (default 0.5)")
     p.add_argument("--corrupt", type=float, default=0.8,
@@ -1003,37 +742,8 @@ def add_train_reg_parser(sub) -> None:
                    help="random scale range (default 0.85,1.15)")
     p.add_argument("--max-shear", type=float, default=0.05, help="random shear, +- (default 0.05)")
     p.add_argument("--max-shift", type=float, default=0.2, help="random shift, +- fraction of the window (default 0.2)")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
-    p.add_argument("--max-minutes", type=float, help="stop before an epoch that would end after this many minutes")
-    p.add_argument("--stop-epoch", type=int, help="stop after this epoch (keeps the schedule of --epochs)")
-    p.add_argument("--resume", nargs="?", const="last", metavar="CHECKPOINT",
-                   help="continue from OUT/last.pt (or the given checkpoint)")
-    p.add_argument("--export", metavar="NAME", help="export the best weights as NAME.pt with a manifest entry")
-    p.add_argument("--export-dir", type=Path, help="where to export (default: Resources/Models or $TAVIREG_MODELS_DIR)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-
-
-def config_from_args(args) -> RegTrainConfig:
-    return RegTrainConfig(
-        data=list(args.data), out=str(args.out), epochs=args.epochs, batch_size=args.batch_size,
-        pairs_per_epoch=args.pairs_per_epoch, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-        size=args.size, width=args.width, fc=args.fc, paper_pooling=args.paper_pooling, margin=args.margin,
-        val_fraction=args.val_fraction, val_pairs=args.val_pairs, sub_roi=args.sub_roi, corrupt=args.corrupt,
-        max_rotation=args.max_rotation, scale_range=tuple(args.scale_range), max_shear=args.max_shear,
-        max_shift=args.max_shift, device=args.device, max_minutes=args.max_minutes, stop_epoch=args.stop_epoch,
-        resume=args.resume, export=args.export, export_dir=str(args.export_dir) if args.export_dir else None,
-        progress=not args.quiet,
-    )
+    add_common_training_arguments(p, RegTrainConfig)
 
 
 def run_train_reg(args) -> int:
-    from .train_seg import _json_default
-
-    summary = train(config_from_args(args))
-    if args.json and int(os.environ.get("RANK", "0") or 0) == 0:
-        s = dict(summary)
-        if "export" in s:
-            s["export"] = {k: v for k, v in s["export"].items() if k != "entry"}
-        print(json.dumps(s, indent=2, default=_json_default))
-    return 0
+    return run_command(args, RegTrainConfig, train)

@@ -1534,6 +1534,7 @@ def run_viewer(model=None, fluoro=None, *, units=None, space=None, isocenter=Non
     if frame is not None and int(frame) < 0:
         raise InputError(f"--frame must be 0 or more, got {frame}")
 
+    demo_roi = None
     with tempfile.TemporaryDirectory(prefix="tavireg-gui-") as tmp:
         if demo:
             try:
@@ -1543,6 +1544,8 @@ def run_viewer(model=None, fluoro=None, *, units=None, space=None, isocenter=Non
                                  "(TAVIRegistrationLib.demo is missing)") from None
             case = make_demo_case(Path(tmp))
             model, fluoro = case.model_path, case.fluoro_path
+            frame = case.frame_index if not frame else frame
+            demo_roi = case.truth().user_roi()  # the ROI a user would draw (as in `tavireg demo`)
             if options.isocenter_lps is None and getattr(case, "isocenter_lps", None) is not None:
                 options = replace(options, isocenter_lps=tuple(case.isocenter_lps))
 
@@ -1558,6 +1561,8 @@ def run_viewer(model=None, fluoro=None, *, units=None, space=None, isocenter=Non
                     window.options = options
                 else:
                     window.openCase(model, fluoro, options, frame=int(frame or 0))
+            if demo and demo_roi is not None and window.waitIdle(300) and not window.errors:
+                window.setRoi(demo_roi)
             if screenshot is None:
                 return int(app.exec_())
             return _write_screenshot(window, screenshot, frame, [p for p in (model, fluoro) if p])

@@ -1,0 +1,653 @@
+"""What ``train-seg`` and ``train-reg`` share: the training run around a network.
+
+* ``TrainingConfig``: the options every trainer takes (a trainer's config extends it and sets the
+  defaults of ``epochs``, ``lr`` and ``size``), their checks, the command line that reproduces a
+  run's weights, ``add_common_training_arguments`` and ``run_command`` for the CLI.
+* Data sets: ``natural_key``, ``read_mask_png``, ``read_case_index`` (the rows of a case index CSV,
+  patient-wise split checked), ``split_patients`` (seeded patient-wise validation split) and
+  ``split_record``, ``finite_median`` (validation medians).
+* ``setup_distributed``/``Distributed``: device choice, deterministic algorithms, torchrun/DDP
+  (NCCL on GPUs, gloo on CPUs; rank 0 validates, checkpoints and exports).
+* ``lr_at``: cosine learning-rate decay over the planned epochs.
+* ``Logger``: tqdm progress bar and per-epoch lines on stderr (rank 0 only).
+* Checkpoints: ``save_atomic`` (torch or JSON), ``load_checkpoint(path, kind)``,
+  ``save_scripted_atomic`` (TorchScript file and its SHA256).
+* ``TrainingRun``: resume, DDP wrapping, the epoch loop (time limit, validation, ``last.pt`` /
+  ``best.pt`` / ``history.json``), the summary and ``export_with_manifest``.
+
+Nothing here knows what the network does: the trainers pass their model, loss, validation and
+manifest fields in. Torch is imported lazily so that building the CLI's parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import InputError
+
+CHECKPOINT_FORMAT = 1
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SPLITS = ("train", "val", "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration and command line
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TrainingConfig:
+    """The options of every trainer; a trainer's config extends it (and gives ``epochs``, ``lr`` and
+    ``size`` their defaults), sets ``SUBCOMMAND`` and ``COMMAND_OPTIONS`` and checks its own fields
+    in ``check`` after calling this one."""
+
+    data: List[str]
+    out: str
+    epochs: int
+    lr: float
+    size: int
+    batch_size: int = 8
+    weight_decay: float = 1e-4
+    seed: int = 0
+    val_fraction: float = 0.2
+    device: str = "auto"
+    max_minutes: Optional[float] = None
+    stop_epoch: Optional[int] = None
+    resume: Optional[str] = None  # None, "last" or a checkpoint path
+    export: Optional[str] = None
+    export_dir: Optional[str] = None
+    progress: bool = True
+
+    #: the CLI subcommand, and the fields its reproducing command spells out after ``--data``, in order
+    SUBCOMMAND = ""
+    COMMAND_OPTIONS = ()  # type: Tuple[str, ...]
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise InputError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"--lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InputError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise InputError(f"--max-minutes must be positive, got {self.max_minutes}")
+        if self.stop_epoch is not None and not 1 <= self.stop_epoch <= self.epochs:
+            raise InputError(f"--stop-epoch must lie in 1-{self.epochs}, got {self.stop_epoch}")
+        if self.export is not None and not _NAME_RE.match(self.export):
+            raise InputError(f"--export name {self.export!r} must be letters, digits, '.', '_' or '-' (up to 64)")
+
+    def command_flags(self) -> List[str]:
+        """Switches of the reproducing command (after the options of ``COMMAND_OPTIONS``)."""
+        return []
+
+    def command(self, world_size: int = 1) -> str:
+        """The command line that reproduces this run's weights (resume and time limit left out)."""
+        parts = [self.SUBCOMMAND]
+        for d in self.data:
+            parts += ["--data", str(d)]
+        for name in self.COMMAND_OPTIONS:
+            parts += ["--" + name.replace("_", "-"), _option_text(getattr(self, name))]
+        parts += self.command_flags()
+        if self.stop_epoch is not None:
+            parts += ["--stop-epoch", str(self.stop_epoch)]
+        parts += ["--out", str(self.out)]
+        if self.export:
+            parts += ["--export", self.export]
+        if self.export_dir:
+            parts += ["--export-dir", str(self.export_dir)]
+        prefix = ["tavireg"] if world_size <= 1 else [
+            "torchrun", f"--nproc_per_node={world_size}", "-m", "TAVIRegistrationLib.cli"]
+        return shlex.join(prefix + parts)
+
+    @classmethod
+    def from_args(cls, args):
+        """The configuration of parsed command-line arguments (options named like the fields)."""
+        given = vars(args)
+        values = {f.name: given[f.name] for f in fields(cls) if f.name in given}
+        values.update(data=list(args.data), out=str(args.out), progress=not args.quiet,
+                      export_dir=str(args.export_dir) if args.export_dir else None)
+        return cls(**values)
+
+
+def _option_text(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return ",".join(_option_text(v) for v in value)
+    return str(value)
+
+
+def add_common_training_arguments(p, config_cls) -> None:
+    """The options of ``TrainingConfig`` (defaults from ``config_cls``), ``--quiet`` and ``--json``."""
+    default = {f.name: f.default for f in fields(config_cls)}
+    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints and the training history")
+    p.add_argument("--epochs", type=int, default=default["epochs"],
+                   help="planned epochs (the learning-rate schedule spans them)")
+    p.add_argument("--batch-size", type=int, default=default["batch_size"],
+                   help="global batch size (split across torchrun processes)")
+    p.add_argument("--lr", type=float, default=default["lr"], help="AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=default["weight_decay"], help="AdamW weight decay")
+    p.add_argument("--seed", type=int, default=default["seed"])
+    p.add_argument("--size", type=int, default=default["size"], help=f"network input size (default {default['size']})")
+    p.add_argument("--val-fraction", type=float, default=default["val_fraction"],
+                   help="share of patients held out for validation")
+    p.add_argument("--device", default=default["device"], help="auto (cuda when available), cpu, cuda or cuda:N")
+    p.add_argument("--max-minutes", type=float, help="stop before an epoch that would end after this many minutes")
+    p.add_argument("--stop-epoch", type=int, help="stop after this epoch (keeps the schedule of --epochs)")
+    p.add_argument("--resume", nargs="?", const="last", metavar="CHECKPOINT",
+                   help="continue from OUT/last.pt (or the given checkpoint)")
+    p.add_argument("--export", metavar="NAME", help="export the best weights as NAME.pt with a manifest entry")
+    p.add_argument("--export-dir", type=Path, help="where to export (default: Resources/Models or $TAVIREG_MODELS_DIR)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def run_command(args, config_cls, train: Callable[[Any], Dict[str, Any]]) -> int:
+    """A trainer's CLI command: train, then (rank 0, ``--json``) print the summary."""
+    from .models import json_default
+
+    summary = train(config_cls.from_args(args))
+    if args.json and int(os.environ.get("RANK", "0") or 0) == 0:
+        s = dict(summary)
+        if "export" in s:
+            s["export"] = {k: v for k, v in s["export"].items() if k != "entry"}
+        print(json.dumps(s, indent=2, default=json_default))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# data sets
+# ---------------------------------------------------------------------------------------------
+def natural_key(s: str):
+    """Sort key that orders "2" before "10"."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def read_mask_png(path: Path, shape: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """A mask PNG as uint8 0/1 (grey > 127 = 1); with ``shape``, it must have that size."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise InputError(f"mask {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            m = np.asarray(im.convert("L"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"cannot read mask {path}: {exc}") from None
+    if shape is not None and m.shape != tuple(shape):
+        raise InputError(f"mask {path.name} is {m.shape[0]} x {m.shape[1]} px but its image is {shape[0]} x {shape[1]}")
+    return (m > 127).astype(np.uint8)
+
+
+@dataclass
+class CaseRow:
+    """One non-``test`` row of a case index CSV."""
+
+    line: int
+    values: Dict[str, str]  # column -> stripped text
+    patient: str  # "<csv stem>:<patient>"
+    split: str  # "train", "val" or "" (assigned by split_patients)
+
+
+def read_case_index(csv_path: Path, columns: Sequence[str], missing_hint: str = "") -> Tuple[List[CaseRow], int]:
+    """The rows of a case index CSV that are not ``test`` ones, and how many ``test`` rows it has.
+
+    ``columns`` must be present (``missing_hint`` is added to the message when some are not); every
+    row needs a patient and a split of ``train``, ``val``, ``test`` or empty (``auto`` = empty), and a
+    patient's rows must all be on one side of the split.
+    """
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read case index {csv_path}: {exc}") from None
+    missing = [c for c in columns if c not in cols]
+    if missing:
+        raise InputError(f"case index {csv_path.name} lacks the column(s) {', '.join(missing)}{missing_hint}")
+    out: List[CaseRow] = []
+    skipped = 0
+    sides: Dict[str, set] = {}
+    for i, r in enumerate(rows, start=2):
+        split = r["split"].lower()
+        if split not in ("", "auto") + _SPLITS:
+            raise InputError(f"{csv_path.name} line {i}: split must be train, val, test or empty, got {r['split']!r}")
+        if not r["patient"]:
+            raise InputError(f"{csv_path.name} line {i}: empty patient")
+        patient = f"{csv_path.stem}:{r['patient']}"
+        sides.setdefault(patient, set()).add(split if split in _SPLITS else "auto")
+        if split == "test":
+            skipped += 1
+            continue
+        out.append(CaseRow(i, r, patient, split if split in ("train", "val") else ""))
+    for patient, s in sides.items():
+        if len(s & set(_SPLITS)) > 1 or ("auto" in s and len(s) > 1):
+            raise InputError(
+                f"case index {csv_path.name}: patient {patient.split(':', 1)[1]!r} has frames in several splits "
+                f"({', '.join(sorted(s))}); the split must be patient-wise"
+            )
+    return out, skipped
+
+
+def split_patients(samples: List[Any], val_fraction: float, seed: int) -> Tuple[List[Any], List[Any]]:
+    """Patient-wise (train, val) of samples with ``patient``, ``source`` and ``split``: given splits
+    kept, the rest split per data set (``source``) by a seeded shuffle."""
+    rng = np.random.default_rng(seed)
+    val_patients = set()
+    for source in sorted({s.source for s in samples}):
+        free = sorted({s.patient for s in samples if s.source == source and not s.split}, key=natural_key)
+        if not free or val_fraction <= 0:
+            continue
+        n_val = max(1, int(round(val_fraction * len(free)))) if len(free) > 1 else 0
+        order = rng.permutation(len(free))
+        val_patients.update(free[i] for i in order[:n_val])
+    train, val = [], []
+    for s in samples:
+        is_val = s.split == "val" or (not s.split and s.patient in val_patients)
+        (val if is_val else train).append(s)
+    if not train:
+        raise InputError("the validation split took every patient: lower --val-fraction or add data")
+    return train, val
+
+
+def split_record(train: Iterable[Any], val: Iterable[Any]) -> Dict[str, List[str]]:
+    """The patients on each side of a split, as checkpoints and the manifest record them."""
+    return {"train_patients": sorted({s.patient for s in train}, key=natural_key),
+            "val_patients": sorted({s.patient for s in val}, key=natural_key)}
+
+
+def finite_median(values: Iterable[float]) -> Optional[float]:
+    """Median of the finite values, None when there are none."""
+    v = np.asarray(list(values), float)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else None
+
+
+# ---------------------------------------------------------------------------------------------
+# devices, distribution, schedule, logging
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (world 1: a plain run)."""
+
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's decision, for every rank."""
+        if self.world <= 1:
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0])
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.broadcast(t, 0)
+        return bool(t.item() > 0.5)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def setup_distributed(requested_device: str):
+    """``(Distributed, torch.device)``: the device asked for (``models.pick_device``), deterministic
+    algorithms (warn only), cuDNN benchmark off, and under torchrun the process group."""
+    import torch
+
+    from .models import pick_device
+
+    dist_info = Distributed(int(os.environ.get("WORLD_SIZE", "1") or 1), int(os.environ.get("RANK", "0") or 0),
+                            int(os.environ.get("LOCAL_RANK", "0") or 0))
+    device = pick_device(requested=requested_device)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            torch.cuda.set_device(dist_info.local_rank)
+            device = torch.device("cuda", dist_info.local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist_info, device
+
+
+def lr_at(config: TrainingConfig, epoch: int) -> float:
+    """Cosine decay from lr to lr/20 over the planned epochs."""
+    return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs)))
+
+
+class Logger:
+    """tqdm progress bars and lines on stderr; silent when disabled (``--quiet``, ranks other than 0)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def bar(self, items, desc: str):
+        if not self.enabled:
+            return items
+        from tqdm import tqdm
+
+        return tqdm(items, desc=desc, unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True)
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints and TorchScript files
+# ---------------------------------------------------------------------------------------------
+def save_atomic(obj, path: Path) -> None:
+    """``obj`` to ``path`` in one step: JSON for a ``.json`` path, else ``torch.save``."""
+    from .models import write_atomic, write_json_atomic
+
+    if isinstance(obj, (dict, list)) and path.suffix == ".json":
+        write_json_atomic(path, obj)
+        return
+    import torch
+
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path: Path, kind: str, accept_unnamed: bool = False) -> Dict[str, Any]:
+    """A checkpoint written by the trainer ``kind`` (e.g. "train-reg"); ``accept_unnamed`` also takes
+    one that names no kind (written before checkpoints recorded theirs). InputError otherwise."""
+    import torch
+
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist (nothing to resume)")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"checkpoint {path} cannot be read: {' '.join(str(exc).split())[:160]}") from None
+    if (not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or "model" not in ck
+            or ck.get("kind", kind if accept_unnamed else None) != kind):
+        raise InputError(f"{path} is not a {kind} checkpoint")
+    return ck
+
+
+def save_scripted_atomic(scripted, target_dir: Path, file_name: str) -> Tuple[Path, str]:
+    """A scripted module saved as ``target_dir/file_name`` in one step; ``(path, SHA256)``."""
+    from .models import sha256_file, write_atomic
+
+    digest: List[str] = []
+
+    def write(tmp: str) -> None:
+        scripted.save(tmp)
+        digest.append(sha256_file(tmp))
+
+    final = target_dir / file_name
+    write_atomic(final, write)
+    return final, digest[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the training run
+# ---------------------------------------------------------------------------------------------
+class TrainingRun:
+    """One training command around a trainer's network: set-up, resume, the epoch loop with
+    checkpoints, the summary and the export. Typical use::
+
+        run = TrainingRun(config, "train-xyz")       # checks config, devices, torchrun
+        samples, described = load_data(config)
+        train_set, val_set = run.split_data(samples, described)
+        ... model, optimiser ...
+        run.resume(model, opt, keys)                 # when config.resume
+        net, model = run.parallel(model)             # DDP under torchrun
+        run.fit(model, net, opt, train_epoch, validate, describe, n_params)
+        return run.finish(n_params, {...}, build_model=..., script_model=..., manifest_fields=...)
+    """
+
+    def __init__(self, config: TrainingConfig, checkpoint_kind: str, accept_unnamed: bool = False):
+        config.check()
+        self.t_start = time.monotonic()
+        self.config = config
+        self.checkpoint_kind = checkpoint_kind
+        self.accept_unnamed = accept_unnamed
+        self.out_dir = Path(config.out)
+        self.dist, self.device = setup_distributed(config.device)
+        self.log = Logger(config.progress and self.dist.main)
+        self.start_epoch, self.history, self.best = 0, [], None
+        self.epochs_done, self.stopped_by_time = 0, False
+        self.split: Dict[str, Any] = {}
+        self.described: List[Dict[str, Any]] = []
+
+    def load_checkpoint(self, path: Path) -> Dict[str, Any]:
+        return load_checkpoint(path, self.checkpoint_kind, self.accept_unnamed)
+
+    @property
+    def resume_path(self) -> Path:
+        return self.out_dir / "last.pt" if self.config.resume == "last" else Path(self.config.resume)
+
+    @property
+    def per_rank_batch(self) -> int:
+        return max(1, self.config.batch_size // self.dist.world)
+
+    def split_data(self, samples: List[Any], described: List[Dict[str, Any]]) -> Tuple[List[Any], List[Any]]:
+        """``(train, val)`` of ``split_patients``, recorded with the data sets' description for the
+        checkpoints; first (before anything is written) the checkpoint to resume from must be
+        readable and the output folder writable."""
+        from .outputs import check_writable_dir
+
+        if self.config.resume:
+            self.load_checkpoint(self.resume_path)
+        check_writable_dir(self.out_dir)
+        train, val = split_patients(samples, self.config.val_fraction, self.config.seed)
+        self.split, self.described = split_record(train, val), described
+        return train, val
+
+    def resume(self, model, opt, keys: Sequence[str]) -> bool:
+        """Weights, optimiser, epoch, history and best of the checkpoint to resume from (False when
+        not resuming); its config must agree on ``keys`` and its split must be this run's."""
+        if not self.config.resume:
+            return False
+        ck_path = self.resume_path
+        ck = self.load_checkpoint(ck_path)
+        old = ck.get("config", {})
+        for key in keys:
+            if old.get(key) != getattr(self.config, key):
+                raise InputError(f"cannot resume {ck_path}: it was trained with {key}={old.get(key)!r}, "
+                                 f"this run asks for {getattr(self.config, key)!r}")
+        if ck.get("split") != self.split:
+            raise InputError(f"cannot resume {ck_path}: the training/validation patients differ from the checkpoint's")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        self.start_epoch, self.history, self.best = int(ck["epoch"]), list(ck.get("history", [])), ck.get("best")
+        self.log.line(f"resumed from {ck_path} after epoch {self.start_epoch}")
+        return True
+
+    def parallel(self, model):
+        """``(net to train, model)``: under torchrun ``net`` is the DDP wrapper (batch norm synchronised
+        on GPUs) and ``model`` its module; else both are ``model``."""
+        if self.dist.world <= 1:
+            return model, model
+        import torch
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if self.device.type == "cuda":
+            net = DDP(torch.nn.SyncBatchNorm.convert_sync_batchnorm(model), device_ids=[self.device.index])
+        else:
+            net = DDP(model)
+        return net, net.module
+
+    def train_epoch(self, net, opt, epoch: int, order: Sequence[int], loss_of: Callable[[int, List[int]], Any],
+                    grad_clip: Optional[float] = None) -> float:
+        """One epoch over this rank's sample indices ``order`` in batches of ``per_rank_batch``: the
+        epoch's learning rate (times a parameter group's ``lr_scale``), then per batch ``b`` the loss
+        ``loss_of(b, indices)`` and a step (gradient norm clipped at ``grad_clip``). The mean loss."""
+        import torch
+
+        for group in opt.param_groups:
+            group["lr"] = lr_at(self.config, epoch) * float(group.get("lr_scale", 1.0))
+        k = self.per_rank_batch
+        batches = [list(order[i:i + k]) for i in range(0, len(order), k)]
+        net.train()
+        total, count = 0.0, 0
+        bar = self.log.bar(batches, desc=f"epoch {epoch + 1}/{self.config.epochs}")
+        for b, idx in enumerate(bar):
+            loss = loss_of(b, idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{total / count:.4f}")
+        return total / max(count, 1)
+
+    def fit(self, model, net, opt, train_epoch: Callable[[int], float],
+            validate: Callable[[], Optional[Tuple[Dict[str, Any], float]]], describe: Callable[[Dict[str, Any]], str],
+            params: int, first_record: Optional[Dict[str, Any]] = None) -> None:
+        """The epochs from ``start_epoch`` to ``--stop-epoch``/``--epochs``, stopping early when the
+        next epoch would pass ``--max-minutes``. Each epoch: ``train_epoch(epoch)``; on rank 0
+        ``validate()`` (``(metrics, score)`` or None) decides ``best.pt`` (higher score is better),
+        ``last.pt`` and ``history.json`` are written and ``describe(metrics)`` is logged.
+        ``first_record`` is added to the record of epoch 1."""
+        import torch
+
+        config, dist, log = self.config, self.dist, self.log
+        epoch_times: List[float] = []
+        stopped = False
+        epoch = self.start_epoch
+        for epoch in range(self.start_epoch, config.stop_epoch or config.epochs):
+            if config.max_minutes is not None and epoch > self.start_epoch:
+                elapsed = time.monotonic() - self.t_start
+                stopped = dist.agree(elapsed + max(epoch_times[-3:]) > 60 * config.max_minutes)
+                if stopped:
+                    break
+            t0 = time.monotonic()
+            loss_avg = train_epoch(epoch)
+            epoch_times.append(time.monotonic() - t0)
+            record: Dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_avg, "lr": lr_at(config, epoch),
+                                      "seconds": round(epoch_times[-1], 2)}
+            if first_record is not None and epoch == 0:
+                record.update(first_record)
+            if dist.main:
+                improved = False
+                validated = validate()
+                if validated is not None:
+                    record["val"], score = validated
+                    if self.best is None or score > self.best["score"]:
+                        self.best = {"epoch": epoch + 1, "score": score, "metrics": record["val"]}
+                        improved = True
+                self.history.append(record)
+                ck = {"format": CHECKPOINT_FORMAT, "kind": self.checkpoint_kind, "model": model.state_dict(),
+                      "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": self.history, "best": self.best,
+                      "config": asdict(config), "split": self.split, "params": params,
+                      "torch_version": torch.__version__}
+                save_atomic(ck, self.out_dir / "last.pt")
+                if improved:
+                    save_atomic({**ck, "optimizer": None}, self.out_dir / "best.pt")
+                save_atomic({"history": self.history, "best": self.best, "split": self.split, "data": self.described},
+                            self.out_dir / "history.json")
+                val_txt = describe(record["val"]) if "val" in record else ""
+                log.line(f"epoch {epoch + 1}/{config.epochs}: loss {loss_avg:.4f}{val_txt} [{epoch_times[-1]:.1f} s]")
+            dist.barrier()
+        self.epochs_done = len(self.history) if dist.main else epoch + 1
+        self.stopped_by_time = stopped
+
+    def finish(self, params: int, extra: Dict[str, Any], *, build_model: Callable[[], Any],
+               script_model: Callable[[Any], Any],
+               manifest_fields: Callable[[Any, Dict[str, Any]], Tuple]) -> Dict[str, Any]:
+        """The summary (``extra`` added), the export when ``--export`` asks for one (rank 0; see
+        ``export_with_manifest``), and the end of the process group."""
+        summary: Dict[str, Any] = {"out": str(self.out_dir), "epochs_done": self.epochs_done, "params": params,
+                                   "device": str(self.device), "world_size": self.dist.world, "best": self.best,
+                                   "stopped_by_time": self.stopped_by_time, **extra,
+                                   "train_minutes": round((time.monotonic() - self.t_start) / 60, 2)}
+        if self.stopped_by_time:
+            self.log.line(f"stopped after epoch {self.epochs_done}: --max-minutes {self.config.max_minutes:g} reached")
+        if self.config.export and self.dist.main:
+            summary["export"] = self.export_with_manifest(summary, build_model, script_model, manifest_fields)
+            self.log.line(f"exported {summary['export']['file']} (sha256 {summary['export']['sha256'][:16]}...) "
+                          f"to {summary['export']['models_dir']}")
+        self.dist.barrier()
+        self.dist.close()
+        return summary
+
+    def export_with_manifest(self, summary: Dict[str, Any], build_model: Callable[[], Any],
+                             script_model: Callable[[Any], Any],
+                             manifest_fields: Callable[[Any, Dict[str, Any]], Tuple]) -> Dict[str, Any]:
+        """``best.pt`` (else ``last.pt``) into ``build_model()``, ``script_model``-ed to ``NAME.pt`` in
+        ``--export-dir`` (default ``models.models_dir()``), and its manifest entry.
+
+        ``manifest_fields(model, checkpoint)`` gives ``(fields, metrics, loss)``: the trainer's entry
+        fields (``kind``, ``architecture`` ...), its validation metrics and its loss description; the
+        entry adds the file, its SHA256, the data, the validation patients, the checkpoint's epoch, the
+        run's facts and the command that reproduces the file.
+        """
+        import torch
+
+        from .models import add_manifest_entry, models_dir
+        from .outputs import check_writable_dir
+
+        config, out_dir = self.config, self.out_dir
+        ck = self.load_checkpoint(out_dir / "best.pt" if (out_dir / "best.pt").is_file() else out_dir / "last.pt")
+        model = build_model()
+        model.load_state_dict(ck["model"])
+        target_dir = Path(config.export_dir) if config.export_dir else models_dir()
+        check_writable_dir(target_dir)
+        final, digest = save_scripted_atomic(script_model(model), target_dir, f"{config.export}.pt")
+        best = ck.get("best") or {}
+        epochs_done, world = summary["epochs_done"], summary["world_size"]
+        repro = replace(config, stop_epoch=epochs_done, max_minutes=None) if summary["stopped_by_time"] else config
+        entry_fields, metrics, loss = manifest_fields(model, ck)
+        entry = {
+            "name": config.export,
+            "file": final.name,
+            "sha256": digest,
+            **entry_fields,
+            "trained_on": self.described,
+            "validation_patients": self.split["val_patients"],
+            "metrics": {
+                **metrics,
+                "checkpoint_epoch": best.get("epoch", ck.get("epoch")),
+                "epochs_trained": epochs_done,
+                "train_minutes": summary.get("train_minutes"),
+                "device": summary.get("device"),
+                "world_size": world,
+            },
+            "loss": loss,
+            "seed": config.seed,
+            "command": repro.command(world),
+            "argv": shlex.join(sys.argv),
+            "torch_version": torch.__version__,
+        }
+        stored = add_manifest_entry(entry, target_dir)
+        return {"file": str(final), "sha256": digest, "models_dir": str(target_dir), "entry": stored}
