@@ -87,3 +87,213 @@ def bench_projection(polydata=None, sizes: Sequence[int] = (512, 1024), repeats:
             assert proj.mask.any()
             result["sizes"][str(size)] = _summary(times)
     return result
+
+
+def _stats(samples: List[float]):
+    """``_summary`` of the samples, or None when there are none."""
+    return _summary(samples) if samples else None
+
+
+def bench_pipeline(data_index=None, n_frames: int = 20, methods: Optional[Sequence[str]] = None, *,
+                   size: Optional[int] = None, seed: int = 0, progress=None, generate_progress=None,
+                   models_directory=None) -> Dict[str, object]:
+    """Median per-stage latency of the whole chain on phantom frames, and the sitk/cnn speed ratio.
+
+    ``data_index``: a ``tavireg phantom`` index.csv; None generates a one-patient phantom
+    (``phantom.generate_dataset``, ``seed``, frames of ``size`` pixels or clinical 512/1024) in a
+    temporary folder. ``n_frames`` frames with contrast, evenly spread over the index (in its order,
+    so that a patient's model and renderer serve its frames in turn) are measured. Stages, per frame:
+
+    * ``read``: ``read_fluoro`` of the frame's DICOM file (the whole file, as it arrives) + ``frame``;
+    * ``project``: the model's projection (``RegistrationPipeline.project``) with the renderer
+      already running; ``project_first``: the first frame of a run (renderer start included);
+    * ``segment``: the DRU-Net (only when a segmentation network is installed; else the phantom's
+      ground-truth mask is the fixed image and the stage reads 'skipped: no network');
+    * ``register``: ``RegistrationPipeline.register`` per method (cnn and cnn+refine only with an
+      installed registration network), with the projection and the segmentation already made;
+    * ``overlay``: ``report.frame_overlay`` of the registered projection;
+    * ``whole_frame``: segment + register + overlay per method (the issue's 300 ms goal).
+
+    ``speed_ratio_sitk_over_cnn``: median sitk time / median cnn time, beside each method's median
+    Dice against the fixed image (``dice``), when cnn is available.
+    """
+    import csv
+    import tempfile
+    from pathlib import Path
+
+    from .errors import InputError
+    from .fluoro import read_fluoro
+    from .mesh import load_model
+    from .models import installed
+    from .phantom import PhantomConfig, frame_truth, generate_dataset
+    from .pipeline import RegistrationPipeline
+    from .projection import ProjectionRenderer
+    from .registration import METHODS
+    from .report import frame_overlay
+
+    if int(n_frames) < 2:
+        raise InputError(f"the pipeline benchmark needs at least 2 frames, got {n_frames}")
+    n_frames = int(n_frames)
+    notes: List[str] = []
+    seg_ready = installed("segmentation", models_directory)
+    reg_ready = installed("registration", models_directory)
+    wanted = list(methods) if methods else list(METHODS)
+    run_methods = [m for m in wanted if m == "sitk" or reg_ready]
+    skipped_methods = {m: "skipped: no network" for m in wanted if m not in run_methods}
+    if not run_methods:
+        raise InputError("no registration method can run here (no registration network is installed)")
+    main = "cnn" if "cnn" in run_methods else run_methods[0]
+    tmp = None
+    t_gen = None
+    model_cache: Dict[str, tuple] = {}  # one patient's (model, renderer) at a time
+    warm: set = set()  # ids of renderers that have rendered once
+    try:
+        if data_index is None:
+            tmp = tempfile.TemporaryDirectory(prefix="tavireg-bench-")
+            t0 = time.perf_counter()
+            cfg = PhantomConfig(out=Path(tmp.name) / "data", patients=1, seed=int(seed),
+                                frames_per_patient=n_frames + n_frames // 2 + 2, size=size, workers=1,
+                                overwrite=True)
+            generate_dataset(cfg, progress=generate_progress)
+            t_gen = time.perf_counter() - t0
+            data_index = Path(tmp.name) / "data" / "index.csv"
+            source = f"generated phantom (1 patient, seed {seed}, {'clinical 512/1024' if size is None else size} px)"
+        else:
+            source = str(data_index)
+        data_index = Path(data_index)
+        if not data_index.is_file():
+            raise InputError(f"data index {data_index} does not exist")
+        root = data_index.parent
+        with open(data_index, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("mask") and int(float(r.get("opacified_px") or 0)) > 0]
+        if len(rows) > n_frames + 2:  # evenly spread (in index order), a few spare for skipped frames
+            idx = np.unique(np.round(np.linspace(0, len(rows) - 1, n_frames + 2)).astype(int))
+            rows = [rows[k] for k in idx]
+        load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+        times: Dict[str, List[float]] = {k: [] for k in ("read", "project", "project_first", "segment", "overlay")}
+        reg_times: Dict[str, List[float]] = {m: [] for m in run_methods}
+        whole: Dict[str, List[float]] = {m: [] for m in run_methods}
+        dice: Dict[str, List[float]] = {m: [] for m in run_methods}
+        invalid: Dict[str, int] = {m: 0 for m in run_methods}
+        frames_done = 0
+        sizes = set()
+        groups: Dict[tuple, List[Dict[str, str]]] = {}
+        for r in rows:
+            groups.setdefault((r["case"], r["image"], r["isocenter_lps"]), []).append(r)
+        for (case, image, iso), group in groups.items():
+            if frames_done >= n_frames:
+                break
+            if case not in model_cache:
+                for _, old in model_cache.values():
+                    old.close()
+                model_cache.clear()
+                warm.clear()
+                model = load_model(root / Path(case).parent / "model.vtk")
+                model_cache[case] = (model, ProjectionRenderer(model.polydata))
+            model, renderer = model_cache[case]
+            series = read_fluoro(root / image)
+            with RegistrationPipeline(model, series,
+                                      isocenter_lps=tuple(float(v) for v in iso.split(";"))) as pipe:
+                for r in group:
+                    if frames_done >= n_frames:
+                        break
+                    i = int(r["frame"])
+                    truth = frame_truth(root, r)
+                    roi = truth.user_roi()
+                    if roi is None:
+                        continue
+                    try:
+                        t0 = time.perf_counter()
+                        read_fluoro(root / image).frame(i)
+                        t_read = time.perf_counter() - t0
+                        # the projection step as the pipeline runs it, on one renderer per model
+                        # (a viewer keeps its renderer from frame to frame; its first render is
+                        # reported apart as project_first)
+                        cold = id(renderer) not in warm
+                        t0 = time.perf_counter()
+                        renderer.render(pipe.geometry(i), orthographic=pipe.orthographic, with_depth=True)
+                        t_proj = time.perf_counter() - t0
+                        warm.add(id(renderer))
+                        pipe.project(i)  # the pipeline's own (untimed) projection for the steps below
+                        t_seg = 0.0
+                        fixed = truth.mask
+                        if seg_ready:
+                            t0 = time.perf_counter()
+                            fixed = pipe.segment(i).mask
+                            t_seg = time.perf_counter() - t0
+                        regs, t_reg = {}, {}
+                        for m in run_methods:
+                            t0 = time.perf_counter()
+                            regs[m] = pipe.register(i, roi, fixed_mask=fixed, method=m)
+                            t_reg[m] = time.perf_counter() - t0
+                        t0 = time.perf_counter()
+                        frame_overlay(pipe, regs[main])
+                        t_over = time.perf_counter() - t0
+                    except InputError as exc:  # e.g. an empty segmentation: no latency sample
+                        notes.append(f"{image} frame {i}: {exc}")
+                        continue
+                    times["read"].append(t_read)
+                    (times["project_first"] if cold else times["project"]).append(t_proj)
+                    if seg_ready:
+                        times["segment"].append(t_seg)
+                    times["overlay"].append(t_over)
+                    for m in run_methods:
+                        reg_times[m].append(t_reg[m])
+                        whole[m].append(t_seg + t_reg[m] + t_over)
+                        dice[m].append(float(regs[m].metrics.get("dice", float("nan"))))
+                        invalid[m] += int(not regs[m].valid)
+                    sizes.add(f"{truth.mask.shape[1]}x{truth.mask.shape[0]}")
+                    frames_done += 1
+                    if progress is not None:
+                        progress()
+        if frames_done < 2:
+            raise InputError(f"only {frames_done} frame(s) with a contrast-filled vessel could be measured")
+        if frames_done < n_frames:
+            notes.append(f"only {frames_done} of the {n_frames} frames asked for could be measured")
+    finally:
+        for _, old in model_cache.values():
+            old.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+    def ms(v):
+        return None if v is None else v["median_ms"]
+
+    stages: Dict[str, object] = {
+        "read": _stats(times["read"]),
+        "project": _stats(times["project"]),
+        "project_first": _stats(times["project_first"]),
+        "segment": _stats(times["segment"]) if seg_ready else "skipped: no network",
+        "register": {**{m: _stats(reg_times[m]) for m in run_methods}, **skipped_methods},
+        "overlay": _stats(times["overlay"]),
+    }
+    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
+    result: Dict[str, object] = {
+        "benchmark": "pipeline",
+        "data": source,
+        "frames": frames_done,
+        "frame_sizes": sorted(sizes),
+        "fixed_image": "DRU-Net segmentation" if seg_ready else "phantom ground-truth mask (no segmentation network)",
+        "machine": machine_facts(),
+        "stages": stages,
+        "whole_frame": {m: _stats(whole[m]) for m in run_methods},
+        "whole_frame_stages": "segment + register + overlay" if seg_ready else "register + overlay (segment skipped)",
+        "dice": {m: float(np.nanmedian(dice[m])) if np.isfinite(dice[m]).any() else None for m in run_methods},
+        "dice_reference": "median Dice of the registered projection against the fixed image (inside the ROI footprint)",
+        "invalid": invalid,
+        "speed_ratio_sitk_over_cnn": None,
+        "notes": notes,
+    }
+    if "cnn" in run_methods and "sitk" in run_methods:
+        result["speed_ratio_sitk_over_cnn"] = ms(stages["register"]["sitk"]) / ms(stages["register"]["cnn"])
+    if t_gen is not None:
+        result["phantom_seconds"] = round(t_gen, 1)
+    if load_before is not None:  # other jobs on the cores inflate every figure: say so
+        result["machine"]["load_average_1min_before_after"] = [round(load_before[0], 2), round(load_after[0], 2)]
+    try:
+        import torch
+
+        result["machine"]["torch_threads"] = torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        pass
+    return result

@@ -1,0 +1,1044 @@
+"""``tavireg evaluate {seg,reg}``: held-out evaluation, with the paper's tables and figures.
+
+``tavireg evaluate seg`` (this file) measures vessel segmentation against ground-truth masks, the
+paper's Table / Fig. 5 / Fig. 6 for segmentation, for two methods side by side:
+
+* ``DRU-Net``: ``segmentation.segment_frame`` with the installed network (or ``--model``), the FoV
+  taken from the data (so its per-FoV threshold from the manifest is used); the mask at the
+  frame's own size.
+* ``Frangi``: the classical baseline a user would try first. ``skimage.filters.frangi`` with
+  ``black_ridges=True`` (contrast-filled vessels are dark) on exactly the image the network sees
+  (``segmentation.preprocess``: one percentile normalisation, resized to 256 x 256, where coronary
+  arteries are about 3-10 px wide and the aortic root up to about 70 px); the response is resized
+  back to the frame's size (bilinear, like the network's logits) and thresholded. Its two
+  parameters are chosen per FoV to maximise the median Dice on the **training** data given by
+  ``--frangi-train`` only (index rows with split ``train``, and/or image folders such as
+  ``angios40/train``): the scale set among ``FRANGI_SIGMA_SETS`` (1-8 px in steps of 1, and three
+  octave sets 2-16, 3-24, 4-32 px; ``--frangi-sigmas`` fixes one) and the threshold on a fixed
+  log-spaced grid (1e-5 .. 1, 20 steps a decade), at the network's size (as ``train-seg`` chooses
+  the network's thresholds on validation). Which training frames: those of the **same data set**
+  and FoV when ``--frangi-train`` has them (the train rows of the same index CSV; a sibling folder,
+  e.g. ``angios40/train`` for ``angios40/test``) — a user tunes a filter on images like the ones
+  it will see, and pooling coronary angiograms with far more numerous phantom frames would tune
+  it to the phantom; else all training frames of that FoV; else all training frames (with a
+  warning). Frangi training data that overlap the evaluated data
+  (same image frame, or the same index patient) are refused. Without ``--frangi-train`` the
+  baseline is skipped, with a warning: it is never tuned on test data.
+
+Data (``--data``, repeatable):
+
+* a case index CSV (``tavireg phantom``'s ``index.csv``; columns ``patient, split, fov, image,
+  frame, mask``): **only rows with split == "test" are evaluated** (held-out patients; the number
+  of other rows skipped is reported). FoV per row. Data set label: the CSV's folder name.
+* a folder of ``N.png`` + ``N_gt.png`` pairs (angios40 layout): FoV ``upper`` (coronary
+  angiograms are chest frames), every pair is evaluated. Label: ``<parent>/<folder>``, e.g.
+  ``angios40/test``.
+
+Metrics per frame at the frame's size (``segmentation.overlap_metrics``): Dice (DSC), precision,
+recall. Rules for the medians:
+
+* frames whose ground-truth mask is empty (nothing opacified, e.g. before the bolus arrives) are
+  **excluded from every median** — there Dice is 1 or 0 depending only on whether anything was
+  predicted and recall is undefined — and counted separately (``n_empty_gt``; with
+  ``empty_gt_clean``: how many of them the method left empty);
+* a frame where the method predicts nothing has precision undefined: it is left out of the
+  precision median only (its Dice and recall, 0, count) and counted as ``n_no_pred``.
+
+Outputs in ``--out DIR`` (written atomically, all or nothing): ``table.csv`` and ``table.md``
+(data set x FoV x method: n, medians and quartiles of DSC, median precision and recall, the
+threshold used), ``per_frame.csv``, ``boxplots.png`` (Fig. 5 style), ``samples.png`` (Fig. 6
+style: best / median / worst frame by DRU-Net Dice per data set and FoV, TP yellow, FP magenta,
+FN cyan, DRU-Net and Frangi side by side) and ``summary.json`` (everything above plus the model,
+its SHA256, the Frangi parameters and thresholds with their training data, the command, timings).
+
+``tavireg evaluate reg`` belongs to ``evaluate_reg.py`` (owned separately): ``_add_reg`` registers
+the sub-command, and its arguments come from ``evaluate_reg.add_evaluate_reg_arguments(parser)``
+when that module exists (keep its top-level imports light: it is imported when the parser is
+built); running it calls ``evaluate_reg.run_evaluate_reg(args)``.
+
+Heavy imports (torch, skimage, matplotlib) happen inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import importlib.util
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import InputError
+
+FOVS = ("upper", "lower")
+FOLDER_FOV = "upper"
+INDEX_COLUMNS = ("patient", "split", "fov", "image", "frame", "mask")
+EVAL_SPLIT = "test"
+TRAIN_SPLIT = "train"
+METHOD_DRUNET = "DRU-Net"
+METHOD_FRANGI = "Frangi"
+METHODS = (METHOD_DRUNET, METHOD_FRANGI)
+#: candidate Frangi scale sets, px of the 256 x 256 network input; the first is the textbook choice.
+#: (skimage's frangi sets its structuredness constant from the first scale, so the set matters as
+#: a whole: on training frames the octave sets starting at 3-4 px beat 1-8 px by 0.05-0.19 Dice)
+FRANGI_SIGMA_SETS = (
+    (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0),
+    (2.0, 4.0, 8.0, 16.0),
+    (3.0, 6.0, 12.0, 24.0),
+    (4.0, 8.0, 16.0, 32.0),
+)
+FRANGI_SIGMAS = FRANGI_SIGMA_SETS[0]
+#: candidate Frangi thresholds: fixed, log-spaced (20 a decade), independent of any data
+FRANGI_THRESHOLDS = tuple(float(t) for t in np.round(np.logspace(-5, 0, 101), 10))
+SAMPLE_KINDS = ("best", "median", "worst")
+_THUMB = 384  # longest side of a sample picture, px
+
+PER_FRAME_COLUMNS = ("dataset", "fov", "method", "frame", "patient", "rows", "cols", "gt_px", "pred_px",
+                     "tp", "fp", "fn", "dice", "precision", "recall", "empty_gt", "threshold", "sigmas")
+TABLE_COLUMNS = ("dataset", "fov", "method", "n", "n_empty_gt", "empty_gt_clean", "n_no_pred",
+                 "median_dice", "dice_q1", "dice_q3", "median_precision", "median_recall", "threshold", "sigmas")
+
+
+# ---------------------------------------------------------------------------------------------
+# data sets
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FrameRef:
+    """One frame with ground truth: where to read it and what it is."""
+
+    dataset: str
+    fov: str
+    name: str  # shown in tables, e.g. "P000 s00#3" or "12.png"
+    image: Path  # resolved
+    frame: int
+    mask: Path  # resolved
+    patient: str  # data-set-qualified patient id ("<csv>:<patient>", or "<folder>:<N>")
+    family: str = ""  # the data set it belongs to: the index CSV, or a folder's parent (angios40)
+
+    @property
+    def key(self) -> Tuple[str, int]:
+        return (str(self.image), int(self.frame))
+
+
+@dataclass
+class DataSet:
+    label: str
+    path: Path
+    kind: str  # "case index" | "image-mask folder"
+    frames: List[FrameRef]
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+def _read_index(csv_path: Path) -> List[Dict[str, str]]:
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols = [(c or "").strip() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read case index {csv_path}: {exc}") from None
+    missing = [c for c in INDEX_COLUMNS if c not in cols]
+    if missing:
+        raise InputError(f"case index {csv_path} lacks the column(s) {', '.join(missing)} "
+                         f"(needs {', '.join(INDEX_COLUMNS)})")
+    return rows
+
+
+def _index_label(csv_path: Path) -> str:
+    parent = csv_path.resolve().parent.name or "index"
+    return parent if csv_path.stem == "index" else f"{parent}/{csv_path.stem}"
+
+
+def index_frames(csv_path: Path, split: str, label: Optional[str] = None) -> Tuple[List[FrameRef], Dict[str, Any]]:
+    """Rows of a case index CSV whose split is ``split``; and counts of the rows per split."""
+    csv_path = Path(csv_path)
+    rows = _read_index(csv_path)
+    label = label or _index_label(csv_path)
+    base = csv_path.resolve().parent
+    out: List[FrameRef] = []
+    per_split: Dict[str, int] = {}
+    sides: Dict[str, set] = {}
+    for i, r in enumerate(rows, start=2):
+        s = r["split"].lower()
+        per_split[s or "(empty)"] = per_split.get(s or "(empty)", 0) + 1
+        if not r["patient"]:
+            raise InputError(f"{csv_path.name} line {i}: empty patient")
+        sides.setdefault(r["patient"], set()).add(s)
+        if s != split:
+            continue
+        fov = r["fov"].lower()
+        if fov not in FOVS:
+            raise InputError(f"{csv_path.name} line {i}: fov must be upper or lower, got {r['fov']!r}")
+        try:
+            frame = int(r["frame"]) if r["frame"] else 0
+        except ValueError:
+            raise InputError(f"{csv_path.name} line {i}: frame must be an integer, got {r['frame']!r}") from None
+        if not r["image"] or not r["mask"]:
+            raise InputError(f"{csv_path.name} line {i}: empty image or mask path")
+        name = f"{r['patient']} {Path(r['image']).stem}#{frame}"
+        out.append(FrameRef(label, fov, name, (base / r["image"]).resolve(), frame, (base / r["mask"]).resolve(),
+                            f"{csv_path.resolve()}:{r['patient']}", str(csv_path.resolve())))
+    for patient, s in sides.items():
+        if split in s and len(s) > 1:
+            raise InputError(f"case index {csv_path.name}: patient {patient!r} has frames in several splits "
+                             f"({', '.join(sorted(x or '(empty)' for x in s))}); the split must be patient-wise")
+    return out, {"rows": len(rows), "rows_per_split": per_split}
+
+
+def _natural_key(s: str):
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def folder_frames(folder: Path, fov: str = FOLDER_FOV, label: Optional[str] = None) -> List[FrameRef]:
+    """``N.png`` + ``N_gt.png`` pairs of a folder (angios40 layout), in natural order."""
+    folder = Path(folder)
+    res = folder.resolve()
+    label = label or (f"{res.parent.name}/{res.name}" if res.parent.name else res.name)
+    out = []
+    for img in sorted(folder.glob("*.png"), key=lambda p: _natural_key(p.stem)):
+        if img.stem.endswith("_gt"):
+            continue
+        gt = img.with_name(f"{img.stem}_gt.png")
+        if gt.is_file():
+            out.append(FrameRef(label, fov, img.name, img.resolve(), 0, gt.resolve(), f"{res}:{img.stem}",
+                                str(res.parent)))
+    if not out:
+        raise InputError(f"{folder} holds no N.png + N_gt.png pairs")
+    return out
+
+
+def open_dataset(path, split: str, what: str = "--data") -> DataSet:
+    """A data set from a case index CSV (rows of ``split``) or an image-mask folder (all pairs)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} {p}: no such file or folder")
+    if p.is_dir():
+        frames = folder_frames(p)
+        return DataSet(frames[0].dataset, p, "image-mask folder", frames, {"fov": FOLDER_FOV})
+    if p.is_file() and p.suffix.lower() == ".csv":
+        frames, info = index_frames(p, split)
+        if not frames:
+            raise InputError(f"{what} {p}: no rows with split == {split!r} "
+                             f"(rows per split: {', '.join(f'{k} {v}' for k, v in sorted(info['rows_per_split'].items()))})")
+        info["split_used"] = split
+        info["rows_skipped"] = info["rows"] - len(frames)
+        return DataSet(_index_label(p), p, "case index", frames, info)
+    raise InputError(f"{what} {p}: not a folder of N.png/N_gt.png pairs nor a case index .csv")
+
+
+def subsample(frames: List[FrameRef], max_frames: Optional[int]) -> List[FrameRef]:
+    """At most ``max_frames`` frames, evenly spaced over the list (deterministic); all when None."""
+    if max_frames is None or len(frames) <= max_frames:
+        return list(frames)
+    idx = np.unique(np.linspace(0, len(frames) - 1, int(max_frames)).round().astype(int))
+    return [frames[i] for i in idx]
+
+
+class FrameReader:
+    """Reads (image float32, truth uint8 0/1) of a ``FrameRef``; keeps the last few DICOM series."""
+
+    def __init__(self, keep: int = 4):
+        self._cache: Dict[Path, Any] = {}
+        self._keep = keep
+
+    def read(self, ref: FrameRef) -> Tuple[np.ndarray, np.ndarray]:
+        from .segmentation import _is_dicom, read_image_file, validate_image
+
+        if not ref.image.is_file():
+            raise InputError(f"{ref.dataset}: image {ref.image} does not exist")
+        if _is_dicom(ref.image):
+            if ref.image not in self._cache:
+                from .fluoro import read_fluoro
+
+                if len(self._cache) >= self._keep:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[ref.image] = read_fluoro(ref.image)
+            image = validate_image(self._cache[ref.image].frame(ref.frame), f"{ref.image.name} frame {ref.frame}")
+        else:
+            image = read_image_file(ref.image, ref.frame).image
+        return image, read_mask(ref.mask, image.shape)
+
+
+def read_mask(path: Path, shape) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if not Path(path).is_file():
+        raise InputError(f"ground-truth mask {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            m = np.asarray(im.convert("L"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"cannot read mask {path}: {exc}") from None
+    if m.shape != tuple(shape):
+        raise InputError(f"mask {path} is {m.shape[0]} x {m.shape[1]} px but its image is {shape[0]} x {shape[1]}")
+    return (m > 127).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Frangi baseline
+# ---------------------------------------------------------------------------------------------
+def frangi_response(image: np.ndarray, sigmas: Sequence[float] = FRANGI_SIGMAS) -> np.ndarray:
+    """Frangi vesselness (dark ridges) of the network's pre-processed image, float32 at 256 x 256."""
+    from .segmentation import preprocess
+
+    x, _ = preprocess(image)
+    return _frangi(x, sigmas)
+
+
+def _frangi(x: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
+    from skimage.filters import frangi
+
+    r = frangi(x.astype(np.float64), sigmas=list(sigmas), black_ridges=True)
+    return np.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+def frangi_segment(image: np.ndarray, threshold: float, sigmas: Sequence[float] = FRANGI_SIGMAS) -> np.ndarray:
+    """Frangi mask (uint8 0/1) at the image's size: the response resized back, ``>= threshold``."""
+    from .segmentation import resize_image
+
+    r = resize_image(frangi_response(image, sigmas), np.asarray(image).shape)
+    return (r >= float(threshold)).astype(np.uint8)
+
+
+def threshold_counts(response: np.ndarray, truth: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """(len(thresholds), 3) array of TP, FP, FN of ``response >= t`` against ``truth`` for every t."""
+    r = np.asarray(response, np.float32).ravel()
+    t = np.asarray(truth).ravel() > 0
+    th = np.asarray(thresholds, np.float32)
+    all_sorted = np.sort(r)
+    true_sorted = np.sort(r[t])
+    n_pred = r.size - np.searchsorted(all_sorted, th, side="left")
+    tp = true_sorted.size - np.searchsorted(true_sorted, th, side="left")
+    return np.stack([tp, n_pred - tp, true_sorted.size - tp], axis=1).astype(np.int64)
+
+
+def _dice_from_counts(c: np.ndarray) -> np.ndarray:
+    tp, fp, fn = c[..., 0].astype(float), c[..., 1].astype(float), c[..., 2].astype(float)
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
+
+
+_WORKER_READER: Optional["FrameReader"] = None
+
+
+def _worker_init() -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _train_frame_counts(ref: FrameRef, sigma_sets, thresholds, reader: Optional[FrameReader] = None):
+    """(counts (n_sets, n_thresholds, 3), ground truth empty) of one training frame at 256 x 256."""
+    from .segmentation import INPUT_SIZE, preprocess, resize_mask
+
+    global _WORKER_READER
+    if reader is None:
+        if _WORKER_READER is None:
+            _WORKER_READER = FrameReader()
+        reader = _WORKER_READER
+    image, truth = reader.read(ref)
+    x, _ = preprocess(image)
+    t = resize_mask(truth, INPUT_SIZE)
+    return np.stack([threshold_counts(_frangi(x, sig), t, thresholds) for sig in sigma_sets]), not truth.any()
+
+
+def choose_frangi_thresholds(frames: Sequence[FrameRef], reader: Optional[FrameReader] = None,
+                             sigma_sets: Sequence[Sequence[float]] = FRANGI_SIGMA_SETS,
+                             thresholds: Sequence[float] = FRANGI_THRESHOLDS,
+                             progress: Optional[Callable[[], None]] = None, workers: int = 1) -> Dict[str, Any]:
+    """Per FoV (and "all"): the scale set and threshold with the best median Dice over the training frames.
+
+    Works at the network's size (the pre-processed 256 x 256 image and the mask resized there);
+    frames with an empty mask are left out, as in the evaluation. Ties go to the earlier scale set,
+    then the lower threshold. Returns ``{"thresholds": {fov: t}, "sigmas": {fov: [...]},
+    "per_fov": {fov: {threshold, sigmas, median_dice, n_frames, n_empty_gt,
+    median_dice_per_sigma_set}}, "warnings": [...]}``. ``workers`` > 1 computes the frames in
+    that many processes (the result is the same).
+    """
+    reader = reader or FrameReader()
+    sigma_sets = [tuple(float(v) for v in s) for s in sigma_sets]
+    if not sigma_sets:
+        raise InputError("no Frangi scale set to choose from")
+    counts: List[np.ndarray] = []
+    fovs: List[str] = [ref.fov for ref in frames]
+    empty: List[bool] = []
+    if workers > 1 and len(frames) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        # spawn, not fork: the parent has torch's thread pools running
+        with ProcessPoolExecutor(max_workers=int(workers), mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_init) as pool:
+            job = partial(_train_frame_counts, sigma_sets=sigma_sets, thresholds=thresholds)
+            chunk = max(1, min(16, len(frames) // (4 * int(workers))))  # neighbours share a series file
+            for c, e in pool.map(job, frames, chunksize=chunk):
+                counts.append(c)
+                empty.append(e)
+                if progress is not None:
+                    progress()
+    else:
+        for ref in frames:
+            c, e = _train_frame_counts(ref, sigma_sets, thresholds, reader)
+            counts.append(c)
+            empty.append(e)
+            if progress is not None:
+                progress()
+    if not counts:
+        raise InputError("--frangi-train gives no training frames")
+    dice = _dice_from_counts(np.stack(counts))  # (n_frames, n_sigma_sets, n_thresholds)
+    fov_arr, empty_arr = np.array(fovs), np.array(empty)
+    fam_arr = np.array([ref.family for ref in frames])
+
+    def best(sel: np.ndarray) -> Optional[Dict[str, Any]]:
+        use = sel & ~empty_arr
+        if not use.any():
+            return None
+        med = np.median(dice[use], axis=0)  # (n_sigma_sets, n_thresholds)
+        j, k = np.unravel_index(int(np.argmax(med)), med.shape)  # first maximum: earlier set, lower threshold
+        return {"threshold": float(thresholds[k]), "sigmas": list(sigma_sets[j]),
+                "median_dice": float(med[j, k]), "n_frames": int(use.sum()),
+                "n_empty_gt": int((sel & empty_arr).sum()),
+                "median_dice_per_sigma_set": {_sig_label(s): float(med[i].max()) for i, s in enumerate(sigma_sets)}}
+
+    per_fov: Dict[str, Any] = {}
+    for group in list(FOVS) + ["all"]:
+        b = best((fov_arr == group) if group in FOVS else np.ones(len(fovs), bool))
+        if b is not None:
+            per_fov[group] = b
+    per_family: Dict[str, Dict[str, Any]] = {}
+    for fam in sorted(set(fam_arr.tolist())):
+        for fov in FOVS:
+            b = best((fam_arr == fam) & (fov_arr == fov))
+            if b is not None:
+                per_family.setdefault(fam, {})[fov] = b
+    if "all" not in per_fov:
+        raise InputError("--frangi-train: every training frame has an empty ground-truth mask")
+    chosen, sigmas, warnings = {}, {}, []
+    for fov in FOVS:
+        src = per_fov.get(fov) or per_fov["all"]
+        chosen[fov], sigmas[fov] = src["threshold"], src["sigmas"]
+        if fov not in per_fov:
+            warnings.append(f"Frangi: no {fov}-FoV training frames; the {fov} FoV uses the parameters "
+                            f"chosen over all training frames (sigmas {_sig_label(sigmas[fov])}, "
+                            f"threshold {chosen[fov]:.3g})")
+    return {"thresholds": chosen, "sigmas": sigmas, "per_fov": per_fov, "per_family": per_family,
+            "warnings": warnings}
+
+
+def frangi_params_for(chosen: Dict[str, Any], family: str, fov: str) -> Tuple[Dict[str, Any], str]:
+    """The Frangi parameters for frames of data set ``family`` and ``fov``, and which training set gave them.
+
+    The same data set's training frames of that FoV when there are any, else all training frames
+    of that FoV, else all training frames.
+    """
+    fam = chosen.get("per_family", {}).get(family, {})
+    if fov in fam:
+        return fam[fov], "same data set"
+    if fov in chosen["per_fov"]:
+        return chosen["per_fov"][fov], "all training data of this FoV"
+    return chosen["per_fov"]["all"], "all training data"
+
+
+def _sig_label(sigmas: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in sigmas)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------
+def frame_record(ref: FrameRef, method: str, pred: np.ndarray, truth: np.ndarray, threshold: float) -> Dict[str, Any]:
+    from .segmentation import overlap_metrics
+
+    p, t = np.asarray(pred) > 0, np.asarray(truth) > 0
+    m = overlap_metrics(p, t)
+    empty = not t.any()
+    tp = int(np.count_nonzero(p & t))
+    return {
+        "dataset": ref.dataset, "fov": ref.fov, "method": method, "frame": ref.name,
+        "patient": ref.patient.rsplit(":", 1)[-1], "rows": int(t.shape[0]), "cols": int(t.shape[1]),
+        "gt_px": int(t.sum()), "pred_px": int(p.sum()), "tp": tp, "fp": int(p.sum()) - tp, "fn": int(t.sum()) - tp,
+        "dice": float(m["dice"]), "precision": float(m["precision"]), "recall": float(m["recall"]),
+        "empty_gt": bool(empty), "threshold": float(threshold),
+    }
+
+
+def _finite(values: Iterable[float]) -> np.ndarray:
+    v = np.asarray(list(values), float)
+    return v[np.isfinite(v)]
+
+
+def _q(values: Iterable[float], q: float) -> Optional[float]:
+    v = _finite(values)
+    return float(np.percentile(v, q)) if v.size else None
+
+
+def summarise(records: Sequence[Dict[str, Any]], order: Sequence[str]) -> List[Dict[str, Any]]:
+    """Table rows (data set x FoV x method) with the medians under the rules of this module's doc."""
+    rows = []
+    for ds in order:
+        for fov in FOVS:
+            for method in METHODS:
+                grp = [r for r in records if r["dataset"] == ds and r["fov"] == fov and r["method"] == method]
+                if not grp:
+                    continue
+                used = [r for r in grp if not r["empty_gt"]]
+                empty = [r for r in grp if r["empty_gt"]]
+                ths = sorted({r["threshold"] for r in grp})
+                rows.append({
+                    "dataset": ds, "fov": fov, "method": method, "n": len(used), "n_empty_gt": len(empty),
+                    "empty_gt_clean": sum(1 for r in empty if r["pred_px"] == 0),
+                    "n_no_pred": sum(1 for r in used if r["pred_px"] == 0),
+                    "median_dice": _q((r["dice"] for r in used), 50),
+                    "dice_q1": _q((r["dice"] for r in used), 25),
+                    "dice_q3": _q((r["dice"] for r in used), 75),
+                    "median_precision": _q((r["precision"] for r in used), 50),
+                    "median_recall": _q((r["recall"] for r in used), 50),
+                    "threshold": ths[0] if len(ths) == 1 else None,
+                    "sigmas": grp[0].get("sigmas", ""),
+                })
+    return rows
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _fmt_th(v) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def table_markdown(rows: Sequence[Dict[str, Any]], notes: Sequence[str] = ()) -> str:
+    head = ("| data set | FoV | method | n | DSC median [IQR] | precision | recall | threshold (sigmas, px) | "
+            "empty GT (clean) | no prediction |")
+    lines = [head, "| " + " | ".join(["---"] * 10) + " |"]
+    for r in rows:
+        dsc = (f"{_fmt(r['median_dice'])} [{_fmt(r['dice_q1'], 2)}-{_fmt(r['dice_q3'], 2)}]"
+               if r["median_dice"] is not None else "-")
+        lines.append(
+            f"| {r['dataset']} | {r['fov']} | {r['method']} | {r['n']} | {dsc} | {_fmt(r['median_precision'])} | "
+            f"{_fmt(r['median_recall'])} | {_fmt_th(r['threshold'])}{' (' + r['sigmas'] + ')' if r.get('sigmas') else ''} | "
+            f"{r['n_empty_gt']} ({r['empty_gt_clean']}) | "
+            f"{r['n_no_pred']} |")
+    if notes:
+        lines.append("")
+        lines.extend(f"- {n}" for n in notes)
+    return "\n".join(lines) + "\n"
+
+
+def _csv_value(v):
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else f"{v:.6g}"
+    if v is None:
+        return ""
+    return v
+
+
+def _csv_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return [{k: _csv_value(v) for k, v in r.items()} for r in rows]
+
+
+def _clean_json(obj):
+    """NaN/inf become None so that summary.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_json(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return _clean_json(obj.item())
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# figures (matplotlib, Agg)
+# ---------------------------------------------------------------------------------------------
+_METHOD_COLOURS = {METHOD_DRUNET: "#1f77b4", METHOD_FRANGI: "#ff7f0e"}
+
+
+def _figure_png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def boxplot_png(records: Sequence[Dict[str, Any]], order: Sequence[str]) -> bytes:
+    """Fig. 5 style: DSC / precision / recall boxes per data set and FoV, one colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    groups = [(ds, fov) for ds in order for fov in FOVS
+              if any(r["dataset"] == ds and r["fov"] == fov for r in records)]
+    methods = [m for m in METHODS if any(r["method"] == m for r in records)]
+    width = 0.8 / max(1, len(methods))
+    fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 3.0 + 2.2 * len(groups)) * 1.0, 4.6), squeeze=False)
+    for ax, (key, title) in zip(axes[0], (("dice", "DSC"), ("precision", "Precision"), ("recall", "Recall"))):
+        for j, method in enumerate(methods):
+            data, pos = [], []
+            for g, (ds, fov) in enumerate(groups):
+                vals = _finite(r[key] for r in records if r["dataset"] == ds and r["fov"] == fov
+                               and r["method"] == method and not r["empty_gt"])
+                data.append(vals if vals.size else np.array([np.nan]))
+                pos.append(g + (j - (len(methods) - 1) / 2) * width)
+            bp = ax.boxplot(data, positions=pos, widths=width * 0.85, patch_artist=True, showfliers=True,
+                            flierprops={"marker": ".", "markersize": 3, "alpha": 0.5},
+                            medianprops={"color": "black", "linewidth": 1.5})
+            for box in bp["boxes"]:
+                box.set_facecolor(_METHOD_COLOURS.get(method, "grey"))
+                box.set_alpha(0.75)
+        ax.set_title(title)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xticks(range(len(groups)))
+        labels = []
+        for ds, fov in groups:
+            n = sum(1 for r in records if r["dataset"] == ds and r["fov"] == fov and r["method"] == methods[0]
+                    and not r["empty_gt"]) if methods else 0
+            labels.append(f"{ds}\n{fov} (n={n})")
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_xlim(-0.6, len(groups) - 0.4)
+    handles = [Patch(facecolor=_METHOD_COLOURS.get(m, "grey"), alpha=0.75, label=m) for m in methods]
+    fig.legend(handles=handles, loc="upper right", bbox_to_anchor=(0.97, 0.995), ncol=len(methods), frameon=False)
+    fig.suptitle("Vessel segmentation on held-out data (frames with an empty ground truth excluded)", fontsize=10,
+                 x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return _figure_png(fig)
+
+
+def _thumb(rgb: np.ndarray, side: int = _THUMB) -> np.ndarray:
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    s = side / max(h, w)
+    if s >= 1:
+        return rgb
+    im = Image.fromarray(rgb).resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS)
+    return np.asarray(im)
+
+
+def pick_samples(records: Sequence[Dict[str, Any]], order: Sequence[str]) -> List[Dict[str, Any]]:
+    """Per data set and FoV, the best, median and worst frame by Dice (of DRU-Net when evaluated)."""
+    ranked_by = METHOD_DRUNET if any(r["method"] == METHOD_DRUNET for r in records) else METHOD_FRANGI
+    out = []
+    for ds in order:
+        for fov in FOVS:
+            grp = [r for r in records if r["dataset"] == ds and r["fov"] == fov and r["method"] == ranked_by
+                   and not r["empty_gt"]]
+            if not grp:
+                continue
+            grp = sorted(grp, key=lambda r: (-r["dice"], r["frame"]))
+            picks = {"best": grp[0], "median": grp[(len(grp) - 1) // 2], "worst": grp[-1]}
+            seen = set()
+            for kind in SAMPLE_KINDS:
+                r = picks[kind]
+                if r["frame"] in seen:
+                    continue
+                seen.add(r["frame"])
+                out.append({"dataset": ds, "fov": fov, "kind": kind, "frame": r["frame"], "ranked_by": ranked_by})
+    return out
+
+
+def samples_png(panels: Sequence[Dict[str, Any]], methods: Sequence[str]) -> bytes:
+    """Fig. 6 style grid: a row per sample frame; the frame, then each method's TP/FP/FN overlay."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from .overlay import FN_COLOR, FP_COLOR, TP_COLOR
+
+    ncol = 1 + len(methods)
+    nrow = max(1, len(panels))
+    cell = 2.9
+    fig, axes = plt.subplots(nrow, ncol, figsize=(cell * ncol, cell * nrow + 0.6), squeeze=False)
+    for i, p in enumerate(panels):
+        axes[i][0].imshow(p["frame_rgb"], interpolation="lanczos")
+        axes[i][0].set_title(f"{p['dataset']} {p['fov']}: {p['kind']}\n{p['frame']}", fontsize=8)
+        for j, m in enumerate(methods, start=1):
+            ax = axes[i][j]
+            if m in p["overlays"]:
+                rgb, rec = p["overlays"][m]
+                ax.imshow(rgb, interpolation="lanczos")
+                ax.set_title(f"{m}: DSC {_fmt(rec['dice'], 2)}  P {_fmt(rec['precision'], 2)}  "
+                             f"R {_fmt(rec['recall'], 2)}", fontsize=8)
+            else:
+                ax.text(0.5, 0.5, "not evaluated", ha="center", va="center", transform=ax.transAxes)
+    for row in axes:
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no frame with a non-empty ground truth", ha="center", va="center",
+                        transform=axes[0][0].transAxes)
+    handles = [Patch(facecolor=np.array(c) / 255.0, label=lab) for c, lab in
+               ((TP_COLOR, "true positive"), (FP_COLOR, "false positive"), (FN_COLOR, "false negative"))]
+    fig.legend(handles=handles, loc="upper center", ncol=3, frameon=False, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (cell * nrow + 0.6)))
+    return _figure_png(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# the evaluation
+# ---------------------------------------------------------------------------------------------
+def _check_no_overlap(train: Sequence[FrameRef], evaluated: Sequence[FrameRef]) -> None:
+    keys = {f.key for f in evaluated}
+    same = [f for f in train if f.key in keys]
+    if same:
+        raise InputError(f"--frangi-train overlaps the evaluated data ({len(same)} frame(s), e.g. {same[0].image.name} "
+                         f"frame {same[0].frame}): the Frangi threshold must not be tuned on test frames")
+    patients = {f.patient for f in evaluated}
+    shared = sorted({f.patient for f in train if f.patient in patients})
+    if shared:
+        raise InputError(f"--frangi-train shares patient(s) with the evaluated data ({', '.join(shared[:3])}): "
+                         "the Frangi threshold must be chosen on other patients")
+
+
+def _bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, disable=None, leave=False)
+
+
+def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", device=None,
+                 frangi_train: Sequence[DataSet] = (), frangi_max_frames: Optional[int] = None,
+                 frangi_sigma_sets: Sequence[Sequence[float]] = FRANGI_SIGMA_SETS,
+                 models_directory=None, progress: bool = True, workers: int = 1) -> Dict[str, Any]:
+    """Evaluate DRU-Net and the Frangi baseline on ``datasets`` (their frames as given).
+
+    Returns ``{"records": per-frame dicts, "table": rows, "samples": panels, "frangi": ..., "model":
+    ..., "warnings": [...]}``; nothing is written (see ``run_evaluate_seg``).
+    """
+    from .segmentation import get_model, segment_frame, threshold_for
+
+    warnings: List[str] = []
+    t0 = time.perf_counter()
+    _module, entry, dev = get_model(model, device, None, models_directory)  # fails fast: no model installed
+    model_info = {"name": entry["name"] if entry else None, "sha256": (entry or {}).get("sha256"),
+                  "file": (entry or {}).get("file"), "thresholds": {f: threshold_for(entry, f) for f in FOVS},
+                  "device": str(dev)}
+    evaluated = [f for d in datasets for f in d.frames]
+    reader = FrameReader()
+
+    frangi: Dict[str, Any] = {"evaluated": False, "black_ridges": True,
+                              "candidate_sigma_sets_px_at_256": [list(s) for s in frangi_sigma_sets],
+                              "candidate_thresholds": "logspace(-5, 0, 101)",
+                              "image": "segmentation.preprocess (percentile normalisation, 256 x 256)"}
+    if frangi_train:
+        train_frames: List[FrameRef] = []
+        sources = []
+        for d in frangi_train:
+            fr = subsample(d.frames, frangi_max_frames)
+            _check_no_overlap(fr, evaluated)
+            train_frames.extend(fr)
+            sources.append({"path": str(d.path), "label": d.label, "kind": d.kind,
+                            "split_used": d.info.get("split_used", "all pairs"), "frames": len(fr)})
+        t1 = time.perf_counter()
+        with _bar(len(train_frames), "Frangi threshold (train)") as bar:
+            chosen = choose_frangi_thresholds(train_frames, reader, frangi_sigma_sets,
+                                              progress=(lambda: bar.update(1)) if progress else None,
+                                              workers=workers)
+        fam_labels: Dict[str, List[str]] = {}
+        for d, src in zip(frangi_train, sources):
+            for fam in sorted({f.family for f in d.frames}):
+                fam_labels.setdefault(fam, []).append(f"{d.label} ({src['split_used']})")
+        params: Dict[str, Dict[str, Any]] = {}
+        for d in datasets:
+            for fov in sorted({f.fov for f in d.frames}, key=FOVS.index):
+                fams = sorted({f.family for f in d.frames})
+                p, how = frangi_params_for(chosen, fams[0] if len(fams) == 1 else "", fov)
+                trained_on = (", ".join(fam_labels.get(fams[0], [])) if how == "same data set"
+                              else "every --frangi-train source")
+                params.setdefault(d.label, {})[fov] = dict(p, chosen_on=f"{how}: {trained_on}, {fov} FoV")
+        frangi.update({"evaluated": True, "params": params,
+                       "pooled_per_fov": {"thresholds": chosen["thresholds"], "sigmas": chosen["sigmas"],
+                                          "per_fov": chosen["per_fov"]},
+                       "per_training_data_set": {", ".join(fam_labels.get(k, [k])): v
+                                                 for k, v in chosen["per_family"].items()},
+                       "training": sources, "seconds": round(time.perf_counter() - t1, 1)})
+    else:
+        warnings.append("no --frangi-train given: the Frangi baseline is not evaluated (its threshold must be "
+                        "chosen on training data, never on the test data)")
+
+    records: List[Dict[str, Any]] = []
+    models_used: set = set()
+    t2 = time.perf_counter()
+    with _bar(len(evaluated), "evaluate") as bar:
+        for ref in evaluated:
+            image, truth = reader.read(ref)
+            seg = segment_frame(image, fov=ref.fov, model=model, device=dev, models_directory=models_directory)
+            models_used.add(seg.model_name)
+            for w in seg.warnings:
+                if w not in warnings:
+                    warnings.append(w)
+            records.append(frame_record(ref, METHOD_DRUNET, seg.mask, truth, seg.threshold))
+            if frangi["evaluated"]:
+                p = frangi["params"][ref.dataset][ref.fov]
+                th, sig = p["threshold"], p["sigmas"]
+                rec = frame_record(ref, METHOD_FRANGI, frangi_segment(image, th, sig), truth, th)
+                rec["sigmas"] = _sig_label(sig)
+                records.append(rec)
+            if progress:
+                bar.update(1)
+    eval_seconds = time.perf_counter() - t2
+    model_info["models_used"] = sorted(str(m) for m in models_used)
+
+    order = [d.label for d in datasets]
+    table = summarise(records, order)
+
+    # sample pictures: read the picked frames again (cheaper than keeping every frame in memory)
+    by_name = {(f.dataset, f.name): f for f in evaluated}
+    rec_index = {(r["dataset"], r["frame"], r["method"]): r for r in records}
+    methods = [m for m in METHODS if any(r["method"] == m for r in records)]
+    panels = []
+    from .overlay import display_frame, overlay_rgb
+
+    for pick in pick_samples(records, order):
+        ref = by_name[(pick["dataset"], pick["frame"])]
+        image, truth = reader.read(ref)
+        grey = display_frame(image)
+        panel = dict(pick, frame_rgb=_thumb(np.repeat(grey[..., None], 3, axis=2)), overlays={})
+        for m in methods:
+            if m == METHOD_DRUNET:
+                mask = segment_frame(image, fov=ref.fov, model=model, device=dev,
+                                     models_directory=models_directory).mask
+            else:
+                p = frangi["params"][ref.dataset][ref.fov]
+                mask = frangi_segment(image, p["threshold"], p["sigmas"])
+            rgb = overlay_rgb(grey, mask, reference=truth, mode="fill", opacity=0.55)
+            panel["overlays"][m] = (_thumb(rgb), rec_index[(ref.dataset, ref.name, m)])
+        panels.append(panel)
+
+    return {"records": records, "table": table, "samples": panels, "methods": methods, "order": order,
+            "frangi": frangi, "model": model_info, "warnings": warnings,
+            "seconds": {"total": round(time.perf_counter() - t0, 1), "evaluation": round(eval_seconds, 1),
+                        "per_frame_all_methods": round(eval_seconds / max(1, len(evaluated)), 3)}}
+
+
+RULES = [
+    "Only rows with split == 'test' of a case index are evaluated (held-out patients); image-mask folders are "
+    "evaluated whole (FoV upper).",
+    "Frames with an empty ground-truth mask are excluded from every median (Dice is trivially 1 or 0 there, recall "
+    "undefined) and counted as 'empty GT' (in brackets: how many of them the method left empty).",
+    "Precision is undefined where a method predicts nothing: such frames are left out of the precision median "
+    "only ('no prediction'); their Dice and recall (0) count.",
+    "DRU-Net: the installed network's per-FoV probability threshold (chosen on its validation split). Frangi: "
+    "skimage frangi, black ridges, on the network's 256 x 256 pre-processed image, response resized to the "
+    "frame's size; scale set and threshold maximising the median Dice on --frangi-train training data only "
+    "(never on the evaluated data): that of the same data set and FoV when given (the index's train rows; "
+    "angios40/train for angios40/test), else all training data of the FoV.",
+    "Metrics at each frame's own size.",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+def add_evaluate_parser(sub) -> None:
+    """``tavireg evaluate {seg,reg}``."""
+    p = sub.add_parser("evaluate", help="held-out evaluation: segmentation (seg) or registration (reg)")
+    subsub = p.add_subparsers(dest="evaluate_what", metavar="WHAT", parser_class=type(p))
+    subsub.required = True
+    _add_seg(subsub)
+    _add_reg(subsub)
+
+
+def _add_seg(subsub) -> None:
+    p = subsub.add_parser(
+        "seg", help="DRU-Net vs a Frangi baseline: DSC/precision/recall table, box plots, TP/FP/FN samples",
+        description="Evaluate vessel segmentation on held-out data: the installed DRU-Net and the Frangi "
+                    "vesselness baseline (threshold chosen on --frangi-train training data only). Case index "
+                    "CSVs: only split == test rows; image-mask folders: all pairs, FoV upper.")
+    p.add_argument("--data", action="append", required=True, metavar="INDEX.csv|DIR",
+                   help="evaluation data (repeatable): a case index CSV (its test rows) or a folder of "
+                        "N.png + N_gt.png pairs")
+    p.add_argument("--model", default="segmentation",
+                   help="manifest name of the DRU-Net weights (default: the installed segmentation model)")
+    p.add_argument("--frangi-train", action="append", default=[], metavar="INDEX.csv|DIR",
+                   help="training data for the Frangi threshold (repeatable): a case index CSV (its train rows) "
+                        "or a folder of N.png + N_gt.png pairs; without it the baseline is skipped")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--max-frames", type=int, metavar="N",
+                   help="evaluate at most N frames per data set (evenly spaced; default all)")
+    p.add_argument("--frangi-max-frames", type=int, metavar="N",
+                   help="use at most N frames per --frangi-train source (evenly spaced; default all)")
+    p.add_argument("--frangi-sigmas", metavar="S1,S2,...",
+                   help="fix the Frangi scales (px at 256 x 256) instead of choosing among "
+                        + "; ".join(_sig_label(s) for s in FRANGI_SIGMA_SETS) + " on the training data")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes for the Frangi training frames (default 1; the result does not depend on it)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print summary.json to stdout")
+
+
+def _add_reg(subsub) -> None:
+    """``tavireg evaluate reg``: owned by ``evaluate_reg.py`` (its arguments and its run)."""
+    p = subsub.add_parser("reg", help="registration accuracy on held-out phantom cases (see evaluate_reg)")
+    if importlib.util.find_spec(f"{__package__}.evaluate_reg") is not None:
+        mod = importlib.import_module(".evaluate_reg", __package__)
+        add_args = getattr(mod, "add_evaluate_reg_arguments", None)
+        if add_args is not None:
+            add_args(p)
+
+
+def run_evaluate(args) -> int:
+    what = getattr(args, "evaluate_what", None)
+    if what == "seg":
+        return run_evaluate_seg(args)
+    if what == "reg":
+        if importlib.util.find_spec(f"{__package__}.evaluate_reg") is None:
+            raise InputError("'tavireg evaluate reg' is not available in this version yet")
+        from .evaluate_reg import run_evaluate_reg
+
+        return run_evaluate_reg(args)
+    raise InputError("evaluate needs seg or reg (see 'tavireg evaluate --help')")
+
+
+def run_evaluate_seg(args) -> int:
+    from .models import pick_device
+    from .outputs import OutputSet
+    from .export import csv_writer, json_writer
+
+    if args.workers < 1:
+        raise InputError("--workers must be at least 1")
+    for opt in ("max_frames", "frangi_max_frames"):
+        v = getattr(args, opt)
+        if v is not None and v < 1:
+            raise InputError(f"--{opt.replace('_', '-')} must be at least 1")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    device = pick_device(requested=args.device)
+    datasets = [open_dataset(d, EVAL_SPLIT, "--data") for d in args.data]
+    labels: Dict[str, int] = {}
+    for d in datasets:  # distinct labels even for two folders of the same name
+        n = labels.get(d.label, 0)
+        labels[d.label] = n + 1
+        if n:
+            d.label = f"{d.label}#{n + 1}"
+            d.frames = [dataclasses.replace(f, dataset=d.label) for f in d.frames]
+        d.info["frames_total"] = len(d.frames)
+        d.frames = subsample(d.frames, args.max_frames)
+    train = [open_dataset(d, TRAIN_SPLIT, "--frangi-train") for d in args.frangi_train]
+
+    sigma_sets = FRANGI_SIGMA_SETS
+    if args.frangi_sigmas:
+        try:
+            sig = tuple(float(v) for v in args.frangi_sigmas.replace(" ", "").split(",") if v)
+        except ValueError:
+            raise InputError(f"--frangi-sigmas must be comma-separated numbers, got {args.frangi_sigmas!r}") from None
+        if not sig or not all(0.3 <= v <= 64 for v in sig):
+            raise InputError(f"--frangi-sigmas must be scales between 0.3 and 64 px, got {args.frangi_sigmas!r}")
+        sigma_sets = (sig,)
+    res = evaluate_seg(datasets, model=args.model, device=device, frangi_train=train,
+                       frangi_max_frames=args.frangi_max_frames, frangi_sigma_sets=sigma_sets,
+                       workers=args.workers)
+    notes = list(RULES)
+    notes.append(f"DRU-Net model {res['model']['name']} (SHA256 {str(res['model']['sha256'])[:12]}...); thresholds "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in res["model"]["thresholds"].items()) + ".")
+    if res["frangi"]["evaluated"]:
+        notes.append("Frangi training data: " + "; ".join(
+            f"{s['label']} ({s['split_used']}, {s['frames']} frames)" for s in res["frangi"]["training"]) + ".")
+        for ds, per in res["frangi"]["params"].items():
+            for fov, p in per.items():
+                notes.append(f"Frangi on {ds} {fov}: sigmas {_sig_label(p['sigmas'])} px, threshold "
+                             f"{p['threshold']:.3g}, chosen on {p['chosen_on']} ({p['n_frames']} frames, "
+                             f"median DSC {p['median_dice']:.3f} there).")
+    summary = {
+        "command": command_line(args),
+        "data": [{"label": d.label, "path": str(d.path), "kind": d.kind, "frames_evaluated": len(d.frames),
+                  **{k: v for k, v in d.info.items()}} for d in datasets],
+        "rules": RULES,
+        "model": res["model"],
+        "frangi": res["frangi"],
+        "table": res["table"],
+        "samples": [{k: p[k] for k in ("dataset", "fov", "kind", "frame", "ranked_by")} for p in res["samples"]],
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": res["model"]["device"],
+                    "torch_threads": _torch_threads()},
+        "seconds": res["seconds"],
+        "outputs": ["table.csv", "table.md", "per_frame.csv", "boxplots.png", "samples.png", "summary.json"],
+        "warnings": res["warnings"],
+    }
+    summary = _clean_json(summary)
+    inputs = [Path(d) for d in list(args.data) + list(args.frangi_train)]
+    with OutputSet(inputs=inputs) as outs:
+        outs.add(out / "table.csv", csv_writer(_csv_rows(res["table"]), TABLE_COLUMNS))
+        outs.add(out / "table.md", _bytes_writer(("# Vessel segmentation on held-out data\n\n"
+                                                 + table_markdown(res["table"], notes)).encode()))
+        outs.add(out / "per_frame.csv", csv_writer(_csv_rows(res["records"]), PER_FRAME_COLUMNS))
+        outs.add(out / "boxplots.png", _bytes_writer(boxplot_png(res["records"], res["order"])))
+        outs.add(out / "samples.png", _bytes_writer(samples_png(res["samples"], res["methods"])))
+        outs.add(out / "summary.json", json_writer(summary))
+    for w in res["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(table_markdown(res["table"]), end="")
+        print(f"written: {out}/table.md, table.csv, per_frame.csv, boxplots.png, samples.png, summary.json")
+    return 0
+
+
+def command_line(args) -> str:
+    """The command that reproduces this run (from the parsed arguments)."""
+    parts = ["tavireg", "evaluate", "seg"]
+    for d in args.data:
+        parts += ["--data", str(d)]
+    for d in args.frangi_train:
+        parts += ["--frangi-train", str(d)]
+    if args.model != "segmentation":
+        parts += ["--model", str(args.model)]
+    for opt in ("max_frames", "frangi_max_frames", "frangi_sigmas"):
+        if getattr(args, opt) is not None:
+            parts += ["--" + opt.replace("_", "-"), str(getattr(args, opt))]
+    if args.device != "auto":
+        parts += ["--device", str(args.device)]
+    parts += ["--out", str(args.out)]
+    return " ".join(_quote(p) for p in parts)
+
+
+def _bytes_writer(data: bytes) -> Callable:
+    return lambda fh: fh.write(data)
+
+
+def _quote(a: str) -> str:
+    import shlex
+
+    return shlex.quote(a)
+
+
+def _torch_threads() -> Optional[int]:
+    try:
+        import torch
+
+        return int(torch.get_num_threads())
+    except Exception:  # noqa: BLE001
+        return None

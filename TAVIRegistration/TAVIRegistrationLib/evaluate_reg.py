@@ -1,0 +1,650 @@
+"""Registration evaluation on held-out phantom patients: ``tavireg evaluate reg``.
+
+What the paper measured (its Fig. 8: Dice, precision and recall between the registered projection
+and the frame's vessels, as box plots) and what it could not (it had no ground truth pose): the
+target registration error (TRE) of anatomical landmarks in millimetres at the isocentre, and the
+success rate (TRE under ``SUCCESS_MM`` = 5 mm, the clinical requirement), per method and field of
+view, on the ``test`` split of a ``tavireg phantom`` data set.
+
+Per frame (rows of ``index.csv`` with ``split == 'test'`` and a non-empty opacified mask):
+
+* ROI: ``phantom.FrameTruth.user_roi()``, the region a user would draw on the projection: around
+  the part of the model that is contrast-filled in the frame (the opacified mask pulled back onto
+  the nominal projection through the true affine), grown by 8 % of its size;
+* fixed mask: the ground-truth opacified vessel mask (``--fixed truth``, default: registration
+  alone) or the DRU-Net segmentation (``--fixed segmentation``: the whole chain; needs an installed
+  segmentation network);
+* each method (``cnn``, ``cnn+refine``, ``sitk``; a method whose network is not installed is
+  skipped with a warning) registers through the same ``pipeline.RegistrationPipeline`` as the
+  command line, the viewer and the Slicer module;
+* agreement with the truth (``window_overlap``, the demo's definition): Dice, precision and recall
+  of the registered projection against the ground-truth mask restricted to the registration window
+  (the square the registration saw; vessels outside it cannot be asked of it). "Before" is the same
+  for the unregistered projection restricted to the ROI; "truth affine" for the ROI's projection
+  moved by the phantom's least-squares nominal-to-true affine, the reference a global 2D affine can
+  reach against the deformation (its TRE too);
+* TRE: the mean, over the landmarks inside the ROI, of the distance between the registration's
+  frame affine applied to the nominally projected landmark and its true position
+  (``FrameTruth.landmark_errors_mm``), mm at the isocentre; NaN when no landmark lies in the ROI;
+* success: valid result (``RegistrationResult.valid``) and TRE < 5 mm; an invalid result (the
+  front ends show no overlay) counts as a failure. Frames without a landmark in the ROI have no
+  success value and are left out of the success rate and the TRE statistics (``n_tre``).
+  The medians of Dice/precision/recall include invalid results as they are (their diagnostic
+  registered mask; empty when the affine is singular).
+
+Outputs (all at once, ``outputs.OutputSet``): ``DIR/per_frame.csv``, ``DIR/table.csv`` and
+``DIR/table.md`` (per method x FoV, plus ``all``), ``DIR/boxplots.png`` (Fig. 8 style) and
+``DIR/summary.json`` (the table, the issue's goals checked per method, settings, warnings).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import InputError
+
+METHODS = ("cnn", "cnn+refine", "sitk")  # = registration.METHODS (kept light: no torch import here)
+FIXED_SOURCES = ("truth", "segmentation")
+#: the clinical requirement: a landmark error under this many mm at the isocentre is a success
+SUCCESS_MM = 5.0
+FOVS = ("upper", "lower", "all")
+#: index.csv columns this command reads
+REQUIRED_COLUMNS = ("patient", "split", "fov", "series", "image", "frame", "mask", "projection_nominal",
+                    "case", "opacified_px", "isocenter_lps")
+#: the issue's goals (held-out phantom; stated for ``cnn``, checked here for every method)
+GOALS = {"median_recall": (">=", 0.95), "median_dice": (">=", 0.85), "median_tre_mm": ("<=", 2.0),
+         "success_rate": (">=", 0.95)}
+
+PER_FRAME_COLUMNS = (
+    "patient", "fov", "series", "image", "frame", "method", "fixed", "roi", "window",
+    "dice", "precision", "recall", "dice_before", "precision_before", "recall_before",
+    "dice_truth_affine", "precision_truth_affine", "recall_truth_affine",
+    "fixed_dice", "tre_mm", "tre_before_mm", "tre_truth_affine_mm", "n_landmarks", "success", "seconds", "segment_seconds",
+    "valid", "problems", "warnings",
+)
+TABLE_COLUMNS = (
+    "method", "fov", "n", "n_invalid", "n_tre", "median_dice", "median_precision", "median_recall",
+    "median_dice_before", "median_dice_truth_affine", "median_tre_mm", "mean_tre_mm", "median_tre_before_mm",
+    "median_tre_truth_affine_mm", "success_rate",
+    "median_ms",
+)
+
+
+# =============================================================================================
+# agreement with the ground truth (shared with the demo)
+# =============================================================================================
+def box_mask(shape: Sequence[int], x: int, y: int, w: int, h: int) -> np.ndarray:
+    """uint8 0/1 mask of the box (x, y, w, h) clipped to a frame of ``shape``."""
+    m = np.zeros((int(shape[0]), int(shape[1])), np.uint8)
+    m[max(0, int(y)):max(0, int(y) + int(h)), max(0, int(x)):max(0, int(x) + int(w))] = 1
+    return m
+
+
+def window_overlap(pred: np.ndarray, truth_mask: np.ndarray, window) -> Dict[str, float]:
+    """Dice, precision, recall of ``pred`` against the truth *inside the registration window*.
+
+    ``window``: a ``registration.Window`` (or anything with ``x0``, ``y0``, ``side``). The truth is
+    cut to the window (vessels outside it were never shown to the registration); the prediction is
+    taken whole. This is the demo's "Dice vs ground truth".
+    """
+    from .segmentation import overlap_metrics
+
+    inside = box_mask(np.shape(truth_mask), window.x0, window.y0, window.side, window.side)
+    return overlap_metrics(pred, (np.asarray(truth_mask) > 0) & (inside > 0))
+
+
+def before_overlap(projection_mask: np.ndarray, roi: Sequence[int], truth_mask: np.ndarray, window) -> Dict[str, float]:
+    """``window_overlap`` of the unregistered projection restricted to the ROI (the "before" figure)."""
+    return window_overlap((np.asarray(projection_mask) > 0) & (box_mask(np.shape(projection_mask), *roi) > 0),
+                          truth_mask, window)
+
+
+def truth_affine_overlap(projection_mask: np.ndarray, roi: Sequence[int], truth, window) -> Dict[str, float]:
+    """``window_overlap`` of the ROI's projection moved by the phantom's own affine (the least-squares
+    2D affine from the nominal to the true projection): what the best global affine would reach, the
+    reference for a registration (the deformation makes it imperfect)."""
+    from .registration import roi_matrix, warp_mask
+
+    x, y, w, h = (int(v) for v in roi)
+    crop = (np.asarray(projection_mask)[y:y + h, x:x + w] > 0).astype(np.uint8)
+    pred = warp_mask(crop, np.asarray(truth.affine, float) @ roi_matrix(roi), np.shape(truth.mask))
+    return window_overlap(pred, truth.mask, window)
+
+
+def mean_tre_mm(truth, frame_matrix, roi) -> Tuple[float, int]:
+    """(mean landmark error in mm at the isocentre over the landmarks inside ``roi``, their number);
+    NaN when none lies in the ROI or the affine is not finite."""
+    m = np.asarray(frame_matrix, float)
+    if not np.all(np.isfinite(m)):
+        n = len(truth.landmark_errors_mm(np.eye(3), roi))
+        return float("nan"), n
+    err = truth.landmark_errors_mm(m, roi)
+    return (float(np.mean(err)) if err.size else float("nan")), int(err.size)
+
+
+# =============================================================================================
+# the data set
+# =============================================================================================
+def load_index(path) -> Tuple[Path, List[Dict[str, str]]]:
+    """(root folder, rows) of a phantom ``index.csv``; InputError when it is missing or unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"data index {path} does not exist (a tavireg phantom index.csv is expected)")
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read {path} as CSV: {exc}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise InputError(f"{path} is not a tavireg phantom index: missing column(s) {', '.join(missing)}")
+    return path.parent, rows
+
+
+def eligible_rows(rows: Sequence[Dict[str, str]], split: str = "test") -> List[Dict[str, str]]:
+    """Rows of ``split`` whose frame shows contrast (a non-empty opacified mask)."""
+    out = []
+    for r in rows:
+        if r.get("split") != split or not r.get("mask"):
+            continue
+        try:
+            if int(float(r.get("opacified_px") or 0)) <= 0:
+                continue
+        except ValueError:
+            continue
+        out.append(r)
+    return out
+
+
+def spread(rows: Sequence, n: Optional[int]) -> List:
+    """``n`` rows evenly spread over ``rows`` (all when ``n`` is None or large enough): a
+    ``--max-frames`` subset still covers every patient, series and FoV in proportion."""
+    rows = list(rows)
+    if n is None or n >= len(rows):
+        return rows
+    if n < 1:
+        return []
+    idx = np.unique(np.round(np.linspace(0, len(rows) - 1, int(n))).astype(int))
+    return [rows[i] for i in idx]
+
+
+def parse_methods(text: Optional[str]) -> List[str]:
+    if text is None or not str(text).strip():
+        return list(METHODS)
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    bad = [t for t in names if t not in METHODS]
+    if bad:
+        raise InputError(f"unknown method(s) {', '.join(bad)}: choose from {', '.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def available_methods(methods: Sequence[str], warnings: List[str], models_directory=None) -> List[str]:
+    """The methods that can run here; a network method without an installed network is skipped
+    (named in ``warnings``)."""
+    from .models import installed
+
+    out = []
+    for m in methods:
+        if m != "sitk" and not installed("registration", models_directory):
+            warnings.append(f"method {m} skipped: no registration network is installed")
+            continue
+        out.append(m)
+    return out
+
+
+# =============================================================================================
+# evaluation
+# =============================================================================================
+@dataclass
+class EvaluationResult:
+    records: List[Dict[str, object]]
+    table: List[Dict[str, object]]
+    methods: List[str]
+    skipped_frames: List[Dict[str, object]] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _fmt_roi(v) -> str:
+    return ";".join(str(int(a)) for a in v)
+
+
+def evaluate_registration(index_csv, methods: Sequence[str] = METHODS, *, fixed: str = "truth",
+                          max_frames: Optional[int] = None, split: str = "test",
+                          progress: Optional[Callable[[int], None]] = None,
+                          on_total: Optional[Callable[[int], None]] = None,
+                          models_directory=None, device=None) -> EvaluationResult:
+    """Register every eligible frame with every available method and measure it (see the module
+    docstring). InputError on unusable input (no eligible frame, no method can run, ...)."""
+    from .fluoro import read_fluoro
+    from .mesh import load_model
+    from .models import installed
+    from .phantom import frame_truth
+    from .pipeline import RegistrationPipeline
+    from .registration import registration_window
+
+    t_start = time.perf_counter()
+    if fixed not in FIXED_SOURCES:
+        raise InputError(f"--fixed must be one of {', '.join(FIXED_SOURCES)}, got {fixed!r}")
+    if max_frames is not None and int(max_frames) < 1:
+        raise InputError(f"--max-frames must be at least 1, got {max_frames}")
+    warnings: List[str] = []
+    root, rows = load_index(index_csv)
+    chosen = eligible_rows(rows, split)
+    if not chosen:
+        raise InputError(f"{index_csv} has no frame of split '{split}' with a contrast-filled vessel mask")
+    if fixed == "segmentation" and not installed("segmentation", models_directory):
+        raise InputError("--fixed segmentation needs an installed segmentation network (none in the models folder)")
+    run = available_methods(methods, warnings, models_directory)
+    if not run:
+        raise InputError("no requested method can run here (" + "; ".join(warnings) + ")")
+    n_all = len(chosen)
+    chosen = spread(chosen, None if max_frames is None else int(max_frames))
+    if len(chosen) < n_all:
+        warnings.append(f"--max-frames: {len(chosen)} of {n_all} eligible frames, evenly spread over the split")
+    if on_total is not None:
+        on_total(len(chosen) * len(run))
+
+    records: List[Dict[str, object]] = []
+    skipped: List[Dict[str, object]] = []
+    # one model per patient, one series (and pipeline) per DICOM file: group consecutive rows
+    groups: Dict[Tuple[str, str, str], List[Dict[str, str]]] = {}
+    for r in chosen:
+        groups.setdefault((r["case"], r["image"], r["isocenter_lps"]), []).append(r)
+    models: Dict[str, object] = {}
+    for (case, image, iso), group in groups.items():
+        model_path = root / Path(case).parent / "model.vtk"
+        if case not in models:
+            models.clear()  # keep one patient's model in memory
+            models[case] = load_model(model_path)
+        model = models[case]
+        series = read_fluoro(root / image)
+        iso_lps = tuple(float(v) for v in iso.split(";"))
+        with RegistrationPipeline(model, series, isocenter_lps=iso_lps) as pipe:
+            for r in group:
+                i = int(r["frame"])
+                base = {"patient": r["patient"], "fov": r["fov"], "series": r["series"], "image": r["image"],
+                        "frame": i, "fixed": fixed}
+                truth = frame_truth(root, r)
+                roi = truth.user_roi()
+                if roi is None or not truth.mask.any():
+                    skipped.append(base | {"reason": "no contrast-filled part of the model in the frame"})
+                    if progress is not None:
+                        progress(len(run))
+                    continue
+                tre0, n_lm = mean_tre_mm(truth, np.eye(3), roi)
+                tre_ref, _ = mean_tre_mm(truth, truth.affine, roi)
+                fixed_mask, seg_s = truth.mask, float("nan")
+                try:
+                    proj = pipe.project(i).projection.mask
+                    if fixed == "segmentation":
+                        t0 = time.perf_counter()
+                        seg = pipe.segment(i, device=device)
+                        seg_s = time.perf_counter() - t0
+                        fixed_mask = None  # the pipeline segments (cached)
+                        if not seg.mask.any():
+                            raise InputError("the segmentation is empty")
+                except InputError as exc:
+                    for m in run:
+                        records.append(_failed_record(base, m, roi, str(exc), truth, tre0, n_lm, seg_s))
+                    if progress is not None:
+                        progress(len(run))
+                    continue
+                for m in run:
+                    try:
+                        reg = pipe.register(i, roi, fixed_mask=fixed_mask, method=m, device=device)
+                    except InputError as exc:
+                        rec = _failed_record(base, m, roi, str(exc), truth, tre0, n_lm, seg_s)
+                        rec.update(_reference_metrics(proj, roi, truth, registration_window(roi)), tre_truth_affine_mm=tre_ref)
+                        records.append(rec)
+                    else:
+                        res = reg.result
+                        after = window_overlap(res.registered_mask, truth.mask, res.window)
+                        tre, _ = mean_tre_mm(truth, res.frame_matrix, roi)
+                        valid = bool(res.valid)
+                        records.append(base | {
+                            "method": m, "roi": _fmt_roi(roi), "window": _fmt_roi((res.window.x0, res.window.y0, res.window.side)),
+                            "dice": after["dice"], "precision": after["precision"], "recall": after["recall"],
+                            **_reference_metrics(proj, roi, truth, res.window),
+                            "fixed_dice": float(res.metrics.get("dice", float("nan"))),
+                            "tre_mm": tre, "tre_before_mm": tre0, "tre_truth_affine_mm": tre_ref, "n_landmarks": n_lm,
+                            "success": _success(valid, tre, n_lm), "seconds": float(res.seconds),
+                            "segment_seconds": seg_s, "valid": valid, "problems": "; ".join(res.problems),
+                            "warnings": "; ".join(reg.warnings),
+                        })
+                    if progress is not None:
+                        progress(1)
+            for w in pipe.warnings:  # the model's and the file's fallbacks, once each
+                if w not in warnings:
+                    warnings.append(w)
+    if skipped:
+        warnings.append(f"{len(skipped)} frame(s) skipped: no contrast-filled part of the model in the frame")
+    if not records:
+        raise InputError("no frame could be evaluated (every eligible frame was skipped)")
+    table = summarize(records, run)
+    return EvaluationResult(records, table, run, skipped, warnings, time.perf_counter() - t_start)
+
+
+def _reference_metrics(proj, roi, truth, window) -> Dict[str, float]:
+    """The "before" and "truth affine" overlaps of one frame (see the module docstring)."""
+    out = {}
+    for name, m in (("before", before_overlap(proj, roi, truth.mask, window)),
+                    ("truth_affine", truth_affine_overlap(proj, roi, truth, window))):
+        out.update({f"{k}_{name}": m[k] for k in ("dice", "precision", "recall")})
+    return out
+
+
+def _success(valid: bool, tre: float, n_landmarks: int):
+    if n_landmarks == 0:
+        return None  # no landmark inside the ROI: no verdict
+    return bool(valid and math.isfinite(tre) and tre < SUCCESS_MM)
+
+
+def _failed_record(base, method, roi, message, truth, tre0, n_lm, seg_s) -> Dict[str, object]:
+    nan = float("nan")
+    return base | {
+        "method": method, "roi": _fmt_roi(roi), "window": "", "dice": 0.0, "precision": nan, "recall": 0.0,
+        "dice_before": nan, "precision_before": nan, "recall_before": nan, "fixed_dice": nan,
+        "tre_mm": nan, "tre_before_mm": tre0, "n_landmarks": n_lm, "success": _success(False, nan, n_lm),
+        "seconds": nan, "segment_seconds": seg_s, "valid": False, "problems": message,
+    }
+
+
+# =============================================================================================
+# tables
+# =============================================================================================
+def _values(recs, key) -> np.ndarray:
+    v = np.array([float(r[key]) if r.get(key) is not None else np.nan for r in recs], float)
+    return v[np.isfinite(v)]
+
+
+def _median(recs, key) -> Optional[float]:
+    v = _values(recs, key)
+    return float(np.median(v)) if v.size else None
+
+
+def _mean(recs, key) -> Optional[float]:
+    v = _values(recs, key)
+    return float(np.mean(v)) if v.size else None
+
+
+def summarize(records: Sequence[Dict[str, object]], methods: Sequence[str]) -> List[Dict[str, object]]:
+    """One row per method x FoV (``upper``, ``lower``, ``all``): the medians, TRE mean, success rate."""
+    table = []
+    for m in methods:
+        for fov in FOVS:
+            recs = [r for r in records if r["method"] == m and (fov == "all" or r["fov"] == fov)]
+            if not recs:
+                continue
+            verdicts = [r["success"] for r in recs if r.get("success") is not None]
+            tre_recs = [r for r in recs if int(r.get("n_landmarks") or 0) > 0]
+            med_s = _median(recs, "seconds")
+            table.append({
+                "method": m, "fov": fov, "n": len(recs),
+                "n_invalid": sum(1 for r in recs if not r["valid"]),
+                "n_tre": len(tre_recs),
+                "median_dice": _median(recs, "dice"), "median_precision": _median(recs, "precision"),
+                "median_recall": _median(recs, "recall"), "median_dice_before": _median(recs, "dice_before"),
+                "median_dice_truth_affine": _median(recs, "dice_truth_affine"),
+                "median_tre_mm": _median(tre_recs, "tre_mm"), "mean_tre_mm": _mean(tre_recs, "tre_mm"),
+                "median_tre_before_mm": _median(tre_recs, "tre_before_mm"),
+                "median_tre_truth_affine_mm": _median(tre_recs, "tre_truth_affine_mm"),
+                "success_rate": (sum(bool(v) for v in verdicts) / len(verdicts)) if verdicts else None,
+                "median_ms": None if med_s is None else 1000.0 * med_s,
+            })
+    return table
+
+
+def check_goals(table: Sequence[Dict[str, object]]) -> Dict[str, Dict[str, object]]:
+    """The issue's goals against the ``all`` row of each method: {method: {goal: {value, target, met}}}."""
+    out: Dict[str, Dict[str, object]] = {}
+    for row in table:
+        if row["fov"] != "all":
+            continue
+        res = {}
+        for key, (op, target) in GOALS.items():
+            v = row.get(key)
+            met = None if v is None else (v >= target if op == ">=" else v <= target)
+            res[key] = {"value": v, "target": f"{op} {target:g}", "met": met}
+        out[row["method"]] = res
+    return out
+
+
+def _cell(v, spec: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return format(v, spec)
+
+
+def table_markdown(table: Sequence[Dict[str, object]], fixed: str = "truth") -> str:
+    ref = "the ground-truth vessel mask" if fixed == "truth" else "the DRU-Net segmentation"
+    lines = [
+        f"Registration on held-out phantom patients (fixed image: {ref}). Dice / precision / recall: registered "
+        "projection vs the ground-truth opacified mask inside the registration window (medians). TRE: mean "
+        f"landmark error per frame, mm at the isocentre (landmarks inside the ROI); success: valid and TRE < {SUCCESS_MM:g} mm. "
+        "Before: the unregistered projection. Truth affine: the projection moved by the phantom's least-squares "
+        "nominal-to-true affine (the best one global 2D affine does against the deformation).",
+        "",
+        "| method | FoV | n | invalid | Dice | precision | recall | Dice before | Dice truth affine | TRE median (mm) "
+        "| TRE mean (mm) | TRE before (mm) | TRE truth affine (mm) | success | time (ms) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in table:
+        sr = r["success_rate"]
+        lines.append(
+            f"| {r['method']} | {r['fov']} | {r['n']} | {r['n_invalid']} | {_cell(r['median_dice'], '.3f')} | "
+            f"{_cell(r['median_precision'], '.3f')} | {_cell(r['median_recall'], '.3f')} | "
+            f"{_cell(r['median_dice_before'], '.3f')} | {_cell(r['median_dice_truth_affine'], '.3f')} | "
+            f"{_cell(r['median_tre_mm'], '.2f')} | {_cell(r['mean_tre_mm'], '.2f')} | "
+            f"{_cell(r['median_tre_before_mm'], '.2f')} | {_cell(r['median_tre_truth_affine_mm'], '.2f')} | "
+            f"{'n/a' if sr is None else f'{100 * sr:.1f} %'} (n={r['n_tre']}) | {_cell(r['median_ms'], '.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv_value(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else repr(round(v, 6))
+    return v
+
+
+def _csv_bytes(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _csv_value(r.get(k)) for k in columns})
+    return buf.getvalue().encode()
+
+
+def _json_clean(obj):
+    if isinstance(obj, dict):
+        return {k: _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_clean(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+# =============================================================================================
+# box plots (the paper's Fig. 8, plus the TRE)
+# =============================================================================================
+def boxplot_png(records: Sequence[Dict[str, object]], methods: Sequence[str], fixed: str = "truth") -> bytes:
+    """PNG bytes: Dice, precision, recall and TRE per FoV, one box per method plus the "before" and
+    "truth affine" references (Fig. 8 style)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = (("dice", "Dice"), ("precision", "Precision"), ("recall", "Recall"), ("tre_mm", "landmark error (mm)"))
+    fovs = [f for f in ("upper", "lower") if any(r["fov"] == f for r in records)]
+    # (group, legend label, column suffix): references first, then the methods
+    groups = ([("before", "before registration", "before"), ("truth_affine", "truth affine (reference)", "truth_affine")]
+              + [(m, m, "") for m in methods])
+    palette = ["#9e9e9e", "#c7e9c0", "#1f77b4", "#ff7f0e", "#d62728", "#9467bd"]
+    fig = Figure(figsize=(4.4 * len(panels), 4.6), dpi=100)
+    FigureCanvasAgg(fig)
+    for k, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        data, pos, colors = [], [], []
+        for fi, fov in enumerate(fovs):
+            for gi, (g, _, suffix) in enumerate(groups):
+                recs = [r for r in records if r["fov"] == fov and r["method"] == (g if not suffix else methods[0])]
+                if key == "tre_mm":
+                    recs = [r for r in recs if int(r.get("n_landmarks") or 0) > 0]
+                    col = f"tre_{suffix}_mm" if suffix else "tre_mm"
+                else:
+                    col = f"{key}_{suffix}" if suffix else key
+                v = _values(recs, col)
+                data.append(v if v.size else np.array([np.nan]))
+                pos.append(fi * (len(groups) + 1) + gi)
+                colors.append(palette[gi % len(palette)])
+        bp = ax.boxplot(data, positions=pos, widths=0.7, patch_artist=True, showfliers=True,
+                        flierprops={"markersize": 3})
+        for patch, c in zip(bp["boxes"], colors):
+            patch.set_facecolor(c)
+            patch.set_alpha(0.8)
+        for med in bp["medians"]:
+            med.set_color("black")
+        centers = [fi * (len(groups) + 1) + (len(groups) - 1) / 2 for fi in range(len(fovs))]
+        ax.set_xticks(centers)
+        ax.set_xticklabels([f"{f} FoV (n={len({(r['image'], r['frame']) for r in records if r['fov'] == f})})"
+                            for f in fovs])
+        ax.set_title(title)
+        if key == "tre_mm":
+            ax.axhline(SUCCESS_MM, color="#d62728", lw=1, ls="--")
+            finite = np.concatenate([d[np.isfinite(d)] for d in data]) if data else np.zeros(0)
+            top = max(4 * SUCCESS_MM, float(np.percentile(finite, 90)) * 1.2) if finite.size else 4 * SUCCESS_MM
+            ax.set_ylim(0, top)
+            for p_, d in zip(pos, data):  # errors above the axis: counted, not lost
+                n_out = int(np.sum(d[np.isfinite(d)] > top))
+                if n_out:
+                    ax.annotate(f"{n_out}\u2191", (p_, top), xytext=(0, -10), textcoords="offset points",
+                                ha="center", fontsize=7)
+        else:
+            ax.set_ylim(-0.02, 1.02)
+        ax.grid(axis="y", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=palette[i % len(palette)], alpha=0.8, label=name) for i, (_, name, _) in enumerate(groups)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(groups), frameon=False)
+    ref = "ground-truth mask" if fixed == "truth" else "DRU-Net segmentation"
+    fig.suptitle(f"Registration vs ground truth, held-out phantom patients (fixed image: {ref}); "
+                 f"dashed: {SUCCESS_MM:g} mm; n\u2191: errors above the axis", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# =============================================================================================
+# command line (``tavireg evaluate reg``; the parser lives in evaluate.py)
+# =============================================================================================
+def add_evaluate_reg_arguments(p) -> None:
+    if not getattr(p, "description", None):
+        p.description = (
+            "Registration accuracy on held-out phantom patients (rows of split 'test' with contrast): per method, "
+            "Dice/precision/recall of the registered projection vs the ground-truth vessel mask inside the "
+            "registration window, the mean landmark error (TRE, mm at the isocentre) and the success rate "
+            f"(TRE < {SUCCESS_MM:g} mm). ROI: the one a user would draw (FrameTruth.user_roi). Writes per_frame.csv, "
+            "table.csv, table.md, boxplots.png and summary.json.")
+    p.add_argument("--data", type=Path, required=True, metavar="INDEX.csv",
+                   help="index.csv of a tavireg phantom data set (rows of split 'test' are evaluated)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="comma-separated registration methods (default: cnn,cnn+refine,sitk; one whose network "
+                   "is not installed is skipped with a warning)")
+    p.add_argument("--fixed", choices=FIXED_SOURCES, default="truth",
+                   help="fixed image: the ground-truth vessel mask (default) or the DRU-Net segmentation")
+    p.add_argument("--max-frames", type=int, metavar="N",
+                   help="evaluate at most N frames, evenly spread over the test split (default: all)")
+    p.add_argument("--device", default="auto", help="for the networks: auto (cuda when available), cpu, cuda or cuda:N")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run_evaluate_reg(args) -> int:
+    from tqdm import tqdm
+
+    from .bench import machine_facts
+    from .outputs import OutputSet, check_writable_dir
+
+    methods = parse_methods(getattr(args, "methods", None))
+    fixed = getattr(args, "fixed", "truth") or "truth"
+    max_frames = getattr(args, "max_frames", None)
+    if max_frames is not None and max_frames < 1:
+        raise InputError(f"--max-frames must be at least 1, got {max_frames}")
+    load_index(args.data)  # bad input fails before the output folder is made
+    device = None
+    if any(m != "sitk" for m in methods) or fixed == "segmentation":
+        from .models import pick_device
+
+        device = pick_device(requested=getattr(args, "device", "auto"))
+    out = Path(args.out)
+    check_writable_dir(out)
+    with tqdm(total=0, desc="evaluate reg", unit="registration", file=sys.stderr, disable=None) as bar:
+        def on_total(n):
+            bar.total = n
+            bar.refresh()
+
+        res = evaluate_registration(args.data, methods, fixed=fixed, max_frames=max_frames,
+                                    progress=bar.update, on_total=on_total, device=device)
+    goals = check_goals(res.table)
+    outputs = {name: str(out / name) for name in ("per_frame.csv", "table.csv", "table.md", "boxplots.png", "summary.json")}
+    summary = _json_clean({
+        "command": _command_line(args, methods, fixed, max_frames),
+        "data": str(args.data), "split": "test", "fixed": fixed, "methods": res.methods,
+        "methods_requested": methods, "frames": len({(r["image"], r["frame"]) for r in res.records}),
+        "skipped_frames": res.skipped_frames, "success_mm": SUCCESS_MM,
+        "roi": "FrameTruth.user_roi(): around the contrast-filled part of the model, grown by 8 %",
+        "table": res.table, "goals": goals, "seconds": round(res.seconds, 1), "machine": machine_facts(),
+        "outputs": outputs, "warnings": res.warnings,
+    })
+    md = ("# Registration evaluation\n\n" + table_markdown(res.table, fixed)
+          + "\n![box plots](boxplots.png)\n")
+    png = boxplot_png(res.records, res.methods, fixed)
+    with OutputSet(inputs=[args.data]) as outs:
+        outs.add(out / "per_frame.csv", lambda fh: fh.write(_csv_bytes(res.records, PER_FRAME_COLUMNS)))
+        outs.add(out / "table.csv", lambda fh: fh.write(_csv_bytes(res.table, TABLE_COLUMNS)))
+        outs.add(out / "table.md", lambda fh: fh.write(md.encode()))
+        outs.add(out / "boxplots.png", lambda fh: fh.write(png))
+        outs.add(out / "summary.json", lambda fh: fh.write((json.dumps(summary, indent=2) + "\n").encode()))
+    for w in res.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps(summary, indent=2))
+    else:
+        print(table_markdown(res.table, fixed), end="")
+        print(f"outputs in {out}")
+    return 0
+
+
+def _command_line(args, methods, fixed, max_frames) -> str:
+    """The command that reproduces this run."""
+    import shlex
+
+    parts = ["tavireg", "evaluate", "reg", "--data", str(args.data), "--methods", ",".join(methods), "--fixed", fixed]
+    if max_frames is not None:
+        parts += ["--max-frames", str(max_frames)]
+    if getattr(args, "device", "auto") not in (None, "auto"):
+        parts += ["--device", str(args.device)]
+    parts += ["--out", str(args.out)]
+    if getattr(args, "json", False):
+        parts.append("--json")
+    return " ".join(shlex.quote(p) for p in parts)

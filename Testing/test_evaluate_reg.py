@@ -1,0 +1,178 @@
+"""``tavireg evaluate reg`` (registration against the phantom's ground truth) and the pipeline benchmark.
+
+Small on purpose: the SimpleITK method on 2-3 frames of the session's one-patient phantom, and the
+benchmark on a tiny generated case. The figures themselves are measured by the real runs (see the
+module docstrings), never asserted here.
+"""
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from TAVIRegistrationLib import cli
+from TAVIRegistrationLib import evaluate_reg as ev
+from TAVIRegistrationLib.errors import InputError
+
+
+def _run(argv) -> int:
+    """``tavireg evaluate reg ARGV`` through the real command line once evaluate.py registers it;
+    until then the same parser arguments and error handling around ``run_evaluate_reg``."""
+    if any(name == "evaluate" for _, name, _ in cli._REGISTRY):
+        return cli.main(["evaluate", "reg", *argv])
+    parser = cli._Parser(prog="tavireg evaluate reg")
+    ev.add_evaluate_reg_arguments(parser)
+    try:
+        return ev.run_evaluate_reg(parser.parse_args(argv))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return cli.EXIT_INPUT
+
+
+@pytest.fixture(scope="module")
+def test_index(phantom_dataset) -> Path:
+    """The session phantom's index with every row in the test split (one patient has no test
+    split of its own); beside the original so that its relative paths still resolve."""
+    src = phantom_dataset / "index.csv"
+    dst = phantom_dataset / "index_all_test.csv"
+    with open(src, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows, cols = list(reader), reader.fieldnames
+    with open(dst, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow(dict(r, split="test"))
+    assert any(int(r["opacified_px"]) > 0 for r in rows)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def sitk_eval(test_index, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_reg")
+    rc = _run(["--data", str(test_index), "--methods", "sitk", "--max-frames", "3", "--out", str(out), "--json"])
+    assert rc == 0
+    return out
+
+
+def _f(text: str) -> float:
+    return float(text) if text != "" else math.nan
+
+
+def test_evaluate_reg_outputs_and_table(sitk_eval):
+    out = sitk_eval
+    for name in ("per_frame.csv", "table.csv", "table.md", "boxplots.png", "summary.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".*.part"))
+    with open(out / "per_frame.csv", newline="") as fh:
+        frames = list(csv.DictReader(fh))
+    with open(out / "table.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert 1 <= len(frames) <= 3 and all(r["method"] == "sitk" for r in frames)
+    assert [r["fov"] for r in table if r["method"] == "sitk"][-1] == "all"
+    fovs = sorted({r["fov"] for r in frames})
+    assert sorted(r["fov"] for r in table if r["fov"] != "all") == fovs
+    # the table's medians are those of per_frame.csv
+    for row in table:
+        recs = [r for r in frames if row["fov"] in ("all", r["fov"])]
+        assert int(row["n"]) == len(recs)
+        for key in ("dice", "precision", "recall", "dice_before", "dice_truth_affine"):
+            v = [_f(r[key]) for r in recs if r[key] != ""]
+            assert _f(row[f"median_{key}"]) == pytest.approx(float(np.median(v)), abs=1e-5)
+        with_lm = [r for r in recs if int(r["n_landmarks"]) > 0]
+        if with_lm:
+            assert _f(row["median_tre_mm"]) == pytest.approx(float(np.median([_f(r["tre_mm"]) for r in with_lm])), abs=1e-5)
+            assert _f(row["mean_tre_mm"]) == pytest.approx(float(np.mean([_f(r["tre_mm"]) for r in with_lm])), abs=1e-5)
+            verdicts = [r["success"] == "True" for r in with_lm]
+            assert _f(row["success_rate"]) == pytest.approx(sum(verdicts) / len(verdicts))
+        assert int(row["n_invalid"]) == sum(r["valid"] != "True" for r in recs)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"] == ["sitk"] and summary["fixed"] == "truth"
+    assert set(summary["goals"]["sitk"]) == set(ev.GOALS)
+    assert "| sitk | all |" in (out / "table.md").read_text()
+
+
+def test_evaluate_reg_registration_helps(sitk_eval):
+    with open(sitk_eval / "per_frame.csv", newline="") as fh:
+        frames = [r for r in csv.DictReader(fh) if int(r["n_landmarks"]) > 0 and r["tre_mm"] != ""]
+    assert frames, "no frame with a landmark inside its ROI"
+    after = np.mean([_f(r["tre_mm"]) for r in frames])
+    before = np.mean([_f(r["tre_before_mm"]) for r in frames])
+    assert after <= before
+    dice = [_f(r["dice"]) for r in frames]
+    dice0 = [_f(r["dice_before"]) for r in frames]
+    assert np.mean(dice) >= np.mean(dice0)
+
+
+def test_evaluate_reg_boxplots_not_blank(sitk_eval):
+    from PIL import Image
+
+    img = np.asarray(Image.open(sitk_eval / "boxplots.png").convert("RGB")).astype(int)
+    assert img.shape[0] > 200 and img.shape[1] > 600
+    assert img.std() > 10
+    # boxes are filled with colour, not only black lines on white
+    colourful = (img.max(axis=2) - img.min(axis=2)) > 60
+    assert colourful.mean() > 0.002
+
+
+def test_window_overlap_definition():
+    from TAVIRegistrationLib.registration import Window
+
+    truth = np.zeros((20, 20), np.uint8)
+    truth[5:10, 5:10] = 1
+    truth[15:, 15:] = 1  # outside the window: not asked of the registration
+    pred = np.zeros_like(truth)
+    pred[5:10, 5:10] = 1
+    m = ev.window_overlap(pred, truth, Window(0, 0, 12))
+    assert m["dice"] == pytest.approx(1.0) and m["recall"] == pytest.approx(1.0)
+    b = ev.before_overlap(pred, (5, 5, 3, 5), truth, Window(0, 0, 12))
+    assert b["precision"] == pytest.approx(1.0) and b["recall"] == pytest.approx(15 / 25)
+
+
+def test_evaluate_reg_bad_input(tmp_path, test_index, capsys):
+    out = tmp_path / "out"
+    assert _run(["--data", str(tmp_path / "missing.csv"), "--out", str(out)]) == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert _run(["--data", str(bad), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "missing column" in captured.out + captured.err
+    assert _run(["--data", str(test_index), "--methods", "bogus", "--out", str(out)]) == 2
+    assert _run(["--data", str(test_index), "--max-frames", "0", "--out", str(out)]) == 2
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_evaluate_reg_skips_missing_network(tmp_path, test_index, monkeypatch):
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path / "no_models"))
+    warnings = []
+    assert ev.available_methods(["cnn", "cnn+refine", "sitk"], warnings) == ["sitk"]
+    assert len(warnings) == 2 and "cnn" in warnings[0]
+    assert _run(["--data", str(test_index), "--methods", "cnn", "--out", str(tmp_path / "o")]) == 2
+    assert _run(["--data", str(test_index), "--methods", "sitk", "--fixed", "segmentation",
+                 "--out", str(tmp_path / "o")]) == 2
+
+
+def test_spread_keeps_both_ends():
+    assert ev.spread(list(range(10)), 3) in ([0, 4, 9], [0, 5, 9])
+    assert ev.spread(list(range(4)), None) == [0, 1, 2, 3]
+
+
+def test_bench_pipeline_tiny_generated_case(tmp_path, monkeypatch):
+    from TAVIRegistrationLib import bench
+
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path / "no_models"))  # the same result wherever it runs
+    res = bench.bench_pipeline(None, n_frames=2, size=128, seed=3, methods=["sitk"])
+    assert res["benchmark"] == "pipeline" and res["frames"] >= 2
+    st = res["stages"]
+    for stage in ("read", "overlay"):
+        assert st[stage]["n"] >= 2 and st[stage]["median_ms"] > 0
+    assert (st["project"] or {"n": 0})["n"] + st["project_first"]["n"] >= 2
+    assert st["segment"] == "skipped: no network"
+    assert st["register"]["sitk"]["n"] >= 2
+    assert res["whole_frame"]["sitk"]["n"] >= 2
+    assert res["speed_ratio_sitk_over_cnn"] is None
+    json.dumps(res)

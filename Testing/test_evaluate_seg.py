@@ -1,0 +1,285 @@
+"""``tavireg evaluate seg``: DRU-Net and the Frangi baseline on held-out data, tables and figures.
+
+A tiny DRU-Net (trained for one epoch on 64 x 64 synthetic images) is exported to a temporary models
+folder; the evaluated data are the session's one-patient phantom data set (its rows marked ``test``
+in a copy of its index) and a small synthetic image-mask folder; the Frangi threshold is trained on
+other synthetic images only. Runs in well under a minute on the 2-core CPU.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("skimage")
+pytest.importorskip("matplotlib")
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:DeprecationWarning")
+
+from PIL import Image  # noqa: E402
+
+from TAVIRegistrationLib import cli  # noqa: E402
+from TAVIRegistrationLib import evaluate as ev  # noqa: E402
+from TAVIRegistrationLib.train_seg import TrainConfig, train  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers and fixtures
+# ---------------------------------------------------------------------------------------------
+def _vessel_image(rng, rows=64, cols=64):
+    """A bright background with one dark curved 'vessel' and noise, and its mask."""
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    a, b, c = rng.uniform(-0.01, 0.01), rng.uniform(-0.5, 0.5), rng.uniform(rows * 0.3, rows * 0.7)
+    centre = a * (xx - cols / 2) ** 2 + b * (xx - cols / 2) + c
+    mask = np.abs(yy - centre) < rng.uniform(2, 4)
+    img = 170 - 90 * mask + rng.normal(0, 8, (rows, cols))
+    return np.clip(img, 0, 255).astype(np.uint8), mask.astype(np.uint8)
+
+
+def _write_folder(folder: Path, n=5, seed=0, rows=64, cols=64):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(1, n + 1):
+        img, mask = _vessel_image(rng, rows, cols)
+        Image.fromarray(img).save(folder / f"{i}.png")
+        Image.fromarray(mask * 255).save(folder / f"{i}_gt.png")
+    return folder
+
+
+def _write_png_index(path: Path, folder: Path, split: str, fov: str, patient="S1"):
+    """A case index whose images are the PNG pairs of ``folder`` (absolute paths)."""
+    rows = []
+    for img in sorted(folder.glob("*.png")):
+        if img.stem.endswith("_gt"):
+            continue
+        rows.append({"patient": patient, "split": split, "fov": fov, "image": str(img.resolve()), "frame": "0",
+                     "mask": str(img.with_name(f"{img.stem}_gt.png").resolve())})
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _copy_index_as_test(src: Path, dst: Path, keep=None) -> Path:
+    """A copy of a phantom index with absolute paths and every (kept) row's split set to 'test'."""
+    with open(src, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames
+        rows = list(reader)
+    if keep is not None:
+        rows = rows[:keep]
+    for r in rows:
+        r["split"] = "test"
+        for k in ("image", "mask"):
+            r[k] = str((src.parent / r[k]).resolve())
+    with open(dst, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, phantom_dataset):
+    root = tmp_path_factory.mktemp("evalseg")
+    cfg = TrainConfig(data=[str(_write_folder(root / "netdata", n=5, seed=0))], out=str(root / "run"), epochs=1,
+                      batch_size=2, base_channels=2, size=64, val_fraction=0.2, seed=3, progress=False,
+                      export="tiny", export_dir=str(root / "models"))
+    train(cfg)
+    (root / "phantom_test").mkdir()
+    test_index = _copy_index_as_test(phantom_dataset / "index.csv", root / "phantom_test" / "index.csv")
+    angio_test = _write_folder(root / "angios" / "test", n=4, seed=11)
+    train_upper = _write_folder(root / "angios" / "train", n=3, seed=21)
+    train_lower = _write_png_index(root / "lower_train.csv", _write_folder(root / "lowerimgs", n=2, seed=31),
+                                   "train", "lower")
+    return {"root": root, "models": root / "models", "test_index": test_index, "angio_test": angio_test,
+            "train_upper": train_upper, "train_lower": train_lower}
+
+
+def _run(args, monkeypatch, models):
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(models))
+    return cli.main(["evaluate", "seg", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def result(setup):
+    mp = pytest.MonkeyPatch()
+    try:
+        out = setup["root"] / "out"
+        rc = _run(["--data", setup["test_index"], "--data", setup["angio_test"],
+                   "--frangi-train", setup["train_upper"], "--frangi-train", setup["train_lower"],
+                   "--out", out], mp, setup["models"])
+    finally:
+        mp.undo()
+    assert rc == 0
+    return out
+
+
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _f(v):
+    return float(v) if v not in ("", None) else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# tests
+# ---------------------------------------------------------------------------------------------
+def test_outputs_and_table_rows(result, setup):
+    for name in ("table.csv", "table.md", "per_frame.csv", "boxplots.png", "samples.png", "summary.json"):
+        assert (result / name).is_file(), name
+    assert not list(result.glob(".*.part"))
+    table = _read_csv(result / "table.csv")
+    index_fovs = {r["fov"] for r in _read_csv(setup["test_index"])}
+    phantom = ev._index_label(setup["test_index"])
+    expected = {(phantom, f, m) for f in index_fovs for m in ev.METHODS}
+    expected |= {("angios/test", "upper", m) for m in ev.METHODS}
+    assert {(r["dataset"], r["fov"], r["method"]) for r in table} == expected
+    md = (result / "table.md").read_text()
+    assert "DRU-Net" in md and "Frangi" in md and "angios/test" in md
+    summary = json.loads((result / "summary.json").read_text())
+    assert summary["model"]["name"] == "tiny"
+    assert summary["data"][0]["split_used"] == "test"
+    assert summary["command"].startswith("tavireg evaluate seg --data ")
+
+
+def test_medians_match_per_frame(result):
+    table = _read_csv(result / "table.csv")
+    frames = _read_csv(result / "per_frame.csv")
+    for row in table:
+        grp = [f for f in frames if (f["dataset"], f["fov"], f["method"]) == (row["dataset"], row["fov"], row["method"])]
+        used = [f for f in grp if f["empty_gt"] == "False"]
+        assert int(row["n"]) == len(used)
+        assert int(row["n_empty_gt"]) == len(grp) - len(used)
+        for key in ("dice", "precision", "recall"):
+            vals = np.array([_f(f[key]) for f in used])
+            vals = vals[np.isfinite(vals)]
+            want = np.median(vals) if vals.size else float("nan")
+            got = _f(row[f"median_{key}"])
+            assert (np.isnan(want) and np.isnan(got)) or got == pytest.approx(want, abs=1e-5), (row, key)
+
+
+def test_frangi_threshold_comes_from_training_data_only(result, setup, monkeypatch):
+    s1 = json.loads((result / "summary.json").read_text())
+    fr = s1["frangi"]
+    phantom = ev._index_label(setup["test_index"])
+    assert fr["evaluated"] and set(fr["pooled_per_fov"]["thresholds"]) == {"upper", "lower"}
+    labels = [t["label"] for t in fr["training"]]
+    assert len(labels) == 2 and "angios/train" in labels
+    assert [t["frames"] for t in fr["training"]] == [3, 2]
+    # angios/test: tuned on its sibling angios/train (3 frames); the phantom copy has no training
+    # rows of its own, so it gets the parameters of all training frames of each FoV (3 upper, 2 lower)
+    a = fr["params"]["angios/test"]["upper"]
+    assert a["chosen_on"].startswith("same data set: angios/train") and a["n_frames"] == 3
+    for fov, n in (("upper", 3), ("lower", 2)):
+        p = fr["params"][phantom].get(fov)
+        if p is not None:
+            assert p["chosen_on"].startswith("all training data of this FoV") and p["n_frames"] == n
+            assert p["threshold"] == fr["pooled_per_fov"]["thresholds"][fov]
+    # other test data (fewer phantom frames, no angio folder): the same parameters
+    other = _copy_index_as_test(Path(setup["test_index"]), setup["root"] / "phantom_test" / "index_small.csv", keep=2)
+    out2 = setup["root"] / "out2"
+    rc = _run(["--data", other, "--frangi-train", setup["train_upper"], "--frangi-train", setup["train_lower"],
+               "--out", out2], monkeypatch, setup["models"])
+    assert rc == 0
+    s2 = json.loads((out2 / "summary.json").read_text())
+    assert s2["frangi"]["pooled_per_fov"] == fr["pooled_per_fov"]
+    assert s2["frangi"]["per_training_data_set"] == fr["per_training_data_set"]
+    for fov, p in s2["frangi"]["params"][ev._index_label(other)].items():
+        assert p == fr["params"][phantom][fov]
+    # the parameters used on the test frames are those
+    for r in _read_csv(result / "per_frame.csv"):
+        if r["method"] == "Frangi":
+            p = fr["params"][r["dataset"]][r["fov"]]
+            assert float(r["threshold"]) == pytest.approx(p["threshold"], rel=1e-5)
+            assert r["sigmas"] == ",".join(f"{v:g}" for v in p["sigmas"])
+
+
+def test_frangi_training_overlapping_test_refused(setup, monkeypatch, capsys):
+    out = setup["root"] / "overlap"
+    rc = _run(["--data", setup["angio_test"], "--frangi-train", setup["angio_test"], "--out", out],
+              monkeypatch, setup["models"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "overlaps the evaluated data" in err[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_frangi_choice_picks_the_best_median_dice(setup):
+    frames = ev.folder_frames(setup["train_upper"])[:2]
+    sets = [(1.0, 2.0), (2.0, 4.0)]
+    got = ev.choose_frangi_thresholds(frames, sigma_sets=sets, thresholds=(0.001, 0.01, 0.1))
+    best = got["per_fov"]["upper"]
+    # brute force over the same grid
+    reader = ev.FrameReader()
+    from TAVIRegistrationLib.segmentation import overlap_metrics, resize_mask
+    scores = {}
+    for sig in sets:
+        for th in (0.001, 0.01, 0.1):
+            d = []
+            for f in frames:
+                image, truth = reader.read(f)
+                pred = ev.frangi_response(image, sig) >= np.float32(th)
+                d.append(overlap_metrics(pred, resize_mask(truth, (256, 256)))["dice"])
+            scores[(sig, th)] = float(np.median(d))
+    (sig, th), val = max(scores.items(), key=lambda kv: kv[1])
+    assert best["median_dice"] == pytest.approx(val)
+    assert scores[(tuple(best["sigmas"]), best["threshold"])] == pytest.approx(val)
+    assert got["thresholds"]["lower"] == got["per_fov"]["all"]["threshold"]  # no lower frames: fallback
+    assert any("no lower-FoV training frames" in w for w in got["warnings"])
+
+
+def test_threshold_counts_match_brute_force():
+    rng = np.random.default_rng(0)
+    r = rng.random((32, 32)).astype(np.float32) ** 3
+    t = rng.random((32, 32)) > 0.7
+    ths = [1e-4, 0.01, 0.1, 0.5, 0.9]
+    c = ev.threshold_counts(r, t, ths)
+    for k, th in enumerate(ths):
+        p = r >= np.float32(th)
+        assert tuple(c[k]) == (np.sum(p & t), np.sum(p & ~t), np.sum(~p & t))
+
+
+def test_figures_not_blank(result):
+    for name, min_size in (("boxplots.png", (600, 300)), ("samples.png", (400, 400))):
+        with Image.open(result / name) as im:
+            assert im.size[0] >= min_size[0] and im.size[1] >= min_size[1]
+            a = np.asarray(im.convert("RGB")).astype(float)
+        assert a.std() > 10, name
+    with Image.open(result / "samples.png") as im:
+        a = np.asarray(im.convert("RGB")).astype(int)
+    # the TP/FP/FN colours of the overlays appear (yellow-ish and cyan-ish pixels)
+    yellow = (a[..., 0] > 200) & (a[..., 1] > 180) & (a[..., 2] < 90)
+    cyan = (a[..., 0] < 90) & (a[..., 1] > 180) & (a[..., 2] > 200)
+    assert yellow.sum() > 20 and cyan.sum() > 20
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_bad_input_exit_2(setup, tmp_path, monkeypatch, capsys):
+    models = setup["models"]
+    assert _run(["--data", tmp_path / "nope", "--out", tmp_path / "o"], monkeypatch, models) == 2
+    assert "no such file or folder" in _error_line(capsys)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("patient,image\nP0,a.png\n")
+    assert _run(["--data", bad, "--out", tmp_path / "o"], monkeypatch, models) == 2
+    assert "lacks the column" in _error_line(capsys)
+    notest = _write_png_index(tmp_path / "notest.csv", setup["train_upper"], "train", "upper")
+    assert _run(["--data", notest, "--out", tmp_path / "o"], monkeypatch, models) == 2
+    assert "no rows with split == 'test'" in _error_line(capsys)
+    empty_models = tmp_path / "nomodels"
+    empty_models.mkdir()
+    assert _run(["--data", setup["angio_test"], "--out", tmp_path / "o"], monkeypatch, empty_models) == 2
+    assert "no segmentation model is installed" in _error_line(capsys)
+    assert cli.main(["evaluate"]) == 2
+    _error_line(capsys)
+    assert not (tmp_path / "o").exists()
