@@ -79,10 +79,10 @@ def run_demo(out_dir, seed: int = DEMO_SEED, method: Optional[str] = None) -> Di
     from .outputs import OutputSet, check_writable_dir, image_png_writer
     from .overlay import overlay_rgb
     from .pipeline import RegistrationPipeline
+    from .evaluate_reg import before_overlap, window_overlap
     from .models import installed
     from .registration import default_method
     from .report import write_registration_outputs
-    from .segmentation import overlap_metrics
 
     out = Path(out_dir)
     check_writable_dir(out)
@@ -116,11 +116,8 @@ def run_demo(out_dir, seed: int = DEMO_SEED, method: Optional[str] = None) -> Di
             outs.add(out / "frame_with_unregistered_projection.png", image_png_writer(before))
             outs.add(out / "fixed_mask.png", image_png_writer(seg_pic))
             outs.add(out / "registered_vs_truth.png", image_png_writer(after_truth))
-        in_roi = np.zeros_like(truth.mask)
-        x, y, w, h = reg.result.window.x0, reg.result.window.y0, reg.result.window.side, reg.result.window.side
-        in_roi[max(0, y):y + h, max(0, x):x + w] = 1
-        vs_truth = overlap_metrics(reg.registered_mask, truth.mask * in_roi)
-        before_truth = overlap_metrics(fp.projection.mask * _roi_mask(fp.projection.mask.shape, roi), truth.mask * in_roi)
+        vs_truth = window_overlap(reg.registered_mask, truth.mask, reg.result.window)
+        before_truth = before_overlap(fp.projection.mask, roi, truth.mask, reg.result.window)
         tre = truth.landmark_errors_mm(reg.result.frame_matrix, roi)
         tre0 = truth.landmark_errors_mm(np.eye(3), roi)
         result = {
@@ -140,13 +137,6 @@ def run_demo(out_dir, seed: int = DEMO_SEED, method: Optional[str] = None) -> Di
         outs.add(out / "report.md", lambda fh: fh.write(report_md.encode()))
         outs.add(out / "demo.json", lambda fh: fh.write((json.dumps(result, indent=2, default=float) + "\n").encode()))
     return result
-
-
-def _roi_mask(shape, roi) -> np.ndarray:
-    m = np.zeros(shape, np.uint8)
-    x, y, w, h = roi
-    m[y:y + h, x:x + w] = 1
-    return m
 
 
 def _fmt(v, spec: str = ".3f") -> str:
