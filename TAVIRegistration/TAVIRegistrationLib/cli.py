@@ -247,26 +247,9 @@ def _add_register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
-def _read_mask_png(path: Path, shape) -> "np.ndarray":
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("1", "L", "P"):
-                raise InputError(f"{path}: the mask must be a one-channel PNG (0/255), not {im.mode}")
-            arr = np.asarray(im.convert("L"))
-    except (OSError, UnidentifiedImageError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise InputError(f"{path}: no such file") from None
-        raise InputError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
-    if arr.shape != tuple(shape):
-        raise InputError(f"{path}: the mask is {arr.shape[1]}x{arr.shape[0]}, the frame is {shape[1]}x{shape[0]}")
-    return (arr > 127).astype(np.uint8)
-
-
 def _run_register(args) -> int:
     from .fluoro import read_fluoro
+    from .outputs import read_mask_png
     from .pipeline import RegistrationPipeline
     from .registration import RegistrationFailed
     from . import report
@@ -280,7 +263,8 @@ def _run_register(args) -> int:
     device = "cpu" if args.force_cpu else None
     with RegistrationPipeline(model, series, isocenter_lps=iso, orthographic=args.orthographic) as pipe:
         warnings[:] = pipe.warnings
-        fixed = _read_mask_png(args.fixed_mask, (series.rows, series.cols)) if args.fixed_mask else None
+        fixed = (read_mask_png(args.fixed_mask, (series.rows, series.cols), "fixed mask")
+                 if args.fixed_mask else None)
         if fixed is not None and str(args.frame).strip().lower() == "all":
             raise InputError("--fixed-mask is one frame's mask: it cannot be combined with --frame all")
         results = []

@@ -79,6 +79,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from .errors import InputError
+from .outputs import read_mask_png
 
 FOVS = ("upper", "lower")
 FOLDER_FOV = "upper"
@@ -268,22 +269,7 @@ class FrameReader:
             image = validate_image(self._cache[ref.image].frame(ref.frame), f"{ref.image.name} frame {ref.frame}")
         else:
             image = read_image_file(ref.image, ref.frame).image
-        return image, read_mask(ref.mask, image.shape)
-
-
-def read_mask(path: Path, shape) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    if not Path(path).is_file():
-        raise InputError(f"ground-truth mask {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            m = np.asarray(im.convert("L"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"cannot read mask {path}: {exc}") from None
-    if m.shape != tuple(shape):
-        raise InputError(f"mask {path} is {m.shape[0]} x {m.shape[1]} px but its image is {shape[0]} x {shape[1]}")
-    return (m > 127).astype(np.uint8)
+        return image, read_mask_png(ref.mask, image.shape, "ground-truth mask")
 
 
 # ---------------------------------------------------------------------------------------------

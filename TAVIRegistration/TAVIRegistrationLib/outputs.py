@@ -119,6 +119,29 @@ def mask_png_writer(mask: np.ndarray) -> Callable[[io.BufferedWriter], None]:
     return write
 
 
+def read_mask_png(path, shape=None, what: str = "mask") -> np.ndarray:
+    """A mask PNG (the writer's format: 0/255, any one-channel image) as uint8 0/1 (grey > 127).
+
+    With ``shape`` (rows, cols) the mask must have that size. InputError (one line) otherwise.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("1", "L", "P", "I", "I;16"):
+                raise InputError(f"{what} {path} must be a one-channel PNG (0/255), not {im.mode}")
+            m = np.asarray(im.convert("L"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.__class__.__name__}") from None
+    if shape is not None and m.shape != tuple(shape):
+        raise InputError(f"{what} {path.name} is {m.shape[1]}x{m.shape[0]} px but its image is "
+                         f"{shape[1]}x{shape[0]}")
+    return (m > 127).astype(np.uint8)
+
+
 def image_png_writer(image: np.ndarray) -> Callable[[io.BufferedWriter], None]:
     """Writer for an 8-bit grey (H, W) or RGB (H, W, 3) array as PNG."""
     from PIL import Image

@@ -71,7 +71,8 @@ import numpy as np
 from .errors import InputError
 from .registration import DEFAULT_MARGIN, NET_SIZE, Window, crop_window, registration_window
 from .training import (TrainingConfig, TrainingRun, add_common_training_arguments, finite_median, natural_key,
-                        read_case_index, read_mask_png, run_command)
+                        read_case_index, run_command)
+from .outputs import read_mask_png
 
 CHECKPOINT_KIND = "train-reg"
 _CSV_COLUMNS = ("patient", "split", "image", "mask", "projection_true", "projection_nominal")

@@ -65,7 +65,8 @@ import numpy as np
 from .errors import InputError
 from .segmentation import FOVS, preprocess, read_image_file, resize_mask
 from .training import (TrainingConfig, TrainingRun, add_common_training_arguments, finite_median, natural_key,
-                        read_case_index, read_mask_png, run_command)
+                        read_case_index, run_command)
+from .outputs import read_mask_png
 
 LOSSES = ("per-fov", "dice", "bce", "combined")
 CHECKPOINT_KIND = "train-seg"

@@ -3,7 +3,7 @@
 * ``TrainingConfig``: the options every trainer takes (a trainer's config extends it and sets the
   defaults of ``epochs``, ``lr`` and ``size``), their checks, the command line that reproduces a
   run's weights, ``add_common_training_arguments`` and ``run_command`` for the CLI.
-* Data sets: ``natural_key``, ``read_mask_png``, ``read_case_index`` (the rows of a case index CSV,
+* Data sets: ``natural_key``, ``read_case_index`` (the rows of a case index CSV,
   patient-wise split checked), ``split_patients`` (seeded patient-wise validation split) and
   ``split_record``, ``finite_median`` (validation medians).
 * ``setup_distributed``/``Distributed``: device choice, deterministic algorithms, torchrun/DDP
@@ -173,22 +173,6 @@ def run_command(args, config_cls, train: Callable[[Any], Dict[str, Any]]) -> int
 def natural_key(s: str):
     """Sort key that orders "2" before "10"."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
-
-
-def read_mask_png(path: Path, shape: Optional[Tuple[int, int]] = None) -> np.ndarray:
-    """A mask PNG as uint8 0/1 (grey > 127 = 1); with ``shape``, it must have that size."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise InputError(f"mask {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            m = np.asarray(im.convert("L"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"cannot read mask {path}: {exc}") from None
-    if shape is not None and m.shape != tuple(shape):
-        raise InputError(f"mask {path.name} is {m.shape[0]} x {m.shape[1]} px but its image is {shape[0]} x {shape[1]}")
-    return (m > 127).astype(np.uint8)
 
 
 @dataclass
