@@ -346,6 +346,20 @@ def _check_input_file(path: Path) -> None:
         raise InputError(f"model file {path} is empty (0 bytes)")
 
 
+def _stated(name: str, what: str, given, in_header, default: str, assumption: str, warnings: List[str]):
+    """(value, source) of a model property: given by the user (a contradicting header is named in
+    ``warnings``), else read from the header, else ``default`` with ``assumption`` in ``warnings``."""
+    if given is not None:
+        if in_header is not None and in_header != given:
+            sep = "=" if what == "SPACE" else " "
+            warnings.append(f"{name}: the file header says {what}{sep}{in_header} but {given} was given; using {given}")
+        return given, "user"
+    if in_header is not None:
+        return in_header, "header"
+    warnings.append(f"{name}: {assumption}")
+    return default, "assumed"
+
+
 def load_model(
     path: PathLike,
     units: Optional[str] = None,
@@ -388,34 +402,11 @@ def load_model(
     raw, header_text, header_space = _read_mesh_file(path, fmt)
     warnings: List[str] = []
 
-    # -- space ---------------------------------------------------------------------------------
-    if space is not None:
-        space_used, space_source = space, "user"
-        if header_space is not None and header_space != space:
-            warnings.append(
-                f"{path.name}: the file header says SPACE={header_space} but {space} was given; "
-                f"using {space}"
-            )
-    elif header_space is not None:
-        space_used, space_source = header_space, "header"
-    else:
-        space_used, space_source = "LPS", "assumed"
-        warnings.append(f"{path.name}: coordinate system not stated (no SPACE= marker): assumed LPS")
-
-    # -- units ---------------------------------------------------------------------------------
-    header_units = _units_from_header(header_text)
-    if units is not None:
-        units_used, units_source = units, "user"
-        if header_units is not None and header_units != units:
-            warnings.append(
-                f"{path.name}: the file header says units {header_units} but {units} was given; "
-                f"using {units}"
-            )
-    elif header_units is not None:
-        units_used, units_source = header_units, "header"
-    else:
-        units_used, units_source = "mm", "assumed"
-        warnings.append(f"{path.name}: units not stated: assumed millimetres")
+    # -- space and units: the user's word, else the file's header, else an assumption (named) ----
+    space_used, space_source = _stated(path.name, "SPACE", space, header_space, "LPS",
+                                       "coordinate system not stated (no SPACE= marker): assumed LPS", warnings)
+    units_used, units_source = _stated(path.name, "units", units, _units_from_header(header_text), "mm",
+                                       "units not stated: assumed millimetres", warnings)
 
     matrix = np.diag([UNIT_SCALE_TO_MM[units_used]] * 3 + [1.0])
     if space_used == "RAS":

@@ -880,6 +880,19 @@ def _publish_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _drain_progress(queue, progress) -> None:
+    """Pass every frame count the worker processes have reported so far to ``progress``."""
+    import queue as queue_module
+
+    while True:
+        try:
+            k = queue.get_nowait()
+        except queue_module.Empty:
+            return
+        if progress is not None:
+            progress(k)
+
+
 def generate_dataset(config: PhantomConfig, progress=None) -> dict:
     """Generate ``config.patients`` patients into ``config.out``; returns a summary.
 
@@ -915,16 +928,8 @@ def generate_dataset(config: PhantomConfig, progress=None) -> dict:
                     pending = pool.imap_unordered(_worker, [(i, config, str(tmps[i]), queue) for i in range(n)])
                     done = 0
                     it = iter(pending)
-                    import queue as _q
                     while done < n:
-                        # drain progress messages while waiting for patients
-                        while True:
-                            try:
-                                k = queue.get_nowait()
-                            except _q.Empty:
-                                break
-                            if progress is not None:
-                                progress(k)
+                        _drain_progress(queue, progress)  # while waiting for patients
                         try:
                             i, res = it.next(timeout=0.2)
                         except mp.TimeoutError:
@@ -932,13 +937,7 @@ def generate_dataset(config: PhantomConfig, progress=None) -> dict:
                         results[i] = res
                         _publish_dir(tmps[i], out / "patients" / patient_name(i))
                         done += 1
-                    while True:
-                        try:
-                            k = queue.get_nowait()
-                        except _q.Empty:
-                            break
-                        if progress is not None:
-                            progress(k)
+                    _drain_progress(queue, progress)
     finally:
         for p in tmps.values():
             shutil.rmtree(p, ignore_errors=True)
