@@ -58,13 +58,16 @@ PYTHON_REQUIREMENTS = (
 
 #: Colour table of the projection volume shown over the frame.
 PROJECTION_COLOR_NODE_ID = "vtkMRMLColorTableNodeYellow"
+SEGMENTATION_COLOR_NODE_ID = "vtkMRMLColorTableNodeCyan"
+REGISTERED_COLOR_NODE_ID = "vtkMRMLColorTableNodeGreen"
 
-#: Why a step of the data flow cannot run in this version (see TAVIRegistrationLogic.IMPLEMENTED_STEPS).
+#: Why a step of the data flow cannot run here (see TAVIRegistrationLogic.stepAvailability): the steps
+#: are implemented; segmentation and registration need the DRU-Net weights in Resources/Models.
 STEP_UNAVAILABLE_REASONS = {
-    "segment": "Vessel segmentation (DRU-Net) is not available in this version of TAVIRegistration: "
-               "the segmentation step is not connected to the 3D Slicer module yet.",
-    "register": "Registration (affine CNN) is not available in this version of TAVIRegistration: "
-                "the registration step is not connected to the 3D Slicer module yet.",
+    "segment": "Vessel segmentation is not available: no DRU-Net weights are installed in the module's "
+               "Resources/Models folder (see the README).",
+    "register": "Registration is not available: it segments the frame with DRU-Net, and no DRU-Net weights are "
+                "installed in the module's Resources/Models folder (see the README).",
 }
 
 SAMPLE_CATEGORY = "TAVIRegistration"
@@ -89,9 +92,12 @@ so it is mirrored left-right compared with the fluoroscopy display, which shows 
 detector side.</li>
 <li>Draw the region of interest on the frame in the panel's ROI editor; <i>Export</i> writes the projection, an
 overlay picture and the geometry.</li>
+<li><i>Segment</i> shows the DRU-Net vessel mask of the frame; <i>Register</i> segments the frame, predicts the 2D
+affine of the projection's ROI with the registration CNN (refined by a few gradient steps), and shows the registered
+projection over the frame with the affine as a transform node. A degenerate affine is refused and nothing is shown;
+a registration whose overlap with the vessel mask is low is shown with a warning in the status line.</li>
 </ol>
-<p>Vessel segmentation and the registration network are not available in this version; their buttons stay disabled
-and say so. They need PyTorch, which the PyTorch extension installs after asking.</p>
+<p>Segmentation and registration need PyTorch, which the PyTorch extension installs after asking.</p>
 <p>Requires 3D Slicer 5.10 or later: the fluoroscopy reader needs pydicom 3 (Python 3.10 or later). Missing Python
 packages are installed with pip after asking.</p>
 <p>Method: """ + PAPER + """. Research software, not a medical device: not for clinical decisions.</p>
@@ -711,18 +717,52 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onOverlayOpacityChanged(self, value):
         self.logic.setOverlayOpacity(value)
 
+    def _ensureTorch(self):
+        with slicer.util.tryWithErrorDisplay("PyTorch is not available."):
+            self.logic.ensurePythonPackages(ask=True)
+            self.logic.ensureTorch(ask=True)
+            return True
+        return False
+
     def onSegmentButton(self):
         pn = self._parameterNode
-        self._run("Vessel segmentation", lambda progress: self.logic.segmentFrame(
+        if not self._ensureTorch():
+            return
+        outcome = self._run("Vessel segmentation", lambda progress: self.logic.segmentFrame(
             pn.fluoroVolume, frameIndex=self.logic.currentFrameIndex(pn.fluoroVolume), forceCpu=pn.forceCpu,
-            progress=progress))
+            overlayOpacity=pn.overlayOpacity, progress=progress))
+        if outcome is None:
+            return
+        if self.roiEditor is not None:
+            self.roiEditor.setImage(self.logic.frameArray(pn.fluoroVolume, outcome.frameIndex))
+            self.roiEditor.setOverlay(outcome.result.mask, color=(0, 220, 255))
+        lines = ["Segmentation of frame %d (%s FoV): %d vessel pixels." % (
+            outcome.frameIndex, outcome.result.fov_used, int(outcome.result.mask.sum()))]
+        lines += ["Warning: %s" % w for w in outcome.warnings]
+        self._setStatus("\n".join(lines))
 
     def onRegisterButton(self):
         pn = self._parameterNode
-        self._run("Registration", lambda progress: self.logic.registerFrame(
+        if not self._ensureTorch():
+            return
+        outcome = self._run("Registration", lambda progress: self.logic.registerFrame(
             pn.model, pn.fluoroVolume, frameIndex=self.logic.currentFrameIndex(pn.fluoroVolume),
             roi=self.logic.validRoi(pn.roi, None), isocenterNode=pn.isocenter, transformNode=pn.registrationTransform,
-            forceCpu=pn.forceCpu, progress=progress))
+            forceCpu=pn.forceCpu, orthographic=pn.orthographic, overlayOpacity=pn.overlayOpacity,
+            progress=progress))
+        if outcome is None:
+            return
+        pn.registrationTransform = outcome.transformNode
+        if self.roiEditor is not None:
+            self.roiEditor.setImage(self.logic.frameArray(pn.fluoroVolume, outcome.frameIndex))
+            self.roiEditor.setOverlay(outcome.registration.registered_mask, color=(0, 255, 0))
+        m = outcome.metrics
+        lines = ["Registration of frame %d (%s, %.0f ms): Dice %.3f, recall %.3f, precision %.3f against the %s." % (
+            outcome.frameIndex, outcome.registration.result.method, 1000.0 * outcome.registration.result.seconds,
+            m.get("dice", float("nan")), m.get("recall", float("nan")), m.get("precision", float("nan")),
+            "DRU-Net segmentation" if outcome.registration.fixed_source == "segmentation" else "given mask")]
+        lines += ["Warning: %s" % w for w in outcome.warnings]
+        self._setStatus("\n".join(lines))
 
     def onExportButton(self):
         pn = self._parameterNode
@@ -767,6 +807,35 @@ class ProjectionResult:
         return self.frameProjection.geometry
 
 
+class SegmentationOutcome:
+    """What ``TAVIRegistrationLogic.segmentFrame`` made: the mask volume and the library's result."""
+
+    def __init__(self, volumeNode, result, frameIndex):
+        self.volumeNode = volumeNode
+        self.result = result  # TAVIRegistrationLib.segmentation.SegmentationResult
+        self.frameIndex = frameIndex
+        self.warnings = list(result.warnings)
+
+
+class RegistrationOutcome:
+    """What ``TAVIRegistrationLogic.registerFrame`` made: nodes and the library's FrameRegistration."""
+
+    def __init__(self, volumeNode, transformNode, registration, frameIndex, warnings):
+        self.volumeNode = volumeNode
+        self.transformNode = transformNode
+        self.registration = registration  # TAVIRegistrationLib.pipeline.FrameRegistration
+        self.frameIndex = frameIndex
+        self.warnings = list(warnings)
+
+    @property
+    def metrics(self):
+        return dict(self.registration.metrics)
+
+    @property
+    def affine(self):
+        return np.asarray(self.registration.matrix)
+
+
 class SyntheticCase:
     """The synthetic TAVI case loaded into the scene, with the ground truth it was made from."""
 
@@ -784,7 +853,7 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
     #: Steps of the data flow this Logic implements. The segmentation and registration issues fill
     #: ``segmentFrame`` and ``registerFrame`` (below) and set their entry to True: the widget then
     #: enables their buttons and the self-test's registration-metric test runs.
-    IMPLEMENTED_STEPS = {"project": True, "segment": False, "register": False}
+    IMPLEMENTED_STEPS = {"project": True, "segment": True, "register": True}
 
     #: Synthetic case: (primary, secondary) angles of its three frames (a short rotational run).
     SYNTHETIC_ANGLES = ((30.0, 10.0), (36.0, 12.0), (-25.0, -8.0))
@@ -795,6 +864,7 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         self._pipeline = None
         self._pipelineKey = None
         self.lastProjection = None
+        self.lastRegistration = None
 
     def getParameterNode(self):
         return TAVIRegistrationParameterNode(super().getParameterNode())
@@ -905,7 +975,14 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         if step not in self.IMPLEMENTED_STEPS:
             raise ValueError("unknown step %r" % step)
         if not self.IMPLEMENTED_STEPS[step]:
-            return STEP_UNAVAILABLE_REASONS.get(step, "%s is not available in this version." % step)
+            return "%s is not available in this version." % step
+        if step in STEP_UNAVAILABLE_REASONS:
+            try:
+                from TAVIRegistrationLib.models import installed
+            except ImportError:  # the Python packages are not installed yet: the step asks for them when run
+                return ""
+            if not installed("segmentation"):
+                return STEP_UNAVAILABLE_REASONS[step]
         return ""
 
     def stepAvailable(self, step):
@@ -1290,30 +1367,95 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         transformNode.SetAttribute("TAVIRegistration.role", "registration")
         return transformNode
 
-    # -- steps plugged in by later issues -------------------------------------------------------------------
-    def segmentFrame(self, fluoroVolume, frameIndex=None, outputVolume=None, forceCpu=False, progress=None):
+    # -- segmentation and registration ---------------------------------------------------------------
+    @staticmethod
+    def _device(forceCpu):
+        return "cpu" if forceCpu else None
+
+    def segmentFrame(self, fluoroVolume, frameIndex=None, outputVolume=None, forceCpu=False, progress=None,
+                     showResult=True, overlayOpacity=0.5):
         """Vessel segmentation of a frame (DRU-Net) into a mask volume over the frame.
 
-        The segmentation issue fills this: ``ensureTorch()``, the pipeline's segmentation step on the frame
-        (device from ``forceCpu``; weights verified by their SHA256 in the library), the mask written with
-        ``updateMaskVolume(..., role="segmentation")`` and shown with ``showOverlay``; then
-        ``IMPLEMENTED_STEPS["segment"] = True``.
+        The frame comes from its DICOM file (as for the projection); the FoV from its header. Uses the
+        current pipeline when it holds this file (its cache then serves a later registration), else the
+        library's ``segment_frame``; the weights are verified by their SHA256 in the library. Returns a
+        SegmentationOutcome (volume node, the library's SegmentationResult, frame index).
         """
-        self._requireStep("segment")
+        from TAVIRegistrationLib.errors import InputError
+        from TAVIRegistrationLib.segmentation import fov_from_header, segment_frame
+
+        _report(progress, 0.0, "Checking the inputs")
+        self.requirePythonPackages()
+        self.ensureTorch(ask=False)
+        if fluoroVolume is None:
+            raise InputError("select the fluoroscopy volume")
+        if frameIndex is None:
+            frameIndex = self.currentFrameIndex(fluoroVolume)
+        self.selectFrame(fluoroVolume, frameIndex)
+        path = self.dicomFileForVolume(fluoroVolume)
+        series = self.fluoroSeries(path)
+        self.checkVolumeMatchesSeries(fluoroVolume, series)
+        _report(progress, 0.3, "Segmenting the vessels of frame %d (DRU-Net)" % frameIndex)
+        if self._pipeline is not None and self._pipelineKey is not None and self._pipelineKey[1] == path:
+            result = self._pipeline.segment(int(frameIndex), device=self._device(forceCpu))
+        else:
+            result = segment_frame(series.frame(int(frameIndex)), device=self._device(forceCpu),
+                                   fov_hint=fov_from_header(series.header))
+        _report(progress, 0.85, "Writing the segmentation volume")
+        volume = self.updateMaskVolume(outputVolume, result.mask, fluoroVolume,
+                                       name="%s vessels" % fluoroVolume.GetName(),
+                                       colorNodeID=SEGMENTATION_COLOR_NODE_ID, role="segmentation",
+                                       frameIndex=frameIndex)
+        if showResult:
+            self.showOverlay(fluoroVolume, volume, overlayOpacity)
+        return SegmentationOutcome(volume, result, int(frameIndex))
 
     def registerFrame(self, modelNode, fluoroVolume, frameIndex=None, roi=None, isocenterNode=None,
-                      transformNode=None, fixedMask=None, forceCpu=False, progress=None):
-        """Register the projection's ROI to the frame (affine CNN).
+                      transformNode=None, fixedMask=None, forceCpu=False, progress=None, method=None,
+                      outputVolume=None, orthographic=False, showResult=True, overlayOpacity=0.5):
+        """Register the projection's ROI to the frame (the library pipeline's ``register``).
 
-        The registration issue fills this: ``ensureTorch()``, the pipeline's registration step on the
-        moving image ``pipeline.moving_image(frameIndex, roi)`` and the frame's vessel mask (``fixedMask``,
-        when given, skips segmentation), the affine stored with ``setAffineTransform``, the registered
-        projection with ``updateMaskVolume(..., role="registered projection")``; it returns an object
-        whose ``metrics`` dict holds ``dice``, ``recall`` and ``precision`` against the fixed mask
-        (what TAVIRegistrationTest.test_RegistrationMetrics asserts); then
-        ``IMPLEMENTED_STEPS["register"] = True``.
+        ``fixedMask`` (the frame's vessel mask, rows x cols), when given, replaces the DRU-Net
+        segmentation; ``method`` cnn, cnn+refine or sitk (default: the library's). A valid result becomes
+        the transform node (``setAffineTransform``) and the registered projection volume (role
+        "registered projection") shown over the frame; a flagged one (low agreement) too, with the flag in
+        its ``warnings``. A degenerate or failed registration raises RegistrationFailed and shows nothing.
+        Returns a RegistrationOutcome whose ``metrics`` hold ``dice``, ``recall`` and ``precision``
+        against the fixed mask.
         """
-        self._requireStep("register")
+        from TAVIRegistrationLib.errors import InputError
+
+        _report(progress, 0.0, "Checking the inputs")
+        self.requirePythonPackages()
+        self.ensureTorch(ask=False)
+        if fluoroVolume is None:
+            raise InputError("select the fluoroscopy volume")
+        if modelNode is None:
+            raise InputError("select the vessel model")
+        if frameIndex is None:
+            frameIndex = self.currentFrameIndex(fluoroVolume)
+        self.selectFrame(fluoroVolume, frameIndex)
+        pipeline = self.pipelineFor(modelNode, fluoroVolume, isocenterNode, orthographic, progress)
+        shape = pipeline.project(int(frameIndex)).projection.mask.shape
+        if roi is not None and self.validRoi(roi, shape) is None:
+            raise InputError("the ROI %s lies outside the %d x %d frame" % (tuple(roi), shape[1], shape[0]))
+        _report(progress, 0.5, "Segmenting and registering frame %d" % frameIndex if fixedMask is None
+                else "Registering frame %d" % frameIndex)
+        registration = pipeline.register(int(frameIndex), roi, fixed_mask=fixedMask, method=method,
+                                         device=self._device(forceCpu))
+        registration.result.raise_if_invalid()
+        _report(progress, 0.85, "Writing the registered projection and the transform")
+        transformNode = self.setAffineTransform(transformNode, registration.matrix, fluoroVolume, registration.roi)
+        volume = self.updateMaskVolume(outputVolume, registration.registered_mask, fluoroVolume,
+                                       name="%s registered projection" % fluoroVolume.GetName(),
+                                       colorNodeID=REGISTERED_COLOR_NODE_ID, role="registered projection",
+                                       frameIndex=frameIndex)
+        if showResult:
+            self.showOverlay(fluoroVolume, volume, overlayOpacity)
+        outcome = RegistrationOutcome(volume, transformNode, registration, int(frameIndex),
+                                      list(pipeline.warnings) + list(registration.warnings))
+        self.lastRegistration = outcome
+        return outcome
 
     # -- export ---------------------------------------------------------------------------------------------
     def exportProjection(self, directory, fluoroVolume=None, result=None, roi=None, captureThreeDView=True):
@@ -1510,7 +1652,7 @@ class TAVIRegistrationTest(ScriptedLoadableModuleTest):
     module's Reload and Test button (developer mode).
     """
 
-    TESTS = ("test_ProjectionThroughDICOM", "test_ModulePanel", "test_RegistrationMetrics")
+    TESTS = ("test_ProjectionThroughDICOM", "test_ModulePanel", "test_SegmentationVolume", "test_RegistrationMetrics")
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -1633,6 +1775,27 @@ class TAVIRegistrationTest(ScriptedLoadableModuleTest):
 
         self._withCase(check)
         self.delayDisplay("Module panel test passed")
+
+    def test_SegmentationVolume(self):
+        """DRU-Net on a frame of the synthetic case: a 0/1 volume on the frame's grid, equal to the library's."""
+        logic = TAVIRegistrationLogic()
+        reason = logic.stepAvailability("segment")
+        if reason:
+            self.skipTest(reason)
+
+        def check(logic, case):
+            from TAVIRegistrationLib.segmentation import segment_frame
+
+            outcome = logic.segmentFrame(case.fluoroVolume, frameIndex=1, forceCpu=True)
+            volume = outcome.volumeNode
+            self.assertEqual(volume.GetImageData().GetDimensions(), (case.cols, case.rows, 1))
+            self.assertEqual(volume.GetAttribute("TAVIRegistration.role"), "segmentation")
+            array = slicer.util.arrayFromVolume(volume)[0]
+            direct = segment_frame(logic.fluoroSeries(case.dicomPath).frame(1), device="cpu",
+                                   fov_hint=outcome.result.fov_used).mask
+            np.testing.assert_array_equal(array > 0, direct > 0)
+
+        self._withCase(check)
 
     def test_RegistrationMetrics(self):
         """Registration of the synthetic frame: better overlap than the unregistered projection (skipped

@@ -371,6 +371,54 @@ def test_register_needs_a_segmentation_network(window, case, tmp_path, monkeypat
     assert window.registerButton.toolTip() == viewer.REGISTER_UNAVAILABLE_TIP
 
 
+@pytest.fixture(scope="module")
+def demo_case(tmp_path_factory):
+    from TAVIRegistrationLib.demo import make_demo_case
+
+    return make_demo_case(tmp_path_factory.mktemp("demo_case"))
+
+
+def test_register_from_the_viewer_matches_the_cli(window, demo_case, tmp_path, monkeypatch, qtbot):
+    """Register clicked in the viewer and ``tavireg register`` on the same inputs (model, frame,
+    isocentre, ROI, the shipped networks): the same affine and the same registered pixels."""
+    from TAVIRegistrationLib.models import installed
+
+    shipped = REPO / "Resources" / "Models"
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(shipped))
+    if not installed("segmentation"):
+        pytest.skip("no segmentation network shipped in Resources/Models")
+    iso = demo_case.isocenter_lps
+    window.openCase(demo_case.model_path, demo_case.fluoro_path, options=viewer.CaseOptions(isocenter_lps=iso),
+                    frame=demo_case.frame_index)
+    assert window.waitIdle(60) and window.frameProjection is not None, window.errors
+    roi = demo_case.truth().user_roi()
+    window.setRoi(roi)
+    assert tuple(window.movingRoi()) == tuple(roi)
+    assert window.registerButton.isEnabled()
+    qtbot.mouseClick(window.registerButton, Qt.LeftButton)
+    assert window.waitIdle(300)
+    assert window.registration is not None, window.errors
+    assert window.exportTo(tmp_path / "viewer")
+    assert json.loads((tmp_path / "viewer" / "roi.json").read_text())["registered"] is True
+
+    env = dict(os.environ, TAVIREG_MODELS_DIR=str(shipped))
+    proc = subprocess.run([sys.executable, "-m", "TAVIRegistrationLib.cli", "register", "--model",
+                           str(demo_case.model_path), "--fluoro", str(demo_case.fluoro_path), "--frame",
+                           str(demo_case.frame_index), "--isocenter=" + ",".join(f"{c:.17g}" for c in iso),
+                           "--roi", ",".join(str(int(v)) for v in roi), "--out", str(tmp_path / "cli"), "--json"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    transform = json.loads((tmp_path / "cli" / "transform.json").read_text())
+    np.testing.assert_allclose(np.asarray(transform["matrix"]), window.registration.matrix, atol=1e-6)
+    cli_mask = outputs.read_mask_png(tmp_path / "cli" / "registered_projection.png")
+    viewer_mask = outputs.read_mask_png(tmp_path / "viewer" / "projection_mask.png")
+    assert cli_mask.any()
+    np.testing.assert_array_equal(viewer_mask, cli_mask)
+    # the registration's own warnings (e.g. the method's fallback) are listed with the case's
+    for w in window.registration.warnings:
+        assert w in window.warnings()
+
+
 # ----------------------------------------------------------------------------------- export
 def test_export_writes_all_three_files(window, case, tmp_path):
     open_case(window, case)

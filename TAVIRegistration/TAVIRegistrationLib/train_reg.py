@@ -114,6 +114,8 @@ class RegTrainConfig(TrainingConfig):
     scale_range: Tuple[float, float] = (0.85, 1.15)
     max_shear: float = 0.05
     max_shift: float = 0.2
+    #: phantom frames segmented by the installed DRU-Net become the fixed image of half the pairs
+    segment_fixed: bool = False
 
     SUBCOMMAND = "train-reg"
     COMMAND_OPTIONS = ("epochs", "batch_size", "pairs_per_epoch", "lr", "weight_decay", "seed", "size", "width", "fc",
@@ -145,7 +147,7 @@ class RegTrainConfig(TrainingConfig):
             raise InputError("--max-rotation must lie in 0-90, --max-shear in 0-0.5, --max-shift in 0-0.5")
 
     def command_flags(self) -> List[str]:
-        return ["--paper-pooling"] if self.paper_pooling else []
+        return (["--paper-pooling"] if self.paper_pooling else []) + (["--segment-fixed"] if self.segment_fixed else [])
 
 
 def _pool_after(config) -> Tuple[int, ...]:
@@ -372,19 +374,35 @@ def _parse_affine(text: Optional[str]) -> Optional[np.ndarray]:
     return a
 
 
-def load_phantom_index(csv_path: Path) -> Tuple[List[RegSample], int]:
-    """Rows of a phantom case index (not the ``test`` ones); returns (samples, test rows skipped)."""
+def load_phantom_index(csv_path: Path, segment_cache: Optional[Path] = None,
+                       progress: bool = False) -> Tuple[List[RegSample], int]:
+    """Rows of a phantom case index (not the ``test`` ones); returns (samples, test rows skipped).
+
+    With ``segment_cache`` (a folder), rows without a ``segmentation`` column get one: the frame
+    segmented by the installed DRU-Net (``segmentation.segment_frame``, the header's FoV), read from
+    or written to ``segment_cache`` as ``<patient>_<series>_f<frame>.png``."""
     rows, skipped = read_case_index(csv_path, _CSV_COLUMNS,
                                     " (train-reg needs the phantom's projection_true and projection_nominal)")
     base = csv_path.parent
     out: List[RegSample] = []
-    for row in rows:
+    series_cache: Dict[str, Any] = {}
+    items = rows
+    if segment_cache is not None and progress:
+        from tqdm import tqdm
+
+        items = tqdm(rows, desc=f"DRU-Net segmentations ({segment_cache})", unit="frame", leave=False)
+    for row in items:
         r = row.values
         nominal = read_mask_png(base / r["projection_nominal"])
         shape = nominal.shape
         mask = read_mask_png(base / r["mask"], shape)
         truth = read_mask_png(base / r["projection_true"], shape)
-        seg = read_mask_png(base / r["segmentation"], shape) if r.get("segmentation") else None
+        if r.get("segmentation"):
+            seg = read_mask_png(base / r["segmentation"], shape)
+        elif segment_cache is not None:
+            seg = _cached_segmentation(base, r, row.patient, segment_cache, series_cache, shape)
+        else:
+            seg = None
         if nominal.sum() < 20 or mask.sum() < 20:
             continue
         roi = _parse_roi_text(r["roi"], f"{csv_path.name} line {row.line}") if r.get("roi") else _default_roi(nominal)
@@ -392,6 +410,38 @@ def load_phantom_index(csv_path: Path) -> Tuple[List[RegSample], int]:
                              _pack(seg) if seg is not None else None, roi, row.patient, str(csv_path),
                              row.split, f"{r['mask']}", _parse_affine(r.get("affine"))))
     return out, skipped
+
+
+def _cached_segmentation(base: Path, r: Dict[str, str], patient: str, cache: Path, series_cache: Dict[str, Any],
+                         shape: Tuple[int, int]) -> np.ndarray:
+    from .fluoro import read_fluoro
+    from .outputs import OutputSet, mask_png_writer
+    from .segmentation import segment_frame
+
+    frame = int(r.get("frame") or 0)
+    name = f"{patient}_{Path(r.get('series') or r['image']).stem}_f{frame:03d}.png"
+    path = cache / re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    if path.is_file():
+        return read_mask_png(path, shape, "cached segmentation")
+    image = r["image"]
+    if image not in series_cache:
+        series_cache.clear()  # one series in memory
+        series_cache[image] = read_fluoro(base / image)
+    series = series_cache[image]
+    seg = segment_frame(series.frame(frame), fov=r.get("fov") or "auto").mask
+    if seg.shape != tuple(shape):
+        raise InputError(f"{image} frame {frame}: {seg.shape} pixels, its masks {tuple(shape)}")
+    with OutputSet() as outs:
+        outs.add(path, mask_png_writer(seg))
+    return seg
+
+
+def _segmentation_model_key() -> str:
+    """``<name>-<sha256[:12]>`` of the installed default segmentation network (InputError if none)."""
+    from .models import find_entry
+
+    entry = find_entry("segmentation")
+    return f"{entry['name']}-{str(entry['sha256'])[:12]}"
 
 
 def load_data(config: RegTrainConfig) -> Tuple[List[RegSample], List[Dict[str, Any]]]:
@@ -407,8 +457,13 @@ def load_data(config: RegTrainConfig) -> Tuple[List[RegSample], List[Dict[str, A
             s = load_mask_folder(path)
             described.append({"path": str(d), "kind": "mask folder", "test_rows_skipped": 0})
         elif path.is_file() and path.suffix.lower() == ".csv":
-            s, skipped = load_phantom_index(path)
-            described.append({"path": str(d), "kind": "phantom case index", "test_rows_skipped": skipped})
+            cache = None
+            if config.segment_fixed:
+                cache = Path(config.out) / "segmentations" / _segmentation_model_key()
+                cache.mkdir(parents=True, exist_ok=True)
+            s, skipped = load_phantom_index(path, cache, config.progress)
+            described.append({"path": str(d), "kind": "phantom case index", "test_rows_skipped": skipped,
+                              "segmentation_fixed": None if cache is None else f"DRU-Net {cache.name}"})
         else:
             raise InputError(f"--data {d}: not a mask folder, a phantom case index .csv or synthetic:COUNT")
         if not s:
@@ -662,13 +717,16 @@ def _train_epoch(run: TrainingRun, net, opt, train_set: List[RegSample], epoch: 
     order = np.random.default_rng([int(config.seed), 31337, epoch]).permutation(config.pairs_per_epoch)
     order = [int(i) % len(train_set) for i in order]
 
-    def loss_of(b: int, idx: List[int]):
+    def prepare(b: int, idx: List[int]):
         rng = np.random.default_rng([int(config.seed), epoch, dist.rank, b])
-        pairs = [make_pair(train_set[i], rng, config) for i in idx]
-        mv, fx, box, _ = _batch_tensors(pairs, run.device)
+        return _batch_tensors([make_pair(train_set[i], rng, config) for i in idx], "cpu")[:3]
+
+    def loss_of(_b: int, data):
+        mv, fx, box = (t.to(run.device) for t in data)
         return pair_loss(net(torch.cat([mv, fx], dim=1)), mv, fx, box)
 
-    return run.train_epoch(net, opt, epoch, order[dist.rank::dist.world], loss_of, grad_clip=GRAD_CLIP)
+    return run.train_epoch(net, opt, epoch, order[dist.rank::dist.world], loss_of, grad_clip=GRAD_CLIP,
+                           prepare=prepare)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -732,6 +790,9 @@ def add_train_reg_parser(sub) -> None:
     p.add_argument("--fc", type=int, default=1024, help="units of the first fully connected layer (default 1024)")
     p.add_argument("--paper-pooling", action="store_true",
                    help="pool after convolutions 3, 5, 7, 9 as in the paper (4x slower) instead of 1, 3, 5, 7, 9")
+    p.add_argument("--segment-fixed", action="store_true",
+                   help="segment the phantom index's frames with the installed DRU-Net (cached under OUT/segmentations) "
+                        "and use them as the fixed image of half of those pairs")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help="registration window margin, a fraction of the ROI's longer side per side (default 0.3)")
     p.add_argument("--val-pairs", type=int, default=4, help="seeded validation pairs per validation patient")

@@ -1191,9 +1191,14 @@ class ViewerWindow(qt.QMainWindow):
 
     # ================================================================== facts and refresh
     def warnings(self) -> List[str]:
-        """Every fallback the library took for this case (shown in the warnings panel)."""
+        """Every fallback the library took for this case and, after a registration, that
+        registration's own warnings (method fallback, low agreement, FoV guess...): shown in the
+        warnings panel."""
         if self.pipeline is not None:
-            return list(self.pipeline.warnings)
+            out = list(self.pipeline.warnings)
+            if self.registration is not None:
+                out.extend(w for w in self.registration.warnings if w not in out)
+            return out
         out = []
         for obj in (self.model, self.series):
             if obj is not None:
