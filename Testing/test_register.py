@@ -81,6 +81,49 @@ def test_register_writes_the_contract_outputs(frame, tmp_path, capsys):
     assert np.array_equal(sc.pixel_array, np.array(Image.open(out / "overlay.png")))
 
 
+def test_anonymize_strips_patient_identity_from_every_output(frame, tmp_path, capsys):
+    """--anonymize: no output file holds the source's patient name, ID or study/series/instance UIDs;
+    the Secondary Capture says so (PatientIdentityRemoved) and does not point back to the source."""
+    from TAVIRegistrationLib.export import STUDY_ATTRIBUTES
+
+    root, row, truth, mask_png = frame
+    src = pydicom.dcmread(root / row["image"], stop_before_pixels=True)
+    src.PatientBirthDate, src.AccessionNumber = "19400101", "ACC12345"  # identifiers the phantom leaves empty
+    source = tmp_path / "source.dcm"
+    src_full = pydicom.dcmread(root / row["image"])
+    src_full.PatientBirthDate, src_full.AccessionNumber = src.PatientBirthDate, src.AccessionNumber
+    src_full.InstitutionName = "Heart Centre Example"  # not needed by the export: never copied
+    src_full.save_as(source)
+    args = _args(frame, tmp_path / "plain", "--fixed-mask", mask_png, "--method", "sitk")
+    args[args.index("--fluoro") + 1] = str(source)
+    assert main(args) == 0, capsys.readouterr().err
+    plain = pydicom.dcmread(tmp_path / "plain" / "overlay.dcm")
+    assert plain.PatientID == src.PatientID and plain.StudyInstanceUID == src.StudyInstanceUID
+    assert "InstitutionName" not in plain  # only what filing into the study needs is copied
+    copied = {e.keyword for e in plain if e.keyword in {x.keyword for x in src_full}}
+    assert copied <= set(STUDY_ATTRIBUTES) | {"SOPClassUID", "Modality", "Rows", "Columns", "BitsAllocated",
+                                              "BitsStored", "HighBit", "PixelRepresentation", "SamplesPerPixel",
+                                              "PhotometricInterpretation", "PixelData", "SeriesNumber",
+                                              "InstanceNumber", "SeriesDate", "SeriesTime", "ContentDate",
+                                              "ContentTime", "Manufacturer", "SoftwareVersions", "ImageType",
+                                              "SeriesDescription", "SOPInstanceUID", "SeriesInstanceUID",
+                                              "BurnedInAnnotation", "PlanarConfiguration", "ImageComments"}, copied
+
+    args[args.index("--out") + 1] = str(tmp_path / "anon")
+    assert main(args + ["--anonymize"]) == 0, capsys.readouterr().err
+    anon = pydicom.dcmread(tmp_path / "anon" / "overlay.dcm")
+    assert anon.PatientIdentityRemoved == "YES" and anon.DeidentificationMethod
+    assert anon.StudyInstanceUID != src.StudyInstanceUID and "SourceImageSequence" not in anon
+    secrets = [str(src.PatientName), src.PatientID, src.StudyInstanceUID, src.SeriesInstanceUID,
+               src.SOPInstanceUID, "19400101", "ACC12345", "Heart Centre Example"]
+    for f in (tmp_path / "anon").iterdir():
+        data = f.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in data, (f.name, secret)
+    assert json.loads((tmp_path / "anon" / "transform.json").read_text())["anonymized_dicom"] is True
+    np.testing.assert_array_equal(anon.pixel_array, plain.pixel_array)
+
+
 def test_known_affine_is_recovered_within_a_pixel(frame):
     """Fixed image = the nominal projection (inside the ROI) moved by a known affine on the frame grid."""
     root, row, truth, _ = frame

@@ -179,7 +179,8 @@ def _run_project(args) -> int:
     geom = geom.with_isocenter(isocenter_from_args(args, model, warnings))
     proj = render_projection(model.polydata, geom, orthographic=args.orthographic, with_depth=args.depth is not None)
     if proj.area_px == 0:
-        raise InputError("the model projects entirely outside the detector for this geometry and isocentre")
+        hint = f" ({model.extent_problem})" if model.extent_problem else ""
+        raise InputError(f"the model projects entirely outside the detector for this geometry and isocentre{hint}")
     inputs = [args.model] + ([args.fluoro] if args.fluoro else [])
     with OutputSet(inputs=inputs) as outs:
         outs.add(args.out, mask_png_writer(proj.mask))
@@ -243,6 +244,8 @@ def _add_register(sub) -> None:
     p.add_argument("--fov", choices=("auto", "upper", "lower"), default="auto", help="field of view for segmentation")
     p.add_argument("--mode", choices=("contour", "fill"), default="contour", help="overlay drawing")
     p.add_argument("--force-cpu", action="store_true", help="do not use a GPU even when one is present")
+    p.add_argument("--anonymize", action="store_true",
+                   help="write overlay.dcm without the patient's identity (new study, no link to the source)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
@@ -278,7 +281,7 @@ def _run_register(args) -> int:
             init = reg.result.frame_matrix
         summary = report.write_registration_outputs(
             args.out, pipe, results, mode=args.mode, inputs=[args.model, args.fluoro, args.fixed_mask],
-            warnings=warnings,
+            warnings=warnings, anonymize=args.anonymize,
         )
     _emit_warnings(summary["warnings"])
     if args.json:

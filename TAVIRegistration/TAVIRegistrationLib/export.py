@@ -2,8 +2,15 @@
 the transform / metrics files. Writers return ``writer(fh)`` callables for ``outputs.OutputSet``.
 
 The Secondary Capture copies only the identifiers it needs from the fluoroscopy header (patient
-and study identity, so that it files into the same study) and gets new series and instance UIDs;
-it references the source frame in SourceImageSequence.
+and study identity, so that it files into the same study: ``STUDY_ATTRIBUTES``, nothing else) and
+gets new series and instance UIDs; it references the source frame in SourceImageSequence.
+
+``anonymize=True`` (``tavireg register --anonymize``) strips patient identity instead, after the
+DICOM basic application level confidentiality profile (PS3.15 E.1) for the attributes this file has:
+patient name and ID replaced by "ANONYMOUS", birth date, sex, accession number, referring physician,
+study ID and description emptied, a new study UID (the original one would link it back), study date
+and time emptied, no reference to the source instance, PatientIdentityRemoved YES and
+DeidentificationMethod saying what was done.
 """
 
 from __future__ import annotations
@@ -26,10 +33,15 @@ STUDY_ATTRIBUTES = (
 )
 
 
+#: what --anonymize writes into DeidentificationMethod (LO: at most 64 characters)
+DEIDENTIFICATION_METHOD = "TAVIRegistration --anonymize (PS3.15 E.1 basic profile)"
+
+
 def secondary_capture(rgb: np.ndarray, source_header, *, frame_index: int = 0,
                       description: str = "TAVIRegistration overlay", comments: str = "",
-                      now: Optional[datetime] = None):
-    """A pydicom Dataset: RGB Secondary Capture of ``rgb`` (H, W, 3 uint8) in ``source_header``'s study."""
+                      now: Optional[datetime] = None, anonymize: bool = False):
+    """A pydicom Dataset: RGB Secondary Capture of ``rgb`` (H, W, 3 uint8) in ``source_header``'s
+    study, or with the patient's identity stripped (``anonymize``, see the module docstring)."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.sequence import Sequence as DicomSequence
@@ -44,8 +56,13 @@ def secondary_capture(rgb: np.ndarray, source_header, *, frame_index: int = 0,
     ds.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE_UID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     for keyword in STUDY_ATTRIBUTES:
-        if source_header is not None and keyword in source_header:
+        if source_header is not None and keyword in source_header and not anonymize:
             setattr(ds, keyword, source_header.data_element(keyword).value)
+    if anonymize:
+        ds.PatientName = "ANONYMOUS"
+        ds.PatientID = "ANONYMOUS"
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = DEIDENTIFICATION_METHOD
     if "StudyInstanceUID" not in ds:
         ds.StudyInstanceUID = generate_uid()
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
@@ -70,7 +87,7 @@ def secondary_capture(rgb: np.ndarray, source_header, *, frame_index: int = 0,
     ds.BurnedInAnnotation = "NO"
     if comments:
         ds.ImageComments = comments[:10240]
-    if source_header is not None and "SOPInstanceUID" in source_header:
+    if source_header is not None and "SOPInstanceUID" in source_header and not anonymize:
         ref = pydicom.Dataset()
         ref.ReferencedSOPClassUID = source_header.SOPClassUID
         ref.ReferencedSOPInstanceUID = source_header.SOPInstanceUID

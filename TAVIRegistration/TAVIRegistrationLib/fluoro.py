@@ -621,6 +621,7 @@ def _pixel_description(ds, name: str, notes: List[str], unread_tail: Optional[in
     if not photometric:
         notes.append("PhotometricInterpretation (0028,0004) missing; assumed MONOCHROME2")
         photometric = "MONOCHROME2"
+        ds.PhotometricInterpretation = photometric  # in memory only: the decoder needs it too
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise InputError(
             f"{name} has PhotometricInterpretation {photometric}; expected MONOCHROME1 or MONOCHROME2"

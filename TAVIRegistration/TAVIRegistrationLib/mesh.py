@@ -104,6 +104,8 @@ class SurfaceModel:
     warnings: List[str] = field(default_factory=list)
     units_source: str = "assumed"
     space_source: str = "assumed"
+    #: the implausible-size warning (also in ``warnings``), else "": errors about the projection repeat it
+    extent_problem: str = ""
 
     def points(self) -> np.ndarray:
         """Vertex coordinates, (N, 3) float64, LPS mm (a copy)."""
@@ -417,6 +419,7 @@ def load_model(
         warnings=warnings, units_source=units_source, space_source=space_source,
     )
     _check_extent(model, path.name)
+    _check_manifold(model, path.name)
     return model
 
 
@@ -640,20 +643,47 @@ def _finish_surface(
     return polydata_from_arrays(points, triangles)
 
 
+def non_manifold_edges(polydata: vtkPolyData) -> int:
+    """Edges shared by more than two triangles (a corrupt or self-overlapping surface)."""
+    from vtkmodules.vtkFiltersCore import vtkFeatureEdges
+
+    edges = vtkFeatureEdges()
+    edges.SetInputData(polydata)
+    edges.BoundaryEdgesOff()
+    edges.FeatureEdgesOff()
+    edges.ManifoldEdgesOff()
+    edges.NonManifoldEdgesOn()
+    edges.Update()
+    return int(edges.GetOutput().GetNumberOfLines())
+
+
+def _check_manifold(model: SurfaceModel, name: str) -> None:
+    """Name a non-manifold surface in the warnings (open vessel ends are normal and not named):
+    its projection is still its silhouette, drawn as it is."""
+    n = non_manifold_edges(model.polydata)
+    if n:
+        model.warnings.append(
+            f"{name}: not a closed surface: {n} non-manifold edge{'s' if n != 1 else ''} (shared by more than two "
+            "triangles); the projection is its silhouette as it is (check the export of the model)"
+        )
+
+
 def _check_extent(model: SurfaceModel, name: str) -> None:
     diagonal = model.diagonal_mm
     lo, hi = PLAUSIBLE_DIAGONAL_MM
     stated = f"in {model.units_used}" if model.units_source != "assumed" else "assumed mm"
     if diagonal < lo:
-        model.warnings.append(
+        model.extent_problem = (
             f"{name}: the model is only {diagonal:.3g} mm across ({stated}): too small for a vessel "
             "model; looks like metres or centimetres given as mm (state the units)"
         )
     elif diagonal > hi:
-        model.warnings.append(
+        model.extent_problem = (
             f"{name}: the model is {diagonal:.4g} mm across ({stated}): too large for a vessel "
             "model; looks like micrometres or another unit given as mm (state the units)"
         )
+    if model.extent_problem:
+        model.warnings.append(model.extent_problem)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -53,6 +53,8 @@ class OutputSet:
             raise InputError(f"output {path} would overwrite an input file")
         if final in self._pending:
             raise InputError(f"output {path} is named twice")
+        if final.is_dir():
+            raise InputError(f"output {path} is an existing folder, not a file name")
         check_writable_dir(final.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
         try:
@@ -71,16 +73,33 @@ class OutputSet:
         return final
 
     def commit(self) -> List[Path]:
+        """Move every output into place. Under an exclusive lock of each destination folder (flock
+        on the folder itself, no lock file), so that two runs writing into one folder leave the
+        complete set of one of them, never a mix."""
+        import contextlib
+        import fcntl
+
         done = []
-        for final, tmp in self._pending.items():
-            os.replace(tmp, final)
-            done.append(final)
+        with contextlib.ExitStack() as stack:
+            for folder in sorted({final.parent for final in self._pending}):
+                fd = os.open(folder, os.O_RDONLY)
+                stack.callback(os.close, fd)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                for final, tmp in self._pending.items():
+                    os.replace(tmp, final)
+                    done.append(final)
+            except OSError as exc:
+                self.discard()
+                raise InputError(f"cannot move the outputs into place ({len(done)} of them moved): "
+                                 f"{exc.strerror or exc}") from None
         self._pending.clear()
         return done
 
     def discard(self) -> None:
         for tmp in self._pending.values():
-            _unlink_quietly(tmp)
+            if tmp.exists():
+                _unlink_quietly(tmp)
         self._pending.clear()
 
     def __enter__(self) -> "OutputSet":

@@ -113,9 +113,10 @@ class RegistrationPipeline:
                 self._renderer = ProjectionRenderer(self.model.polydata)
             proj = self._renderer.render(geom, orthographic=self.orthographic, with_depth=True)
             if proj.area_px == 0:
+                hint = getattr(self.model, "extent_problem", "")
                 raise InputError(
                     f"frame {index}: the model projects entirely outside the detector; check the "
-                    "isocentre, the model's space (LPS/RAS) and units"
+                    "isocentre, the model's space (LPS/RAS) and units" + (f" ({hint})" if hint else "")
                 )
             self._projections[index] = FrameProjection(index, geom, proj, bounding_roi(proj.mask))
         return self._projections[index]

@@ -46,8 +46,12 @@ def _frame_record(reg) -> Dict[str, object]:
 
 
 def write_registration_outputs(out_dir, pipe, results: Sequence, *, mode: str = "contour",
-                               inputs: Sequence = (), warnings: Sequence[str] = ()) -> Dict[str, object]:
-    """Write the files of one registered frame, or of a run; returns the JSON summary."""
+                               inputs: Sequence = (), warnings: Sequence[str] = (),
+                               anonymize: bool = False) -> Dict[str, object]:
+    """Write the files of one registered frame, or of a run; returns the JSON summary.
+
+    ``anonymize``: the DICOM Secondary Capture without the patient's identity (``export``); the
+    other files hold no patient identifiers either way (no names, IDs or UIDs)."""
     out = Path(out_dir)
     check_writable_dir(out)
     last = results[-1]
@@ -65,6 +69,7 @@ def write_registration_outputs(out_dir, pipe, results: Sequence, *, mode: str = 
         "metrics_reference": "the given fixed mask" if last.fixed_source == "given" else "the DRU-Net segmentation",
         "seconds": float(last.result.seconds),
         "valid": bool(last.valid),
+        "anonymized_dicom": bool(anonymize),
         "geometry": geom.to_dict(),
         "warnings": all_warnings,
     }
@@ -78,7 +83,8 @@ def write_registration_outputs(out_dir, pipe, results: Sequence, *, mode: str = 
         outs.add(out / "registered_projection.png", mask_png_writer(last.registered_mask))
         outs.add(out / "transform.json", json_writer(transform))
         outs.add(out / "overlay.dcm", dicom_writer(secondary_capture(
-            rgb, getattr(pipe.series, "header", None), frame_index=last.frame_index, comments=comments)))
+            rgb, getattr(pipe.series, "header", None), frame_index=last.frame_index, comments=comments,
+            anonymize=anonymize)))
         if any(r.fixed_source == "given" for r in results):
             outs.add(out / "metrics.csv", csv_writer([_frame_record(r) for r in results]))
         if len(results) > 1:
