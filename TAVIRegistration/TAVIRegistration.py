@@ -761,7 +761,8 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             outcome.frameIndex, outcome.registration.result.method, 1000.0 * outcome.registration.result.seconds,
             m.get("dice", float("nan")), m.get("recall", float("nan")), m.get("precision", float("nan")),
             "DRU-Net segmentation" if outcome.registration.fixed_source == "segmentation" else "given mask")]
-        lines += ["Warning: %s" % w for w in outcome.warnings]
+        lines = ["FLAGGED: %s" % f for f in outcome.flags] + lines
+        lines += ["Warning: %s" % w for w in outcome.warnings if w not in outcome.flags]
         self._setStatus("\n".join(lines))
 
     def onExportButton(self):
@@ -834,6 +835,11 @@ class RegistrationOutcome:
     @property
     def affine(self):
         return np.asarray(self.registration.matrix)
+
+    @property
+    def flags(self):
+        """Why the result should not be trusted without a look (low agreement); empty when none."""
+        return list(self.registration.result.flags)
 
 
 class SyntheticCase:
@@ -1450,6 +1456,8 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
                                        name="%s registered projection" % fluoroVolume.GetName(),
                                        colorNodeID=REGISTERED_COLOR_NODE_ID, role="registered projection",
                                        frameIndex=frameIndex)
+        # a low-agreement registration is shown, flagged: the attribute, the warnings and the status line say so
+        volume.SetAttribute("TAVIRegistration.flagged", "; ".join(registration.result.flags))
         if showResult:
             self.showOverlay(fluoroVolume, volume, overlayOpacity)
         outcome = RegistrationOutcome(volume, transformNode, registration, int(frameIndex),

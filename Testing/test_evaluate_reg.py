@@ -176,3 +176,18 @@ def test_bench_pipeline_tiny_generated_case(tmp_path, monkeypatch):
     assert res["whole_frame"]["sitk"]["n"] >= 2
     assert res["speed_ratio_sitk_over_cnn"] is None
     json.dumps(res)
+
+
+def test_agreement_threshold_separates_failures_from_successes():
+    from TAVIRegistrationLib.evaluate_reg import agreement_analysis
+
+    rng = np.random.default_rng(0)
+    recs = [{"method": "cnn", "valid": True, "success": True, "fixed_dice": float(d)} for d in rng.uniform(0.7, 0.95, 40)]
+    recs += [{"method": "cnn", "valid": True, "success": False, "fixed_dice": float(d)} for d in rng.uniform(0.2, 0.6, 10)]
+    recs += [{"method": "cnn", "valid": False, "success": False, "fixed_dice": float("nan")}]  # not counted
+    chosen = agreement_analysis(recs)["cnn"]
+    assert 0.6 <= chosen["threshold"] <= 0.7
+    assert chosen["failures_flagged"] == 1.0 and chosen["successes_flagged"] == 0.0
+    assert chosen["n_success"] == 40 and chosen["n_failure"] == 10 and chosen["chosen_here"]
+    given = agreement_analysis(recs, 0.5)["cnn"]
+    assert given["threshold"] == 0.5 and 0 < given["failures_flagged"] < 1 and not given["chosen_here"]

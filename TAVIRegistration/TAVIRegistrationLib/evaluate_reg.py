@@ -407,6 +407,63 @@ def summarize(records: Sequence[Dict[str, object]], methods: Sequence[str]) -> L
     return table
 
 
+def agreement_analysis(records: Sequence[Dict[str, object]], threshold: Optional[float] = None
+                       ) -> Dict[str, Dict[str, object]]:
+    """Per method, how the Dice against the fixed mask (``fixed_dice``: what a user can see) separates
+    successes (TRE < SUCCESS_MM) from failures among the valid registrations with landmarks.
+
+    Without ``threshold``: the threshold that maximises Youden's J (failures flagged minus successes
+    flagged, as fractions) among the midpoints between observed values, the lowest among ties; this is how the low-agreement threshold is chosen
+    on training patients (``--split train``). With ``threshold``: what that one does (``--split test``)."""
+    out: Dict[str, Dict[str, object]] = {}
+    for method in sorted({str(r["method"]) for r in records}):
+        recs = [r for r in records if r["method"] == method and r.get("valid") and r.get("success") is not None
+                and np.isfinite(float(r.get("fixed_dice", float("nan"))))]
+        dice = np.array([float(r["fixed_dice"]) for r in recs])
+        ok = np.array([bool(r["success"]) for r in recs])
+        n_ok, n_bad = int(ok.sum()), int((~ok).sum())
+        if not recs:
+            continue
+
+        def rates(t):
+            flagged = dice < t
+            return (float((flagged & ~ok).sum() / n_bad) if n_bad else float("nan"),
+                    float((flagged & ok).sum() / n_ok) if n_ok else float("nan"))
+
+        if threshold is None:
+            best_t, best_j = 0.0, -2.0
+            values = np.unique(dice)
+            for t in np.r_[values[0], (values[1:] + values[:-1]) / 2, values[-1] + 1e-6]:  # midpoints
+                tpr, fpr = rates(float(t))
+                j = (0.0 if np.isnan(tpr) else tpr) - (0.0 if np.isnan(fpr) else fpr)
+                if j > best_j + 1e-12:
+                    best_t, best_j = float(t), j
+            t = best_t
+        else:
+            t = float(threshold)
+        tpr, fpr = rates(t)
+        out[method] = {"threshold": round(t, 4), "failures_flagged": tpr, "successes_flagged": fpr,
+                       "n_success": n_ok, "n_failure": n_bad, "chosen_here": threshold is None}
+    return out
+
+
+def agreement_markdown(agreement: Dict[str, Dict[str, object]], split: str) -> str:
+    if not agreement:
+        return ""
+    head = ("\nLow-agreement flag (Dice against the fixed mask below the threshold), " +
+            ("threshold chosen on this split (Youden's J):" if split != "test" else
+             "the installed threshold on these held-out frames:") + "\n\n"
+            "| method | threshold | failures flagged | successes flagged | n success | n failure |\n"
+            "| --- | ---: | ---: | ---: | ---: | ---: |\n")
+    rows = "".join(f"| {m} | {a['threshold']:.3f} | {_pct(a['failures_flagged'])} | {_pct(a['successes_flagged'])} "
+                   f"| {a['n_success']} | {a['n_failure']} |\n" for m, a in agreement.items())
+    return head + rows
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.0f} %"
+
+
 def check_goals(table: Sequence[Dict[str, object]]) -> Dict[str, Dict[str, object]]:
     """The issue's goals against the ``all`` row of each method: {method: {goal: {value, target, met}}}."""
     out: Dict[str, Dict[str, object]] = {}
@@ -573,7 +630,10 @@ def add_evaluate_reg_arguments(p) -> None:
     p.add_argument("--fixed", choices=FIXED_SOURCES, default="truth",
                    help="fixed image: the ground-truth vessel mask (default) or the DRU-Net segmentation")
     p.add_argument("--max-frames", type=int, metavar="N",
-                   help="evaluate at most N frames, evenly spread over the test split (default: all)")
+                   help="evaluate at most N frames, evenly spread over the split (default: all)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                   help="rows of which split (default test, the held-out patients; train/val serve choices made on "
+                        "training data, such as the low-agreement threshold)")
     p.add_argument("--device", default="auto", help="for the networks: auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -588,6 +648,7 @@ def run_evaluate_reg(args) -> int:
     methods = parse_methods(getattr(args, "methods", None))
     fixed = getattr(args, "fixed", "truth") or "truth"
     max_frames = getattr(args, "max_frames", None)
+    split = getattr(args, "split", "test") or "test"
     if max_frames is not None and max_frames < 1:
         raise InputError(f"--max-frames must be at least 1, got {max_frames}")
     load_index(args.data)  # bad input fails before the output folder is made
@@ -603,20 +664,26 @@ def run_evaluate_reg(args) -> int:
             bar.total = n
             bar.refresh()
 
-        res = evaluate_registration(args.data, methods, fixed=fixed, max_frames=max_frames,
+        res = evaluate_registration(args.data, methods, fixed=fixed, max_frames=max_frames, split=split,
                                     progress=bar.update, on_total=on_total, device=device)
     goals = check_goals(res.table)
+    if split == "test":  # how the installed threshold does on held-out patients
+        from .registration import agreement_threshold
+
+        agreement = agreement_analysis(res.records, agreement_threshold()[0])
+    else:  # the threshold to choose on training patients
+        agreement = agreement_analysis(res.records)
     outputs = {name: str(out / name) for name in ("per_frame.csv", "table.csv", "table.md", "boxplots.png", "summary.json")}
     summary = _json_clean({
         "command": _command_line(args, methods, fixed, max_frames),
-        "data": str(args.data), "split": "test", "fixed": fixed, "methods": res.methods,
+        "data": str(args.data), "split": split, "fixed": fixed, "methods": res.methods,
         "methods_requested": methods, "frames": len({(r["image"], r["frame"]) for r in res.records}),
         "skipped_frames": res.skipped_frames, "success_mm": SUCCESS_MM,
         "roi": "FrameTruth.user_roi(): around the contrast-filled part of the model, grown by 8 %",
-        "table": res.table, "goals": goals, "seconds": round(res.seconds, 1), "machine": machine_facts(),
+        "table": res.table, "goals": goals, "low_agreement": agreement, "seconds": round(res.seconds, 1), "machine": machine_facts(),
         "outputs": outputs, "warnings": res.warnings,
     })
-    md = ("# Registration evaluation\n\n" + table_markdown(res.table, fixed)
+    md = ("# Registration evaluation\n\n" + table_markdown(res.table, fixed) + agreement_markdown(agreement, split)
           + "\n![box plots](boxplots.png)\n")
     png = boxplot_png(res.records, res.methods, fixed)
     with OutputSet(inputs=[args.data]) as outs:
@@ -642,6 +709,8 @@ def _command_line(args, methods, fixed, max_frames) -> str:
     parts = ["tavireg", "evaluate", "reg", "--data", str(args.data), "--methods", ",".join(methods), "--fixed", fixed]
     if max_frames is not None:
         parts += ["--max-frames", str(max_frames)]
+    if getattr(args, "split", "test") not in (None, "test"):
+        parts += ["--split", str(args.split)]
     if getattr(args, "device", "auto") not in (None, "auto"):
         parts += ["--device", str(args.device)]
     parts += ["--out", str(args.out)]

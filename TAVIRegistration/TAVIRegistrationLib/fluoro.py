@@ -23,10 +23,12 @@ JPEG baseline) for the tests and the synthetic-case generator.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import struct
+import sys
 import warnings as _pywarnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -1082,13 +1084,36 @@ def _frame_time(ds) -> Optional[float]:
 
 
 # -- decoding ----------------------------------------------------------------------------------
+RLE_UID = "1.2.840.10008.1.2.5"
+
+
+@contextlib.contextmanager
+def _native_stderr_dropped(active: bool):
+    """While active, file descriptor 2 goes to /dev/null: the RLE decoder (pylibjpeg-rle, Rust) prints
+    a panic report there on a corrupt segment before raising; the raised error, turned into one
+    InputError line, says the same. (Other threads' stderr output during the decode is lost too.)"""
+    if not active:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _decode_frames(ds, name: str, pix: dict, tsuid: str, enhanced: bool) -> np.ndarray:
     from pydicom.pixels import iter_pixels
 
     n, rows, cols = pix["frames"], pix["rows"], pix["cols"]
     out = np.empty((n, rows, cols), dtype=np.float32)
     count = 0
-    with _pywarnings.catch_warnings():
+    with _pywarnings.catch_warnings(), _native_stderr_dropped(tsuid == RLE_UID):
         _pywarnings.simplefilter("ignore")
         try:
             for i, arr in enumerate(iter_pixels(ds)):
@@ -1104,7 +1129,10 @@ def _decode_frames(ds, name: str, pix: dict, tsuid: str, enhanced: bool) -> np.n
             raise
         except MemoryError:
             raise InputError(f"{name}: not enough memory to decode {n} frames of {rows} x {cols}") from None
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - also a Rust decoder's panic (pyo3 PanicException
+            # derives from BaseException), e.g. pylibjpeg-rle on a corrupt RLE segment
             raise InputError(
                 f"{name}: cannot decode the pixel data ({_uid_name(tsuid)}): {_short(exc)}"
             ) from None
@@ -1149,7 +1177,7 @@ def _strip_pixels(ds):
 _SYNTAX_ALIASES = {
     "explicit": "1.2.840.10008.1.2.1",
     "implicit": "1.2.840.10008.1.2",
-    "rle": "1.2.840.10008.1.2.5",
+    "rle": RLE_UID,
     "jpeg-lossless": "1.2.840.10008.1.2.4.70",
     "jpeg-ll": "1.2.840.10008.1.2.4.70",
     "jpeg-baseline": "1.2.840.10008.1.2.4.50",

@@ -401,7 +401,7 @@ def load_model(
     fmt = MESH_FORMATS[suffix]
     if fmt == "STL":
         _precheck_stl(path)
-    raw, header_text, header_space = _read_mesh_file(path, fmt)
+    points, triangles, header_text, header_space = _read_surface_guarded(path, fmt)
     warnings: List[str] = []
 
     # -- space and units: the user's word, else the file's header, else an assumption (named) ----
@@ -413,7 +413,7 @@ def load_model(
     matrix = np.diag([UNIT_SCALE_TO_MM[units_used]] * 3 + [1.0])
     if space_used == "RAS":
         matrix = _RAS_LPS @ matrix
-    polydata = _finish_surface(raw, path.name, matrix, what=fmt)
+    polydata = _mapped(points, triangles, matrix)
     model = SurfaceModel(
         polydata=polydata, path=str(path), units_used=units_used, space_used=space_used,
         warnings=warnings, units_source=units_source, space_source=space_source,
@@ -636,11 +636,65 @@ def _finish_surface(
             "supported: decimate it first"
         )
     points, triangles = arrays_from_polydata(out)
+    return _mapped(points, triangles, matrix)
+
+
+def _mapped(points: np.ndarray, triangles: np.ndarray, matrix: Optional[np.ndarray]) -> vtkPolyData:
+    """Polydata of the triangles with the points mapped by ``matrix`` (orientation kept)."""
     if matrix is not None and not np.allclose(matrix, np.eye(4)):
         points = points @ matrix[:3, :3].T + matrix[:3, 3]
         if np.linalg.det(matrix[:3, :3]) < 0:
             triangles = triangles[:, ::-1]
     return polydata_from_arrays(points, triangles)
+
+
+def _read_and_finish(path: Path, fmt: str):
+    raw, header_text, header_space = _read_mesh_file(path, fmt)
+    points, triangles = arrays_from_polydata(_finish_surface(raw, path.name, None, what=fmt))
+    return points, triangles, header_text, header_space
+
+
+def _guarded_child(conn, path: Path, fmt: str) -> None:
+    try:
+        conn.send(("ok", _read_and_finish(path, fmt)))
+    except InputError as exc:
+        conn.send(("refused", str(exc)))
+    except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it as its own
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _read_surface_guarded(path: Path, fmt: str):
+    """``(points, triangles, header text, header space)`` of a mesh file, read and triangulated in a
+    forked child process: VTK's readers and filters are native code that some corrupt files crash
+    (``benchmarks/fuzz.py`` found PLY and legacy VTK files that do, and cells pointing past the
+    point list that crash the triangle filter); in a child, a crash becomes an InputError instead of
+    taking the whole program with it. Where ``fork`` is not available the file is read in-process."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return _read_and_finish(path, fmt)
+    ctx = multiprocessing.get_context("fork")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_guarded_child, args=(sender, path, fmt), daemon=True)
+    child.start()
+    sender.close()
+    try:
+        status, payload = receiver.recv()
+    except EOFError:
+        status, payload = "crashed", None
+    finally:
+        receiver.close()
+        child.join()
+    if status == "ok":
+        return payload
+    if status == "refused":
+        raise InputError(payload)
+    if status == "crashed":
+        raise InputError(f"cannot read {path.name} as {fmt}: the file is corrupt (the reader crashed on it, "
+                         f"exit code {child.exitcode})")
+    raise RuntimeError(payload)
 
 
 def non_manifold_edges(polydata: vtkPolyData) -> int:

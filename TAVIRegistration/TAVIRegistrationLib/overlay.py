@@ -112,3 +112,17 @@ def overlay_rgb(frame: np.ndarray, mask: np.ndarray, *, reference: Optional[np.n
         blend(rgb, mask_contour(ref, contour_width) > 0, FN_COLOR, 1.0)
         blend(rgb, mask_contour(m, contour_width) > 0, TP_COLOR, 1.0)
     return rgb
+
+
+#: the border around the overlay of a flagged (low-agreement) registration, in every front end
+FLAG_COLOR = (255, 40, 40)
+FLAG_BORDER_PX = 6
+
+
+def mark_flagged(rgb: np.ndarray) -> np.ndarray:
+    """A copy of an overlay picture with a red border: the registration is flagged (low agreement),
+    and the picture alone must say so wherever it ends up."""
+    out = np.array(rgb, dtype=np.uint8, copy=True)
+    b = max(1, min(FLAG_BORDER_PX, min(out.shape[:2]) // 20))
+    out[:b], out[-b:], out[:, :b], out[:, -b:] = FLAG_COLOR, FLAG_COLOR, FLAG_COLOR, FLAG_COLOR
+    return out

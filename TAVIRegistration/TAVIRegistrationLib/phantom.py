@@ -1096,6 +1096,31 @@ def run_phantom(args) -> int:
 # =============================================================================================
 # ground truth of one frame, for evaluation and the demo
 # =============================================================================================
+def opacified_roi(mask: np.ndarray, projection_nominal: np.ndarray, affine, margin: float = 0.08
+                  ) -> Optional[Tuple[int, int, int, int]]:
+    """The ROI a user would draw on the projection: around the part of the model that is
+    contrast-filled in the frame (the opacified ``mask`` pulled back through the phantom's
+    nominal -> true ``affine`` onto the nominal projection), grown by ``margin`` of its size. None
+    when nothing is opacified. (A user sees where the contrast is; the affine only stands in for
+    that look.)"""
+    from scipy import ndimage
+
+    A = np.asarray(affine, float)
+    # output (nominal) pixel (row, col) samples the true mask at A applied to (col, row)
+    rc = np.array([[A[1, 1], A[1, 0]], [A[0, 1], A[0, 0]]])
+    back = ndimage.affine_transform(np.asarray(mask).astype(np.float32), rc, offset=(A[1, 2], A[0, 2]), order=0)
+    sel = (back > 0.5) & (np.asarray(projection_nominal) > 0)
+    if not sel.any():
+        return None
+    ys, xs = np.nonzero(sel)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    mx, my = int(round(margin * (x1 - x0))), int(round(margin * (y1 - y0)))
+    rows, cols = np.asarray(mask).shape
+    x0, y0 = max(0, x0 - mx), max(0, y0 - my)
+    x1, y1 = min(cols, x1 + mx), min(rows, y1 + my)
+    return (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+
+
 @dataclass
 class FrameTruth:
     """What the phantom knows about one frame (from ``index.csv`` and ``case.json``)."""
@@ -1110,25 +1135,8 @@ class FrameTruth:
     isocenter_lps: Tuple[float, float, float]
 
     def user_roi(self, margin: float = 0.08) -> Optional[Tuple[int, int, int, int]]:
-        """The ROI a user would draw on the projection: around the part of the model that is
-        contrast-filled in the frame (the opacified mask pulled back through the true affine onto
-        the nominal projection), grown by ``margin`` of its size. None when nothing is opacified."""
-        from scipy import ndimage
-
-        A = np.asarray(self.affine, float)
-        # output (nominal) pixel (row, col) samples the true mask at A applied to (col, row)
-        rc = np.array([[A[1, 1], A[1, 0]], [A[0, 1], A[0, 0]]])
-        back = ndimage.affine_transform(self.mask.astype(np.float32), rc, offset=(A[1, 2], A[0, 2]), order=0)
-        sel = (back > 0.5) & (self.projection_nominal > 0)
-        if not sel.any():
-            return None
-        ys, xs = np.nonzero(sel)
-        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-        mx, my = int(round(margin * (x1 - x0))), int(round(margin * (y1 - y0)))
-        rows, cols = self.mask.shape
-        x0, y0 = max(0, x0 - mx), max(0, y0 - my)
-        x1, y1 = min(cols, x1 + mx), min(rows, y1 + my)
-        return (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+        """The ROI a user would draw on the projection (``opacified_roi`` of this frame)."""
+        return opacified_roi(self.mask, self.projection_nominal, self.affine, margin)
 
     def landmark_errors_mm(self, frame_matrix: np.ndarray, roi=None) -> np.ndarray:
         """Target registration error (mm at the isocentre) of the landmarks inside the frame (and

@@ -183,6 +183,17 @@ class RegistrationPipeline:
         warnings.extend(result.warnings)
         return FrameRegistration(index, roi, fp, fixed, fixed_source, result, warnings)
 
+    def forget(self, index: Optional[int] = None) -> None:
+        """Drop the cached projection and segmentations of frame ``index`` (all frames when None):
+        what a long session does to bound its memory, or when a frame's pixels were replaced."""
+        if index is None:
+            self._projections.clear()
+            self._segmentations.clear()
+            return
+        self._projections.pop(index, None)
+        for key in [k for k in self._segmentations if k[0] == index]:
+            del self._segmentations[key]
+
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()

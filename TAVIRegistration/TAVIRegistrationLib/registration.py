@@ -87,7 +87,9 @@ REFINE_SIZE = 256
 #: check_affine limits
 SCALE_RANGE = (0.5, 2.0)
 MAX_ANISOTROPY = 1.6
-#: below this ROI-footprint Dice the result carries a "low agreement" warning
+#: below this Dice against the fixed mask (inside the ROI footprint) a registration is flagged as of low
+#: agreement, unless the installed registration network's manifest entry gives ``low_agreement_dice``,
+#: the threshold chosen on its training patients (``tavireg evaluate reg --split train``)
 LOW_AGREEMENT_DICE = 0.3
 #: blur pyramid of the loss: levels 0..3 = resolution 1, 1/2, 1/4, 1/8 (each then blurred, sigma 1)
 LOSS_LEVELS = 4
@@ -499,12 +501,18 @@ class RegistrationResult:
     registered_mask: np.ndarray  # uint8 0/1 on the frame grid: the registered projection (ROI part)
     problems: List[str] = field(default_factory=list)  # why the affine is not usable (empty = valid)
     warnings: List[str] = field(default_factory=list)
+    #: why a valid result should not be trusted without a look (low agreement); also in ``warnings``
+    flags: List[str] = field(default_factory=list)
     model_name: Optional[str] = None
     input_size: int = NET_SIZE
 
     @property
     def valid(self) -> bool:
         return not self.problems
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.flags)
 
     @property
     def message(self) -> str:
@@ -532,6 +540,8 @@ class RegistrationResult:
             "model": self.model_name,
             "valid": self.valid,
             "problems": list(self.problems),
+            "flagged": self.flagged,
+            "flags": list(self.flags),
             "warnings": list(self.warnings),
         }
 
@@ -606,10 +616,18 @@ def _frame_metrics(registered: np.ndarray, fixed: np.ndarray, frame_matrix: np.n
             "window_dice": whole["dice"], "window_precision": whole["precision"], "window_recall": whole["recall"]}
 
 
+def _compose_thetas(first, second):
+    """Θ of sampling through ``first`` then ``second`` (the affine_grid convention): first · second."""
+    import torch
+
+    row = first.new_tensor([[[0.0, 0.0, 1.0]]]).expand(first.shape[0], 1, 3)
+    return (torch.cat([first, row], 1) @ torch.cat([second, row], 1))[:, :2]
+
+
 def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str = "cnn", model=None, *,
                   init=None, refine_steps: int = DEFAULT_REFINE_STEPS, device=None,
                   margin: Optional[float] = None, models_directory=None,
-                  sitk_options: Optional[Dict[str, Any]] = None) -> RegistrationResult:
+                  sitk_options: Optional[Dict[str, Any]] = None, passes: Optional[int] = None) -> RegistrationResult:
     """Register the model's projection (inside ``roi``) to the frame's vessel mask.
 
     ``moving_frame_mask``: the projection mask on the frame's pixel grid (everything outside ``roi``
@@ -619,7 +637,9 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     sitk). ``init``: a 3x3 frame affine (``frame_matrix`` of a previous frame) to start from (cine
     warm start): the moving image is pre-warped by it and the result composed with it.
     ``margin``: the window margin (default: the model's ``window_margin`` from the manifest, else
-    ``DEFAULT_MARGIN``). ``sitk_options``: keyword arguments of ``sitk_register``.
+    ``DEFAULT_MARGIN``). ``sitk_options``: keyword arguments of ``sitk_register``. ``passes``: how
+    many times the CNN is applied, each pass to the moving image warped by the affine so far and
+    composed with it (default: the model's ``cnn_passes`` from the manifest, else 1).
     """
     import torch
 
@@ -642,6 +662,10 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
             size = _model_size(None, entry)
     if margin is None:
         margin = float((entry or {}).get("window_margin", DEFAULT_MARGIN))
+    if passes is None:
+        passes = int((entry or {}).get("cnn_passes", 1))
+    if not 1 <= int(passes) <= 10:
+        raise InputError(f"CNN passes must lie in 1-10, got {passes}")
     t0 = time.perf_counter()
     roi_only, fixed, roi, window, mov_w, fix_w, box_w = prepare_pair(moving_frame_mask, fixed_mask, roi, margin, size)
     warnings: List[str] = []
@@ -665,19 +689,17 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
             th0 = None
             if theta_init is not None:
                 th0 = torch.as_tensor(theta_init, dtype=torch.float32, device=dev)[None]
-                net_in = warp_images(th0, mv)
-            else:
-                net_in = mv
             was_training = bool(getattr(module, "training", False))
             module.eval()
             try:
-                th = module(torch.cat([net_in, fx], dim=1)).float()
+                th = th0
+                for _ in range(int(passes)):  # each pass: Θ = Θ_so_far · Θ_net(moving warped by Θ_so_far)
+                    net_in = warp_images(th, mv) if th is not None else mv
+                    step = module(torch.cat([net_in, fx], dim=1)).float()
+                    th = step if th is None else _compose_thetas(th, step)
             finally:
                 if was_training:
                     module.train()
-            if th0 is not None:  # Θ = Θ_init · Θ_net
-                th = (torch.cat([th0, th0.new_tensor([[[0.0, 0.0, 1.0]]])], 1)
-                      @ torch.cat([th, th.new_tensor([[[0.0, 0.0, 1.0]]])], 1))[:, :2]
         if method == "cnn+refine" and refine_steps > 0:
             if size != REFINE_SIZE:
                 mv, fx, bx = (torch.from_numpy(crop_window(a, window, REFINE_SIZE))[None, None].to(dev)
@@ -700,6 +722,7 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
         problems = check_affine(frame_matrix, window, roi)
     seconds = time.perf_counter() - t0
     matrix = frame_matrix @ roi_matrix(roi)
+    flags: List[str] = []
     if np.all(np.isfinite(frame_matrix)):
         x, y, w, h = roi
         registered = warp_mask(roi_only[y:y + h, x:x + w], matrix, fixed.shape)  # as the front ends draw it
@@ -707,17 +730,35 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
         if not problems:
             if not (registered & fixed).any():
                 problems.append("the registered projection does not overlap the frame's vessels at all")
-            elif metrics["dice"] < LOW_AGREEMENT_DICE:
-                warnings.append(f"low agreement: Dice {metrics['dice']:.2f} between the registered projection "
-                                "and the frame's vessels inside the ROI; check the overlay")
+            else:
+                threshold, source = agreement_threshold(entry, models_directory)
+                if metrics["dice"] < threshold:
+                    flags.append(f"LOW AGREEMENT: Dice {metrics['dice']:.2f} between the registered projection and "
+                                 f"the frame's vessels inside the ROI, below {threshold:.2f} ({source}); check the "
+                                 "overlay before relying on it")
+                    warnings.extend(flags)
     else:
         registered = np.zeros_like(fixed)
         metrics = {}
     return RegistrationResult(
         matrix=matrix, frame_matrix=frame_matrix, method=method, seconds=seconds, metrics=metrics, roi=roi,
-        window=window, registered_mask=registered, problems=problems, warnings=warnings,
+        window=window, registered_mask=registered, problems=problems, warnings=warnings, flags=flags,
         model_name=entry["name"] if entry else None, input_size=size,
     )
+
+
+def agreement_threshold(entry: Optional[Dict[str, Any]] = None, models_directory=None) -> Tuple[float, str]:
+    """``(threshold, where it comes from)`` of the low-agreement flag: the registration network's
+    ``low_agreement_dice`` (``entry``, else the installed default registration network), chosen on its
+    training patients; else ``LOW_AGREEMENT_DICE``."""
+    if entry is None or entry.get("kind") != "registration":
+        from .models import find_entry, installed
+
+        entry = find_entry("registration", models_directory) if installed("registration", models_directory) else None
+    value = (entry or {}).get("low_agreement_dice")
+    if value is not None:
+        return float(value), "threshold chosen on the registration network's training patients"
+    return LOW_AGREEMENT_DICE, "built-in threshold: no threshold chosen on training data is installed"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,15 +21,17 @@ import numpy as np
 
 from .export import csv_writer, dicom_writer, json_writer, secondary_capture
 from .outputs import OutputSet, check_writable_dir, image_png_writer, mask_png_writer
-from .overlay import overlay_rgb
+from .overlay import mark_flagged, overlay_rgb
 
 METRIC_KEYS = ("dice", "precision", "recall")
 
 
 def frame_overlay(pipe, reg, mode: str = "contour") -> np.ndarray:
-    """RGB picture of the frame with the registered projection; TP/FP/FN when the mask was given."""
+    """RGB picture of the frame with the registered projection; TP/FP/FN when the mask was given;
+    a red border when the registration is flagged (low agreement), so that the picture alone says so."""
     reference = reg.fixed_mask if reg.fixed_source == "given" else None
-    return overlay_rgb(pipe.frame(reg.frame_index), reg.registered_mask, reference=reference, mode=mode)
+    rgb = overlay_rgb(pipe.frame(reg.frame_index), reg.registered_mask, reference=reference, mode=mode)
+    return mark_flagged(rgb) if reg.result.flagged else rgb
 
 
 def _frame_record(reg) -> Dict[str, object]:
@@ -42,6 +44,7 @@ def _frame_record(reg) -> Dict[str, object]:
     for k in METRIC_KEYS:
         rec[k] = float(reg.metrics.get(k, float("nan")))
     rec["fixed_mask"] = reg.fixed_source
+    rec["flagged"] = bool(reg.result.flagged)
     return rec
 
 
@@ -69,6 +72,8 @@ def write_registration_outputs(out_dir, pipe, results: Sequence, *, mode: str = 
         "metrics_reference": "the given fixed mask" if last.fixed_source == "given" else "the DRU-Net segmentation",
         "seconds": float(last.result.seconds),
         "valid": bool(last.valid),
+        "flagged": bool(last.result.flagged),
+        "flags": list(last.result.flags),
         "anonymized_dicom": bool(anonymize),
         "geometry": geom.to_dict(),
         "warnings": all_warnings,
@@ -77,7 +82,8 @@ def write_registration_outputs(out_dir, pipe, results: Sequence, *, mode: str = 
         transform["frames"] = [_frame_record(r) | {"matrix": np.asarray(r.matrix).tolist()} for r in results]
     comments = (f"TAVIRegistration {last.result.method} registration, frame {last.frame_index}, "
                 f"Dice {last.metrics.get('dice', float('nan')):.3f} vs {transform['metrics_reference']}. "
-                "Research use only.")
+                + ("FLAGGED: low agreement, check before relying on it. " if last.result.flagged else "")
+                + "Research use only.")
     with OutputSet(inputs=[p for p in inputs if p is not None]) as outs:
         outs.add(out / "overlay.png", image_png_writer(rgb))
         outs.add(out / "registered_projection.png", mask_png_writer(last.registered_mask))
@@ -100,6 +106,7 @@ def write_registration_outputs(out_dir, pipe, results: Sequence, *, mode: str = 
         "method": transform["method"],
         "metrics": transform["metrics"],
         "metrics_reference": transform["metrics_reference"],
+        "flagged_frames": [int(r.frame_index) for r in results if r.result.flagged],
         "median_seconds_per_frame": float(np.median(times)),
         "warnings": all_warnings,
     }
@@ -119,7 +126,11 @@ def _gif_writer(frames: List[np.ndarray], frame_time_ms) -> object:
 
 def summary_lines(summary: Dict[str, object]) -> List[str]:
     m = summary["metrics"]
-    lines = [f"registered frame(s) {', '.join(str(f) for f in summary['frames'])} with {summary['method']}"]
+    lines = []
+    if summary.get("flagged_frames"):
+        lines.append("FLAGGED (low agreement, check the overlay before relying on it): frame(s) "
+                     + ", ".join(str(f) for f in summary["flagged_frames"]))
+    lines.append(f"registered frame(s) {', '.join(str(f) for f in summary['frames'])} with {summary['method']}")
     if m:
         lines.append("agreement with {}: Dice {:.3f}, precision {:.3f}, recall {:.3f}".format(
             summary["metrics_reference"], m.get("dice", float("nan")), m.get("precision", float("nan")),

@@ -16,8 +16,9 @@ Data (``--data``, repeatable):
   the same use as a folder (for tests and smoke runs; no files needed).
 * a phantom case index CSV (columns ``patient, split, fov, image, frame, mask, projection_true,
   projection_nominal``, paths relative to the CSV; ``test`` rows are never read): moving = the
-  nominal projection (PNG) inside an ROI (the optional column ``roi`` = ``X,Y,W,H``, else
-  ``roi.bounding_roi`` of the nominal projection); fixed = ``mask`` (the opacified ground
+  nominal projection (PNG) inside an ROI (the optional column ``roi`` = ``X,Y,W,H``, else the ROI
+  a user would draw around the contrast-filled vessels, ``phantom.opacified_roi``, as ``tavireg
+  evaluate reg`` uses; else ``roi.bounding_roi`` of the nominal projection); fixed = ``mask`` (the opacified ground
   truth), or with probability 0.5 the optional column ``segmentation`` (a DRU-Net output PNG) when
   present; the true projection is kept for monitoring (``val_dice_clean``). A random affine is
   applied on top (augmentation; its ground truth composed with the phantom's unknown
@@ -73,6 +74,7 @@ from .registration import DEFAULT_MARGIN, NET_SIZE, Window, crop_window, registr
 from .training import (TrainingConfig, TrainingRun, add_common_training_arguments, finite_median, natural_key,
                         read_case_index, run_command)
 from .outputs import read_mask_png
+from .phantom import opacified_roi
 
 CHECKPOINT_KIND = "train-reg"
 _CSV_COLUMNS = ("patient", "split", "image", "mask", "projection_true", "projection_nominal")
@@ -405,10 +407,14 @@ def load_phantom_index(csv_path: Path, segment_cache: Optional[Path] = None,
             seg = None
         if nominal.sum() < 20 or mask.sum() < 20:
             continue
-        roi = _parse_roi_text(r["roi"], f"{csv_path.name} line {row.line}") if r.get("roi") else _default_roi(nominal)
+        affine = _parse_affine(r.get("affine"))
+        if r.get("roi"):
+            roi = _parse_roi_text(r["roi"], f"{csv_path.name} line {row.line}")
+        else:
+            roi = (opacified_roi(mask, nominal, affine) if affine is not None else None) or _default_roi(nominal)
         out.append(RegSample(shape, _pack(nominal), _pack(mask), _pack(truth),
                              _pack(seg) if seg is not None else None, roi, row.patient, str(csv_path),
-                             row.split, f"{r['mask']}", _parse_affine(r.get("affine"))))
+                             row.split, f"{r['mask']}", affine))
     return out, skipped
 
 

@@ -1057,8 +1057,11 @@ class ViewerWindow(qt.QMainWindow):
         mask = self.overlayMask()
         if mask is None:
             return np.repeat(grey[:, :, None], 3, axis=2)
-        return overlay.overlay_rgb(grey, mask, mode=self.overlayMode(), opacity=self.overlayOpacity(),
-                                   color=OVERLAY_COLOR)
+        rgb = overlay.overlay_rgb(grey, mask, mode=self.overlayMode(), opacity=self.overlayOpacity(),
+                                  color=OVERLAY_COLOR)
+        if self.registration is not None and self.registration.result.flagged:
+            rgb = overlay.mark_flagged(rgb)
+        return rgb
 
     def frameOverlay(self):
         """What the frame view shows, (H, W, 3) uint8 at image resolution (None without frame)."""
@@ -1120,6 +1123,8 @@ class ViewerWindow(qt.QMainWindow):
                     self._reportError("Register", InputError(result.result.message))
                 else:
                     self.registration = result
+                    if result.result.flagged:  # shown, with the flag: border, status line, warnings panel
+                        self.statusBar().showMessage(result.result.flags[0], 0)
                 self._refreshAll()
 
         self._submit(f"Registering frame {index}", lambda: pipeline.register(index, roi), done)
