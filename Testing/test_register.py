@@ -205,3 +205,33 @@ def test_demo_runs_and_reports(tmp_path, capsys, monkeypatch):
     assert result["dice_vs_truth"] > result["dice_before"]
     assert result["segmentation"] == "ground truth"
     assert any("no segmentation network" in w for w in result["warnings"])
+
+
+def test_low_agreement_is_flagged_and_shown(frame, tmp_path, capsys, monkeypatch):
+    """A registration below the installed low-agreement threshold is written, but flagged: a
+    FLAGGED line, transform.json says so, the overlay has the red border (here the threshold 0.99
+    makes every registration low-agreement)."""
+    import torch
+
+    from TAVIRegistrationLib.models import add_manifest_entry
+    from TAVIRegistrationLib.overlay import FLAG_COLOR
+    from TAVIRegistrationLib.regnet import RegNet, scaled_channels
+
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.jit.script(RegNet(in_size=64, channels=scaled_channels(0.1), fc=16)).save(str(models / "tiny.pt"))
+    add_manifest_entry({"name": "tiny", "file": "tiny.pt", "kind": "registration", "input_size": [64, 64],
+                        "low_agreement_dice": 0.99}, models)
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(models))
+    root, row, truth, mask_png = frame
+    out = tmp_path / "reg"
+    code = main(_args(frame, out, "--fixed-mask", mask_png, "--method", "sitk", "--roi",
+                      ",".join(map(str, truth.user_roi()))))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.startswith("FLAGGED") and "LOW AGREEMENT" in captured.err
+    t = json.loads((out / "transform.json").read_text())
+    assert t["valid"] is True and t["flagged"] is True and "below 0.99" in t["flags"][0]
+    rgb = np.array(Image.open(out / "overlay.png"))
+    assert (rgb[0, :] == FLAG_COLOR).all() and (rgb[:, -1] == FLAG_COLOR).all()
+    assert "FLAGGED" in pydicom.dcmread(out / "overlay.dcm").ImageComments

@@ -419,6 +419,44 @@ def test_register_from_the_viewer_matches_the_cli(window, demo_case, tmp_path, m
         assert w in window.warnings()
 
 
+def test_flagged_registration_is_shown_with_its_flag(window, demo_case, tmp_path, monkeypatch, qtbot):
+    """A low-agreement registration (threshold 0.99 here) is shown with a red border, the flag in the
+    status bar and in the warnings panel."""
+    import shutil
+
+    import torch
+
+    from TAVIRegistrationLib.models import add_manifest_entry, find_entry
+    from TAVIRegistrationLib.overlay import FLAG_COLOR
+    from TAVIRegistrationLib.regnet import RegNet, scaled_channels
+
+    shipped = REPO / "Resources" / "Models"
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(shipped))
+    try:
+        seg = find_entry("segmentation")
+    except Exception:
+        pytest.skip("no segmentation network shipped in Resources/Models")
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(shipped / seg["file"], models / seg["file"])
+    add_manifest_entry(dict(seg), models)
+    torch.jit.script(RegNet(in_size=64, channels=scaled_channels(0.1), fc=16)).save(str(models / "tiny.pt"))
+    add_manifest_entry({"name": "tiny", "file": "tiny.pt", "kind": "registration", "input_size": [64, 64],
+                        "low_agreement_dice": 0.99}, models)
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(models))
+    window.openCase(demo_case.model_path, demo_case.fluoro_path,
+                    options=viewer.CaseOptions(isocenter_lps=demo_case.isocenter_lps), frame=demo_case.frame_index)
+    assert window.waitIdle(60) and window.frameProjection is not None, window.errors
+    window.setRoi(demo_case.truth().user_roi())
+    qtbot.mouseClick(window.registerButton, Qt.LeftButton)
+    assert window.waitIdle(300)
+    assert window.registration is not None and window.registration.result.flagged, window.errors
+    picture = window.composeOverlay()
+    assert (picture[0, :] == FLAG_COLOR).all() and (picture[-1, :] == FLAG_COLOR).all()
+    assert "LOW AGREEMENT" in window.statusBar().currentMessage()
+    assert any("LOW AGREEMENT" in w for w in window.warnings())
+
+
 # ----------------------------------------------------------------------------------- export
 def test_export_writes_all_three_files(window, case, tmp_path):
     open_case(window, case)
