@@ -654,11 +654,37 @@ def _read_and_finish(path: Path, fmt: str):
     return points, triangles, header_text, header_space
 
 
+#: the reading child may use this much memory beyond what it inherited, plus READ_MEMORY_PER_BYTE
+#: times the file size: a corrupt file that declares billions of points fails fast instead of
+#: swapping the machine (``benchmarks/fuzz.py`` found VTP files whose reader asked for 12-15 GB)
+READ_MEMORY_BASE = 1 << 30
+READ_MEMORY_PER_BYTE = 200
+
+
+def _limit_child_memory(path: Path) -> None:
+    try:
+        import resource
+
+        with open("/proc/self/statm") as fh:
+            inherited = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        budget = inherited + READ_MEMORY_BASE + READ_MEMORY_PER_BYTE * path.stat().st_size
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            budget = min(budget, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (budget, hard))
+    except (OSError, ValueError, ImportError):  # no /proc or no limits here: read without a limit
+        pass
+
+
 def _guarded_child(conn, path: Path, fmt: str) -> None:
+    _limit_child_memory(path)
     try:
         conn.send(("ok", _read_and_finish(path, fmt)))
     except InputError as exc:
         conn.send(("refused", str(exc)))
+    except MemoryError:
+        conn.send(("refused", f"cannot read {path.name} as {fmt}: the file declares more data than it can hold "
+                              "(corrupt)"))
     except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it as its own
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
     finally:
