@@ -319,8 +319,9 @@ class TAVIRegistration(ScriptedLoadableModule):
 def registerSampleData():
     """Add the synthetic TAVI case to the Sample Data module.
 
-    The case is generated on this computer by the library (a vessel model and an XA DICOM run with
-    full C-arm geometry), imported into the DICOM database and loaded, like the self-test does.
+    The case is generated on this computer by the library (``TAVIRegistrationLib.sample_case``: a vessel
+    model and an XA DICOM run with full C-arm geometry, byte-reproducible and checked against its SHA256
+    ``SAMPLE_SHA256``), imported into the DICOM database and loaded, like the self-test does.
     """
     import SampleData
 
@@ -861,8 +862,6 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
     #: enables their buttons and the self-test's registration-metric test runs.
     IMPLEMENTED_STEPS = {"project": True, "segment": True, "register": True}
 
-    #: Synthetic case: (primary, secondary) angles of its three frames (a short rotational run).
-    SYNTHETIC_ANGLES = ((30.0, 10.0), (36.0, 12.0), (-25.0, -8.0))
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -1529,76 +1528,21 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
             os.remove(path)
 
     # -- synthetic case (Sample Data and self-test) --------------------------------------------------------
-    @staticmethod
-    def syntheticVesselPolyData():
-        """A curved tube (radius 8 mm) with a sphere (radius 14 mm) at one end: a toy aortic root, LPS mm."""
-        t = np.linspace(0.0, 1.0, 60)
-        centerline = np.stack([25.0 * np.sin(np.pi * t) - 10.0, 12.0 * np.cos(np.pi * t), -45.0 + 90.0 * t], axis=1)
-        points = vtk.vtkPoints()
-        line = vtk.vtkPolyLine()
-        line.GetPointIds().SetNumberOfIds(len(centerline))
-        for index, point in enumerate(centerline):
-            points.InsertNextPoint(*[float(c) for c in point])
-            line.GetPointIds().SetId(index, index)
-        lines = vtk.vtkCellArray()
-        lines.InsertNextCell(line)
-        polyLine = vtk.vtkPolyData()
-        polyLine.SetPoints(points)
-        polyLine.SetLines(lines)
-        tube = vtk.vtkTubeFilter()
-        tube.SetInputData(polyLine)
-        tube.SetRadius(8.0)
-        tube.SetNumberOfSides(32)
-        tube.CappingOn()
-        sphere = vtk.vtkSphereSource()
-        sphere.SetCenter(*[float(c) for c in centerline[0]])
-        sphere.SetRadius(14.0)
-        sphere.SetThetaResolution(48)
-        sphere.SetPhiResolution(48)
-        append = vtk.vtkAppendPolyData()
-        append.AddInputConnection(tube.GetOutputPort())
-        append.AddInputConnection(sphere.GetOutputPort())
-        triangles = vtk.vtkTriangleFilter()
-        triangles.SetInputConnection(append.GetOutputPort())
-        triangles.Update()
-        return triangles.GetOutput()
+    def writeSyntheticCase(self, directory, seed=None):
+        """Write the synthetic case's XA run with the library (``TAVIRegistrationLib.sample_case``) and
+        check its SHA256. Returns a SyntheticCase without nodes (path, model in LPS, geometries, masks)."""
+        from TAVIRegistrationLib.sample_case import SAMPLE_SEED, SAMPLE_SHA256, write_sample_case
 
-    def writeSyntheticCase(self, directory, seed=2019, rows=256, cols=256):
-        """Write the synthetic case's XA run (three frames, DYNAMIC angles) with the library.
+        seed = SAMPLE_SEED if seed is None else seed
+        case = write_sample_case(directory, seed=seed)
+        if seed == SAMPLE_SEED and case.sha256 != SAMPLE_SHA256:
+            logging.warning("TAVIRegistration: the synthetic XA file's SHA256 is %s, expected %s (another pydicom "
+                            "or OpenGL rasteriser than the one it was recorded with)", case.sha256, SAMPLE_SHA256)
+        return SyntheticCase(dicomPath=str(case.dicom_path), sha256=case.sha256, seriesUID=case.series_uid,
+                             modelLps=case.model, geometries=case.geometries, isocenterLps=case.isocenter_lps,
+                             motionLps=case.motion_lps, truthMasks=case.truth_masks, rows=case.rows, cols=case.cols)
 
-        The vessels in the frames are shifted by a few mm from where the pre-operative model and the
-        nominal isocentre put them (patient motion): the projection is slightly off, as registration
-        expects. Returns a SyntheticCase without nodes (path, model in LPS, geometries, masks).
-        """
-        from TAVIRegistrationLib.fluoro import write_fluoro_dicom
-        from TAVIRegistrationLib.geometry import CArmGeometry
-        from TAVIRegistrationLib.mesh import surface_from_polydata
-        from TAVIRegistrationLib.projection import ProjectionRenderer
-
-        model = surface_from_polydata(self.syntheticVesselPolyData(), space="LPS", units="mm", name="synthetic vessel")
-        isocenter = tuple(float(c) for c in model.center + np.array([4.0, -6.0, 10.0]))
-        motion = np.array([3.0, 2.0, -4.0])  # intra-operative shift of the vessels, LPS mm
-        geometries = [CArmGeometry(primary, secondary, 1000.0, 750.0, (0.8, 0.8), rows, cols, isocenter_lps=isocenter)
-                      for primary, secondary in self.SYNTHETIC_ANGLES]
-        rng = np.random.default_rng(seed)
-        truth, frames = [], []
-        with ProjectionRenderer(model.polydata) as renderer:
-            for geometry in geometries:
-                moved = geometry.with_isocenter(np.asarray(isocenter) - motion)
-                mask = renderer.render(moved, with_depth=False).mask
-                truth.append(mask)
-                frame = 175.0 - 70.0 * mask + rng.normal(0.0, 5.0, mask.shape)
-                frames.append(np.clip(np.round(frame), 0, 255).astype(np.uint8))
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, "synthetic_xa.dcm")
-        dataset = write_fluoro_dicom(path, np.stack(frames), geometries[0], per_frame_geometry=geometries,
-                                     frame_time_ms=1000.0 / 15.0,
-                                     series_description="TAVIRegistration synthetic case")
-        return SyntheticCase(dicomPath=path, seriesUID=str(dataset.SeriesInstanceUID), modelLps=model,
-                             geometries=geometries, isocenterLps=isocenter, motionLps=tuple(motion),
-                             truthMasks=truth, rows=rows, cols=cols)
-
-    def loadSyntheticCase(self, directory=None, seed=2019):
+    def loadSyntheticCase(self, directory=None, seed=None):
         """Write the synthetic case, import it into the open DICOM database and load it with its nodes.
 
         The model node holds RAS coordinates shifted by an offset that its parent transform undoes (so the
