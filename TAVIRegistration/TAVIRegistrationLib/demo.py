@@ -128,6 +128,7 @@ def run_demo(out_dir, seed: int = DEMO_SEED, method: Optional[str] = None) -> Di
             "landmark_error_mm": float(np.median(tre)) if tre.size else None,
             "landmark_error_before_mm": float(np.median(tre0)) if tre0.size else None,
             "registration_ms": 1000 * float(reg.result.seconds),
+            "flagged": bool(reg.result.flagged),
             "total_s": time.perf_counter() - t0,
             "warnings": summary["warnings"],
         }
@@ -167,7 +168,9 @@ def _report_markdown(r: Dict[str, object], geom, case: DemoCase) -> str:
         f"{_fmt(r['landmark_error_mm'], '.1f')} |",
         "",
         f"Method: `{r['method']}`; fixed mask: {r['segmentation']}; registration time {r['registration_ms']:.0f} ms; "
-        f"whole demo {r['total_s']:.1f} s.",
+        f"whole demo {r['total_s']:.1f} s."
+        + (" **Flagged: low agreement with the vessel mask (red border); check before relying on it.**"
+           if r.get("flagged") else ""),
         "",
         "## Pictures",
         "",
