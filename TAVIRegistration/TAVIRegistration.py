@@ -43,6 +43,7 @@ from slicer.util import VTKObservationMixin
 from slicer import (
     vtkMRMLLinearTransformNode,
     vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
     vtkMRMLModelNode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
@@ -178,6 +179,40 @@ def roiIjkToRas(frameIjkToRas, roi):
     shift[0, 3] = float(roi[0])
     shift[1, 3] = float(roi[1])
     return frame @ shift
+
+
+def pixelRoiFromRasBounds(rasBounds, frameIjkToRas, rows, cols):
+    """The frame pixels (x, y, w, h) whose centres lie inside a box given by its RAS bounds
+    (xmin, xmax, ymin, ymax, zmin, zmax; a Markups ROI's ``GetRASBounds``), clipped to the frame; None
+    when none does. The box is projected along the frame's normal (its depth does not matter)."""
+    b = [float(v) for v in rasBounds]
+    if len(b) != 6 or not all(math.isfinite(v) for v in b) or b[1] < b[0] or b[3] < b[2] or b[5] < b[4]:
+        return None
+    corners = np.array([[x, y, z, 1.0] for x in b[0:2] for y in b[2:4] for z in b[4:6]])
+    ijk = (np.linalg.inv(np.array(frameIjkToRas, dtype=float)) @ corners.T).T
+    x0 = max(0, int(math.ceil(ijk[:, 0].min() - 1e-9)))
+    x1 = min(int(cols) - 1, int(math.floor(ijk[:, 0].max() + 1e-9)))
+    y0 = max(0, int(math.ceil(ijk[:, 1].min() - 1e-9)))
+    y1 = min(int(rows) - 1, int(math.floor(ijk[:, 1].max() + 1e-9)))
+    if x1 < x0 or y1 < y0:
+        return None
+    return (x0, y0, x1 - x0 + 1, y1 - y0 + 1)
+
+
+def rasBoxFromPixelRoi(roi, frameIjkToRas, thicknessMm=1.0):
+    """(centre, radius) in RAS of the box over frame pixels ``roi`` = (x, y, w, h) (pixel edges, so that
+    ``pixelRoiFromRasBounds`` of its bounds gives ``roi`` back), ``thicknessMm`` across the frame: what a
+    Markups ROI needs (``SetXYZ``, ``SetRadiusXYZ``), for a frame whose axes run along RAS axes."""
+    x, y, w, h = (float(v) for v in roi)
+    frame = np.array(frameIjkToRas, dtype=float)
+    corners = np.array([[i, j, 0.0, 1.0] for i in (x - 0.5, x + w - 0.5) for j in (y - 0.5, y + h - 0.5)])
+    ras = (frame @ corners.T).T[:, :3]
+    lo, hi = ras.min(axis=0), ras.max(axis=0)
+    centre = (lo + hi) / 2.0
+    radius = (hi - lo) / 2.0
+    flat = radius < 1e-6  # the axis across the frame
+    radius[flat] = float(thicknessMm) / 2.0
+    return centre, radius
 
 
 def rasTransformFromAffine(affine, frameIjkToRas, movingIjkToRas=None):
@@ -372,6 +407,7 @@ class TAVIRegistrationParameterNode:
     overlayOpacity - opacity of the projection over the frame in the slice views.
     projectionVolume - output: the projection on the frame's pixel grid.
     roi - region of interest (x, y, w, h) in frame pixels; (0, 0, 0, 0) = none drawn yet.
+    roiNode - optional Markups ROI that shows and edits the same region in the slice views.
     forceCpu - run the networks on the CPU (segmentation and registration).
     registrationTransform - output: the registration affine as a linear transform.
     exportDirectory - folder of the exported files.
@@ -387,6 +423,7 @@ class TAVIRegistrationParameterNode:
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     projectionVolume: vtkMRMLScalarVolumeNode
     roi: Tuple[int, int, int, int] = (0, 0, 0, 0)
+    roiNode: vtkMRMLMarkupsROINode
     forceCpu: bool = False
     registrationTransform: vtkMRMLLinearTransformNode
     exportDirectory: Annotated[pathlib.Path, Default(generator=_defaultExportDirectory)]
@@ -410,6 +447,8 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._observedFluoroID = None
         self._observedBrowser = None
+        self._observedRoiNode = None
+        self._syncingRoi = False
         self._busy = False
         self._cancelRequested = False
 
@@ -512,7 +551,43 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         pn = self._parameterNode
         self._observeFluoro(pn.fluoroVolume if pn else None)
+        self._observeRoiNode(pn.roiNode if pn else None)
         self._updateButtonStates()
+
+    # -- the ROI as a Markups ROI: both ways ---------------------------------------------------------
+    def _observeRoiNode(self, roiNode):
+        if roiNode is self._observedRoiNode:
+            return
+        if self._observedRoiNode is not None:
+            self.removeObserver(self._observedRoiNode, slicer.vtkMRMLMarkupsNode.PointModifiedEvent,
+                                self._onRoiNodeModified)
+        self._observedRoiNode = roiNode
+        if roiNode is not None:
+            self.addObserver(roiNode, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self._onRoiNodeModified)
+            pn = self._parameterNode
+            roi = self.logic.validRoi(pn.roi, None) if pn else None
+            if roi and pn.fluoroVolume is not None:  # the node starts where the panel's ROI is
+                self._syncingRoi = True
+                try:
+                    self.logic.updateMarkupsRoi(roiNode, roi, pn.fluoroVolume)
+                finally:
+                    self._syncingRoi = False
+
+    def _onRoiNodeModified(self, caller=None, event=None):
+        """The Markups ROI was moved or resized in a slice view: the same pixels in the panel."""
+        pn = self._parameterNode
+        if self._syncingRoi or pn is None or pn.fluoroVolume is None:
+            return
+        roi = self.logic.roiFromMarkupsRoi(caller, pn.fluoroVolume)
+        if roi is None:
+            return
+        self._syncingRoi = True
+        try:
+            pn.roi = roi
+            if self.roiEditor is not None:
+                self.roiEditor.setRoi(roi)
+        finally:
+            self._syncingRoi = False
 
     def _updateStepAvailability(self):
         """Disable the buttons of steps this version cannot run, with the reason as their tooltip."""
@@ -712,8 +787,16 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtonStates()
 
     def onRoiEditingFinished(self, roi):
-        if self._parameterNode is not None:
-            self._parameterNode.roi = tuple(int(v) for v in roi) if roi else (0, 0, 0, 0)
+        pn = self._parameterNode
+        if pn is None:
+            return
+        pn.roi = tuple(int(v) for v in roi) if roi else (0, 0, 0, 0)
+        if roi and pn.roiNode is not None and pn.fluoroVolume is not None and not self._syncingRoi:
+            self._syncingRoi = True
+            try:
+                self.logic.updateMarkupsRoi(pn.roiNode, roi, pn.fluoroVolume)
+            finally:
+                self._syncingRoi = False
 
     def onOverlayOpacityChanged(self, value):
         self.logic.setOverlayOpacity(value)
@@ -1269,6 +1352,40 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
             return validate_roi(roi, int(shape[0]), int(shape[1]))
         except InputError:
             return None
+
+    # -- the ROI as a Markups ROI in the slice views -------------------------------------------------------
+    @staticmethod
+    def _frameIjkToRasWorld(volumeNode):
+        """The frame volume's IJK-to-RAS matrix in world coordinates (its parent transforms applied)."""
+        ijkToRas = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(ijkToRas)
+        matrix = slicer.util.arrayFromVTKMatrix(ijkToRas)
+        parent = volumeNode.GetParentTransformNode()
+        if parent is not None:
+            toWorld = vtk.vtkMatrix4x4()
+            parent.GetMatrixTransformToWorld(toWorld)
+            matrix = slicer.util.arrayFromVTKMatrix(toWorld) @ matrix
+        return matrix
+
+    def roiFromMarkupsRoi(self, roiNode, fluoroVolume):
+        """The frame pixels (x, y, w, h) a Markups ROI covers (``pixelRoiFromRasBounds``), or None."""
+        if roiNode is None or fluoroVolume is None or fluoroVolume.GetImageData() is None:
+            return None
+        bounds = [0.0] * 6
+        roiNode.GetRASBounds(bounds)
+        cols, rows, _ = fluoroVolume.GetImageData().GetDimensions()
+        return pixelRoiFromRasBounds(bounds, self._frameIjkToRasWorld(fluoroVolume), rows, cols)
+
+    def updateMarkupsRoi(self, roiNode, roi, fluoroVolume, name="TAVIRegistration ROI"):
+        """Place a Markups ROI (created when None) over frame pixels ``roi``; returns the node."""
+        if roiNode is None:
+            roiNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", slicer.mrmlScene.GenerateUniqueName(name))
+            roiNode.CreateDefaultDisplayNodes()
+        centre, radius = rasBoxFromPixelRoi(roi, self._frameIjkToRasWorld(fluoroVolume))
+        with slicer.util.NodeModify(roiNode):
+            roiNode.SetXYZ(*[float(c) for c in centre])
+            roiNode.SetRadiusXYZ(*[float(r) for r in radius])
+        return roiNode
 
     # -- results -> MRML nodes ----------------------------------------------------------------------------
     @staticmethod

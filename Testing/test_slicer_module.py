@@ -57,7 +57,8 @@ NOT_AT_IMPORT_TIME = {"TAVIRegistrationLib", "pydicom", "torch", "PIL", "scipy",
 #: The module's pure helpers (numpy, math and re only).
 PURE_HELPERS = ("rasFromLps", "lpsFromRas", "rasMatrixFromLps", "lpsMatrixFromRas", "planeMatrixFromAffine",
                 "roiIjkToRas", "rasTransformFromAffine", "affineFromRasTransform", "carmCameraParameters",
-                "describeAngles", "parseInstanceUids", "versionAtLeast", "masksAgreeWithinOnePixel")
+                "describeAngles", "parseInstanceUids", "versionAtLeast", "masksAgreeWithinOnePixel",
+                "pixelRoiFromRasBounds", "rasBoxFromPixelRoi")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -595,3 +596,23 @@ def test_masks_agree_within_one_pixel(helpers):
     assert not agree(a, np.zeros_like(a))
     assert agree(np.zeros_like(a), np.zeros_like(a))
     assert not agree(a, a[:-1])
+
+
+def test_markups_roi_round_trip(helpers):
+    """A pixel ROI as a Markups ROI box (RAS) and back: the same pixels, for a frame volume whose
+    IJK-to-RAS flips and scales its axes as Slicer's DICOM loading does."""
+    frame = np.array([[-0.3, 0.0, 0.0, 40.0],
+                      [0.0, -0.25, 0.0, 12.0],
+                      [0.0, 0.0, 1.0, -7.0],
+                      [0.0, 0.0, 0.0, 1.0]])
+    for roi in [(10, 20, 30, 40), (0, 0, 1, 1), (100, 5, 155, 250)]:
+        centre, radius = helpers["rasBoxFromPixelRoi"](roi, frame)
+        assert radius[2] > 0  # a thin slab across the frame, which a Markups ROI needs
+        bounds = [v for c, r in zip(centre, radius) for v in (c - r, c + r)]
+        assert helpers["pixelRoiFromRasBounds"](bounds, frame, 256, 256) == roi
+    # clipped to the frame; nothing when the box misses it or is malformed
+    centre, radius = helpers["rasBoxFromPixelRoi"]((-10, -10, 30, 30), frame)
+    bounds = [v for c, r in zip(centre, radius) for v in (c - r, c + r)]
+    assert helpers["pixelRoiFromRasBounds"](bounds, frame, 256, 256) == (0, 0, 20, 20)
+    assert helpers["pixelRoiFromRasBounds"]([500, 600, 500, 600, 0, 1], frame, 256, 256) is None
+    assert helpers["pixelRoiFromRasBounds"]([1, 0, 0, 1, 0, 1], frame, 256, 256) is None
