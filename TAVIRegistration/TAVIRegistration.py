@@ -1798,6 +1798,11 @@ class TAVIRegistrationTest(ScriptedLoadableModuleTest):
         expectedAngle = math.degrees(2.0 * math.atan(geometry.rows * geometry.pixel_spacing_mm[0] / 2.0 / geometry.sid_mm))
         self.assertAlmostEqual(camera.GetViewAngle(), expectedAngle, places=4)
 
+        # the ROI as a Markups ROI in the slice views and back: the same pixels
+        roi = result.frameProjection.default_roi
+        roiNode = logic.updateMarkupsRoi(None, roi, volume)
+        self.assertEqual(logic.roiFromMarkupsRoi(roiNode, volume), tuple(roi))
+
         # export: the projection PNG is the mask on the frame's grid
         with tempfile.TemporaryDirectory(prefix="TAVIRegistrationExport-") as out:
             files = logic.exportProjection(out, fluoroVolume=volume, captureThreeDView=False)
