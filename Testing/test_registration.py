@@ -5,11 +5,13 @@ torch's affine_grid theta (align_corners=False) on the registration window and n
 network code.
 """
 
+import csv
 import json
 import math
 import subprocess
 import warnings
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -434,3 +436,33 @@ def test_cli_train_reg_bad_input(tmp_path):
     r = subprocess.run([sys.executable, "-m", "TAVIRegistrationLib.cli", "train-reg", "--data", "synthetic:3",
                         "--out", str(tmp_path / "o"), "--size", "100"], capture_output=True, text=True)
     assert r.returncode == 2 and "--size" in r.stderr
+
+
+def test_worker_processes_give_the_same_weights(tmp_path):
+    """--workers prepares the batches in another process: the same batches, the same weights."""
+    TR.train(_config(tmp_path / "w0", epochs=1))
+    TR.train(_config(tmp_path / "w1", epochs=1, workers=1, threads=1))
+    assert _same(_state(tmp_path / "w0" / "last.pt"), _state(tmp_path / "w1" / "last.pt"))
+
+
+def test_segment_fixed_uses_cached_dru_net_masks_of_the_phantom(phantom_dataset, tmp_path, monkeypatch):
+    """--segment-fixed: the phantom frames segmented once by the installed DRU-Net (cached per
+    network), used as fixed images; the ROI is the one a user draws around the contrast."""
+    from TAVIRegistrationLib.models import installed
+    from TAVIRegistrationLib.phantom import frame_truth
+
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(Path(__file__).resolve().parents[1] / "Resources" / "Models"))
+    if not installed("segmentation"):
+        pytest.skip("no segmentation network shipped")
+    index = phantom_dataset / "index.csv"
+    cfg = _config(tmp_path / "seg", data=[str(index)], epochs=1, segment_fixed=True, val_fraction=0.0)
+    TR.train(cfg)
+    cached = list((tmp_path / "seg" / "segmentations").rglob("*.png"))
+    rows = [r for r in csv.DictReader(open(index)) if r["split"] != "test"]
+    assert len(cached) == len(rows) > 0
+    samples, _ = TR.load_phantom_index(index, cached[0].parent)
+    assert all(s.segmentation is not None for s in samples)
+    row = next(r for r in rows if int(r["opacified_px"]) > 0)
+    sample = next(s for s in samples if s.name == row["mask"])
+    assert sample.roi == frame_truth(phantom_dataset, row).user_roi()
+    assert "--segment-fixed" in cfg.command()

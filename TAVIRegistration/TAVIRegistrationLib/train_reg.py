@@ -381,7 +381,7 @@ def load_phantom_index(csv_path: Path, segment_cache: Optional[Path] = None,
     """Rows of a phantom case index (not the ``test`` ones); returns (samples, test rows skipped).
 
     With ``segment_cache`` (a folder), rows without a ``segmentation`` column get one: the frame
-    segmented by the installed DRU-Net (``segmentation.segment_frame``, the header's FoV), read from
+    segmented by the installed DRU-Net (``segmentation.segment_frame``, the row's FoV), read from
     or written to ``segment_cache`` as ``<patient>_<series>_f<frame>.png``."""
     rows, skipped = read_case_index(csv_path, _CSV_COLUMNS,
                                     " (train-reg needs the phantom's projection_true and projection_nominal)")

@@ -97,6 +97,8 @@ class TrainConfig(TrainingConfig):
         if not self.data:
             raise InputError("train-seg needs at least one --data folder or case index CSV")
         super().check()
+        if self.workers:
+            raise InputError("--workers applies to train-reg: train-seg augments its batches on the training device")
         if not 1 <= self.base_channels <= 128:
             raise InputError(f"--base-channels must lie in 1-128, got {self.base_channels}")
         if self.loss not in LOSSES:

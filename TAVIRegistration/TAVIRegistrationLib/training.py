@@ -159,8 +159,8 @@ def add_common_training_arguments(p, config_cls) -> None:
     p.add_argument("--export", metavar="NAME", help="export the best weights as NAME.pt with a manifest entry")
     p.add_argument("--export-dir", type=Path, help="where to export (default: Resources/Models or $TAVIREG_MODELS_DIR)")
     p.add_argument("--workers", type=int, default=0,
-                   help="worker processes preparing batches beside the training process (default 0; the batches, "
-                        "and so the weights, are the same for any number)")
+                   help="worker processes preparing batches beside the training process (train-reg; default 0; "
+                        "the batches, and so the weights, are the same for any number)")
     p.add_argument("--threads", type=int,
                    help="torch threads of the training process (default: torch's; on a busy 2-core machine 1 "
                         "is often several times faster than 2)")
