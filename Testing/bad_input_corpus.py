@@ -348,6 +348,26 @@ def weights_cases(d: Path, good: Dict[str, Path], shipped_models: Optional[Path]
     shutil.copy(shipped_models / "manifest.json", missing / "manifest.json")
     cases.append(Case("weights-missing-file", "weights", args, {"fluoro": good["fluoro"]},
                       env={"TAVIREG_MODELS_DIR": str(missing)}))
+
+    reg = next((e for e in manifest.get("models", []) if e.get("kind") == "registration"), None)
+    if reg is not None:  # the registration network: tampered, and a DRU-Net file in its place
+        reg_args = ["register", "--model", "{model}", "--fluoro", "{fluoro}", "--isocenter=3,-2,0", "--fixed-mask",
+                    "{mask}", "--method", "cnn", "--out", "{out}"]
+        files = {"fluoro": good["fluoro"], "model": good["model"], "mask": good["mask"]}
+        folder = d / "models-reg-tampered"
+        folder.mkdir()
+        shutil.copy(shipped_models / "manifest.json", folder / "manifest.json")
+        data = bytearray((shipped_models / reg["file"]).read_bytes())
+        data[len(data) // 3] ^= 0x01
+        (folder / reg["file"]).write_bytes(bytes(data))
+        cases.append(Case("weights-reg-tampered", "weights", reg_args, files, env={"TAVIREG_MODELS_DIR": str(folder)}))
+        folder = d / "models-reg-wrong-architecture"
+        folder.mkdir()
+        shutil.copy(shipped_models / seg["file"], folder / reg["file"])
+        entry = dict(reg, sha256=hashlib.sha256((folder / reg["file"]).read_bytes()).hexdigest())
+        (folder / "manifest.json").write_text(json.dumps(dict(manifest, models=[entry])))
+        cases.append(Case("weights-reg-wrong-architecture", "weights", reg_args, files,
+                          env={"TAVIREG_MODELS_DIR": str(folder)}))
     return cases
 
 

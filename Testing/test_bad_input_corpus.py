@@ -76,6 +76,7 @@ _NAMES = [
     "output-is-a-folder", "output-onto-input", "output-inside-a-file", "output-unwritable-folder",
     "output-folder-is-a-file", "output-folder-unwritable",
     "weights-tampered", "weights-wrong-architecture", "weights-missing-file",
+    "weights-reg-tampered", "weights-reg-wrong-architecture",
 ]
 
 
@@ -139,7 +140,13 @@ def test_case_through_the_library(name, cases):
             old = os.environ.get("TAVIREG_MODELS_DIR")
             os.environ["TAVIREG_MODELS_DIR"] = case.env["TAVIREG_MODELS_DIR"]
             try:
-                segment_frame(read_fluoro(case.files["fluoro"]).frame(0), model=None)
+                if case.args[0] == "register":
+                    from TAVIRegistrationLib.registration import register_pair
+
+                    mask = read_mask_png(case.files["mask"])
+                    register_pair(mask, mask, (10, 10, 60, 60), "cnn")
+                else:
+                    segment_frame(read_fluoro(case.files["fluoro"]).frame(0), model=None)
             finally:
                 if old is None:
                     os.environ.pop("TAVIREG_MODELS_DIR")
