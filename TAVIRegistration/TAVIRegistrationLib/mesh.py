@@ -677,6 +677,9 @@ def _limit_child_memory(path: Path) -> None:
 
 
 def _guarded_child(conn, path: Path, fmt: str) -> None:
+    import faulthandler
+
+    faulthandler.disable()  # a crash here is expected and reported by the parent: no dump of the child
     _limit_child_memory(path)
     try:
         conn.send(("ok", _read_and_finish(path, fmt)))
