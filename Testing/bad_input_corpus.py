@@ -49,38 +49,6 @@ class Case:
 # ---------------------------------------------------------------------------------------------------
 # valid inputs, then broken copies
 # ---------------------------------------------------------------------------------------------------
-def vessel_polydata():
-    """A curved tube with a bulb (a toy aortic root, ~100 mm, LPS mm): closed and manifold."""
-    from vtkmodules.vtkCommonCore import vtkPoints
-    from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData, vtkPolyLine
-    from vtkmodules.vtkFiltersCore import vtkAppendPolyData, vtkCleanPolyData, vtkTriangleFilter, vtkTubeFilter
-    from vtkmodules.vtkFiltersSources import vtkSphereSource
-
-    t = np.linspace(0.0, 1.0, 40)
-    centre = np.stack([20.0 * np.sin(np.pi * t), 10.0 * np.cos(np.pi * t), -50.0 + 100.0 * t], axis=1)
-    pts, line = vtkPoints(), vtkPolyLine()
-    line.GetPointIds().SetNumberOfIds(len(centre))
-    for i, p in enumerate(centre):
-        pts.InsertNextPoint(*map(float, p))
-        line.GetPointIds().SetId(i, i)
-    cells = vtkCellArray()
-    cells.InsertNextCell(line)
-    poly = vtkPolyData()
-    poly.SetPoints(pts)
-    poly.SetLines(cells)
-    tube = vtkTubeFilter()
-    tube.SetInputData(poly)
-    tube.SetRadius(8.0)
-    tube.SetNumberOfSides(24)
-    tube.CappingOn()
-    tri = vtkTriangleFilter()
-    tri.SetInputConnection(tube.GetOutputPort())
-    clean = vtkCleanPolyData()
-    clean.SetInputConnection(tri.GetOutputPort())
-    clean.Update()
-    return clean.GetOutput()
-
-
 def valid_geometry():
     from TAVIRegistrationLib.geometry import CArmGeometry
 
@@ -93,6 +61,7 @@ def write_valid_inputs(d: Path) -> Dict[str, Path]:
     from TAVIRegistrationLib.mesh import save_model, surface_from_polydata
     from TAVIRegistrationLib.outputs import mask_png_writer
     from TAVIRegistrationLib.projection import render_projection
+    from TAVIRegistrationLib.sample_case import vessel_polydata
 
     d.mkdir(parents=True, exist_ok=True)
     poly = vessel_polydata()
@@ -232,6 +201,8 @@ def _stl_bytes(points: np.ndarray, triangles: np.ndarray) -> bytes:
 def mesh_cases(d: Path, good: Dict[str, Path]) -> List[Case]:
     from vtkmodules.util.numpy_support import vtk_to_numpy
 
+    from TAVIRegistrationLib.sample_case import vessel_polydata
+
     poly = vessel_polydata()
     pts = vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float64)
     tri = vtk_to_numpy(poly.GetPolys().GetConnectivityArray()).reshape(-1, 3)
@@ -307,7 +278,8 @@ def mask_and_roi_cases(d: Path, good: Dict[str, Path]) -> List[Case]:
 
 
 def weights_cases(d: Path, good: Dict[str, Path], shipped_models: Optional[Path]) -> List[Case]:
-    """A tampered weight file (hash mismatch) and a file of the wrong architecture, each in a models
+    """For each shipped network: a tampered weight file (hash mismatch) and a file of the wrong
+    architecture (with a matching hash); and a manifest whose file is missing. Each in a models
     folder of its own (``TAVIREG_MODELS_DIR``)."""
     import hashlib
     import shutil
@@ -315,60 +287,54 @@ def weights_cases(d: Path, good: Dict[str, Path], shipped_models: Optional[Path]
     if shipped_models is None or not (shipped_models / "manifest.json").is_file():
         return []
     manifest = json.loads((shipped_models / "manifest.json").read_text())
-    seg = next((e for e in manifest.get("models", []) if e.get("kind") == "segmentation"), None)
+    by_kind = {e.get("kind"): e for e in manifest.get("models", [])}
+    seg, reg = by_kind.get("segmentation"), by_kind.get("registration")
     if seg is None:
         return []
-    cases = []
-    args = ["segment", "{fluoro}", "--out", "{out}/mask.png"]
 
-    tampered = d / "models-tampered"
-    tampered.mkdir()
-    shutil.copy(shipped_models / "manifest.json", tampered / "manifest.json")
-    data = bytearray((shipped_models / seg["file"]).read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (tampered / seg["file"]).write_bytes(bytes(data))
-    cases.append(Case("weights-tampered", "weights", args, {"fluoro": good["fluoro"]},
-                      env={"TAVIREG_MODELS_DIR": str(tampered)}))
+    def tampered(name: str, entry: dict) -> Path:
+        folder = d / name
+        folder.mkdir()
+        shutil.copy(shipped_models / "manifest.json", folder / "manifest.json")
+        data = bytearray((shipped_models / entry["file"]).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (folder / entry["file"]).write_bytes(bytes(data))
+        return folder
 
-    wrong = d / "models-wrong-architecture"
-    wrong.mkdir()
-    import torch
+    def replaced(name: str, entry: dict, write: Callable[[Path], None]) -> Path:
+        """``entry``'s file replaced by ``write(path)``, listed with its true hash (passes the check)."""
+        folder = d / name
+        folder.mkdir()
+        write(folder / entry["file"])
+        entry = dict(entry, sha256=hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest())
+        (folder / "manifest.json").write_text(json.dumps(dict(manifest, models=[entry])))
+        return folder
 
-    from TAVIRegistrationLib.regnet import RegNet, scaled_channels
+    def a_regnet(path: Path) -> None:
+        import torch
 
-    scripted = torch.jit.script(RegNet(in_size=64, channels=scaled_channels(0.1), fc=16))
-    scripted.save(str(wrong / seg["file"]))
-    entry = dict(seg, sha256=hashlib.sha256((wrong / seg["file"]).read_bytes()).hexdigest())
-    (wrong / "manifest.json").write_text(json.dumps(dict(manifest, models=[entry])))
-    cases.append(Case("weights-wrong-architecture", "weights", args, {"fluoro": good["fluoro"]},
-                      env={"TAVIREG_MODELS_DIR": str(wrong)}))
+        from TAVIRegistrationLib.regnet import RegNet, scaled_channels
 
+        torch.jit.script(RegNet(in_size=64, channels=scaled_channels(0.1), fc=16)).save(str(path))
+
+    seg_args = ["segment", "{fluoro}", "--out", "{out}/mask.png"]
+    seg_files = {"fluoro": good["fluoro"]}
     missing = d / "models-missing-file"
     missing.mkdir()
     shutil.copy(shipped_models / "manifest.json", missing / "manifest.json")
-    cases.append(Case("weights-missing-file", "weights", args, {"fluoro": good["fluoro"]},
-                      env={"TAVIREG_MODELS_DIR": str(missing)}))
-
-    reg = next((e for e in manifest.get("models", []) if e.get("kind") == "registration"), None)
+    folders = [("weights-tampered", seg_args, seg_files, tampered("models-tampered", seg)),
+               ("weights-wrong-architecture", seg_args, seg_files, replaced("models-wrong-architecture", seg, a_regnet)),
+               ("weights-missing-file", seg_args, seg_files, missing)]
     if reg is not None:  # the registration network: tampered, and a DRU-Net file in its place
         reg_args = ["register", "--model", "{model}", "--fluoro", "{fluoro}", "--isocenter=3,-2,0", "--fixed-mask",
                     "{mask}", "--method", "cnn", "--out", "{out}"]
-        files = {"fluoro": good["fluoro"], "model": good["model"], "mask": good["mask"]}
-        folder = d / "models-reg-tampered"
-        folder.mkdir()
-        shutil.copy(shipped_models / "manifest.json", folder / "manifest.json")
-        data = bytearray((shipped_models / reg["file"]).read_bytes())
-        data[len(data) // 3] ^= 0x01
-        (folder / reg["file"]).write_bytes(bytes(data))
-        cases.append(Case("weights-reg-tampered", "weights", reg_args, files, env={"TAVIREG_MODELS_DIR": str(folder)}))
-        folder = d / "models-reg-wrong-architecture"
-        folder.mkdir()
-        shutil.copy(shipped_models / seg["file"], folder / reg["file"])
-        entry = dict(reg, sha256=hashlib.sha256((folder / reg["file"]).read_bytes()).hexdigest())
-        (folder / "manifest.json").write_text(json.dumps(dict(manifest, models=[entry])))
-        cases.append(Case("weights-reg-wrong-architecture", "weights", reg_args, files,
-                          env={"TAVIREG_MODELS_DIR": str(folder)}))
-    return cases
+        reg_files = {"fluoro": good["fluoro"], "model": good["model"], "mask": good["mask"]}
+        folders += [("weights-reg-tampered", reg_args, reg_files, tampered("models-reg-tampered", reg)),
+                    ("weights-reg-wrong-architecture", reg_args, reg_files,
+                     replaced("models-reg-wrong-architecture", reg,
+                              lambda path: shutil.copy(shipped_models / seg["file"], path)))]
+    return [Case(name, "weights", args, files, env={"TAVIREG_MODELS_DIR": str(folder)})
+            for name, args, files, folder in folders]
 
 
 def output_cases(d: Path, good: Dict[str, Path]) -> List[Case]:
