@@ -1288,16 +1288,9 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         self._pipelineKey = key
         return self._pipeline
 
-    def renderProjection(self, modelNode, fluoroVolume, frameIndex=None, projectionVolume=None, isocenterNode=None,
-                         orthographic=False, showResult=True, overlayOpacity=0.5, placeCamera=True, cameraNode=None,
-                         progress=None):
-        """Render the model's C-arm projection for a frame into a volume over that frame.
-
-        ``frameIndex`` defaults to the frame shown; ``projectionVolume`` is created when None. With
-        ``placeCamera`` the 3D view's camera (or ``cameraNode``) is put at the X-ray source.
-        ``progress(fraction, message)`` is called between steps (it may raise OperationCancelled).
-        Python packages must be there (``ensurePythonPackages``). Returns a ProjectionResult.
-        """
+    def _casePipeline(self, modelNode, fluoroVolume, frameIndex, isocenterNode, orthographic, progress):
+        """The steps' common start: the inputs checked, frame ``frameIndex`` (default: the one shown)
+        shown, and the pipeline of this case. Returns ``(frameIndex, pipeline)``."""
         from TAVIRegistrationLib.errors import InputError
 
         _report(progress, 0.0, "Checking the inputs")
@@ -1309,7 +1302,20 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         if frameIndex is None:
             frameIndex = self.currentFrameIndex(fluoroVolume)
         self.selectFrame(fluoroVolume, frameIndex)
-        pipeline = self.pipelineFor(modelNode, fluoroVolume, isocenterNode, orthographic, progress)
+        return int(frameIndex), self.pipelineFor(modelNode, fluoroVolume, isocenterNode, orthographic, progress)
+
+    def renderProjection(self, modelNode, fluoroVolume, frameIndex=None, projectionVolume=None, isocenterNode=None,
+                         orthographic=False, showResult=True, overlayOpacity=0.5, placeCamera=True, cameraNode=None,
+                         progress=None):
+        """Render the model's C-arm projection for a frame into a volume over that frame.
+
+        ``frameIndex`` defaults to the frame shown; ``projectionVolume`` is created when None. With
+        ``placeCamera`` the 3D view's camera (or ``cameraNode``) is put at the X-ray source.
+        ``progress(fraction, message)`` is called between steps (it may raise OperationCancelled).
+        Python packages must be there (``ensurePythonPackages``). Returns a ProjectionResult.
+        """
+        frameIndex, pipeline = self._casePipeline(modelNode, fluoroVolume, frameIndex, isocenterNode, orthographic,
+                                                  progress)
         _report(progress, 0.6, "Rendering the projection of frame %d" % frameIndex)
         frameProjection = pipeline.project(int(frameIndex))
         _report(progress, 0.85, "Writing the projection volume")
@@ -1547,17 +1553,9 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         """
         from TAVIRegistrationLib.errors import InputError
 
-        _report(progress, 0.0, "Checking the inputs")
-        self.requirePythonPackages()
+        frameIndex, pipeline = self._casePipeline(modelNode, fluoroVolume, frameIndex, isocenterNode, orthographic,
+                                                  progress)
         self.ensureTorch(ask=False)
-        if fluoroVolume is None:
-            raise InputError("select the fluoroscopy volume")
-        if modelNode is None:
-            raise InputError("select the vessel model")
-        if frameIndex is None:
-            frameIndex = self.currentFrameIndex(fluoroVolume)
-        self.selectFrame(fluoroVolume, frameIndex)
-        pipeline = self.pipelineFor(modelNode, fluoroVolume, isocenterNode, orthographic, progress)
         shape = pipeline.project(int(frameIndex)).projection.mask.shape
         if roi is not None and self.validRoi(roi, shape) is None:
             raise InputError("the ROI %s lies outside the %d x %d frame" % (tuple(roi), shape[1], shape[0]))
