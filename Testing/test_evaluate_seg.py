@@ -23,29 +23,12 @@ from PIL import Image  # noqa: E402
 from TAVIRegistrationLib import cli  # noqa: E402
 from TAVIRegistrationLib import evaluate as ev  # noqa: E402
 from TAVIRegistrationLib.train_seg import TrainConfig, train  # noqa: E402
+from vessel_images import write_vessel_folder  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers and fixtures
 # ---------------------------------------------------------------------------------------------
-def _vessel_image(rng, rows=64, cols=64):
-    """A bright background with one dark curved 'vessel' and noise, and its mask."""
-    yy, xx = np.mgrid[0:rows, 0:cols]
-    a, b, c = rng.uniform(-0.01, 0.01), rng.uniform(-0.5, 0.5), rng.uniform(rows * 0.3, rows * 0.7)
-    centre = a * (xx - cols / 2) ** 2 + b * (xx - cols / 2) + c
-    mask = np.abs(yy - centre) < rng.uniform(2, 4)
-    img = 170 - 90 * mask + rng.normal(0, 8, (rows, cols))
-    return np.clip(img, 0, 255).astype(np.uint8), mask.astype(np.uint8)
-
-
-def _write_folder(folder: Path, n=5, seed=0, rows=64, cols=64):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(1, n + 1):
-        img, mask = _vessel_image(rng, rows, cols)
-        Image.fromarray(img).save(folder / f"{i}.png")
-        Image.fromarray(mask * 255).save(folder / f"{i}_gt.png")
-    return folder
 
 
 def _write_png_index(path: Path, folder: Path, split: str, fov: str, patient="S1"):
@@ -85,15 +68,15 @@ def _copy_index_as_test(src: Path, dst: Path, keep=None) -> Path:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, phantom_dataset):
     root = tmp_path_factory.mktemp("evalseg")
-    cfg = TrainConfig(data=[str(_write_folder(root / "netdata", n=5, seed=0))], out=str(root / "run"), epochs=1,
+    cfg = TrainConfig(data=[str(write_vessel_folder(root / "netdata", n=5, seed=0))], out=str(root / "run"), epochs=1,
                       batch_size=2, base_channels=2, size=64, val_fraction=0.2, seed=3, progress=False,
                       export="tiny", export_dir=str(root / "models"))
     train(cfg)
     (root / "phantom_test").mkdir()
     test_index = _copy_index_as_test(phantom_dataset / "index.csv", root / "phantom_test" / "index.csv")
-    angio_test = _write_folder(root / "angios" / "test", n=4, seed=11)
-    train_upper = _write_folder(root / "angios" / "train", n=3, seed=21)
-    train_lower = _write_png_index(root / "lower_train.csv", _write_folder(root / "lowerimgs", n=2, seed=31),
+    angio_test = write_vessel_folder(root / "angios" / "test", n=4, seed=11)
+    train_upper = write_vessel_folder(root / "angios" / "train", n=3, seed=21)
+    train_lower = _write_png_index(root / "lower_train.csv", write_vessel_folder(root / "lowerimgs", n=2, seed=31),
                                    "train", "lower")
     return {"root": root, "models": root / "models", "test_index": test_index, "angio_test": angio_test,
             "train_upper": train_upper, "train_lower": train_lower}

@@ -46,29 +46,12 @@ from TAVIRegistrationLib.train_seg import (  # noqa: E402
     train,
 )
 from TAVIRegistrationLib.training import split_patients  # noqa: E402
+from vessel_images import vessel_image, write_vessel_folder  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def _vessel_image(rng, rows=64, cols=64):
-    """A bright background with one dark curved 'vessel' and noise, and its mask."""
-    yy, xx = np.mgrid[0:rows, 0:cols]
-    a, b, c = rng.uniform(-0.01, 0.01), rng.uniform(-0.5, 0.5), rng.uniform(rows * 0.3, rows * 0.7)
-    centre = a * (xx - cols / 2) ** 2 + b * (xx - cols / 2) + c
-    mask = np.abs(yy - centre) < rng.uniform(2, 4)
-    img = 170 - 90 * mask + rng.normal(0, 8, (rows, cols))
-    return np.clip(img, 0, 255).astype(np.uint8), mask.astype(np.uint8)
-
-
-def _write_folder(folder: Path, n=5, seed=0, rows=64, cols=64):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(1, n + 1):
-        img, mask = _vessel_image(rng, rows, cols)
-        Image.fromarray(img).save(folder / f"{i}.png")
-        Image.fromarray(mask * 255).save(folder / f"{i}_gt.png")
-    return folder
 
 
 def _config(data, out, **kw):
@@ -90,7 +73,7 @@ def _same_state(a, b):
 def tiny_models(tmp_path_factory):
     """A tiny trained-and-exported model in its own models folder (manifest + TorchScript file)."""
     root = tmp_path_factory.mktemp("tiny")
-    data = _write_folder(root / "data", n=5)
+    data = write_vessel_folder(root / "data", n=5)
     summary = train(_config(data, root / "run", export="tiny", export_dir=str(root / "models")))
     return root / "models", summary
 
@@ -204,7 +187,7 @@ def test_pick_device():
 # ---------------------------------------------------------------------------------------------
 def test_normalisation_ignores_bit_depth():
     rng = np.random.default_rng(1)
-    img8, _ = _vessel_image(rng, 96, 96)
+    img8, _ = vessel_image(rng, 96, 96)
     img12 = img8.astype(np.uint16) * 16 + 7  # the same picture as 12-bit values with an offset
     assert np.allclose(normalize_intensity(img8), normalize_intensity(img12), atol=1e-5)
     n = normalize_intensity(img12)
@@ -302,7 +285,7 @@ def test_train_checkpoint_resume_export(tiny_models, tmp_path, monkeypatch):
     assert load_model("tiny", device="cpu", directory=directory).base_channels == 2
 
     # resume: run 1 of 2 epochs, then continue; the result equals the uninterrupted run
-    data = _write_folder(tmp_path / "data", n=5)
+    data = write_vessel_folder(tmp_path / "data", n=5)
     monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path / "models"))
     train(_config(data, tmp_path / "a", epochs=2, stop_epoch=1))
     assert (tmp_path / "a" / "last.pt").is_file() and (tmp_path / "a" / "best.pt").is_file()
@@ -317,7 +300,7 @@ def test_train_checkpoint_resume_export(tiny_models, tmp_path, monkeypatch):
 
 
 def test_training_is_deterministic(tmp_path):
-    data = _write_folder(tmp_path / "data", n=5)  # 4 training frames, batch 2: two steps
+    data = write_vessel_folder(tmp_path / "data", n=5)  # 4 training frames, batch 2: two steps
     train(_config(data, tmp_path / "r1"))
     train(_config(data, tmp_path / "r2"))
     assert _same_state(_state(tmp_path / "r1" / "last.pt"), _state(tmp_path / "r2" / "last.pt"))
@@ -330,7 +313,7 @@ def test_case_index_csv(tmp_path):
     rows = ["patient,split,fov,image,frame,mask"]
     for p in range(4):
         for f in range(2):
-            img, mask = _vessel_image(rng)
+            img, mask = vessel_image(rng)
             Image.fromarray(img).save(tmp_path / f"p{p}_{f}.png")
             Image.fromarray(mask * 255).save(tmp_path / f"p{p}_{f}_gt.png")
             split = "test" if p == 3 else ""
@@ -355,7 +338,7 @@ def test_case_index_reads_dicom_frames(tmp_path):
     from TAVIRegistrationLib.geometry import CArmGeometry
 
     rng = np.random.default_rng(6)
-    pairs = [_vessel_image(rng) for _ in range(2)]
+    pairs = [vessel_image(rng) for _ in range(2)]
     frames = np.stack([p[0] for p in pairs]).astype(np.uint16) * 16
     geom = CArmGeometry(30.0, 10.0, 1200.0, 800.0, (0.3, 0.3), 64, 64)
     fluoro.write_fluoro_dicom(tmp_path / "run.dcm", frames, geom, bits_stored=12,
@@ -379,7 +362,7 @@ def test_case_index_reads_dicom_frames(tmp_path):
 def test_cli_segment_and_gradcam(tiny_models, tmp_path, monkeypatch, capsys):
     directory, _ = tiny_models
     monkeypatch.setenv("TAVIREG_MODELS_DIR", str(directory))
-    img, _ = _vessel_image(np.random.default_rng(9), 75, 61)
+    img, _ = vessel_image(np.random.default_rng(9), 75, 61)
     Image.fromarray(img).save(tmp_path / "frame.png")
     out = tmp_path / "mask.png"
     assert cli.main(["segment", str(tmp_path / "frame.png"), "--fov", "upper", "--out", str(out), "--json"]) == 0
@@ -412,7 +395,7 @@ def test_cli_segment_bad_input_exit_2(tiny_models, tmp_path, monkeypatch, capsys
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and words in err and "\n" not in err
         assert not out.exists()
-    img, _ = _vessel_image(np.random.default_rng(1))
+    img, _ = vessel_image(np.random.default_rng(1))
     Image.fromarray(img).save(tmp_path / "ok.png")
     assert cli.main(["segment", str(tmp_path / "ok.png"), "--frame", "4", "--out", str(out)]) == 2
     assert "out of range" in capsys.readouterr().err and not out.exists()
@@ -425,7 +408,7 @@ def test_cli_segment_refuses_tampered_and_missing_weights(tiny_models, tmp_path,
     for f in ("manifest.json", "tiny.pt"):
         (copy / f).write_bytes((directory / f).read_bytes())
     monkeypatch.setenv("TAVIREG_MODELS_DIR", str(copy))
-    img, _ = _vessel_image(np.random.default_rng(1))
+    img, _ = vessel_image(np.random.default_rng(1))
     Image.fromarray(img).save(tmp_path / "ok.png")
     out = tmp_path / "mask.png"
     with open(copy / "tiny.pt", "ab") as fh:
@@ -440,7 +423,7 @@ def test_cli_segment_refuses_tampered_and_missing_weights(tiny_models, tmp_path,
 def test_cli_train_seg_usage_errors(tmp_path, capsys):
     assert cli.main(["train-seg", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "--data" in capsys.readouterr().err
-    data = _write_folder(tmp_path / "d", n=3)
+    data = write_vessel_folder(tmp_path / "d", n=3)
     assert cli.main(["train-seg", "--data", str(data), "--out", str(tmp_path / "o"), "--size", "50"]) == 2
     assert "multiple of 16" in capsys.readouterr().err
     assert cli.main(["train-seg", "--data", str(data), "--out", str(tmp_path / "o"), "--resume"]) == 2
