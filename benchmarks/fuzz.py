@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import selectors
 import shutil
 import subprocess
 import sys
@@ -237,8 +238,6 @@ def campaign(cases: int, seed: int, case_timeout: float, keep=None, progress: bo
                                      "--end", str(cases), "--seeds-dir", str(seeds_dir)],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
             current = None
-            import selectors
-
             sel = selectors.DefaultSelector()
             sel.register(proc.stdout, selectors.EVENT_READ)
             started_at = time.perf_counter()
@@ -271,14 +270,14 @@ def campaign(cases: int, seed: int, case_timeout: float, keep=None, progress: bo
                 nxt = current + 1
                 if bar is not None:
                     bar.update(1)
-            if keep is not None:
-                for i, rec in records.items():
-                    if rec["outcome"] in BUGS:
-                        keep.mkdir(parents=True, exist_ok=True)
-                        seeds = sorted(p for p in seeds_dir.iterdir() if p.name.startswith("seed_"))
-                        make_case(seeds, seed, i, keep)
         if bar is not None:
             bar.close()
+        bug_cases = [i for i, rec in records.items() if rec["outcome"] in BUGS]
+        if keep is not None and bug_cases:  # the files that found a bug, remade from (seed, i)
+            keep.mkdir(parents=True, exist_ok=True)
+            seeds = sorted(p for p in seeds_dir.iterdir() if p.name.startswith("seed_"))
+            for i in bug_cases:
+                make_case(seeds, seed, i, keep)
     finally:
         shutil.rmtree(seeds_dir, ignore_errors=True)
     counts = Counter(r["outcome"] for r in records.values())
