@@ -40,10 +40,13 @@ from TAVIRegistrationLib.segmentation import (  # noqa: E402
 from TAVIRegistrationLib.segnet import DRUNet, count_parameters, script_model  # noqa: E402
 from TAVIRegistrationLib.train_seg import (  # noqa: E402
     TrainConfig,
+    Sample,
     augment_batch,
     load_case_index,
+    random_crops,
     segmentation_loss,
     train,
+    validation_metrics,
 )
 from TAVIRegistrationLib.training import split_patients  # noqa: E402
 from vessel_images import vessel_image, write_vessel_folder  # noqa: E402
@@ -265,6 +268,33 @@ def test_augmentation_keeps_range_and_binary_masks():
     assert torch.equal(augment_batch(x, y, gen2)[0], xa)  # seeded: repeatable
 
 
+def test_random_crops_cut_the_same_window_from_image_and_mask():
+    x = torch.arange(2 * 64 * 64, dtype=torch.float32).view(2, 1, 64, 64)
+    xc, yc = random_crops(x, x.clone(), 32, torch.Generator().manual_seed(1))
+    assert xc.shape == (2, 1, 32, 32) and torch.equal(xc, yc)
+    for i in range(2):  # a contiguous window of sample i: the values step by 1 along x, 64 along y
+        assert int(xc[i, 0, 0, 0]) // (64 * 64) == i
+        assert torch.all(xc[i, 0, :, 1:] - xc[i, 0, :, :-1] == 1) and torch.all(xc[i, 0, 1:] - xc[i, 0, :-1] == 64)
+    again = random_crops(x, x, 32, torch.Generator().manual_seed(1))[0]
+    assert torch.equal(again, xc)  # seeded
+    assert torch.equal(random_crops(x, x, 64, torch.Generator().manual_seed(1))[0], x)  # full size: no crop
+
+
+def test_validation_weighs_each_data_set_once():
+    """Three phantom frames segmented perfectly and one real frame missed: the pooled median says
+    1.0, the selection score (mean of the data sets' medians) 0.5."""
+    truth = np.zeros((16, 16), np.uint8)
+    truth[4:12, 6:10] = 1
+    samples = [Sample(np.zeros((16, 16), np.float16), truth, f"P{i}", "upper", "phantom.csv") for i in range(3)]
+    samples.append(Sample(np.zeros((16, 16), np.float16), truth, "angios:1", "upper", "angios"))
+    probs = np.stack([truth * 0.9] * 3 + [np.zeros((16, 16))]).astype(np.float16)
+    m = validation_metrics(probs, samples)
+    assert m["upper"]["median_dice"] == pytest.approx(1.0)
+    assert m["upper"]["median_dice_by_source"] == {"angios": 0.0, "phantom.csv": pytest.approx(1.0)}
+    assert m["selection"]["score"] == pytest.approx(0.5)
+    assert "lower" not in m
+
+
 def test_losses():
     target = torch.zeros(2, 1, 16, 16)
     target[:, :, 4:8] = 1
@@ -299,13 +329,17 @@ def test_train_checkpoint_resume_export(tiny_models, tmp_path, monkeypatch):
         train(_config(data, tmp_path / "a", epochs=3, resume="last", base_channels=4))
 
 
-def test_training_is_deterministic(tmp_path):
+@pytest.mark.parametrize("crop", [0, 32])
+def test_training_is_deterministic(tmp_path, crop):
     data = write_vessel_folder(tmp_path / "data", n=5)  # 4 training frames, batch 2: two steps
-    train(_config(data, tmp_path / "r1"))
-    train(_config(data, tmp_path / "r2"))
+    train(_config(data, tmp_path / "r1", crop=crop))
+    train(_config(data, tmp_path / "r2", crop=crop))
     assert _same_state(_state(tmp_path / "r1" / "last.pt"), _state(tmp_path / "r2" / "last.pt"))
-    train(_config(data, tmp_path / "r3", seed=4))
+    train(_config(data, tmp_path / "r3", seed=4, crop=crop))
     assert not _same_state(_state(tmp_path / "r1" / "last.pt"), _state(tmp_path / "r3" / "last.pt"))
+    if crop:  # the crops change what is learnt
+        train(_config(data, tmp_path / "r4"))
+        assert not _same_state(_state(tmp_path / "r1" / "last.pt"), _state(tmp_path / "r4" / "last.pt"))
 
 
 def test_case_index_csv(tmp_path):
@@ -426,6 +460,9 @@ def test_cli_train_seg_usage_errors(tmp_path, capsys):
     data = write_vessel_folder(tmp_path / "d", n=3)
     assert cli.main(["train-seg", "--data", str(data), "--out", str(tmp_path / "o"), "--size", "50"]) == 2
     assert "multiple of 16" in capsys.readouterr().err
+    assert cli.main(["train-seg", "--data", str(data), "--out", str(tmp_path / "o"), "--size", "64",
+                     "--crop", "80"]) == 2
+    assert "--crop must be" in capsys.readouterr().err
     assert cli.main(["train-seg", "--data", str(data), "--out", str(tmp_path / "o"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
 
