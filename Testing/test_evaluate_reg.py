@@ -94,6 +94,9 @@ def test_evaluate_reg_outputs_and_table(sitk_eval):
     assert summary["methods"] == ["sitk"] and summary["fixed"] == "truth"
     assert set(summary["goals"]["sitk"]) == set(ev.GOALS)
     assert "| sitk | all |" in (out / "table.md").read_text()
+    assert "Registration on held-out phantom patients" in (out / "table.md").read_text()
+    # a table of another split says whose frames it holds
+    assert "patients of the 'train' split" in ev.table_markdown(summary["table"], "truth", "train")
 
 
 def test_evaluate_reg_registration_helps(sitk_eval):

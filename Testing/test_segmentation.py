@@ -325,8 +325,43 @@ def test_train_checkpoint_resume_export(tiny_models, tmp_path, monkeypatch):
     assert _same_state(_state(tmp_path / "a" / "last.pt"), _state(tmp_path / "b" / "last.pt"))
     entry = {e["name"]: e for e in load_manifest()}["resumed"]
     assert entry["sha256"] == sha256_file(tmp_path / "models" / "resumed.pt")
+    history = json.loads((tmp_path / "a" / "history.json").read_text())["history"]
+    assert len(history) == 2  # the manifest counts both epochs' time, not the resuming process's
+    assert entry["metrics"]["train_minutes"] == round(sum(h["seconds"] for h in history) / 60, 2)
     with pytest.raises(InputError, match="base_channels"):
         train(_config(data, tmp_path / "a", epochs=3, resume="last", base_channels=4))
+
+
+def test_init_fine_tunes_from_a_checkpoint_or_an_installed_model(tiny_models, tmp_path, monkeypatch):
+    directory, _ = tiny_models
+    data = write_vessel_folder(tmp_path / "data", n=5)
+    train(_config(data, tmp_path / "a"))
+    a = _state(tmp_path / "a" / "best.pt")
+    convs = [k for k in a if k.endswith(".weight") and a[k].dim() == 4]
+
+    def close_to(state, ref):
+        return all(torch.allclose(state[k], ref[k], atol=1e-6) for k in convs)
+
+    # lr 1e-12: the run barely moves; from --init it stays at a's weights, without it at the seed's
+    train(_config(data, tmp_path / "b", lr=1e-12, init=str(tmp_path / "a" / "best.pt"), export="ft",
+                  export_dir=str(tmp_path / "m")))
+    train(_config(data, tmp_path / "c", lr=1e-12))
+    assert close_to(_state(tmp_path / "b" / "last.pt"), a)
+    assert not close_to(_state(tmp_path / "c" / "last.pt"), a)
+    entry = load_manifest(tmp_path / "m")[0]
+    assert entry["init"]["sha256"] == sha256_file(tmp_path / "a" / "best.pt")
+    assert "--init" in entry["command"]
+
+    # an installed model by its manifest name (hash-checked TorchScript file)
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(directory))
+    train(_config(data, tmp_path / "d", lr=1e-12, init="tiny"))
+    installed = load_model("tiny", device="cpu").state_dict()
+    assert close_to(_state(tmp_path / "d" / "last.pt"), installed)
+    with pytest.raises(InputError, match="differs"):
+        train(_config(data, tmp_path / "e", init="tiny", base_channels=4))
+    with pytest.raises(InputError, match="neither a checkpoint"):
+        train(_config(data, tmp_path / "f", init="no-such-model"))
+    assert not (tmp_path / "f").exists()
 
 
 @pytest.mark.parametrize("crop", [0, 32])

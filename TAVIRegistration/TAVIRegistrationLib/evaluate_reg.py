@@ -485,10 +485,15 @@ def _cell(v, spec: str) -> str:
     return format(v, spec)
 
 
-def table_markdown(table: Sequence[Dict[str, object]], fixed: str = "truth") -> str:
+def _patients_label(split: str) -> str:
+    return {"test": "held-out phantom patients", "val": "the validation phantom patients"}.get(
+        split, f"phantom patients of the {split!r} split")
+
+
+def table_markdown(table: Sequence[Dict[str, object]], fixed: str = "truth", split: str = "test") -> str:
     ref = "the ground-truth vessel mask" if fixed == "truth" else "the DRU-Net segmentation"
     lines = [
-        f"Registration on held-out phantom patients (fixed image: {ref}). Dice / precision / recall: registered "
+        f"Registration on {_patients_label(split)} (fixed image: {ref}). Dice / precision / recall: registered "
         "projection vs the ground-truth opacified mask inside the registration window (medians). TRE: mean "
         f"landmark error per frame, mm at the isocentre (landmarks inside the ROI); success: valid and TRE < {SUCCESS_MM:g} mm. "
         "Before: the unregistered projection. Truth affine: the projection moved by the phantom's least-squares "
@@ -544,7 +549,8 @@ def _json_clean(obj):
 # =============================================================================================
 # box plots (the paper's Fig. 8, plus the TRE)
 # =============================================================================================
-def boxplot_png(records: Sequence[Dict[str, object]], methods: Sequence[str], fixed: str = "truth") -> bytes:
+def boxplot_png(records: Sequence[Dict[str, object]], methods: Sequence[str], fixed: str = "truth",
+                split: str = "test") -> bytes:
     """PNG bytes: Dice, precision, recall and TRE per FoV, one box per method plus the "before" and
     "truth affine" references (Fig. 8 style)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -603,7 +609,7 @@ def boxplot_png(records: Sequence[Dict[str, object]], methods: Sequence[str], fi
     handles = [Patch(facecolor=palette[i % len(palette)], alpha=0.8, label=name) for i, (_, name, _) in enumerate(groups)]
     fig.legend(handles=handles, loc="lower center", ncol=len(groups), frameon=False)
     ref = "ground-truth mask" if fixed == "truth" else "DRU-Net segmentation"
-    fig.suptitle(f"Registration vs ground truth, held-out phantom patients (fixed image: {ref}); "
+    fig.suptitle(f"Registration vs ground truth, {_patients_label(split)} (fixed image: {ref}); "
                  f"dashed: {SUCCESS_MM:g} mm; n\u2191: errors above the axis", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     buf = io.BytesIO()
@@ -683,9 +689,9 @@ def run_evaluate_reg(args) -> int:
         "table": res.table, "goals": goals, "low_agreement": agreement, "seconds": round(res.seconds, 1), "machine": machine_facts(),
         "outputs": outputs, "warnings": res.warnings,
     })
-    md = ("# Registration evaluation\n\n" + table_markdown(res.table, fixed) + agreement_markdown(agreement, split)
+    md = ("# Registration evaluation\n\n" + table_markdown(res.table, fixed, split) + agreement_markdown(agreement, split)
           + "\n![box plots](boxplots.png)\n")
-    png = boxplot_png(res.records, res.methods, fixed)
+    png = boxplot_png(res.records, res.methods, fixed, split)
     with OutputSet(inputs=[args.data]) as outs:
         outs.add(out / "per_frame.csv", lambda fh: fh.write(_csv_bytes(res.records, PER_FRAME_COLUMNS)))
         outs.add(out / "table.csv", lambda fh: fh.write(_csv_bytes(res.table, TABLE_COLUMNS)))
@@ -697,7 +703,7 @@ def run_evaluate_reg(args) -> int:
     if getattr(args, "json", False):
         print(json.dumps(summary, indent=2))
     else:
-        print(table_markdown(res.table, fixed), end="")
+        print(table_markdown(res.table, fixed, split), end="")
         print(f"outputs in {out}")
     return 0
 

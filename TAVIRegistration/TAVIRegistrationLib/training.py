@@ -12,8 +12,9 @@
 * ``Logger``: tqdm progress bar and per-epoch lines on stderr (rank 0 only).
 * Checkpoints: ``save_atomic`` (torch or JSON), ``load_checkpoint(path, kind)``,
   ``save_scripted_atomic`` (TorchScript file and its SHA256).
-* ``TrainingRun``: resume, DDP wrapping, the epoch loop (time limit, validation, ``last.pt`` /
-  ``best.pt`` / ``history.json``), the summary and ``export_with_manifest``.
+* ``TrainingRun``: resume, or start from ``--init`` weights (fine-tuning), DDP wrapping, the epoch
+  loop (time limit, validation, ``last.pt`` / ``best.pt`` / ``history.json``), the summary and
+  ``export_with_manifest``.
 
 Nothing here knows what the network does: the trainers pass their model, loss, validation and
 manifest fields in. Torch is imported lazily so that building the CLI's parser stays cheap.
@@ -64,6 +65,8 @@ class TrainingConfig:
     max_minutes: Optional[float] = None
     stop_epoch: Optional[int] = None
     resume: Optional[str] = None  # None, "last" or a checkpoint path
+    #: starting weights (fine-tuning): a checkpoint of this trainer, or an installed model's manifest name
+    init: Optional[str] = None
     export: Optional[str] = None
     export_dir: Optional[str] = None
     progress: bool = True
@@ -108,6 +111,8 @@ class TrainingConfig:
         for name in self.COMMAND_OPTIONS:
             parts += ["--" + name.replace("_", "-"), _option_text(getattr(self, name))]
         parts += self.command_flags()
+        if self.init is not None:
+            parts += ["--init", str(self.init)]
         if self.stop_epoch is not None:
             parts += ["--stop-epoch", str(self.stop_epoch)]
         parts += ["--out", str(self.out)]
@@ -156,6 +161,10 @@ def add_common_training_arguments(p, config_cls) -> None:
     p.add_argument("--stop-epoch", type=int, help="stop after this epoch (keeps the schedule of --epochs)")
     p.add_argument("--resume", nargs="?", const="last", metavar="CHECKPOINT",
                    help="continue from OUT/last.pt (or the given checkpoint)")
+    p.add_argument("--init", metavar="CHECKPOINT|MODEL",
+                   help="start from these weights (fine-tuning) instead of a random initialisation: a checkpoint "
+                        "of this trainer (best.pt, last.pt) or an installed model's manifest name; the optimiser "
+                        "and schedule start afresh, the manifest records the file's SHA256")
     p.add_argument("--export", metavar="NAME", help="export the best weights as NAME.pt with a manifest entry")
     p.add_argument("--export-dir", type=Path, help="where to export (default: Resources/Models or $TAVIREG_MODELS_DIR)")
     p.add_argument("--workers", type=int, default=0,
@@ -460,6 +469,7 @@ class TrainingRun:
         self.epochs_done, self.stopped_by_time = 0, False
         self.split: Dict[str, Any] = {}
         self.described: List[Dict[str, Any]] = []
+        self.init_record: Optional[Dict[str, Any]] = None
 
     def load_checkpoint(self, path: Path) -> Dict[str, Any]:
         return load_checkpoint(path, self.checkpoint_kind, self.accept_unnamed)
@@ -480,15 +490,47 @@ class TrainingRun:
 
         if self.config.resume:
             self.load_checkpoint(self.resume_path)
+        elif self.config.init:
+            self.init_weights()
         check_writable_dir(self.out_dir)
         train, val = split_patients(samples, self.config.val_fraction, self.config.seed)
         self.split, self.described = split_record(train, val), described
         return train, val
 
+    def init_weights(self) -> Dict[str, Any]:
+        """The ``--init`` weights (a state dict): a checkpoint of this trainer, or the TorchScript file
+        of an installed model (hash-checked); remembered with the file's SHA256 for the manifest."""
+        from .models import find_entry, load_model_with_entry, models_dir, sha256_file
+
+        source = str(self.config.init)
+        path = Path(source)
+        if path.is_file():
+            state = self.load_checkpoint(path)["model"]
+            record = {"checkpoint": str(path), "sha256": sha256_file(path)}
+        else:
+            try:
+                find_entry(source)
+            except InputError:
+                raise InputError(f"--init {source}: neither a checkpoint file nor an installed model") from None
+            module, entry = load_model_with_entry(source, "cpu")
+            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            record = {"model": entry["name"], "file": str(models_dir() / entry["file"]), "sha256": entry["sha256"]}
+        self.init_record = record
+        return state
+
     def resume(self, model, opt, keys: Sequence[str]) -> bool:
         """Weights, optimiser, epoch, history and best of the checkpoint to resume from (False when
-        not resuming); its config must agree on ``keys`` and its split must be this run's."""
+        not resuming); its config must agree on ``keys`` and its split must be this run's. When not
+        resuming, the ``--init`` weights (if any) are loaded into ``model`` (the network must be the
+        same: a mismatch is an InputError)."""
         if not self.config.resume:
+            if self.config.init:
+                try:
+                    model.load_state_dict(self.init_weights())
+                except RuntimeError as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+                    raise InputError(f"--init {self.config.init}: its network differs from this run's ({first})") from None
+                self.log.line(f"started from the weights of {self.config.init}")
             return False
         ck_path = self.resume_path
         ck = self.load_checkpoint(ck_path)
@@ -502,6 +544,7 @@ class TrainingRun:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         self.start_epoch, self.history, self.best = int(ck["epoch"]), list(ck.get("history", [])), ck.get("best")
+        self.init_record = ck.get("init")
         self.log.line(f"resumed from {ck_path} after epoch {self.start_epoch}")
         return True
 
@@ -598,7 +641,7 @@ class TrainingRun:
                 self.history.append(record)
                 ck = {"format": CHECKPOINT_FORMAT, "kind": self.checkpoint_kind, "model": model.state_dict(),
                       "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": self.history, "best": self.best,
-                      "config": asdict(config), "split": self.split, "params": params,
+                      "config": asdict(config), "split": self.split, "params": params, "init": self.init_record,
                       "torch_version": torch.__version__}
                 save_atomic(ck, self.out_dir / "last.pt")
                 if improved:
@@ -668,11 +711,13 @@ class TrainingRun:
                 **metrics,
                 "checkpoint_epoch": best.get("epoch", ck.get("epoch")),
                 "epochs_trained": epochs_done,
-                "train_minutes": summary.get("train_minutes"),
+                # the epochs' own time, resumed runs included (this process may only have exported)
+                "train_minutes": round(sum(float(r.get("seconds", 0.0)) for r in self.history) / 60, 2),
                 "device": summary.get("device"),
                 "world_size": world,
             },
             "loss": loss,
+            **({"init": ck["init"]} if ck.get("init") else {}),
             "seed": config.seed,
             "command": repro.command(world),
             "argv": shlex.join(sys.argv),
