@@ -377,6 +377,27 @@ def test_training_is_deterministic(tmp_path, crop):
         assert not _same_state(_state(tmp_path / "r1" / "last.pt"), _state(tmp_path / "r4" / "last.pt"))
 
 
+def test_compare_runs_plots_validation_curves(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    data = write_vessel_folder(tmp_path / "data", n=5)
+    train(_config(data, tmp_path / "dice", loss="dice", epochs=2))
+    train(_config(data, tmp_path / "bce", loss="bce", epochs=2))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_runs.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "dice"), str(tmp_path / "bce"),
+                           "--out", str(tmp_path / "curves.png"), "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    history = json.loads((tmp_path / "dice" / "history.json").read_text())
+    assert rows["dice"]["epochs"] == 2 and rows["dice"]["best_score"] == history["best"]["score"]
+    with Image.open(tmp_path / "curves.png") as im:
+        assert im.size[0] > 1000 and len(np.unique(np.asarray(im.convert("L")))) > 10
+    bad = subprocess.run([sys.executable, str(script), str(data), "--out", str(tmp_path / "x.png")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "history.json" in bad.stderr and not (tmp_path / "x.png").exists()
+
+
 def test_case_index_csv(tmp_path):
     rng = np.random.default_rng(5)
     rows = ["patient,split,fov,image,frame,mask"]

@@ -413,7 +413,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 
     def describe(metrics) -> str:
         v, by = metrics["unknown"], metrics["selection"]["median_dice_by_source"]
-        parts = ", ".join(f"{Path(src).name} {d:.3f}" for src, d in by.items())
+        parts = ", ".join(f"{'/'.join(Path(src).parts[-2:])} {d:.3f}" for src, d in by.items())
         return (f", val median Dice {v['median_dice']:.3f} at threshold {v['threshold']:.2f} "
                 f"(P {v['median_precision'] or 0:.3f} R {v['median_recall'] or 0:.3f}); "
                 f"per data set {parts}; score {metrics['selection']['score']:.3f}")
