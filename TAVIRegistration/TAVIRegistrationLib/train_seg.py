@@ -345,8 +345,18 @@ def validation_metrics(probs: np.ndarray, samples: Sequence[Sample],
     """Per FoV (and "unknown" = all): the probability threshold that maximises the mean over data sets
     of their median Dice (so that 8 real angiograms weigh as much as 100 phantom frames), with the
     pooled medians there; and ``selection``: each frame at its FoV's threshold, the median Dice of
-    each data set and their mean, the ``score`` that picks ``best.pt``."""
+    each data set and their mean, the ``score`` that picks ``best.pt``.
+
+    Frames whose true mask is empty (a phantom frame before the contrast arrives) are left out of
+    every median, as in ``tavireg evaluate seg``: their Dice is 1 or 0, and half of a FoV's frames
+    being empty would otherwise choose the threshold that blanks them rather than the one that
+    segments vessels best. ``n_empty_gt`` counts them (they are kept only when every frame is empty)."""
     truth = np.stack([s.mask for s in samples]).astype(bool)
+    has_vessel = truth.any(axis=(1, 2))
+    use = [i for i in range(len(samples)) if has_vessel[i]] or list(range(len(samples)))
+    n_empty = {g: int(sum(1 for s, v in zip(samples, has_vessel) if not v and g in (s.fov, "unknown")))
+               for g in list(FOVS) + ["unknown"]}
+    samples, probs, truth = [samples[i] for i in use], probs[use], truth[use]
     fovs = np.array([s.fov for s in samples])
     sources = np.array([s.source for s in samples])
     result: Dict[str, Any] = {}
@@ -361,7 +371,7 @@ def validation_metrics(probs: np.ndarray, samples: Sequence[Sample],
             score, by_source = _mean_of_source_medians(dice, sources[sel])
             row = {"threshold": float(th), "median_dice": finite_median(dice),
                    "median_precision": finite_median(prec), "median_recall": finite_median(rec),
-                   "n_frames": int(sel.sum()), "median_dice_by_source": by_source}
+                   "n_frames": int(sel.sum()), "n_empty_gt": n_empty[group], "median_dice_by_source": by_source}
             if th == 0.5:
                 row05 = dict(row)
             if score > best_score:
