@@ -244,6 +244,12 @@ def test_fov_auto():
     assert fov_from_header({"SeriesDescription": "TAVI aortic root angio"}) == "upper"
     assert fov_from_header({"SeriesDescription": "TAVI femoral access"}) == "lower"
     assert fov_from_header({"SeriesDescription": "run 3"}) is None
+    # the software's name is no hint; the paper's FoV words are (the phantom's descriptions)
+    assert fov_from_header({"SeriesDescription": "TAVIRegistration phantom lower FoV cine"}) == "lower"
+    assert fov_from_header({"SeriesDescription": "TAVIRegistration phantom upper FoV cine"}) == "upper"
+    assert fov_from_header({"SeriesDescription": "TAVIRegistration run"}) is None
+    assert fov_from_header({"SeriesDescription": "femoralis communis"}) == "lower"
+    assert fov_from_header({"ProtocolName": "legacy protocol"}) is None  # LEG only as a word
 
 
 def test_gradcam_map_at_input_size(tiny_models):

@@ -37,6 +37,7 @@ Torch is imported lazily: importing this module (e.g. to build the CLI's parser)
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +55,12 @@ FOVS = ("upper", "lower")
 DEFAULT_THRESHOLD = 0.5
 _ASPECT_WARN = 1.25
 
-_LOWER_WORDS = ("ILIAC", "FEMOR", "PELVI", " LEG", "GROIN", "ABDOM", "RUNOFF", "RUN-OFF", "LOWER EXTREM")
-_UPPER_WORDS = ("HEART", "CARDI", "CHEST", "THORA", "CORONAR", "AORTIC ROOT", " ROOT", "VALV", "TAVI",
-                "TAVR", "ASCENDING", "VENTRIC")
+#: FoV words of DICOM descriptions, matched from the start of a word: a stem ends in ``\w*`` (FEMORAL,
+#: FEMORIS), a word without it must be whole ("TAVI" names the procedure; "TAVIRegistration" the
+#: software that wrote the file, which is no hint)
+_LOWER_RE = re.compile(r"\b(ILIAC\w*|FEMOR\w*|PELVI\w*|LEGS?|GROIN\w*|ABDOM\w*|RUN-?OFF|LOWER (EXTREM\w*|FOV|FIELD))\b")
+_UPPER_RE = re.compile(r"\b(HEART|CARDI\w*|CHEST|THORA\w*|CORONAR\w*|ROOT|VALV\w*|TAVI|TAVR|ASCENDING|VENTRIC\w*"
+                       r"|UPPER (FOV|FIELD))\b")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,9 +179,9 @@ def fov_from_text(*texts: Optional[str]) -> Optional[str]:
     joined = " " + " ".join(str(t) for t in texts if t).upper().replace("_", " ") + " "
     if not joined.strip():
         return None
-    if any(w in joined for w in _LOWER_WORDS):
+    if _LOWER_RE.search(joined):
         return "lower"
-    if any(w in joined for w in _UPPER_WORDS):
+    if _UPPER_RE.search(joined):
         return "upper"
     return None
 
