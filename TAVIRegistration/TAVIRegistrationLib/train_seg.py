@@ -34,7 +34,8 @@ probability threshold per FoV chosen on the validation split), ``DIR/last.pt`` a
 validation score improves, ``DIR/best.pt`` (atomic writes), ``DIR/history.json``. ``--resume`` continues
 from ``DIR/last.pt`` (or a given checkpoint) and gives the same weights as an uninterrupted run.
 The score, and the thresholds, weigh each data set once: the mean over data sets of their median
-Dice, so that the 8 real validation angiograms count as much as a phantom patient's 100 frames.
+Dice, so that the 8 real validation angiograms count as much as a phantom patient's 100 frames;
+frames whose true mask is empty are left out of the medians (as in ``tavireg evaluate seg``).
 ``--max-minutes`` stops before an epoch that would not fit; the manifest's command then says
 ``--stop-epoch K`` so that it reproduces the file.
 
