@@ -80,6 +80,7 @@ import numpy as np
 
 from .errors import InputError
 from .outputs import read_mask_png
+from .segmentation import scores_from_counts, threshold_counts
 
 FOVS = ("upper", "lower")
 FOLDER_FOV = "upper"
@@ -298,24 +299,6 @@ def frangi_segment(image: np.ndarray, threshold: float, sigmas: Sequence[float] 
     return (r >= float(threshold)).astype(np.uint8)
 
 
-def threshold_counts(response: np.ndarray, truth: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
-    """(len(thresholds), 3) array of TP, FP, FN of ``response >= t`` against ``truth`` for every t."""
-    r = np.asarray(response, np.float32).ravel()
-    t = np.asarray(truth).ravel() > 0
-    th = np.asarray(thresholds, np.float32)
-    all_sorted = np.sort(r)
-    true_sorted = np.sort(r[t])
-    n_pred = r.size - np.searchsorted(all_sorted, th, side="left")
-    tp = true_sorted.size - np.searchsorted(true_sorted, th, side="left")
-    return np.stack([tp, n_pred - tp, true_sorted.size - tp], axis=1).astype(np.int64)
-
-
-def _dice_from_counts(c: np.ndarray) -> np.ndarray:
-    tp, fp, fn = c[..., 0].astype(float), c[..., 1].astype(float), c[..., 2].astype(float)
-    denom = 2 * tp + fp + fn
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
-
-
 _WORKER_READER: Optional["FrameReader"] = None
 
 
@@ -387,7 +370,7 @@ def choose_frangi_thresholds(frames: Sequence[FrameRef], reader: Optional[FrameR
                 progress()
     if not counts:
         raise InputError("--frangi-train gives no training frames")
-    dice = _dice_from_counts(np.stack(counts))  # (n_frames, n_sigma_sets, n_thresholds)
+    dice = scores_from_counts(np.stack(counts))[0]  # (n_frames, n_sigma_sets, n_thresholds)
     fov_arr, empty_arr = np.array(fovs), np.array(empty)
     fam_arr = np.array([ref.family for ref in frames])
 

@@ -514,6 +514,31 @@ def run_gradcam(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # overlap metrics (training validation and evaluation)
 # ---------------------------------------------------------------------------------------------
+def threshold_counts(response: np.ndarray, truth: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """(len(thresholds), 3) array of TP, FP, FN of ``response >= t`` against ``truth`` for every t
+    (one sort instead of one comparison of the whole image per threshold)."""
+    r = np.asarray(response, np.float32).ravel()
+    t = np.asarray(truth).ravel() > 0
+    th = np.asarray(thresholds, np.float32)
+    all_sorted = np.sort(r)
+    true_sorted = np.sort(r[t])
+    n_pred = r.size - np.searchsorted(all_sorted, th, side="left")
+    tp = true_sorted.size - np.searchsorted(true_sorted, th, side="left")
+    return np.stack([tp, n_pred - tp, true_sorted.size - tp], axis=1).astype(np.int64)
+
+
+def scores_from_counts(counts: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dice, precision, recall) arrays of TP/FP/FN counts (last axis), with ``overlap_metrics``'
+    conventions: Dice 1 where both masks are empty, precision/recall NaN where undefined."""
+    tp, fp, fn = (counts[..., i].astype(float) for i in range(3))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = 2 * tp + fp + fn
+        dice = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), np.nan)
+        recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), np.nan)
+    return dice, precision, recall
+
+
 def overlap_metrics(pred: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
     """Dice, precision and recall of a binary prediction against a binary truth.
 

@@ -67,7 +67,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError
-from .segmentation import FOVS, preprocess, read_image_file, resize_mask
+from .segmentation import FOVS, preprocess, read_image_file, resize_mask, scores_from_counts, threshold_counts
 from .training import (TrainingConfig, TrainingRun, add_common_training_arguments, finite_median, natural_key,
                         read_case_index, run_command)
 from .outputs import read_mask_png
@@ -321,20 +321,6 @@ def predict(model, samples: Sequence[Sample], device, batch_size: int = 8) -> np
     return np.concatenate(out) if out else np.zeros((0, 1, 1), np.float16)
 
 
-def _frame_scores(pred: np.ndarray, truth: np.ndarray):
-    """Per-frame (dice, precision, recall) of boolean (N, H, W) stacks (Dice 1 where both are empty,
-    precision/recall NaN where undefined)."""
-    tp = (pred & truth).sum(axis=(1, 2)).astype(float)
-    fp = (pred & ~truth).sum(axis=(1, 2)).astype(float)
-    fn = (~pred & truth).sum(axis=(1, 2)).astype(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        denom = 2 * tp + fp + fn
-        dice = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
-        prec = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), np.nan)
-        rec = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), np.nan)
-    return dice, prec, rec
-
-
 def _mean_of_source_medians(dice: np.ndarray, sources: np.ndarray) -> Tuple[float, Dict[str, float]]:
     """The mean over data sets of their median Dice (each data set counts once, whatever its size)."""
     by_source = {str(src): float(np.median(dice[sources == src])) for src in sorted(set(sources.tolist()))}
@@ -357,7 +343,11 @@ def validation_metrics(probs: np.ndarray, samples: Sequence[Sample],
     use = [i for i in range(len(samples)) if has_vessel[i]] or list(range(len(samples)))
     n_empty = {g: int(sum(1 for s, v in zip(samples, has_vessel) if not v and g in (s.fov, "unknown")))
                for g in list(FOVS) + ["unknown"]}
-    samples, probs, truth = [samples[i] for i in use], probs[use], truth[use]
+    samples = [samples[i] for i in use]
+    ths = list(thresholds)
+    # TP/FP/FN of every frame at every threshold: (frames, thresholds, 3), then the scores
+    counts = np.stack([threshold_counts(probs[i], truth[i], ths) for i in use])
+    dice_all, prec_all, rec_all = scores_from_counts(counts)
     fovs = np.array([s.fov for s in samples])
     sources = np.array([s.source for s in samples])
     result: Dict[str, Any] = {}
@@ -365,13 +355,12 @@ def validation_metrics(probs: np.ndarray, samples: Sequence[Sample],
         sel = np.ones(len(samples), bool) if group == "unknown" else fovs == group
         if not sel.any():
             continue
-        p, t = probs[sel].astype(np.float32), truth[sel]
         best, best_score, row05 = None, -1.0, None
-        for th in thresholds:
-            dice, prec, rec = _frame_scores(p >= th, t)
+        for k, th in enumerate(ths):
+            dice = dice_all[sel, k]
             score, by_source = _mean_of_source_medians(dice, sources[sel])
             row = {"threshold": float(th), "median_dice": finite_median(dice),
-                   "median_precision": finite_median(prec), "median_recall": finite_median(rec),
+                   "median_precision": finite_median(prec_all[sel, k]), "median_recall": finite_median(rec_all[sel, k]),
                    "n_frames": int(sel.sum()), "n_empty_gt": n_empty[group], "median_dice_by_source": by_source}
             if th == 0.5:
                 row05 = dict(row)
@@ -379,9 +368,8 @@ def validation_metrics(probs: np.ndarray, samples: Sequence[Sample],
                 best, best_score = row, score
         best["median_dice_at_0.5"] = row05["median_dice"] if row05 else None
         result[group] = best
-    frame_threshold = np.array([result[f]["threshold"] for f in fovs])
-    dice, _, _ = _frame_scores(probs.astype(np.float32) >= frame_threshold[:, None, None], truth)
-    score, by_source = _mean_of_source_medians(dice, sources)
+    at_fov_threshold = [ths.index(result[f]["threshold"]) for f in fovs]
+    score, by_source = _mean_of_source_medians(dice_all[np.arange(len(samples)), at_fov_threshold], sources)
     result["selection"] = {"score": score, "median_dice_by_source": by_source,
                            "rule": "mean over data sets of the median Dice, each frame at its FoV's threshold"}
     return result

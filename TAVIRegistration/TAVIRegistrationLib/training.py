@@ -470,6 +470,7 @@ class TrainingRun:
         self.split: Dict[str, Any] = {}
         self.described: List[Dict[str, Any]] = []
         self.init_record: Optional[Dict[str, Any]] = None
+        self._init_state: Optional[Dict[str, Any]] = None  # read by split_data, loaded by resume
 
     def load_checkpoint(self, path: Path) -> Dict[str, Any]:
         return load_checkpoint(path, self.checkpoint_kind, self.accept_unnamed)
@@ -491,7 +492,7 @@ class TrainingRun:
         if self.config.resume:
             self.load_checkpoint(self.resume_path)
         elif self.config.init:
-            self.init_weights()
+            self._init_state = self.init_weights()
         check_writable_dir(self.out_dir)
         train, val = split_patients(samples, self.config.val_fraction, self.config.seed)
         self.split, self.described = split_record(train, val), described
@@ -525,8 +526,9 @@ class TrainingRun:
         same: a mismatch is an InputError)."""
         if not self.config.resume:
             if self.config.init:
+                state, self._init_state = self._init_state or self.init_weights(), None
                 try:
-                    model.load_state_dict(self.init_weights())
+                    model.load_state_dict(state)
                 except RuntimeError as exc:
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
                     raise InputError(f"--init {self.config.init}: its network differs from this run's ({first})") from None
