@@ -376,15 +376,46 @@ def test_init_fine_tunes_from_a_checkpoint_or_an_installed_model(tiny_models, tm
 
     # an installed model by its manifest name (hash-checked TorchScript file)
     monkeypatch.setenv("TAVIREG_MODELS_DIR", str(directory))
-    train(_config(data, tmp_path / "d", lr=1e-12, init="tiny"))
+    train(_config(data, tmp_path / "d", lr=1e-12, init="tiny", export="from-tiny", export_dir=str(tmp_path / "m2")))
     installed = load_model("tiny", device="cpu").state_dict()
     assert close_to(_state(tmp_path / "d" / "last.pt"), installed)
+    tiny_entry = {e["name"]: e for e in load_manifest(directory)}["tiny"]
+    init = load_manifest(tmp_path / "m2")[0]["init"]
+    assert init["model"] == "tiny" and init["sha256"] == tiny_entry["sha256"]
     with pytest.raises(InputError, match="differs"):
         train(_config(data, tmp_path / "e", init="tiny", base_channels=4))
     with pytest.raises(InputError, match="neither a checkpoint"):
         train(_config(data, tmp_path / "f", init="no-such-model"))
     assert not (tmp_path / "f").exists()
 
+
+def test_init_records_every_stage_of_a_staged_fine_tune(tmp_path, monkeypatch):
+    """A network fine-tuned in stages (a -> b -> c): the manifest's ``init`` says how each start file
+    was made (command, epoch, minutes) and nests the earlier stages; an export after ``--resume``
+    keeps that description while the start file is unchanged."""
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path / "models"))
+    data = write_vessel_folder(tmp_path / "data", n=5)
+    train(_config(data, tmp_path / "a"))
+    a_best = tmp_path / "a" / "best.pt"
+    a_epoch = torch.load(a_best, map_location="cpu", weights_only=False)["epoch"]
+    train(_config(data, tmp_path / "b", epochs=2, stop_epoch=1, init=str(a_best)))
+    # as a checkpoint written before ``init`` said more than the file and its hash
+    for name in ("last.pt", "best.pt"):
+        ck = torch.load(tmp_path / "b" / name, map_location="cpu", weights_only=False)
+        ck["init"] = {"checkpoint": str(a_best), "sha256": sha256_file(a_best)}
+        torch.save(ck, tmp_path / "b" / name)
+    train(_config(data, tmp_path / "b", epochs=2, resume="last", init=str(a_best), export="stage-b"))
+    b = {e["name"]: e for e in load_manifest()}["stage-b"]["init"]
+    assert b["sha256"] == sha256_file(a_best) and b["epoch"] == a_epoch
+    assert f"--out {tmp_path / 'a'}" in b["command"] and "--init" not in b["command"]
+    assert "init" not in b and b["train_minutes"] >= 0
+
+    b_last = tmp_path / "b" / "last.pt"  # written after the resume: with the full description
+    train(_config(data, tmp_path / "c", init=str(b_last), export="stage-c"))
+    c = {e["name"]: e for e in load_manifest()}["stage-c"]["init"]
+    assert c["sha256"] == sha256_file(b_last) and c["epoch"] == 2
+    assert f"--init {a_best}" in c["command"] and f"--out {tmp_path / 'b'}" in c["command"]
+    assert c["init"]["sha256"] == sha256_file(a_best) and c["init"]["command"] == b["command"]
 
 @pytest.mark.parametrize("crop", [0, 32])
 def test_training_is_deterministic(tmp_path, crop):

@@ -500,24 +500,46 @@ class TrainingRun:
 
     def init_weights(self) -> Dict[str, Any]:
         """The ``--init`` weights (a state dict): a checkpoint of this trainer, or the TorchScript file
-        of an installed model (hash-checked); remembered with the file's SHA256 for the manifest."""
-        from .models import find_entry, load_model_with_entry, models_dir, sha256_file
+        of an installed model (hash-checked); remembered (``describe_init``) for the manifest."""
+        from .models import load_model_with_entry
+
+        path = Path(str(self.config.init))
+        if path.is_file():
+            ck = self.load_checkpoint(path)
+            state = ck["model"]
+            self.init_record = self.describe_init(ck)
+        else:
+            self.init_record = self.describe_init()
+            module, _ = load_model_with_entry(str(self.config.init), "cpu")
+            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        return state
+
+    def describe_init(self, ck: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """What ``--init`` names, for the manifest: the file and its SHA256, and how those weights were
+        made (the command that trained them, the epoch, the minutes and, recursively, their own
+        ``init``), so that a network fine-tuned in stages records every stage. ``ck``: the checkpoint
+        when it is one (already read)."""
+        from .models import find_entry, models_dir, sha256_file
 
         source = str(self.config.init)
         path = Path(source)
         if path.is_file():
-            state = self.load_checkpoint(path)["model"]
-            record = {"checkpoint": str(path), "sha256": sha256_file(path)}
-        else:
-            try:
-                find_entry(source)
-            except InputError:
-                raise InputError(f"--init {source}: neither a checkpoint file nor an installed model") from None
-            module, entry = load_model_with_entry(source, "cpu")
-            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            record = {"model": entry["name"], "file": str(models_dir() / entry["file"]), "sha256": entry["sha256"]}
-        self.init_record = record
-        return state
+            ck = ck if ck is not None else self.load_checkpoint(path)
+            known = {f.name for f in fields(type(self.config))}
+            cfg = type(self.config)(**{k: v for k, v in (ck.get("config") or {}).items() if k in known})
+            history = ck.get("history") or []
+            return {"checkpoint": str(path), "sha256": sha256_file(path), "epoch": ck.get("epoch"),
+                    "command": cfg.command(),
+                    "train_minutes": round(sum(float(r.get("seconds", 0.0)) for r in history) / 60, 2),
+                    **({"init": ck["init"]} if ck.get("init") else {})}
+        try:
+            entry = find_entry(source)
+        except InputError:
+            raise InputError(f"--init {source}: neither a checkpoint file nor an installed model") from None
+        return {"model": entry["name"], "file": str(models_dir() / entry["file"]), "sha256": entry["sha256"],
+                **{k: entry[k] for k in ("command", "init") if entry.get(k)},
+                **({"train_minutes": entry["metrics"]["train_minutes"]}
+                   if (entry.get("metrics") or {}).get("train_minutes") is not None else {})}
 
     def resume(self, model, opt, keys: Sequence[str]) -> bool:
         """Weights, optimiser, epoch, history and best of the checkpoint to resume from (False when
@@ -547,6 +569,13 @@ class TrainingRun:
         opt.load_state_dict(ck["optimizer"])
         self.start_epoch, self.history, self.best = int(ck["epoch"]), list(ck.get("history", [])), ck.get("best")
         self.init_record = ck.get("init")
+        if self.init_record and self.config.init:  # the same start file still there: its full description
+            try:
+                fresh = self.describe_init()
+            except InputError:
+                fresh = None
+            if fresh and fresh["sha256"] == self.init_record.get("sha256"):
+                self.init_record = fresh
         self.log.line(f"resumed from {ck_path} after epoch {self.start_epoch}")
         return True
 
@@ -719,7 +748,7 @@ class TrainingRun:
                 "world_size": world,
             },
             "loss": loss,
-            **({"init": ck["init"]} if ck.get("init") else {}),
+            **({"init": self.init_record or ck["init"]} if ck.get("init") else {}),
             "seed": config.seed,
             "command": repro.command(world),
             "argv": shlex.join(sys.argv),
