@@ -519,6 +519,26 @@ def test_cli_segment_and_gradcam(tiny_models, tmp_path, monkeypatch, capsys):
     assert np.asarray(Image.open(tmp_path / "ov.png")).shape == (75, 61, 3)
 
 
+def test_bench_segmentation_times_the_installed_network(tiny_models, tmp_path, monkeypatch, capsys):
+    """``tavireg bench --only segmentation``: segment_frame per frame size and the network alone (the
+    figures are the benchmark's; here only that each is measured, and a clear error without a network)."""
+    from TAVIRegistrationLib import bench
+
+    directory, _ = tiny_models
+    res = bench.bench_segmentation(sizes=(40, 96), repeats=3, models_directory=directory)
+    assert res["model"] == "tiny" and set(res["sizes"]) == {"40", "96"}
+    assert res["network_only"]["input"] == "64x64"
+    for s in (*res["sizes"].values(), res["network_only"]):
+        assert s["n"] == 3 and 0 < s["min_ms"] <= s["median_ms"] <= s["p90_ms"]
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(directory))
+    assert cli.main(["bench", "--only", "segmentation", "--repeats", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["segmentation"]["sizes"]["1024"]["n"] == 1
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path / "empty"))
+    assert cli.main(["bench", "--only", "segmentation", "--repeats", "1"]) == 2
+    assert "needs an installed segmentation network" in capsys.readouterr().err
+
+
 def _bad_inputs(tmp_path):
     rgb = np.zeros((64, 64, 3), np.uint8)
     rgb[..., 0] = np.arange(64)

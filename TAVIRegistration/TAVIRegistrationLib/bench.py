@@ -89,6 +89,59 @@ def bench_projection(polydata=None, sizes: Sequence[int] = (512, 1024), repeats:
     return result
 
 
+def bench_segmentation(sizes: Sequence[int] = (256, 512, 1024), repeats: int = 30, *, device=None,
+                       progress=None, models_directory=None) -> Dict[str, object]:
+    """Median time of the installed DRU-Net: ``segment_frame`` (pre-processing, network, resize back,
+    threshold) on a frame of each size, and the network's forward pass alone at its input size.
+
+    The frames are smooth random grey images (a fixed seed): the network's time does not depend on
+    what it sees. Two untimed calls per size come first (allocation, TorchScript's first runs)."""
+    import torch
+
+    from .errors import InputError
+    from .segmentation import get_model, preprocess, segment_frame
+
+    try:
+        module, entry, dev = get_model(None, device, None, models_directory)
+    except InputError as exc:
+        raise InputError(f"the segmentation benchmark needs an installed segmentation network: {exc}") from None
+    rng = np.random.default_rng(0)
+    in_size = tuple(int(v) for v in entry.get("input_size", (256, 256)))
+    result: Dict[str, object] = {
+        "benchmark": "segmentation",
+        "model": entry["name"],
+        "sha256": entry["sha256"],
+        "device": str(dev),
+        "machine": {**machine_facts(), "torch_threads": torch.get_num_threads()},
+        "sizes": {},
+    }
+
+    def timed(call) -> List[float]:
+        times = []
+        for i in range(repeats + 2):
+            t0 = time.perf_counter()
+            call()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+            if progress is not None:
+                progress()
+        return times
+
+    for size in sizes:
+        coarse = rng.random((size // 16 + 2, size // 16 + 2)).astype(np.float32)
+        frame = np.kron(coarse, np.ones((16, 16), np.float32))[:size, :size] * 4000.0
+        result["sizes"][str(size)] = _summary(timed(lambda: segment_frame(frame, fov="upper", model=entry["name"],
+                                                                          device=dev,
+                                                                          models_directory=models_directory)))
+    x = torch.from_numpy(preprocess(np.kron(rng.random((18, 18)), np.ones((16, 16)))[:in_size[0], :in_size[1]],
+                                    in_size)[0])[None, None].to(dev)
+    with torch.inference_mode():
+        result["network_only"] = {"input": f"{in_size[1]}x{in_size[0]}", **_summary(timed(lambda: module(x)))}
+    return result
+
+
 def _stats(samples: List[float]):
     """``_summary`` of the samples, or None when there are none."""
     return _summary(samples) if samples else None

@@ -341,7 +341,7 @@ def _fmt3(v) -> str:
 # --------------------------------------------------------------------------------------------
 # tavireg bench
 # --------------------------------------------------------------------------------------------
-BENCHMARKS = ("projection", "pipeline")
+BENCHMARKS = ("projection", "segmentation", "pipeline")
 
 
 def _add_bench(sub) -> None:
@@ -394,6 +394,9 @@ def _run_bench(args) -> int:
         with tqdm(total=len(sizes) * (args.repeats + 2), desc="projection", unit="render",
                   file=sys.stderr, disable=None) as bar:
             results["projection"] = bench.bench_projection(polydata, sizes, args.repeats, progress=bar.update)
+    if "segmentation" in selected:
+        with tqdm(total=4 * (args.repeats + 2), desc="segmentation", unit="call", file=sys.stderr, disable=None) as bar:
+            results["segmentation"] = bench.bench_segmentation(repeats=args.repeats, progress=bar.update)
     if "pipeline" in selected:
         # --repeats frames (default 30; the issue asks for at least 20) of a generated one-patient phantom
         if args.repeats < 2:
@@ -411,9 +414,16 @@ def _run_bench(args) -> int:
         if name == "pipeline":
             _print_pipeline_bench(res)
             continue
-        print(f"{name}: {res.get('triangles', '')} triangles, machine {res['machine']}")
-        for size, summary in res["sizes"].items():
-            print(f"  {size}x{size}: median {summary['median_ms']:.1f} ms, p90 {summary['p90_ms']:.1f} ms (n={summary['n']})")
+        if name == "segmentation":
+            print(f"segmentation: {res['model']} on {res['device']} (segment_frame per frame size), machine {res['machine']}")
+        else:
+            print(f"{name}: {res.get('triangles', '')} triangles, machine {res['machine']}")
+        rows = dict(res["sizes"])
+        if "network_only" in res:
+            rows[f"network alone, {res['network_only']['input']}"] = res["network_only"]
+        for size, summary in rows.items():
+            label = size if not size.isdigit() else f"{size}x{size}"
+            print(f"  {label}: median {summary['median_ms']:.1f} ms, p90 {summary['p90_ms']:.1f} ms (n={summary['n']})")
     return EXIT_OK
 
 
