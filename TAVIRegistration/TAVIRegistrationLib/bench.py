@@ -129,14 +129,16 @@ def bench_segmentation(sizes: Sequence[int] = (256, 512, 1024), repeats: int = 3
                 progress()
         return times
 
+    def smooth_frame(size: int) -> np.ndarray:  # 12-bit-like grey levels in 16-pixel blocks
+        coarse = rng.random((size // 16 + 1, size // 16 + 1)).astype(np.float32)
+        return np.kron(coarse, np.ones((16, 16), np.float32))[:size, :size] * 4000.0
+
     for size in sizes:
-        coarse = rng.random((size // 16 + 2, size // 16 + 2)).astype(np.float32)
-        frame = np.kron(coarse, np.ones((16, 16), np.float32))[:size, :size] * 4000.0
+        frame = smooth_frame(size)
         result["sizes"][str(size)] = _summary(timed(lambda: segment_frame(frame, fov="upper", model=entry["name"],
                                                                           device=dev,
                                                                           models_directory=models_directory)))
-    x = torch.from_numpy(preprocess(np.kron(rng.random((18, 18)), np.ones((16, 16)))[:in_size[0], :in_size[1]],
-                                    in_size)[0])[None, None].to(dev)
+    x = torch.from_numpy(preprocess(smooth_frame(max(in_size)), in_size)[0])[None, None].to(dev)
     with torch.inference_mode():
         result["network_only"] = {"input": f"{in_size[1]}x{in_size[0]}", **_summary(timed(lambda: module(x)))}
     return result
