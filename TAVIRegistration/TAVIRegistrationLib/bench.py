@@ -99,14 +99,14 @@ def bench_segmentation(sizes: Sequence[int] = (256, 512, 1024), repeats: int = 3
     import torch
 
     from .errors import InputError
-    from .segmentation import get_model, preprocess, segment_frame
+    from .segmentation import _entry_size, get_model, preprocess, segment_frame
 
     try:
         module, entry, dev = get_model(None, device, None, models_directory)
     except InputError as exc:
         raise InputError(f"the segmentation benchmark needs an installed segmentation network: {exc}") from None
     rng = np.random.default_rng(0)
-    in_size = tuple(int(v) for v in entry.get("input_size", (256, 256)))
+    in_size = _entry_size(entry, None)
     result: Dict[str, object] = {
         "benchmark": "segmentation",
         "model": entry["name"],

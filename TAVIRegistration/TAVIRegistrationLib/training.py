@@ -407,6 +407,11 @@ def load_checkpoint(path: Path, kind: str, accept_unnamed: bool = False) -> Dict
     return ck
 
 
+def history_minutes(history: Sequence[Dict[str, Any]]) -> float:
+    """Minutes of training in a run's history (each epoch's own seconds, resumed runs included)."""
+    return round(sum(float(r.get("seconds", 0.0)) for r in history) / 60, 2)
+
+
 def save_scripted_atomic(scripted, target_dir: Path, file_name: str) -> Tuple[Path, str]:
     """A scripted module saved as ``target_dir/file_name`` in one step; ``(path, SHA256)``."""
     from .models import sha256_file, write_atomic
@@ -527,10 +532,9 @@ class TrainingRun:
             ck = ck if ck is not None else self.load_checkpoint(path)
             known = {f.name for f in fields(type(self.config))}
             cfg = type(self.config)(**{k: v for k, v in (ck.get("config") or {}).items() if k in known})
-            history = ck.get("history") or []
             return {"checkpoint": str(path), "sha256": sha256_file(path), "epoch": ck.get("epoch"),
                     "command": cfg.command(),
-                    "train_minutes": round(sum(float(r.get("seconds", 0.0)) for r in history) / 60, 2),
+                    "train_minutes": history_minutes(ck.get("history") or []),
                     **({"init": ck["init"]} if ck.get("init") else {})}
         try:
             entry = find_entry(source)
@@ -743,12 +747,12 @@ class TrainingRun:
                 "checkpoint_epoch": best.get("epoch", ck.get("epoch")),
                 "epochs_trained": epochs_done,
                 # the epochs' own time, resumed runs included (this process may only have exported)
-                "train_minutes": round(sum(float(r.get("seconds", 0.0)) for r in self.history) / 60, 2),
+                "train_minutes": history_minutes(self.history),
                 "device": summary.get("device"),
                 "world_size": world,
             },
             "loss": loss,
-            **({"init": self.init_record or ck["init"]} if ck.get("init") else {}),
+            **({"init": self.init_record} if self.init_record else {}),
             "seed": config.seed,
             "command": repro.command(world),
             "argv": shlex.join(sys.argv),
