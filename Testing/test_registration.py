@@ -117,6 +117,44 @@ def test_theta_direction_matches_grid_sample(vessel, window, size):
 # ---------------------------------------------------------------------------------------------
 # warp_mask
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("roi, margin, size", [((30, 40, 180, 150), 0.3, 256), ((0, 0, 256, 200), 0.5, 128),
+                                               ((200, 10, 56, 240), 0.0, None), ((5, 7, 31, 9), 0.2, 512)])
+def test_box_window_equals_the_cropped_box_mask(roi, margin, size):
+    """The ROI box on the window from its 1D profiles is the frame-grid box mask cropped and resized."""
+    x, y, w, h = roi
+    box = np.zeros(FRAME, np.uint8)
+    box[y:y + h, x:x + w] = 1
+    window = R.registration_window(roi, margin)
+    expect = R.crop_window(box, window, size)
+    got = R.box_window(roi, window, size)
+    assert got.shape == expect.shape and 0 < expect.mean() < 1
+    np.testing.assert_allclose(got, expect, atol=1e-6)
+
+
+def test_warp_mask_is_bilinear_interpolation_with_zeros_beyond_the_edges(vessel):
+    """Against scipy's bilinear resampling of the whole frame (a mask, and a box) ('grid-constant': zeros beyond the
+    source's edges, interpolated across them), computed independently of the block logic."""
+    from scipy import ndimage
+
+    m = similarity(-11.0, 0.93, (6.4, -3.1), (128, 128))
+    m[0, 1] += 0.02  # a little shear
+    inv = np.linalg.inv(m)
+    lin = inv[:2, :2][::-1, ::-1]  # (row, col) order
+    ref = ndimage.affine_transform(vessel.astype(np.float64), lin, offset=inv[:2, 2][::-1], output_shape=FRAME,
+                                   order=1, mode="grid-constant", cval=0.0, prefilter=False)
+    clear = np.abs(ref - 0.5) > 1e-6  # exact halves are ties either way
+    out = R.warp_mask(vessel, m, FRAME)
+    assert out.sum() > 500 and np.array_equal(out[clear], (ref >= 0.5)[clear])
+    # an all-ones source (a box) takes a closed form: the same picture
+    box = np.ones((150, 180), np.uint8)
+    ref = ndimage.affine_transform(np.pad(box, ((0, FRAME[0] - 150), (0, FRAME[1] - 180))).astype(np.float64), lin,
+                                   offset=inv[:2, 2][::-1], output_shape=FRAME, order=1, mode="grid-constant",
+                                   cval=0.0, prefilter=False)
+    clear = np.abs(ref - 0.5) > 1e-6
+    out = R.warp_mask(box, m, FRAME)
+    assert out.sum() > 10000 and np.array_equal(out[clear], (ref >= 0.5)[clear])
+
+
 def test_warp_mask_integer_shift_is_exact(vessel):
     m = np.eye(3)
     m[:2, 2] = (7, -5)

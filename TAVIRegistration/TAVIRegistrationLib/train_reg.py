@@ -60,6 +60,7 @@ entry (kind ``registration``) with the exact command and the validation metrics.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -70,7 +71,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError
-from .registration import DEFAULT_MARGIN, NET_SIZE, Window, crop_window, registration_window
+from .registration import DEFAULT_MARGIN, NET_SIZE, Window, box_window, crop_window, registration_window
 from .training import (TrainingConfig, TrainingRun, add_common_training_arguments, finite_median, natural_key,
                         read_case_index, run_command)
 from .outputs import read_mask_png
@@ -80,7 +81,7 @@ CHECKPOINT_KIND = "train-reg"
 _CSV_COLUMNS = ("patient", "split", "image", "mask", "projection_true", "projection_nominal")
 _SYNTH_RE = re.compile(r"^synthetic:(\d+)$")
 #: what must agree between a checkpoint and the run that resumes it
-RESUME_KEYS = ("width", "fc", "size", "seed", "batch_size", "pairs_per_epoch", "margin", "paper_pooling", "sub_roi",
+RESUME_KEYS = ("width", "fc", "size", "seed", "batch_size", "pairs_per_epoch", "margin", "pool_after", "sub_roi",
                "corrupt", "max_rotation", "max_shear", "max_shift")
 #: learning-rate factor of the last (affine) layer is HEAD_LR_UNITS / fc: Adam moves every weight by
 #: ~lr per step and each of the 6 outputs sums fc (1024) of them, so at the body's rate the predicted
@@ -90,7 +91,8 @@ GRAD_CLIP = 1.0
 #: what the manifest says about where the network departs from the paper's Fig. 4
 DEVIATIONS = (
     "2x2 max-pooling after convolutions {pool} (the paper: every other layer from the third, i.e. "
-    "3, 5, 7, 9, which keeps three 256x256 convolutions: ~9.4 G multiply-adds against ~2.4 G); "
+    "3, 5, 7, 9, which keeps three convolutions at the input's size: {paper:.2f} G multiply-adds "
+    "against {ours:.2f} G at this width and input size); "
     "{pbf}; loss: 1 - soft Dice inside the warped ROI averaged over a 4-level blur pyramid (the "
     "paper: 1 - Dice over the image)"
 )
@@ -107,7 +109,8 @@ class RegTrainConfig(TrainingConfig):
     pairs_per_epoch: int = 256
     width: float = 1.0
     fc: int = 1024
-    paper_pooling: bool = False
+    #: 1-based convolutions followed by 2x2 max-pooling; None: ``regnet.POOL_AFTER`` (the paper's: 3, 5, 7, 9)
+    pool_after: Optional[Tuple[int, ...]] = None
     margin: float = DEFAULT_MARGIN
     val_pairs: int = 4
     sub_roi: float = 0.5
@@ -121,10 +124,19 @@ class RegTrainConfig(TrainingConfig):
 
     SUBCOMMAND = "train-reg"
     COMMAND_OPTIONS = ("epochs", "batch_size", "pairs_per_epoch", "lr", "weight_decay", "seed", "size", "width", "fc",
-                       "margin", "val_fraction", "val_pairs", "sub_roi", "corrupt", "max_rotation", "scale_range",
+                       "pool_after", "margin", "val_fraction", "val_pairs", "sub_roi", "corrupt", "max_rotation", "scale_range",
                        "max_shear", "max_shift")
 
+    def __post_init__(self) -> None:
+        if self.pool_after is None:
+            from .regnet import POOL_AFTER
+
+            self.pool_after = tuple(POOL_AFTER)
+        self.pool_after = tuple(int(p) for p in self.pool_after)
+
     def check(self) -> None:
+        from .regnet import CHANNELS
+
         if not self.data:
             raise InputError("train-reg needs at least one --data folder, case index CSV or synthetic:COUNT")
         super().check()
@@ -134,7 +146,11 @@ class RegTrainConfig(TrainingConfig):
                 raise InputError(f"{name} must be >= {lo}, got {v}")
         if not 0.05 <= self.width <= 4:
             raise InputError(f"--width must lie in 0.05-4, got {self.width}")
-        mult = 2 ** len(_pool_after(self))
+        if not self.pool_after or len(set(self.pool_after)) != len(self.pool_after) or not all(
+                1 <= p <= len(CHANNELS) for p in self.pool_after):
+            raise InputError(f"--pool-after must list distinct convolutions 1-{len(CHANNELS)}, got "
+                             f"{','.join(str(p) for p in self.pool_after) or 'nothing'}")
+        mult = 2 ** len(self.pool_after)
         if self.size < 2 * mult or self.size % mult:
             raise InputError(f"--size must be a multiple of {mult}, at least {2 * mult}, got {self.size}")
         if not 0.0 <= self.margin <= 1.0:
@@ -149,13 +165,7 @@ class RegTrainConfig(TrainingConfig):
             raise InputError("--max-rotation must lie in 0-90, --max-shear in 0-0.5, --max-shift in 0-0.5")
 
     def command_flags(self) -> List[str]:
-        return (["--paper-pooling"] if self.paper_pooling else []) + (["--segment-fixed"] if self.segment_fixed else [])
-
-
-def _pool_after(config) -> Tuple[int, ...]:
-    from .regnet import PAPER_POOL_AFTER, POOL_AFTER
-
-    return tuple(PAPER_POOL_AFTER if config.paper_pooling else POOL_AFTER)
+        return ["--segment-fixed"] if self.segment_fixed else []
 
 
 def build_model(config):
@@ -163,7 +173,7 @@ def build_model(config):
     from .regnet import RegNet, scaled_channels
 
     return RegNet(in_size=config.size, fc=config.fc, pool_before_fc=True, channels=scaled_channels(config.width),
-                  pool_after=_pool_after(config))
+                  pool_after=config.pool_after)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,11 +554,11 @@ def make_pair(sample: RegSample, rng: np.random.Generator, config, size: Optiona
             known = flip @ known @ flip
     roi = _choose_roi(moving, roi, rng, config.sub_roi)
     x, y, w, h = roi
-    box = np.zeros(sample.shape, np.float32)
-    box[y:y + h, x:x + w] = 1.0
+    roi_only = np.zeros(sample.shape, np.float32)
+    roi_only[y:y + h, x:x + w] = moving[y:y + h, x:x + w]
     win = registration_window(roi, config.margin)
-    mov_w = crop_window(moving * box, win, n)
-    box_w = crop_window(box, win, n)
+    mov_w = crop_window(roi_only, win, n)
+    box_w = box_window(roi, win, n)
     outer = Window(win.x0 - win.side // 2, win.y0 - win.side // 2, 2 * win.side)
     inner_to_outer = outer.frame_to_norm() @ win.norm_to_frame()
     g = random_affine(rng, config.max_rotation, config.scale_range, config.max_shear, config.max_shift)
@@ -741,7 +751,7 @@ def _train_epoch(run: TrainingRun, net, opt, train_set: List[RegSample], epoch: 
 def manifest_fields(config: RegTrainConfig, model, ck: Dict[str, Any]):
     """The registration fields of a manifest entry (``training.TrainingRun.export_with_manifest``):
     ``(fields, metrics, loss)``."""
-    from .regnet import ARCHITECTURE, POOLED_SIZE, count_parameters, multiply_adds
+    from .regnet import ARCHITECTURE, PAPER_POOL_AFTER, POOLED_SIZE, RegNet, count_parameters, multiply_adds
 
     best = ck.get("best") or {}
     pool = list(model.pool_after)
@@ -756,7 +766,9 @@ def manifest_fields(config: RegTrainConfig, model, ck: Dict[str, Any]):
         "pool_before_fc": f"adaptive average pooling to {POOLED_SIZE}x{POOLED_SIZE}",
         "fc": config.fc,
         "deviations": DEVIATIONS.format(
-            pool=", ".join(map(str, pool)),
+            pool=", ".join(map(str, pool)), ours=multiply_adds(model) / 1e9,
+            paper=multiply_adds(RegNet(in_size=config.size, fc=config.fc, channels=model.channels,
+                                       pool_after=PAPER_POOL_AFTER)) / 1e9,
             pbf=f"adaptive average pooling to {POOLED_SIZE}x{POOLED_SIZE} before the first fully connected layer "
                 f"(its weights: {model.fc1.in_features * model.fc1.out_features / 1e6:.1f} M)"),
         "theta_convention": "torch affine_grid, align_corners=False, output (fixed) -> input (moving) sampling",
@@ -782,8 +794,15 @@ def _pair_of_floats(text: str) -> Tuple[float, float]:
     try:
         a, b = (float(v) for v in text.split(","))
     except ValueError:
-        raise InputError(f"expected LO,HI, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}") from None
     return a, b
+
+
+def _int_list(text: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def add_train_reg_parser(sub) -> None:
@@ -794,8 +813,9 @@ def add_train_reg_parser(sub) -> None:
     p.add_argument("--pairs-per-epoch", type=int, default=256, help="random pairs per epoch (default 256)")
     p.add_argument("--width", type=float, default=1.0, help="filters = Fig. 4's times this (default 1)")
     p.add_argument("--fc", type=int, default=1024, help="units of the first fully connected layer (default 1024)")
-    p.add_argument("--paper-pooling", action="store_true",
-                   help="pool after convolutions 3, 5, 7, 9 as in the paper (4x slower) instead of 1, 3, 5, 7, 9")
+    p.add_argument("--pool-after", type=_int_list, metavar="N,N,...",
+                   help="convolutions (1-9) followed by 2x2 max-pooling (default 1,3,5,7,9; the paper's 3,5,7,9 "
+                        "is about 4x slower; each pooling added early quarters the work of the layers after it)")
     p.add_argument("--segment-fixed", action="store_true",
                    help="segment the phantom index's frames with the installed DRU-Net (cached under OUT/segmentations) "
                         "and use them as the fixed image of half of those pairs")
