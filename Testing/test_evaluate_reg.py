@@ -181,6 +181,29 @@ def test_bench_pipeline_tiny_generated_case(tmp_path, monkeypatch):
     json.dumps(res)
 
 
+def test_bench_pipeline_times_cnn_and_its_network_beside_sitk(tmp_path, monkeypatch):
+    """With a registration network installed: cnn beside sitk, the speed ratio, and the network's
+    forward pass alone (what of cnn's register stage is the network; the figures are the benchmark's)."""
+    import torch
+
+    from TAVIRegistrationLib import bench
+    from TAVIRegistrationLib.models import add_manifest_entry
+    from TAVIRegistrationLib.regnet import RegNet, scaled_channels
+
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.jit.script(RegNet(in_size=64, channels=scaled_channels(0.1), fc=16)).save(str(models / "tiny.pt"))
+    add_manifest_entry({"name": "tiny", "file": "tiny.pt", "kind": "registration", "input_size": [64, 64]}, models)
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(models))
+    res = bench.bench_pipeline(None, n_frames=2, size=128, seed=3, methods=["cnn", "sitk"])
+    reg = res["stages"]["register"]
+    assert reg["cnn"]["n"] >= 2 and reg["sitk"]["n"] >= 2
+    assert res["speed_ratio_sitk_over_cnn"] == pytest.approx(reg["sitk"]["median_ms"] / reg["cnn"]["median_ms"])
+    net = res["register_network_only"]
+    assert net["input"] == "64x64" and net["n"] == 20 and 0 < net["median_ms"]
+    json.dumps(res)
+
+
 def test_agreement_threshold_separates_failures_from_successes():
     from TAVIRegistrationLib.evaluate_reg import agreement_analysis
 

@@ -89,6 +89,24 @@ def bench_projection(polydata=None, sizes: Sequence[int] = (512, 1024), repeats:
     return result
 
 
+def _time_calls(call, repeats: int, dev, progress=None) -> List[float]:
+    """Seconds of ``repeats`` calls after two untimed ones (allocation, TorchScript's first runs);
+    on a GPU each call is waited for."""
+    import torch
+
+    times = []
+    for i in range(repeats + 2):
+        t0 = time.perf_counter()
+        call()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+        if progress is not None:
+            progress()
+    return times
+
+
 def bench_segmentation(sizes: Sequence[int] = (256, 512, 1024), repeats: int = 30, *, device=None,
                        progress=None, models_directory=None) -> Dict[str, object]:
     """Median time of the installed DRU-Net: ``segment_frame`` (pre-processing, network, resize back,
@@ -117,17 +135,7 @@ def bench_segmentation(sizes: Sequence[int] = (256, 512, 1024), repeats: int = 3
     }
 
     def timed(call) -> List[float]:
-        times = []
-        for i in range(repeats + 2):
-            t0 = time.perf_counter()
-            call()
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-            if progress is not None:
-                progress()
-        return times
+        return _time_calls(call, repeats, dev, progress)
 
     def smooth_frame(size: int) -> np.ndarray:  # 12-bit-like grey levels in 16-pixel blocks
         coarse = rng.random((size // 16 + 1, size // 16 + 1)).astype(np.float32)
@@ -170,7 +178,9 @@ def bench_pipeline(data_index=None, n_frames: int = 20, methods: Optional[Sequen
     * ``whole_frame``: segment + register + overlay per method (the issue's 300 ms goal).
 
     ``speed_ratio_sitk_over_cnn``: median sitk time / median cnn time, beside each method's median
-    Dice against the fixed image (``dice``), when cnn is available.
+    Dice against the fixed image (``dice``), when cnn is available; ``register_network_only``: the
+    registration network's forward pass alone at its input size (the rest of cnn's register stage
+    is cropping, resizing, drawing the registered mask and its overlap figures).
     """
     import csv
     import tempfile
@@ -341,6 +351,17 @@ def bench_pipeline(data_index=None, n_frames: int = 20, methods: Optional[Sequen
     }
     if "cnn" in run_methods and "sitk" in run_methods:
         result["speed_ratio_sitk_over_cnn"] = ms(stages["register"]["sitk"]) / ms(stages["register"]["cnn"])
+    if "cnn" in run_methods:  # how much of cnn's register stage is the network itself
+        import torch
+
+        from .registration import _model_size, get_model
+
+        module, _, dev = get_model(None, None, models_directory)
+        size = _model_size(module, None)
+        x = torch.rand((1, 2, size, size), generator=torch.Generator().manual_seed(0)).to(dev)
+        with torch.inference_mode():
+            result["register_network_only"] = {"input": f"{size}x{size}",
+                                               **_summary(_time_calls(lambda: module(x), 20, dev))}
     if t_gen is not None:
         result["phantom_seconds"] = round(t_gen, 1)
     if load_before is not None:  # other jobs on the cores inflate every figure: say so

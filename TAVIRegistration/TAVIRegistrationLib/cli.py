@@ -370,6 +370,8 @@ def _run_bench(args) -> int:
             if stage == "register":
                 for m, sm in s.items():
                     line(f"register {m}", sm)
+                if res.get("register_network_only"):
+                    line(f"cnn network {res['register_network_only']['input']}", res["register_network_only"])
             else:
                 line(stage, s)
         for m, s in res["whole_frame"].items():
