@@ -476,6 +476,25 @@ def test_cli_train_reg_bad_input(tmp_path):
     assert r.returncode == 2 and "--size" in r.stderr
 
 
+def test_pool_after_builds_the_network_and_is_recorded(tmp_path, monkeypatch):
+    """--pool-after: the network pools where asked, the manifest's command and deviation say so, a
+    resume with other pooling is refused, and a bad list is a clear exit 2."""
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path / "models"))
+    cfg = _config(tmp_path / "p", epochs=1, pool_after=(1, 2, 3, 5), export="pooled")
+    assert list(TR.build_model(cfg).pool_after) == [1, 2, 3, 5]
+    assert TR.RegTrainConfig(data=["synthetic:2"], out="o", epochs=1, lr=1e-3, size=64).pool_after == (1, 3, 5, 7, 9)
+    TR.train(cfg)
+    (entry,) = load_manifest(tmp_path / "models")
+    assert entry["pool_after"] == [1, 2, 3, 5] and "--pool-after 1,2,3,5" in entry["command"]
+    assert "convolutions 1, 2, 3, 5" in entry["deviations"]
+    with pytest.raises(InputError, match="pool_after"):
+        TR.train(_config(tmp_path / "p", epochs=2, resume="last", pool_after=(1, 3, 5, 7)))
+    for bad, why in (("1,1", "distinct"), ("0,3", "1-9"), ("1,x", "comma-separated")):
+        r = subprocess.run([sys.executable, "-m", "TAVIRegistrationLib.cli", "train-reg", "--data", "synthetic:3",
+                            "--out", str(tmp_path / "o"), "--pool-after", bad], capture_output=True, text=True)
+        assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr
+
+
 def test_worker_processes_give_the_same_weights(tmp_path):
     """--workers prepares the batches in another process: the same batches, the same weights."""
     TR.train(_config(tmp_path / "w0", epochs=1))

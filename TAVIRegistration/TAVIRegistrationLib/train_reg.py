@@ -124,8 +124,8 @@ class RegTrainConfig(TrainingConfig):
 
     SUBCOMMAND = "train-reg"
     COMMAND_OPTIONS = ("epochs", "batch_size", "pairs_per_epoch", "lr", "weight_decay", "seed", "size", "width", "fc",
-                       "pool_after", "margin", "val_fraction", "val_pairs", "sub_roi", "corrupt", "max_rotation", "scale_range",
-                       "max_shear", "max_shift")
+                       "pool_after", "margin", "val_fraction", "val_pairs", "sub_roi", "corrupt", "max_rotation",
+                       "scale_range", "max_shear", "max_shift")
 
     def __post_init__(self) -> None:
         if self.pool_after is None:
