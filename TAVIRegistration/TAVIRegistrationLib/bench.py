@@ -107,7 +107,11 @@ def _time_calls(call, repeats: int, dev, progress=None) -> List[float]:
     return times
 
 
-def bench_segmentation(sizes: Sequence[int] = (256, 512, 1024), repeats: int = 30, *, device=None,
+#: frame sizes of ``bench_segmentation`` (pixels, square)
+SEGMENTATION_SIZES = (256, 512, 1024)
+
+
+def bench_segmentation(sizes: Sequence[int] = SEGMENTATION_SIZES, repeats: int = 30, *, device=None,
                        progress=None, models_directory=None) -> Dict[str, object]:
     """Median time of the installed DRU-Net: ``segment_frame`` (pre-processing, network, resize back,
     threshold) on a frame of each size, and the network's forward pass alone at its input size.
@@ -134,21 +138,20 @@ def bench_segmentation(sizes: Sequence[int] = (256, 512, 1024), repeats: int = 3
         "sizes": {},
     }
 
-    def timed(call) -> List[float]:
-        return _time_calls(call, repeats, dev, progress)
-
     def smooth_frame(size: int) -> np.ndarray:  # 12-bit-like grey levels in 16-pixel blocks
         coarse = rng.random((size // 16 + 1, size // 16 + 1)).astype(np.float32)
         return np.kron(coarse, np.ones((16, 16), np.float32))[:size, :size] * 4000.0
 
+    def segment(frame):
+        return segment_frame(frame, fov="upper", model=entry["name"], device=dev, models_directory=models_directory)
+
     for size in sizes:
         frame = smooth_frame(size)
-        result["sizes"][str(size)] = _summary(timed(lambda: segment_frame(frame, fov="upper", model=entry["name"],
-                                                                          device=dev,
-                                                                          models_directory=models_directory)))
+        result["sizes"][str(size)] = _summary(_time_calls(lambda: segment(frame), repeats, dev, progress))
     x = torch.from_numpy(preprocess(smooth_frame(max(in_size)), in_size)[0])[None, None].to(dev)
     with torch.inference_mode():
-        result["network_only"] = {"input": f"{in_size[1]}x{in_size[0]}", **_summary(timed(lambda: module(x)))}
+        net = _time_calls(lambda: module(x), repeats, dev, progress)
+    result["network_only"] = {"input": f"{in_size[1]}x{in_size[0]}", **_summary(net)}
     return result
 
 

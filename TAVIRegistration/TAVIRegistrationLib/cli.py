@@ -397,7 +397,8 @@ def _run_bench(args) -> int:
                   file=sys.stderr, disable=None) as bar:
             results["projection"] = bench.bench_projection(polydata, sizes, args.repeats, progress=bar.update)
     if "segmentation" in selected:
-        with tqdm(total=4 * (args.repeats + 2), desc="segmentation", unit="call", file=sys.stderr, disable=None) as bar:
+        calls = (len(bench.SEGMENTATION_SIZES) + 1) * (args.repeats + 2)  # each size, then the network alone
+        with tqdm(total=calls, desc="segmentation", unit="call", file=sys.stderr, disable=None) as bar:
             results["segmentation"] = bench.bench_segmentation(repeats=args.repeats, progress=bar.update)
     if "pipeline" in selected:
         # --repeats frames (default 30; the issue asks for at least 20) of a generated one-patient phantom

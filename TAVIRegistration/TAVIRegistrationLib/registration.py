@@ -251,17 +251,15 @@ def box_window(roi: Sequence[int], window: Window, size: Optional[int] = None) -
     area averaging and bilinear resizing act on each axis alone, so the box's window image is the
     outer product of its resized row and column profiles (to float rounding), without building
     and resizing a frame-sized mask."""
+    from .segmentation import resize_image
+
     x, y, w, h = (int(v) for v in roi)
     n = window.side if size is None else int(size)
     profiles = []
     for start, length in ((y - window.y0, h), (x - window.x0, w)):
         line = np.zeros((window.side, 1), np.float32)
         line[max(start, 0):max(start + length, 0)] = 1.0
-        if n != window.side:
-            from .segmentation import resize_image
-
-            line = resize_image(line, (n, 1))
-        profiles.append(line[:, 0])
+        profiles.append((resize_image(line, (n, 1)) if n != window.side else line)[:, 0])
     return np.outer(profiles[0], profiles[1]).astype(np.float32)
 
 
