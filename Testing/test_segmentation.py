@@ -499,6 +499,76 @@ def test_case_index_reads_dicom_frames(tmp_path):
         read_image_file(tmp_path / "run.dcm", 2)
 
 
+def _write_case_index(folder: Path, rng) -> Path:
+    """4 patients x 2 frames of 96 x 96 PNG, P3 marked test; returns the CSV."""
+    rows = ["patient,split,fov,image,frame,mask"]
+    for p in range(4):
+        for f in range(2):
+            img, mask = vessel_image(rng, 96, 96)
+            Image.fromarray(img).save(folder / f"p{p}_{f}.png")
+            Image.fromarray(mask * 255).save(folder / f"p{p}_{f}_gt.png")
+            split = "test" if p == 3 else ("val" if p == 2 else "train")
+            rows.append(f"P{p},{split},{'lower' if f else 'upper'},p{p}_{f}.png,,p{p}_{f}_gt.png")
+    (folder / "cases.csv").write_text("\n".join(rows) + "\n")
+    return folder / "cases.csv"
+
+
+def test_pack_seg_writes_a_small_case_index_that_trains_like_the_source(tmp_path, capsys):
+    src = _write_case_index(tmp_path, np.random.default_rng(8))
+    out = tmp_path / "packed"
+    out.mkdir()
+    assert cli.main(["pack-seg", str(src), "--out", str(out / "small.csv"), "--size", "64", "--quiet"]) == 0
+    assert "packed 6 frames" in capsys.readouterr().out
+    record = json.loads((out / "small.csv.json").read_text())
+    assert record["rows"] == 6 and record["test_rows_skipped"] == 2 and record["jpeg_quality"] == 97
+    assert record["command"].startswith("tavireg pack-seg ") and "--size 64" in record["command"]
+    assert sorted(p.name for p in out.iterdir()) == ["small", "small.csv", "small.csv.json"]  # no partial left
+    with Image.open(next((out / "small").glob("*.jpg"))) as im:
+        assert im.format == "JPEG" and im.mode == "L" and im.size == (64, 64)
+
+    original, _ = load_case_index(src, 64)
+    packed, skipped = load_case_index(out / "small.csv", 64)
+    assert skipped == 0 and len(packed) == len(original) == 6
+    names = sorted((out / "small").glob("*.jpg"))
+    for a, b, name in zip(original, packed, names):
+        assert (a.patient.split(":")[1], a.fov, a.split) == (b.patient.split(":")[1], b.fov, b.split)
+        assert np.array_equal(a.mask, b.mask)
+        with Image.open(name) as im:  # the stored frame is the network's input, to JPEG's error
+            diff = np.abs(np.asarray(im, np.float32) / 255.0 - a.image.astype(np.float32))
+        assert diff.mean() < 0.01 and diff.max() < 0.06, (diff.mean(), diff.max())
+        # read back, it is normalised once more (its own percentiles): the same picture, re-stretched
+        assert np.corrcoef(a.image.ravel().astype(np.float64), b.image.ravel().astype(np.float64))[0, 1] > 0.99
+
+    assert cli.main(["pack-seg", str(src), "--out", str(out / "all.csv"), "--size", "64", "--all-train",
+                     "--format", "png", "--quiet"]) == 0
+    all_train, _ = load_case_index(out / "all.csv", 64)
+    assert {s.split for s in all_train} == {"train"} and next((out / "all").glob("*.png"))
+
+
+def test_pack_seg_refuses_bad_input_and_leaves_nothing_behind(tmp_path, capsys):
+    src = _write_case_index(tmp_path, np.random.default_rng(9))
+    out = tmp_path / "packed"
+    out.mkdir()
+    assert cli.main(["pack-seg", str(src), "--out", str(out / "a.csv"), "--size", "64", "--quiet"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    bad_calls = [
+        ["pack-seg", str(src), "--out", str(out / "a.csv")],  # exists
+        ["pack-seg", str(tmp_path / "missing.csv"), "--out", str(out / "b.csv")],
+        ["pack-seg", str(src), "--out", str(out / "b.txt")],
+        ["pack-seg", str(src), "--out", str(out / "b.csv"), "--size", "50"],
+        ["pack-seg", str(src), "--out", str(tmp_path / "nowhere" / "b.csv")],
+    ]
+    for argv in bad_calls:
+        assert cli.main(argv + ["--quiet"]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "p2_1_gt.png").unlink()  # fails on the fourth row, after three were written
+    assert cli.main(["pack-seg", str(src), "--out", str(out / "c.csv"), "--size", "64", "--quiet"]) == 2
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in out.iterdir()) == ["a", "a.csv", "a.csv.json"]
+
+
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------

@@ -470,6 +470,7 @@ _REGISTRY = [
     (_lazy("segmentation", "add_segment_parser"), "segment", _lazy("segmentation", "run_segment")),
     (_lazy("segmentation", "add_gradcam_parser"), "gradcam", _lazy("segmentation", "run_gradcam")),
     (_lazy("train_seg", "add_train_seg_parser"), "train-seg", _lazy("train_seg", "run_train_seg")),
+    (_lazy("train_seg", "add_pack_seg_parser"), "pack-seg", _lazy("train_seg", "run_pack_seg")),
     (_lazy("train_reg", "add_train_reg_parser"), "train-reg", _lazy("train_reg", "run_train_reg")),
     (_lazy("evaluate", "add_evaluate_parser"), "evaluate", _lazy("evaluate", "run_evaluate")),
 ]
