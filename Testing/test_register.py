@@ -145,6 +145,8 @@ def test_known_affine_is_recovered_within_a_pixel(frame):
         fixed = warp_mask(moving_roi, A @ T_roi, (rows, cols))
         reg = pipe.register(i, roi, fixed_mask=fixed, method="sitk")
         assert reg.valid, reg.result.problems
+        # the run's FoV (which picks a FoV's registration network): its header's, unless one is named
+        assert (pipe.fov(), pipe.fov("lower"), pipe.fov("auto")) == (row["fov"], "lower", row["fov"])
         corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], float).T
         err = np.hypot(*((reg.matrix @ corners)[:2] - (A @ T_roi @ corners)[:2]))
         assert err.max() < 1.0, err

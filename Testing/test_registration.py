@@ -459,6 +459,28 @@ def test_train_checkpoint_resume_export(tmp_path, monkeypatch, vessel):
         TR.train(_config(tmp_path / "a", epochs=3, resume="last", fc=32))
 
 
+def test_default_network_follows_the_frames_fov(tmp_path, vessel):
+    """A network whose manifest entry lists a FoV serves that FoV's frames; the others (and frames
+    of unknown FoV) get the default one."""
+    import shutil
+
+    from TAVIRegistrationLib.models import add_manifest_entry
+
+    models = tmp_path / "models"
+    TR.train(_config(tmp_path / "run", epochs=1, export="reg-all", export_dir=str(models)))
+    (entry,) = load_manifest(models)
+    add_manifest_entry({**entry, "default": True}, models)
+    shutil.copy(models / "reg-all.pt", models / "reg-upper.pt")
+    add_manifest_entry({**entry, "name": "reg-upper", "file": "reg-upper.pt", "fov": ["upper"],
+                        "created": "2999-01-01T00:00:00+00:00"}, models)
+    _, fixed = _known_case(vessel)
+    used = {fov: R.register_pair(vessel, fixed, ROI, "cnn", device="cpu", models_directory=models, fov=fov).model_name
+            for fov in ("upper", "lower", None, "unknown")}
+    assert used == {"upper": "reg-upper", "lower": "reg-all", None: "reg-all", "unknown": "reg-all"}
+    assert R.register_pair(vessel, fixed, ROI, "cnn", model="reg-all", device="cpu", models_directory=models,
+                           fov="upper").model_name == "reg-all"  # a named network is used as named
+
+
 def test_training_is_deterministic(tmp_path):
     TR.train(_config(tmp_path / "r1", epochs=1))
     TR.train(_config(tmp_path / "r2", epochs=1))

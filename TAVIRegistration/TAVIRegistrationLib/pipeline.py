@@ -136,6 +136,14 @@ class RegistrationPipeline:
         return crop.copy(), roi
 
     # -- segmentation -------------------------------------------------------------------------
+    def fov(self, fov: str = "auto") -> Optional[str]:
+        """The run's field of view: ``fov`` when it names one, else what its DICOM header says
+        (None when nothing does)."""
+        from .segmentation import FOVS, fov_from_header
+
+        f = (fov or "auto").lower()
+        return f if f in FOVS else fov_from_header(getattr(self.series, "header", None))
+
     def segment(self, index: int, fov: str = "auto", model=None, device=None):
         """The DRU-Net vessel mask of frame ``index`` (cached per frame and FoV)."""
         from .segmentation import fov_from_header, segment_frame
@@ -171,7 +179,9 @@ class RegistrationPipeline:
             seg = self.segment(index, fov=fov, model=seg_model, device=device)
             fixed, fixed_source = seg.mask, "segmentation"
             warnings.extend(seg.warnings)
+            frame_fov = seg.fov_used
         else:
+            frame_fov = self.fov(fov)
             fixed = np.asarray(fixed_mask)
             if fixed.shape != (rows, cols):
                 raise InputError(f"fixed mask is {fixed.shape[1]}x{fixed.shape[0]}, the frame is {cols}x{rows}")
@@ -179,7 +189,7 @@ class RegistrationPipeline:
         if not fixed.any():
             raise InputError(f"frame {index}: the vessel mask is empty (no contrast-filled vessel found)")
         result = register_pair(fp.projection.mask, fixed, roi, method=method, model=reg_model,
-                               init=init, device=device)
+                               init=init, device=device, fov=frame_fov)
         warnings.extend(result.warnings)
         return FrameRegistration(index, roi, fp, fixed, fixed_source, result, warnings)
 

@@ -484,9 +484,10 @@ def refine_theta(theta0, moving, fixed, roi_box, steps: int = DEFAULT_REFINE_STE
 _MODEL_CACHE: Dict[Tuple[str, str, str, str], Tuple[Any, Dict[str, Any]]] = {}
 
 
-def get_model(model=None, device=None, directory=None):
+def get_model(model=None, device=None, directory=None, fov: Optional[str] = None):
     """``(module, entry or None, device)`` from a module, a manifest name or None (the default
-    registration model). A module must be a RegNet (``architecture``) with align_corners False."""
+    registration model: one whose manifest ``fov`` lists ``fov`` when there is one, see
+    ``models.find_entry``). A module must be a RegNet (``architecture``) with align_corners False."""
     import torch
 
     from .models import find_entry, load_model_with_entry, models_dir, pick_device
@@ -495,7 +496,7 @@ def get_model(model=None, device=None, directory=None):
     entry = None
     if model is None or isinstance(model, (str, Path)):
         name = str(model) if model is not None else "registration"
-        entry = find_entry(name, directory)
+        entry = find_entry(name, directory, fov=fov if fov in ("upper", "lower") else None)
         if entry["kind"] != "registration":
             raise InputError(f"model {entry['name']!r} is a {entry['kind']} model, not a registration model")
         key = (entry["name"], str(directory or models_dir()), str(dev), str(entry["sha256"]))
@@ -656,7 +657,8 @@ def _compose_thetas(first, second):
 def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str = "cnn", model=None, *,
                   init=None, refine_steps: int = DEFAULT_REFINE_STEPS, device=None,
                   margin: Optional[float] = None, models_directory=None,
-                  sitk_options: Optional[Dict[str, Any]] = None, passes: Optional[int] = None) -> RegistrationResult:
+                  sitk_options: Optional[Dict[str, Any]] = None, passes: Optional[int] = None,
+                  fov: Optional[str] = None) -> RegistrationResult:
     """Register the model's projection (inside ``roi``) to the frame's vessel mask.
 
     ``moving_frame_mask``: the projection mask on the frame's pixel grid (everything outside ``roi``
@@ -668,7 +670,9 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     ``margin``: the window margin (default: the model's ``window_margin`` from the manifest, else
     ``DEFAULT_MARGIN``). ``sitk_options``: keyword arguments of ``sitk_register``. ``passes``: how
     many times the CNN is applied, each pass to the moving image warped by the affine so far and
-    composed with it (default: the model's ``cnn_passes`` from the manifest, else 1).
+    composed with it (default: the model's ``cnn_passes`` from the manifest, else 1). ``fov``:
+    the frame's field of view (upper, lower; None = unknown), which picks the default network when
+    one is installed for that FoV.
     """
     import torch
 
@@ -678,7 +682,7 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
         raise InputError(f"refine steps must be >= 0, got {refine_steps}")
     entry = None
     if method != "sitk":
-        module, entry, dev = get_model(model, device, models_directory)
+        module, entry, dev = get_model(model, device, models_directory, fov)
         size = _model_size(module, entry)
     else:  # the network's input size when one is named, so that comparisons use identical inputs
         module, dev, size = None, torch.device("cpu"), NET_SIZE

@@ -112,8 +112,7 @@ class TrainConfig(TrainingConfig):
             raise InputError(f"--base-channels must lie in 1-128, got {self.base_channels}")
         if self.loss not in LOSSES:
             raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.size < 32 or self.size % 16:
-            raise InputError(f"--size must be a multiple of 16, at least 32, got {self.size}")
+        check_size(self.size)
         if self.folder_fov not in FOVS:
             raise InputError(f"--folder-fov must be upper or lower, got {self.folder_fov!r}")
         if self.crop and not (32 <= self.crop <= self.size and self.crop % 16 == 0):
@@ -126,6 +125,12 @@ class TrainConfig(TrainingConfig):
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
+def check_size(size: int) -> None:
+    """The DRU-Net's input size: four 2x2 poolings need a multiple of 16."""
+    if size < 32 or size % 16:
+        raise InputError(f"--size must be a multiple of 16, at least 32, got {size}")
+
+
 @dataclass
 class Sample:
     image: np.ndarray  # float16 (size, size), pre-processed
@@ -261,8 +266,7 @@ def pack_case_index(csv_path: Path, out_csv: Path, size: int = 256, image_format
     csv_path, out_csv = Path(csv_path), Path(out_csv)
     if image_format not in ("jpeg", "png"):
         raise InputError(f"--format must be jpeg or png, got {image_format!r}")
-    if size < 32 or size % 16:
-        raise InputError(f"--size must be a multiple of 16, at least 32, got {size}")
+    check_size(size)
     if not csv_path.is_file():
         raise InputError(f"case index {csv_path} does not exist")
     if out_csv.suffix.lower() != ".csv":
@@ -273,8 +277,6 @@ def pack_case_index(csv_path: Path, out_csv: Path, size: int = 256, image_format
             raise InputError(f"{p} already exists; choose another --out")
     if not out_csv.parent.is_dir():
         raise InputError(f"folder {out_csv.parent} does not exist")
-    if out_csv.resolve().parent == csv_path.resolve().parent and folder.name == csv_path.stem:
-        raise InputError("--out would write beside the source index under its own name")
     rows, n_rows, skipped = _case_rows(csv_path, size)
     if n_rows == 0:
         raise InputError(f"{csv_path.name} has no rows to pack (only test rows)")
