@@ -146,13 +146,12 @@ class RegistrationPipeline:
 
     def segment(self, index: int, fov: str = "auto", model=None, device=None):
         """The DRU-Net vessel mask of frame ``index`` (cached per frame and FoV)."""
-        from .segmentation import fov_from_header, segment_frame
+        from .segmentation import segment_frame
 
         key = (index, fov, model if isinstance(model, (str, type(None))) else id(model))
         if key not in self._segmentations:
-            hint = fov_from_header(getattr(self.series, "header", None))
             self._segmentations[key] = segment_frame(self.frame(index), fov=fov, model=model,
-                                                     device=device, fov_hint=hint)
+                                                     device=device, fov_hint=self.fov())
         return self._segmentations[key]
 
     # -- registration --------------------------------------------------------------------------
