@@ -183,6 +183,17 @@ def test_same_seed_gives_the_same_data(dataset, tmp_path):
     assert cli.main(["phantom", "--out", str(again)] + ARGS) == 2
 
 
+def test_worker_processes_give_the_same_data_as_one(tmp_path):
+    """``--workers 2`` (the default on two cores) runs patients in a process pool, whose workers
+    read their own meshes back in-process (a pool worker may not start the guarded reader's child)."""
+    args = ["--patients", "2", "--frames-per-patient", "3", "--size", "256", "--seed", "7"]
+    assert cli.main(["phantom", "--out", str(tmp_path / "one")] + args + ["--workers", "1"]) == 0
+    assert cli.main(["phantom", "--out", str(tmp_path / "two")] + args + ["--workers", "2"]) == 0
+    assert (tmp_path / "one" / "index.csv").read_bytes() == (tmp_path / "two" / "index.csv").read_bytes()
+    for dcm in sorted((tmp_path / "one").rglob("*.dcm")):
+        assert dcm.read_bytes() == (tmp_path / "two" / dcm.relative_to(tmp_path / "one")).read_bytes()
+
+
 @pytest.mark.parametrize("primary, side", [(30.0, +1), (-30.0, -1)])
 def test_spine_is_right_of_the_root_in_lao_and_left_in_rao(primary, side):
     pre = generate_anatomy(5)

@@ -699,10 +699,12 @@ def _read_surface_guarded(path: Path, fmt: str):
     forked child process: VTK's readers and filters are native code that some corrupt files crash
     (``benchmarks/fuzz.py`` found PLY and legacy VTK files that do, and cells pointing past the
     point list that crash the triangle filter); in a child, a crash becomes an InputError instead of
-    taking the whole program with it. Where ``fork`` is not available the file is read in-process."""
+    taking the whole program with it. Where ``fork`` is not available, and in a daemonic process
+    (a ``multiprocessing.Pool`` worker, such as the phantom generator's, may not have children), the
+    file is read in-process."""
     import multiprocessing
 
-    if "fork" not in multiprocessing.get_all_start_methods():
+    if "fork" not in multiprocessing.get_all_start_methods() or multiprocessing.current_process().daemon:
         return _read_and_finish(path, fmt)
     ctx = multiprocessing.get_context("fork")
     receiver, sender = ctx.Pipe(duplex=False)
