@@ -471,6 +471,11 @@ def test_case_index_csv(tmp_path):
     (tmp_path / "bad.csv").write_text("\n".join(bad) + "\n")
     with pytest.raises(InputError, match="patient-wise"):
         load_case_index(tmp_path / "bad.csv", 64)
+    for bad_row, message in ((rows[1].replace(",upper,", ",side,"), "line 2: fov must be upper or lower"),
+                             (rows[1].replace(".png,,", ".png,x,"), "line 2: frame must be an integer")):
+        (tmp_path / "bad.csv").write_text("\n".join([rows[0], bad_row]) + "\n")
+        with pytest.raises(InputError, match=message):
+            load_case_index(tmp_path / "bad.csv", 64)
     (tmp_path / "cols.csv").write_text("patient,image\nP0,p0_0.png\n")
     with pytest.raises(InputError, match="lacks the column"):
         load_case_index(tmp_path / "cols.csv", 64)

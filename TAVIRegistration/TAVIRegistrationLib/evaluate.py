@@ -80,9 +80,9 @@ import numpy as np
 
 from .errors import InputError
 from .outputs import read_mask_png
-from .segmentation import scores_from_counts, threshold_counts
+from .segmentation import FOVS, scores_from_counts, threshold_counts
+from .training import row_fov_and_frame
 
-FOVS = ("upper", "lower")
 FOLDER_FOV = "upper"
 INDEX_COLUMNS = ("patient", "split", "fov", "image", "frame", "mask")
 EVAL_SPLIT = "test"
@@ -178,13 +178,7 @@ def index_frames(csv_path: Path, split: str, label: Optional[str] = None) -> Tup
         sides.setdefault(r["patient"], set()).add(s)
         if s != split:
             continue
-        fov = r["fov"].lower()
-        if fov not in FOVS:
-            raise InputError(f"{csv_path.name} line {i}: fov must be upper or lower, got {r['fov']!r}")
-        try:
-            frame = int(r["frame"]) if r["frame"] else 0
-        except ValueError:
-            raise InputError(f"{csv_path.name} line {i}: frame must be an integer, got {r['frame']!r}") from None
+        fov, frame = row_fov_and_frame(r, f"{csv_path.name} line {i}")
         if not r["image"] or not r["mask"]:
             raise InputError(f"{csv_path.name} line {i}: empty image or mask path")
         name = f"{r['patient']} {Path(r['image']).stem}#{frame}"

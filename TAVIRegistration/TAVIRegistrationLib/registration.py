@@ -491,12 +491,13 @@ def get_model(model=None, device=None, directory=None, fov: Optional[str] = None
     import torch
 
     from .models import find_entry, load_model_with_entry, models_dir, pick_device
+    from .segmentation import FOVS
 
     dev = torch.device(device) if device is not None else pick_device()
     entry = None
     if model is None or isinstance(model, (str, Path)):
         name = str(model) if model is not None else "registration"
-        entry = find_entry(name, directory, fov=fov if fov in ("upper", "lower") else None)
+        entry = find_entry(name, directory, fov=fov if fov in FOVS else None)
         if entry["kind"] != "registration":
             raise InputError(f"model {entry['name']!r} is a {entry['kind']} model, not a registration model")
         key = (entry["name"], str(directory or models_dir()), str(dev), str(entry["sha256"]))

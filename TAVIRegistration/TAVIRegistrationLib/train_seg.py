@@ -71,7 +71,7 @@ import numpy as np
 from .errors import InputError
 from .segmentation import FOVS, preprocess, read_image_file, resize_mask, scores_from_counts, threshold_counts
 from .training import (TrainingConfig, TrainingRun, add_common_training_arguments, finite_median, natural_key,
-                        read_case_index, run_command)
+                        read_case_index, row_fov_and_frame, run_command)
 from .outputs import read_mask_png
 
 LOSSES = ("per-fov", "dice", "bce", "combined")
@@ -172,14 +172,8 @@ def _case_rows(csv_path: Path, size: int):
     def read():
         cache: Dict[Path, Any] = {}
         for row in rows:
-            r, where = row.values, f"{csv_path.name} line {row.line}"
-            fov = r["fov"].lower()
-            if fov not in FOVS:
-                raise InputError(f"{where}: fov must be upper or lower, got {r['fov']!r}")
-            try:
-                frame = int(r["frame"]) if r["frame"] else 0
-            except ValueError:
-                raise InputError(f"{where}: frame must be an integer, got {r['frame']!r}") from None
+            r = row.values
+            fov, frame = row_fov_and_frame(r, f"{csv_path.name} line {row.line}")
             image = _case_frame((csv_path.parent / r["image"]).resolve(), frame, cache)
             x, _ = preprocess(image, (size, size), what=f"{r['image']} frame {frame}")
             m = resize_mask(read_mask_png(csv_path.parent / r["mask"], image.shape), (size, size))

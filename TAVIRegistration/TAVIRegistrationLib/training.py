@@ -249,6 +249,20 @@ def read_case_index(csv_path: Path, columns: Sequence[str], missing_hint: str = 
     return out, skipped
 
 
+def row_fov_and_frame(values: Dict[str, str], where: str) -> Tuple[str, int]:
+    """A case-index row's FoV (``upper``/``lower``) and frame number (empty = 0); an InputError
+    naming ``where`` (e.g. "index.csv line 7") otherwise."""
+    from .segmentation import FOVS
+
+    fov = values["fov"].lower()
+    if fov not in FOVS:
+        raise InputError(f"{where}: fov must be upper or lower, got {values['fov']!r}")
+    try:
+        return fov, int(values["frame"]) if values["frame"] else 0
+    except ValueError:
+        raise InputError(f"{where}: frame must be an integer, got {values['frame']!r}") from None
+
+
 def split_patients(samples: List[Any], val_fraction: float, seed: int) -> Tuple[List[Any], List[Any]]:
     """Patient-wise (train, val) of samples with ``patient``, ``source`` and ``split``: given splits
     kept, the rest split per data set (``source``) by a seeded shuffle."""
