@@ -80,7 +80,7 @@ def test_evaluate_reg_outputs_and_table(sitk_eval):
     for row in table:
         recs = [r for r in frames if row["fov"] in ("all", r["fov"])]
         assert int(row["n"]) == len(recs)
-        for key in ("dice", "precision", "recall", "dice_before", "dice_truth_affine"):
+        for key in ("dice", "precision", "recall", "dice_before", "dice_truth_affine", "dice_optimum"):
             v = [_f(r[key]) for r in recs if r[key] != ""]
             assert _f(row[f"median_{key}"]) == pytest.approx(float(np.median(v)), abs=1e-5)
         with_lm = [r for r in recs if int(r["n_landmarks"]) > 0]
@@ -89,6 +89,10 @@ def test_evaluate_reg_outputs_and_table(sitk_eval):
             assert _f(row["mean_tre_mm"]) == pytest.approx(float(np.mean([_f(r["tre_mm"]) for r in with_lm])), abs=1e-5)
             verdicts = [r["success"] == "True" for r in with_lm]
             assert _f(row["success_rate"]) == pytest.approx(sum(verdicts) / len(verdicts))
+            optimum = [r["success_optimum"] == "True" for r in with_lm]
+            assert _f(row["success_rate_optimum"]) == pytest.approx(sum(optimum) / len(optimum))
+            assert _f(row["median_tre_optimum_mm"]) == pytest.approx(
+                float(np.median([_f(r["tre_optimum_mm"]) for r in with_lm])), abs=1e-5)
         assert int(row["n_invalid"]) == sum(r["valid"] != "True" for r in recs)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"] == ["sitk"] and summary["fixed"] == "truth"
@@ -217,3 +221,46 @@ def test_agreement_threshold_separates_failures_from_successes():
     assert chosen["n_success"] == 40 and chosen["n_failure"] == 10 and chosen["chosen_here"]
     given = agreement_analysis(recs, 0.5)["cnn"]
     assert given["threshold"] == 0.5 and 0 < given["failures_flagged"] < 1 and not given["chosen_here"]
+
+
+def test_dice_optimum_is_the_refinement_from_the_truth_affine():
+    """The "Dice optimum" reference: with a fixed mask that is exactly the projection moved by an
+    affine, the optimum stays at that affine (TRE ~0) when started there, and returns to it when the
+    phantom's affine is off by a shift (the refinement really runs from the given start)."""
+    import torch
+
+    from TAVIRegistrationLib import registration as R
+    from TAVIRegistrationLib import train_reg as TR
+    from TAVIRegistrationLib.phantom import FrameTruth
+
+    torch.set_num_threads(1)
+    frame, roi = (256, 256), (60, 40, 130, 150)
+    vessel = TR.synthetic_vessel_mask(frame, np.random.default_rng(3))
+    a = math.radians(4.0)
+    true_m = np.array([[1.03 * math.cos(a), -1.03 * math.sin(a), 8.0], [1.03 * math.sin(a), 1.03 * math.cos(a), -11.0],
+                       [0.0, 0.0, 1.0]])
+    fixed = R.warp_mask(vessel, true_m, frame)
+    ys, xs = np.nonzero(vessel[roi[1]:roi[1] + roi[3], roi[0]:roi[0] + roi[2]])
+    pick = np.linspace(0, len(xs) - 1, 5).astype(int)
+    nominal = {f"L{k}": np.array([xs[i] + roi[0], ys[i] + roi[1]], float) for k, i in enumerate(pick)}
+    moved = {k: (true_m @ np.r_[p, 1.0])[:2] for k, p in nominal.items()}
+
+    def truth(affine):
+        return FrameTruth(mask=fixed, projection_nominal=vessel, affine=affine, landmarks_px=moved,
+                          landmarks_nominal_px=nominal, landmarks_in_frame=list(nominal), mm_per_px_at_isocenter=0.2,
+                          isocenter_lps=(0.0, 0.0, 0.0))
+
+    window = R.registration_window(roi)
+    exact = ev.optimum_near_truth(vessel, fixed, roi, truth(true_m), 5)
+    reference = ev.truth_affine_overlap(vessel, roi, truth(true_m), window)["dice"]  # window Dice (< 1: the ROI)
+    assert exact["tre_optimum_mm"] < 0.1 and exact["success_optimum"] is True
+    assert exact["dice_optimum"] == pytest.approx(reference, abs=0.01)
+    off = true_m.copy()
+    off[:2, 2] += (7.0, -5.0)  # 8.6 px = 1.7 mm off
+    assert ev.mean_tre_mm(truth(off), off, roi)[0] > 1.5
+    back = ev.optimum_near_truth(vessel, fixed, roi, truth(off), 5)
+    assert back["tre_optimum_mm"] < 0.3 and back["dice_optimum"] == pytest.approx(reference, abs=0.02)
+    assert ev.truth_affine_overlap(vessel, roi, truth(off), window)["dice"] < reference - 0.2
+    # a refused pair (no vessel in the fixed mask): NaN figures and a failure verdict
+    refused = ev.optimum_near_truth(vessel, np.zeros(frame, np.uint8), roi, truth(true_m), 5)
+    assert math.isnan(refused["tre_optimum_mm"]) and refused["success_optimum"] is False

@@ -22,7 +22,12 @@ Per frame (rows of ``index.csv`` with ``split == 'test'`` and a non-empty opacif
   (the square the registration saw; vessels outside it cannot be asked of it). "Before" is the same
   for the unregistered projection restricted to the ROI; "truth affine" for the ROI's projection
   moved by the phantom's least-squares nominal-to-true affine, the reference a global 2D affine can
-  reach against the deformation (its TRE too);
+  reach against the deformation (its TRE too); "Dice optimum" for the registration loss's own optimum
+  nearest the truth: ``cnn+refine``'s refinement (``registration.refine_theta``, the soft Dice the
+  network is trained on) started from that affine, against this run's fixed image
+  (``optimum_near_truth``). It tells a network's failure (the optimum succeeds, the method does
+  not) from the objective's (the optimum itself lies far from the landmarks: no optimiser of this
+  loss can do better there);
 * TRE: the mean, over the landmarks inside the ROI, of the distance between the registration's
   frame affine applied to the nominally projected landmark and its true position
   (``FrameTruth.landmark_errors_mm``), mm at the isocentre; NaN when no landmark lies in the ROI;
@@ -69,13 +74,15 @@ PER_FRAME_COLUMNS = (
     "patient", "fov", "series", "image", "frame", "method", "fixed", "roi", "window",
     "dice", "precision", "recall", "dice_before", "precision_before", "recall_before",
     "dice_truth_affine", "precision_truth_affine", "recall_truth_affine",
-    "fixed_dice", "tre_mm", "tre_before_mm", "tre_truth_affine_mm", "n_landmarks", "success", "seconds", "segment_seconds",
+    "dice_optimum", "precision_optimum", "recall_optimum",
+    "fixed_dice", "tre_mm", "tre_before_mm", "tre_truth_affine_mm", "tre_optimum_mm", "n_landmarks", "success",
+    "success_optimum", "seconds", "segment_seconds",
     "valid", "problems", "warnings",
 )
 TABLE_COLUMNS = (
     "method", "fov", "n", "n_invalid", "n_tre", "median_dice", "median_precision", "median_recall",
-    "median_dice_before", "median_dice_truth_affine", "median_tre_mm", "mean_tre_mm", "median_tre_before_mm",
-    "median_tre_truth_affine_mm", "success_rate",
+    "median_dice_before", "median_dice_truth_affine", "median_dice_optimum", "median_tre_mm", "mean_tre_mm",
+    "median_tre_before_mm", "median_tre_truth_affine_mm", "median_tre_optimum_mm", "success_rate", "success_rate_optimum",
     "median_ms",
 )
 
@@ -296,6 +303,7 @@ def evaluate_registration(index_csv, methods: Sequence[str] = METHODS, *, fixed:
                         fixed_mask = None  # the pipeline segments (cached)
                         if not seg.mask.any():
                             raise InputError("the segmentation is empty")
+                    optimum = optimum_near_truth(proj, truth.mask if fixed == "truth" else seg.mask, roi, truth, n_lm)
                 except InputError as exc:
                     for m in run:
                         records.append(_failed_record(base, m, roi, str(exc), truth, tre0, n_lm, seg_s))
@@ -307,7 +315,8 @@ def evaluate_registration(index_csv, methods: Sequence[str] = METHODS, *, fixed:
                         reg = pipe.register(i, roi, fixed_mask=fixed_mask, method=m, device=device)
                     except InputError as exc:
                         rec = _failed_record(base, m, roi, str(exc), truth, tre0, n_lm, seg_s)
-                        rec.update(_reference_metrics(proj, roi, truth, registration_window(roi)), tre_truth_affine_mm=tre_ref)
+                        rec.update(_reference_metrics(proj, roi, truth, registration_window(roi)), tre_truth_affine_mm=tre_ref,
+                                   **optimum)
                         records.append(rec)
                     else:
                         res = reg.result
@@ -319,7 +328,8 @@ def evaluate_registration(index_csv, methods: Sequence[str] = METHODS, *, fixed:
                             "dice": after["dice"], "precision": after["precision"], "recall": after["recall"],
                             **_reference_metrics(proj, roi, truth, res.window),
                             "fixed_dice": float(res.metrics.get("dice", float("nan"))),
-                            "tre_mm": tre, "tre_before_mm": tre0, "tre_truth_affine_mm": tre_ref, "n_landmarks": n_lm,
+                            "tre_mm": tre, "tre_before_mm": tre0, "tre_truth_affine_mm": tre_ref, **optimum,
+                            "n_landmarks": n_lm,
                             "success": _success(valid, tre, n_lm), "seconds": float(res.seconds),
                             "segment_seconds": seg_s, "valid": valid, "problems": "; ".join(res.problems),
                             "warnings": "; ".join(reg.warnings),
@@ -344,6 +354,33 @@ def _reference_metrics(proj, roi, truth, window) -> Dict[str, float]:
                     ("truth_affine", truth_affine_overlap(proj, roi, truth, window))):
         out.update({f"{k}_{name}": m[k] for k in ("dice", "precision", "recall")})
     return out
+
+
+_IDENTITY_NET: List[object] = []
+
+
+def optimum_near_truth(proj, fixed_mask, roi, truth, n_landmarks: int) -> Dict[str, object]:
+    """The "Dice optimum" reference of one frame (see the module docstring): ``cnn+refine`` with a
+    network that outputs the identity, warm-started (``init``) from the phantom's least-squares
+    affine, so that the refinement alone moves it to the nearest optimum of the registration loss
+    against ``fixed_mask`` (window margin ``registration.DEFAULT_MARGIN``). Its overlap with the
+    ground-truth mask, TRE and success; NaN values when the refinement refuses the pair."""
+    from .registration import register_pair
+    from .regnet import RegNet, scaled_channels
+
+    if not _IDENTITY_NET:  # an untrained RegNet outputs the identity (its last layer starts so)
+        _IDENTITY_NET.append(RegNet(channels=scaled_channels(0.125), fc=16).eval())
+    nan = float("nan")
+    try:
+        res = register_pair(proj, fixed_mask, roi, "cnn+refine", model=_IDENTITY_NET[0], init=truth.affine)
+    except InputError:
+        return {"dice_optimum": nan, "precision_optimum": nan, "recall_optimum": nan, "tre_optimum_mm": nan,
+                "success_optimum": _success(False, nan, n_landmarks)}
+    overlap = window_overlap(res.registered_mask, truth.mask, res.window)
+    tre, _ = mean_tre_mm(truth, res.frame_matrix, roi)
+    return {"dice_optimum": overlap["dice"], "precision_optimum": overlap["precision"],
+            "recall_optimum": overlap["recall"], "tre_optimum_mm": tre,
+            "success_optimum": _success(bool(res.valid), tre, n_landmarks)}
 
 
 def _success(valid: bool, tre: float, n_landmarks: int):
@@ -389,6 +426,7 @@ def summarize(records: Sequence[Dict[str, object]], methods: Sequence[str]) -> L
             if not recs:
                 continue
             verdicts = [r["success"] for r in recs if r.get("success") is not None]
+            optimum = [r["success_optimum"] for r in recs if r.get("success_optimum") is not None]
             tre_recs = [r for r in recs if int(r.get("n_landmarks") or 0) > 0]
             med_s = _median(recs, "seconds")
             table.append({
@@ -398,10 +436,13 @@ def summarize(records: Sequence[Dict[str, object]], methods: Sequence[str]) -> L
                 "median_dice": _median(recs, "dice"), "median_precision": _median(recs, "precision"),
                 "median_recall": _median(recs, "recall"), "median_dice_before": _median(recs, "dice_before"),
                 "median_dice_truth_affine": _median(recs, "dice_truth_affine"),
+                "median_dice_optimum": _median(recs, "dice_optimum"),
                 "median_tre_mm": _median(tre_recs, "tre_mm"), "mean_tre_mm": _mean(tre_recs, "tre_mm"),
                 "median_tre_before_mm": _median(tre_recs, "tre_before_mm"),
                 "median_tre_truth_affine_mm": _median(tre_recs, "tre_truth_affine_mm"),
+                "median_tre_optimum_mm": _median(tre_recs, "tre_optimum_mm"),
                 "success_rate": (sum(bool(v) for v in verdicts) / len(verdicts)) if verdicts else None,
+                "success_rate_optimum": (sum(bool(v) for v in optimum) / len(optimum)) if optimum else None,
                 "median_ms": None if med_s is None else 1000.0 * med_s,
             })
     return table
@@ -497,21 +538,29 @@ def table_markdown(table: Sequence[Dict[str, object]], fixed: str = "truth", spl
         "projection vs the ground-truth opacified mask inside the registration window (medians). TRE: mean "
         f"landmark error per frame, mm at the isocentre (landmarks inside the ROI); success: valid and TRE < {SUCCESS_MM:g} mm. "
         "Before: the unregistered projection. Truth affine: the projection moved by the phantom's least-squares "
-        "nominal-to-true affine (the best one global 2D affine does against the deformation).",
+        "nominal-to-true affine (the best one global 2D affine does against the deformation). Dice optimum: the "
+        "registration loss's optimum nearest the truth (the refinement started from the truth affine), the best "
+        "any optimiser of that loss can be expected to do; a method far below it fails by itself, a frame where "
+        "the optimum fails too fails by the loss.",
         "",
-        "| method | FoV | n | invalid | Dice | precision | recall | Dice before | Dice truth affine | TRE median (mm) "
-        "| TRE mean (mm) | TRE before (mm) | TRE truth affine (mm) | success | time (ms) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| method | FoV | n | invalid | Dice | precision | recall | Dice before | Dice truth affine | Dice optimum "
+        "| TRE median (mm) | TRE mean (mm) | TRE before (mm) | TRE truth affine (mm) | TRE optimum (mm) | success "
+        "| success optimum | time (ms) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
     ]
     for r in table:
-        sr = r["success_rate"]
+        sr, so = r["success_rate"], r["success_rate_optimum"]
         lines.append(
             f"| {r['method']} | {r['fov']} | {r['n']} | {r['n_invalid']} | {_cell(r['median_dice'], '.3f')} | "
             f"{_cell(r['median_precision'], '.3f')} | {_cell(r['median_recall'], '.3f')} | "
             f"{_cell(r['median_dice_before'], '.3f')} | {_cell(r['median_dice_truth_affine'], '.3f')} | "
+            f"{_cell(r['median_dice_optimum'], '.3f')} | "
             f"{_cell(r['median_tre_mm'], '.2f')} | {_cell(r['mean_tre_mm'], '.2f')} | "
             f"{_cell(r['median_tre_before_mm'], '.2f')} | {_cell(r['median_tre_truth_affine_mm'], '.2f')} | "
-            f"{'n/a' if sr is None else f'{100 * sr:.1f} %'} (n={r['n_tre']}) | {_cell(r['median_ms'], '.0f')} |")
+            f"{_cell(r['median_tre_optimum_mm'], '.2f')} | "
+            f"{'n/a' if sr is None else f'{100 * sr:.1f} %'} (n={r['n_tre']}) | "
+            f"{'n/a' if so is None else f'{100 * so:.1f} %'} | {_cell(r['median_ms'], '.0f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -559,9 +608,10 @@ def boxplot_png(records: Sequence[Dict[str, object]], methods: Sequence[str], fi
     panels = (("dice", "Dice"), ("precision", "Precision"), ("recall", "Recall"), ("tre_mm", "landmark error (mm)"))
     fovs = [f for f in ("upper", "lower") if any(r["fov"] == f for r in records)]
     # (group, legend label, column suffix): references first, then the methods
-    groups = ([("before", "before registration", "before"), ("truth_affine", "truth affine (reference)", "truth_affine")]
+    groups = ([("before", "before registration", "before"), ("truth_affine", "truth affine (reference)", "truth_affine"),
+               ("optimum", "Dice optimum (reference)", "optimum")]
               + [(m, m, "") for m in methods])
-    palette = ["#9e9e9e", "#c7e9c0", "#1f77b4", "#ff7f0e", "#d62728", "#9467bd"]
+    palette = ["#9e9e9e", "#c7e9c0", "#74c476", "#1f77b4", "#ff7f0e", "#d62728", "#9467bd"]
     fig = Figure(figsize=(4.4 * len(panels), 4.6), dpi=100)
     FigureCanvasAgg(fig)
     for k, (key, title) in enumerate(panels):
