@@ -227,13 +227,10 @@ def test_dice_optimum_is_the_refinement_from_the_truth_affine():
     """The "Dice optimum" reference: with a fixed mask that is exactly the projection moved by an
     affine, the optimum stays at that affine (TRE ~0) when started there, and returns to it when the
     phantom's affine is off by a shift (the refinement really runs from the given start)."""
-    import torch
-
     from TAVIRegistrationLib import registration as R
     from TAVIRegistrationLib import train_reg as TR
     from TAVIRegistrationLib.phantom import FrameTruth
 
-    torch.set_num_threads(1)
     frame, roi = (256, 256), (60, 40, 130, 150)
     vessel = TR.synthetic_vessel_mask(frame, np.random.default_rng(3))
     a = math.radians(4.0)

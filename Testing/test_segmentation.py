@@ -274,6 +274,24 @@ def test_augmentation_keeps_range_and_binary_masks():
     assert torch.equal(augment_batch(x, y, gen2)[0], xa)  # seeded: repeatable
 
 
+def test_augmentation_scale_range_zooms_the_vessels():
+    """--scale-range: a zoom of 1.5 draws a 20-pixel stripe 30 pixels wide (frames left without an
+    affine keep 20); the default range keeps it within 10 %; the range is checked."""
+    y = torch.zeros(32, 1, 128, 128)
+    y[..., 54:74] = 1.0  # a vertical stripe, 20 px wide, centred
+    x = y.clone()
+
+    def widths(scale_range):
+        _, ya = augment_batch(x, y, torch.Generator().manual_seed(3), scale_range)
+        return ya[:, 0, 64].sum(dim=1).tolist()  # the stripe's width on the middle row
+
+    zoomed = widths((1.5, 1.5))
+    assert all(w == 20 or 28 <= w <= 32 for w in zoomed) and sum(w >= 28 for w in zoomed) >= 16
+    assert all(17 <= w <= 23 for w in widths((0.9, 1.1)))
+    with pytest.raises(InputError, match="scale-range"):
+        _config("x", "out", scale_range=(0.2, 1.0)).check()
+
+
 def test_random_crops_cut_the_same_window_from_image_and_mask():
     x = torch.arange(2 * 64 * 64, dtype=torch.float32).view(2, 1, 64, 64)
     xc, yc = random_crops(x, x.clone(), 32, torch.Generator().manual_seed(1))

@@ -73,7 +73,7 @@ import numpy as np
 from .errors import InputError
 from .registration import DEFAULT_MARGIN, NET_SIZE, Window, box_window, crop_window, registration_window
 from .training import (TrainingConfig, TrainingRun, add_common_training_arguments, finite_median, natural_key,
-                        read_case_index, run_command)
+                        pair_of_floats, read_case_index, run_command)
 from .outputs import read_mask_png
 from .phantom import opacified_roi
 
@@ -790,14 +790,6 @@ def manifest_fields(config: RegTrainConfig, model, ck: Dict[str, Any]):
 # ---------------------------------------------------------------------------------------------
 # command line (the wrappers in cli.py import these lazily)
 # ---------------------------------------------------------------------------------------------
-def _pair_of_floats(text: str) -> Tuple[float, float]:
-    try:
-        a, b = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}") from None
-    return a, b
-
-
 def _int_list(text: str) -> Tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
@@ -826,7 +818,7 @@ def add_train_reg_parser(sub) -> None:
     p.add_argument("--corrupt", type=float, default=0.8,
                    help="probability of DRU-Net-like corruption of the fixed mask (default 0.8)")
     p.add_argument("--max-rotation", type=float, default=10.0, help="random rotation, +- degrees (default 10)")
-    p.add_argument("--scale-range", type=_pair_of_floats, default=(0.85, 1.15), metavar="LO,HI",
+    p.add_argument("--scale-range", type=pair_of_floats, default=(0.85, 1.15), metavar="LO,HI",
                    help="random scale range (default 0.85,1.15)")
     p.add_argument("--max-shear", type=float, default=0.05, help="random shear, +- (default 0.05)")
     p.add_argument("--max-shift", type=float, default=0.2, help="random shift, +- fraction of the window (default 0.2)")

@@ -71,7 +71,7 @@ import numpy as np
 from .errors import InputError
 from .segmentation import FOVS, preprocess, read_image_file, resize_mask, scores_from_counts, threshold_counts
 from .training import (TrainingConfig, TrainingRun, add_common_training_arguments, finite_median, natural_key,
-                        read_case_index, row_fov_and_frame, run_command)
+                        pair_of_floats, read_case_index, row_fov_and_frame, run_command)
 from .outputs import read_mask_png
 
 LOSSES = ("per-fov", "dice", "bce", "combined")
@@ -97,10 +97,12 @@ class TrainConfig(TrainingConfig):
     #: train on random crop x crop windows of the augmented frames (0: whole frames); validation and
     #: inference always see whole frames (the network is fully convolutional)
     crop: int = 0
+    #: zoom of the random affine augmentation, drawn uniformly (> 1 zooms in: vessels drawn wider)
+    scale_range: Tuple[float, float] = (0.9, 1.1)
 
     SUBCOMMAND = "train-seg"
     COMMAND_OPTIONS = ("epochs", "batch_size", "base_channels", "lr", "weight_decay", "loss", "seed", "size",
-                       "val_fraction", "folder_fov", "crop")
+                       "val_fraction", "folder_fov", "crop", "scale_range")
 
     def check(self) -> None:
         if not self.data:
@@ -117,6 +119,9 @@ class TrainConfig(TrainingConfig):
             raise InputError(f"--folder-fov must be upper or lower, got {self.folder_fov!r}")
         if self.crop and not (32 <= self.crop <= self.size and self.crop % 16 == 0):
             raise InputError(f"--crop must be 0 or a multiple of 16 in 32-{self.size}, got {self.crop}")
+        lo, hi = (float(v) for v in self.scale_range)
+        if not 0.5 <= lo <= hi <= 2.0:
+            raise InputError(f"--scale-range must be LO,HI with 0.5 <= LO <= HI <= 2, got {lo:g},{hi:g}")
 
     def command_flags(self) -> List[str]:
         return [] if self.augment else ["--no-augment"]
@@ -327,8 +332,10 @@ def pack_case_index(csv_path: Path, out_csv: Path, size: int = 256, image_format
 # ---------------------------------------------------------------------------------------------
 # augmentation and loss (torch)
 # ---------------------------------------------------------------------------------------------
-def augment_batch(images, masks, gen):
-    """Randomly augmented copies of a batch ((B, 1, H, W) in [0, 1]; masks 0/1 float)."""
+def augment_batch(images, masks, gen, scale_range: Sequence[float] = TrainConfig.scale_range):
+    """Randomly augmented copies of a batch ((B, 1, H, W) in [0, 1]; masks 0/1 float): left-right
+    flip; with p = 0.7 a rotation (+-10 deg), a zoom drawn uniformly from ``scale_range`` and a shift
+    (+-5 % of the size); blur, gamma, contrast, brightness and noise."""
     import torch
     import torch.nn.functional as F
 
@@ -341,7 +348,7 @@ def augment_batch(images, masks, gen):
     flip = (torch.rand(b, generator=gen) < 0.5).float().to(dev) * -2 + 1  # -1 flips left-right
     do_aff = (torch.rand(b, generator=gen) < 0.7).float().to(dev)
     ang = u(-10, 10) * math.pi / 180 * do_aff
-    scale = 1 + u(-0.1, 0.1) * do_aff
+    scale = 1 + (u(float(scale_range[0]), float(scale_range[1])) - 1) * do_aff
     tx, ty = u(-0.1, 0.1) * do_aff, u(-0.1, 0.1) * do_aff  # normalised units: +-5 % of the size
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
@@ -546,7 +553,7 @@ def _train_epoch(run: TrainingRun, net, opt, train_set: List[Sample], epoch: int
         y = torch.from_numpy(np.stack([train_set[i].mask for i in idx]).astype(np.float32))[:, None].to(device)
         lower = torch.tensor([train_set[i].fov == "lower" for i in idx], device=device)
         if config.augment:
-            x, y = augment_batch(x, y, gen)
+            x, y = augment_batch(x, y, gen, config.scale_range)
         if config.crop and config.crop < config.size:
             x, y = random_crops(x, y, config.crop, gen)
         return segmentation_loss(net(x), y, lower, config.loss)
@@ -597,6 +604,9 @@ def add_train_seg_parser(sub) -> None:
     p.add_argument("--crop", type=int, default=0, metavar="N",
                    help="train on random N x N windows of the augmented frames (about (size/N)^2 times faster "
                         "per step; 0: whole frames); validation always sees whole frames")
+    p.add_argument("--scale-range", type=pair_of_floats, default=TrainConfig.scale_range, metavar="LO,HI",
+                   help="zoom of the random affine augmentation, uniform in LO-HI (default 0.9,1.1; above 1 "
+                        "zooms in, drawing vessels wider than the frames show them)")
     add_common_training_arguments(p, TrainConfig)
 
 

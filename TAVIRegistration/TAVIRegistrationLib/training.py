@@ -142,6 +142,17 @@ def _option_text(value) -> str:
     return str(value)
 
 
+def pair_of_floats(text: str) -> Tuple[float, float]:
+    """argparse type of ``LO,HI`` options (``--scale-range``)."""
+    import argparse
+
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}") from None
+    return a, b
+
+
 def add_common_training_arguments(p, config_cls) -> None:
     """The options of ``TrainingConfig`` (defaults from ``config_cls``), ``--quiet`` and ``--json``."""
     default = {f.name: f.default for f in fields(config_cls)}
