@@ -96,8 +96,13 @@ def test_evaluate_reg_outputs_and_table(sitk_eval):
         assert int(row["n_invalid"]) == sum(r["valid"] != "True" for r in recs)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"] == ["sitk"] and summary["fixed"] == "truth"
-    assert set(summary["goals"]["sitk"]) == set(ev.GOALS)
+    assert set(summary["goals"]["sitk"]) == set(ev.GOALS) == set(summary["goals"][ev.OPTIMUM_LABEL])
+    all_row = next(r for r in table if r["fov"] == "all")
+    optimum_tre = summary["goals"][ev.OPTIMUM_LABEL]["median_tre_mm"]
+    assert optimum_tre["value"] == pytest.approx(_f(all_row["median_tre_optimum_mm"]), abs=1e-5)
+    assert optimum_tre["met"] == (optimum_tre["value"] <= ev.GOALS["median_tre_mm"][1])
     assert "| sitk | all |" in (out / "table.md").read_text()
+    assert f"| {ev.OPTIMUM_LABEL} | " in (out / "table.md").read_text()
     assert "Registration on held-out phantom patients" in (out / "table.md").read_text()
     # a table of another split says whose frames it holds
     assert "patients of the 'train' split" in ev.table_markdown(summary["table"], "truth", "train")
