@@ -687,6 +687,33 @@ def test_cli_train_seg_usage_errors(tmp_path, capsys):
     assert "--crop must be" in capsys.readouterr().err
     assert cli.main(["train-seg", "--data", str(data), "--out", str(tmp_path / "o"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+    for fold in ("5/4", "0/4", "1/1", "a/b"):
+        assert cli.main(["train-seg", "--data", str(data), "--out", str(tmp_path / "o"), "--val-fold", fold]) == 2
+        assert "--val-fold must be K/N" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_val_folds_partition_each_data_sets_free_patients():
+    """--val-fold K/N: the N folds of one seed are disjoint and cover every patient without a split of
+    its own (per data set), given splits stay as they are, and the reproducing command names the fold."""
+    from types import SimpleNamespace
+
+    samples = ([SimpleNamespace(patient=f"A{i}", source="a", split="") for i in range(10) for _ in range(2)]
+               + [SimpleNamespace(patient=f"B{i}", source="b", split="") for i in range(7)]
+               + [SimpleNamespace(patient="V", source="a", split="val"), SimpleNamespace(patient="T", source="a", split="train")])
+    vals = []
+    for k in range(1, 5):
+        train, val = split_patients(samples, 0.2, seed=7, fold=f"{k}/4")
+        names = {s.patient for s in val}
+        assert "V" in names and "T" not in names and names.isdisjoint({s.patient for s in train})
+        vals.append(names - {"V"})
+    assert set().union(*vals) == {f"A{i}" for i in range(10)} | {f"B{i}" for i in range(7)}
+    assert sum(len(v) for v in vals) == 17  # disjoint
+    for v in vals:  # near-equal parts of each data set: 10 -> 3, 3, 2, 2; 7 -> 2, 2, 2, 1
+        assert 2 <= sum(p.startswith("A") for p in v) <= 3 and 1 <= sum(p.startswith("B") for p in v) <= 2
+    assert split_patients(samples, 0.2, seed=7, fold="2/4")[1] == split_patients(samples, 0.2, seed=7, fold="2/4")[1]
+    assert "--val-fold 3/4" in _config("d", "o", val_fold="3/4").command()
+    assert "--val-fold" not in _config("d", "o").command()
 
 
 def test_angios40_folder_loads(shared_data):

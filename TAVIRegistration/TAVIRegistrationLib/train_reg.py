@@ -36,7 +36,7 @@ then (p = ``--corrupt``) DRU-Net-like corruption of the fixed mask: dropped vess
 dilation or erosion, catheter/guide-wire-like false tubes, speckle, and rarely a whole side missing
 (contrast in one limb only).
 
-Validation: ``--val-fraction`` of the patients (patient-wise, ``training.split_patients``),
+Validation: ``--val-fraction`` of the patients or fold ``--val-fold K/N`` (``training.split_patients``),
 ``--val-pairs`` fixed random pairs each (seeded, the same every epoch), evaluated before training
 (the identity network) and after every epoch: medians of Dice / precision / recall of the warped
 moving image against the fixed one inside the warped ROI (``val_dice`` ...: what a user can

@@ -12,7 +12,8 @@ Data (``--data``, repeatable):
   loaded (they are for ``tavireg evaluate``).
 
 Patient-wise validation split: rows without a split are assigned by patient, per data set, a
-seeded shuffle putting ``--val-fraction`` of the patients (at least one) in validation; a patient
+seeded shuffle putting ``--val-fraction`` of the patients (at least one) in validation, or with
+``--val-fold K/N`` the K-th of N near-equal folds of that shuffle (cross-validation); a patient
 never has frames on both sides (a CSV that says otherwise is refused).
 
 Every frame goes through ``segmentation.preprocess`` (percentile intensity scaling, area/bilinear

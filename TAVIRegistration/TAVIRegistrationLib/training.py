@@ -61,6 +61,9 @@ class TrainingConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     val_fraction: float = 0.2
+    #: cross-validation: "K/N" holds out the K-th of N seeded folds of each data set's free patients
+    #: instead of ``val_fraction`` of them (None: no folds)
+    val_fold: Optional[str] = None
     device: str = "auto"
     max_minutes: Optional[float] = None
     stop_epoch: Optional[int] = None
@@ -88,6 +91,7 @@ class TrainingConfig:
             raise InputError(f"--lr must be a positive number, got {self.lr}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
+        parse_fold(self.val_fold)
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise InputError(f"--max-minutes must be positive, got {self.max_minutes}")
         if self.stop_epoch is not None and not 1 <= self.stop_epoch <= self.epochs:
@@ -110,6 +114,8 @@ class TrainingConfig:
             parts += ["--data", str(d)]
         for name in self.COMMAND_OPTIONS:
             parts += ["--" + name.replace("_", "-"), _option_text(getattr(self, name))]
+        if self.val_fold is not None:
+            parts += ["--val-fold", str(self.val_fold)]
         parts += self.command_flags()
         if self.init is not None:
             parts += ["--init", str(self.init)]
@@ -167,6 +173,10 @@ def add_common_training_arguments(p, config_cls) -> None:
     p.add_argument("--size", type=int, default=default["size"], help=f"network input size (default {default['size']})")
     p.add_argument("--val-fraction", type=float, default=default["val_fraction"],
                    help="share of patients held out for validation")
+    p.add_argument("--val-fold", metavar="K/N",
+                   help="cross-validation: hold out the K-th of N seeded folds of each data set's patients (those "
+                        "without a split of their own) instead of --val-fraction; N runs with K = 1..N validate "
+                        "on every patient once")
     p.add_argument("--device", default=default["device"], help="auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--max-minutes", type=float, help="stop before an epoch that would end after this many minutes")
     p.add_argument("--stop-epoch", type=int, help="stop after this epoch (keeps the schedule of --epochs)")
@@ -274,17 +284,35 @@ def row_fov_and_frame(values: Dict[str, str], where: str) -> Tuple[str, int]:
         raise InputError(f"{where}: frame must be an integer, got {values['frame']!r}") from None
 
 
-def split_patients(samples: List[Any], val_fraction: float, seed: int) -> Tuple[List[Any], List[Any]]:
+def parse_fold(text: Optional[str]) -> Optional[Tuple[int, int]]:
+    """``--val-fold K/N`` as (K, N) with 1 <= K <= N, 2 <= N <= 100; None stays None."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or not (2 <= int(m.group(2)) <= 100 and 1 <= int(m.group(1)) <= int(m.group(2))):
+        raise InputError(f"--val-fold must be K/N with 1 <= K <= N and 2 <= N <= 100, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def split_patients(samples: List[Any], val_fraction: float, seed: int,
+                   fold: Optional[str] = None) -> Tuple[List[Any], List[Any]]:
     """Patient-wise (train, val) of samples with ``patient``, ``source`` and ``split``: given splits
-    kept, the rest split per data set (``source``) by a seeded shuffle."""
+    kept, the rest split per data set (``source``) by a seeded shuffle: its first ``val_fraction``,
+    or with ``fold`` = "K/N" its K-th of N near-equal consecutive parts (the folds of one seed
+    partition the patients)."""
     rng = np.random.default_rng(seed)
+    k_n = parse_fold(fold)
     val_patients = set()
     for source in sorted({s.source for s in samples}):
         free = sorted({s.patient for s in samples if s.source == source and not s.split}, key=natural_key)
-        if not free or val_fraction <= 0:
+        if not free or (val_fraction <= 0 and k_n is None):
+            continue
+        order = rng.permutation(len(free))
+        if k_n is not None:
+            part = np.array_split(order, k_n[1])[k_n[0] - 1] if len(free) > 1 else order[:0]
+            val_patients.update(free[i] for i in part)
             continue
         n_val = max(1, int(round(val_fraction * len(free)))) if len(free) > 1 else 0
-        order = rng.permutation(len(free))
         val_patients.update(free[i] for i in order[:n_val])
     train, val = [], []
     for s in samples:
@@ -524,7 +552,7 @@ class TrainingRun:
         elif self.config.init:
             self._init_state = self.init_weights()
         check_writable_dir(self.out_dir)
-        train, val = split_patients(samples, self.config.val_fraction, self.config.seed)
+        train, val = split_patients(samples, self.config.val_fraction, self.config.seed, self.config.val_fold)
         self.split, self.described = split_record(train, val), described
         return train, val
 
