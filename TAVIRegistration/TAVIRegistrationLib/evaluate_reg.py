@@ -26,8 +26,8 @@ Per frame (rows of ``index.csv`` with ``split == 'test'`` and a non-empty opacif
   nearest the truth: ``cnn+refine``'s refinement (``registration.refine_theta``, the soft Dice the
   network is trained on) started from that affine, against this run's fixed image
   (``optimum_near_truth``). It tells a network's failure (the optimum succeeds, the method does
-  not) from the objective's (the optimum itself lies far from the landmarks: no optimiser of this
-  loss can do better there);
+  not) from the objective's (the optimum itself lies far from the landmarks: the better a method
+  minimises this loss, the closer it comes to that answer, not to the truth);
 * TRE: the mean, over the landmarks inside the ROI, of the distance between the registration's
   frame affine applied to the nominally projected landmark and its true position
   (``FrameTruth.landmark_errors_mm``), mm at the isocentre; NaN when no landmark lies in the ROI;
@@ -548,7 +548,7 @@ def goals_markdown(goals: Dict[str, Dict[str, object]]) -> str:
         for key in GOALS:
             g = res[key]
             v = g["value"]
-            text = "n/a" if v is None else (f"{100 * v:.1f} %" if key == "success_rate" else f"{v:.3g}")
+            text = "n/a" if v is None else (f"{100 * v:.1f} %" if key == "success_rate" else f"{v:.4g}")
             cells.append(text + ("" if g["met"] is None else (" (met)" if g["met"] else " (not met)")))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -573,8 +573,8 @@ def table_markdown(table: Sequence[Dict[str, object]], fixed: str = "truth", spl
         f"landmark error per frame, mm at the isocentre (landmarks inside the ROI); success: valid and TRE < {SUCCESS_MM:g} mm. "
         "Before: the unregistered projection. Truth affine: the projection moved by the phantom's least-squares "
         "nominal-to-true affine (the best one global 2D affine does against the deformation). Dice optimum: the "
-        "registration loss's optimum nearest the truth (the refinement started from the truth affine), the best "
-        "any optimiser of that loss can be expected to do; a method far below it fails by itself, a frame where "
+        "registration loss's optimum nearest the truth (the refinement started from the truth affine): what a "
+        "perfect minimiser of that loss returns there; a method far below it fails by itself, a frame where "
         "the optimum fails too fails by the loss.",
         "",
         "| method | FoV | n | invalid | Dice | precision | recall | Dice before | Dice truth affine | Dice optimum "
