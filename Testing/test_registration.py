@@ -481,6 +481,31 @@ def test_default_network_follows_the_frames_fov(tmp_path, vessel):
                            fov="upper").model_name == "reg-all"  # a named network is used as named
 
 
+def test_manifest_refine_steps_set_the_refinement(tmp_path, vessel):
+    """A registration entry's ``refine_steps`` is cnn+refine's default number of L-BFGS iterations
+    (0: the CNN's affine unchanged); an explicit ``refine_steps`` overrides it."""
+    from TAVIRegistrationLib.models import add_manifest_entry
+
+    models = tmp_path / "models"
+    TR.train(_config(tmp_path / "run", epochs=1, export="reg", export_dir=str(models)))
+    (entry,) = load_manifest(models)
+    frame_m, fixed = _known_case(vessel)
+    truth = frame_m @ R.roi_matrix(ROI)
+
+    def run(**kw):
+        return R.register_pair(vessel, fixed, ROI, "cnn+refine", device="cpu", models_directory=models, **kw).matrix
+
+    refined = run()  # no refine_steps in the manifest: DEFAULT_REFINE_STEPS
+    cnn = R.register_pair(vessel, fixed, ROI, "cnn", device="cpu", models_directory=models).matrix
+    assert R.corner_error(refined, truth, ROI) < R.corner_error(cnn, truth, ROI)
+    add_manifest_entry({**entry, "refine_steps": 0}, models)
+    R._MODEL_CACHE.clear()  # loaded networks keep the entry they were loaded with
+    np.testing.assert_allclose(run(), cnn, atol=1e-9)
+    np.testing.assert_allclose(run(refine_steps=R.DEFAULT_REFINE_STEPS), refined, atol=1e-9)
+    with pytest.raises(InputError, match="refine steps"):
+        run(refine_steps=-1)
+
+
 def test_training_is_deterministic(tmp_path):
     TR.train(_config(tmp_path / "r1", epochs=1))
     TR.train(_config(tmp_path / "r2", epochs=1))

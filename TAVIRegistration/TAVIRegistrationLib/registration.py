@@ -9,8 +9,9 @@ Methods (all on identical inputs, so that comparisons are fair):
 
 * ``cnn``: the registration CNN (``regnet.RegNet``, TorchScript weights from the manifest, kind
   ``registration``) predicts the affine in one forward pass;
-* ``cnn+refine``: the CNN's affine, then ``refine_steps`` (40) L-BFGS iterations on the 6 affine
-  parameters minimising the same loss the network was trained with (``pair_loss``: 1 - soft Dice
+* ``cnn+refine``: the CNN's affine, then ``refine_steps`` (the network's manifest ``refine_steps``,
+  else 40) L-BFGS iterations on the 6 affine parameters minimising the same loss the network was
+  trained with (``pair_loss``: 1 - soft Dice
   of the warped moving image against the fixed image, averaged over a small blur pyramid), half at
   half resolution, half at full, on 256 x 256 window images whatever the network's input size. It
   starts from the network's affine, or from the identity (``init`` when given) where that already
@@ -656,7 +657,7 @@ def _compose_thetas(first, second):
 
 
 def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str = "cnn", model=None, *,
-                  init=None, refine_steps: int = DEFAULT_REFINE_STEPS, device=None,
+                  init=None, refine_steps: Optional[int] = None, device=None,
                   margin: Optional[float] = None, models_directory=None,
                   sitk_options: Optional[Dict[str, Any]] = None, passes: Optional[int] = None,
                   fov: Optional[str] = None) -> RegistrationResult:
@@ -673,14 +674,13 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     many times the CNN is applied, each pass to the moving image warped by the affine so far and
     composed with it (default: the model's ``cnn_passes`` from the manifest, else 1). ``fov``:
     the frame's field of view (upper, lower; None = unknown), which picks the default network when
-    one is installed for that FoV.
+    one is installed for that FoV. ``refine_steps``: L-BFGS iterations of ``cnn+refine`` (default:
+    the model's ``refine_steps`` from the manifest, else ``DEFAULT_REFINE_STEPS``).
     """
     import torch
 
     if method not in METHODS:
         raise InputError(f"registration method must be one of {', '.join(METHODS)}, got {method!r}")
-    if int(refine_steps) < 0:
-        raise InputError(f"refine steps must be >= 0, got {refine_steps}")
     entry = None
     if method != "sitk":
         module, entry, dev = get_model(model, device, models_directory, fov)
@@ -698,6 +698,10 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
         margin = float((entry or {}).get("window_margin", DEFAULT_MARGIN))
     if passes is None:
         passes = int((entry or {}).get("cnn_passes", 1))
+    if refine_steps is None:
+        refine_steps = int((entry or {}).get("refine_steps", DEFAULT_REFINE_STEPS))
+    if int(refine_steps) < 0:
+        raise InputError(f"refine steps must be >= 0, got {refine_steps}")
     if not 1 <= int(passes) <= 10:
         raise InputError(f"CNN passes must lie in 1-10, got {passes}")
     t0 = time.perf_counter()
