@@ -45,6 +45,7 @@ Outputs (all at once, ``outputs.OutputSet``): ``DIR/per_frame.csv``, ``DIR/table
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -357,7 +358,12 @@ def _reference_metrics(proj, roi, truth, window) -> Dict[str, float]:
     return out
 
 
-_IDENTITY_NET: List[object] = []
+@functools.lru_cache(maxsize=1)
+def _identity_network():
+    """A small untrained RegNet: it outputs the identity (its last layer starts so)."""
+    from .regnet import RegNet, scaled_channels
+
+    return RegNet(channels=scaled_channels(0.125), fc=16).eval()
 
 
 def optimum_near_truth(proj, fixed_mask, roi, truth, n_landmarks: int) -> Dict[str, object]:
@@ -367,13 +373,10 @@ def optimum_near_truth(proj, fixed_mask, roi, truth, n_landmarks: int) -> Dict[s
     against ``fixed_mask`` (window margin ``registration.DEFAULT_MARGIN``). Its overlap with the
     ground-truth mask, TRE and success; NaN values when the refinement refuses the pair."""
     from .registration import register_pair
-    from .regnet import RegNet, scaled_channels
 
-    if not _IDENTITY_NET:  # an untrained RegNet outputs the identity (its last layer starts so)
-        _IDENTITY_NET.append(RegNet(channels=scaled_channels(0.125), fc=16).eval())
     nan = float("nan")
     try:
-        res = register_pair(proj, fixed_mask, roi, "cnn+refine", model=_IDENTITY_NET[0], init=truth.affine)
+        res = register_pair(proj, fixed_mask, roi, "cnn+refine", model=_identity_network(), init=truth.affine)
     except InputError:
         return {"dice_optimum": nan, "precision_optimum": nan, "recall_optimum": nan, "tre_optimum_mm": nan,
                 "success_optimum": _success(False, nan, n_landmarks)}

@@ -11,9 +11,9 @@ Methods (all on identical inputs, so that comparisons are fair):
   ``registration``) predicts the affine in one forward pass;
 * ``cnn+refine``: the CNN's affine, then ``refine_steps`` (the network's manifest ``refine_steps``,
   else 40) L-BFGS iterations on the 6 affine parameters minimising the same loss the network was
-  trained with (``pair_loss``: 1 - soft Dice
-  of the warped moving image against the fixed image, averaged over a small blur pyramid), half at
-  half resolution, half at full, on 256 x 256 window images whatever the network's input size. It
+  trained with (``pair_loss``: 1 - soft Dice of the warped moving image against the fixed image,
+  averaged over a small blur pyramid), half at half resolution, half at full, on 256 x 256 window
+  images whatever the network's input size. It
   starts from the network's affine, or from the identity (``init`` when given) where that already
   agrees better with the frame (a warning says so). (L-BFGS rather than Adam: on synthetic vessel
   trees Adam needed ~100 steps and a tuned learning rate to come within 1 px, L-BFGS reaches 0.4 px

@@ -307,13 +307,14 @@ def split_patients(samples: List[Any], val_fraction: float, seed: int,
         free = sorted({s.patient for s in samples if s.source == source and not s.split}, key=natural_key)
         if not free or (val_fraction <= 0 and k_n is None):
             continue
-        order = rng.permutation(len(free))
+        order = rng.permutation(len(free))  # drawn for every data set, so later data sets' splits stay put
+        if len(free) == 1:
+            order = order[:0]  # a data set of one patient keeps it for training
         if k_n is not None:
-            part = np.array_split(order, k_n[1])[k_n[0] - 1] if len(free) > 1 else order[:0]
-            val_patients.update(free[i] for i in part)
-            continue
-        n_val = max(1, int(round(val_fraction * len(free)))) if len(free) > 1 else 0
-        val_patients.update(free[i] for i in order[:n_val])
+            part = np.array_split(order, k_n[1])[k_n[0] - 1]
+        else:
+            part = order[:max(1, int(round(val_fraction * len(free))))]
+        val_patients.update(free[i] for i in part)
     train, val = [], []
     for s in samples:
         is_val = s.split == "val" or (not s.split and s.patient in val_patients)
