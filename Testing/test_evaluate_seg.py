@@ -147,6 +147,76 @@ def test_medians_match_per_frame(result):
             assert (np.isnan(want) and np.isnan(got)) or got == pytest.approx(want, abs=1e-5), (row, key)
 
 
+def test_table_ci_and_goals_from_per_frame(result, setup):
+    """The CI columns are the patient bootstrap of per_frame.csv's Dice; the goal check has a row per
+    DRU-Net data set and FoV, the folder's target being the real-angiogram one plus the Frangi row."""
+    table = _read_csv(result / "table.csv")
+    frames = _read_csv(result / "per_frame.csv")
+    for row in table:
+        used = [f for f in frames if (f["dataset"], f["fov"], f["method"]) == (row["dataset"], row["fov"], row["method"])
+                and f["empty_gt"] == "False"]
+        lo, hi = ev.median_ci([float(f["dice"]) for f in used], [f["patient"] for f in used])
+        assert _f(row["dice_ci_low"]) == pytest.approx(lo, abs=1e-5)
+        assert _f(row["dice_ci_high"]) == pytest.approx(hi, abs=1e-5)
+        assert lo - 1e-5 <= _f(row["median_dice"]) <= hi + 1e-5
+        assert int(row["n_patients"]) == len({f["patient"] for f in used})
+    goals = json.loads((result / "summary.json").read_text())["goals"]
+    drunet_rows = {(r["dataset"], r["fov"]) for r in table if r["method"] == ev.METHOD_DRUNET}
+    assert {(g["dataset"], g["fov"]) for g in goals} == drunet_rows
+    by_goal = {(g["dataset"], g["goal"]): g for g in goals}
+    assert by_goal[("angios/test", "median DSC >= 0.75")]["verdict"] in (
+        "met", "not met", "met by the median, not by the whole CI", "not met by the median, CI reaches it")
+    frangi = by_goal[("angios/test", "median DSC above Frangi's")]
+    med = {m: np.median([float(f["dice"]) for f in frames if f["dataset"] == "angios/test" and f["method"] == m])
+           for m in ev.METHODS}
+    assert frangi["value"] == pytest.approx(med[ev.METHOD_DRUNET] - med[ev.METHOD_FRANGI], abs=1e-6)
+    phantom = ev._index_label(setup["test_index"])
+    assert all(g["goal"] == "median DSC >= 0.9" for g in goals if g["dataset"] == phantom)
+    assert "Goals of the issue" in (result / "table.md").read_text()
+
+
+def test_median_ci_draws_patients_not_frames():
+    # patient A: 99 frames at 0.9; patient B: one frame at 0.1. A frame bootstrap would never put the
+    # median near 0.1; drawing patients, B twice (probability 1/4) does, so the lower bound is 0.1.
+    values = [0.9] * 99 + [0.1]
+    patients = ["A"] * 99 + ["B"]
+    assert ev.median_ci(values, patients) == (pytest.approx(0.1), pytest.approx(0.9))
+    # one patient per frame: the interval contains the median and narrows with more patients
+    rng = np.random.default_rng(5)
+    widths = []
+    for n in (20, 400):
+        v = rng.uniform(0, 1, n)
+        lo, hi = ev.median_ci(v, [str(i) for i in range(n)])
+        assert lo < np.median(v) < hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2
+    assert ev.median_ci(v, [str(i) for i in range(400)]) == (lo, hi)  # seeded: the same table every run
+    assert ev.median_ci([], []) == (None, None)
+
+
+def test_goal_verdicts_follow_median_and_ci():
+    def rec(frame, method, dice, patient):
+        return {"dataset": "real", "fov": "upper", "method": method, "frame": frame, "patient": patient,
+                "dice": dice, "precision": dice, "recall": dice, "empty_gt": False, "pred_px": 1, "threshold": 0.5}
+
+    # DRU-Net 0.80 on every image, Frangi 0.50: goal met, above Frangi with the whole interval
+    recs = [rec(str(i), m, d, str(i)) for i in range(10) for m, d in ((ev.METHOD_DRUNET, 0.8), (ev.METHOD_FRANGI, 0.5))]
+    table = ev.summarise(recs, ["real"])
+    goals = {g["goal"]: g for g in ev.check_goals(recs, table, {"real": "image-mask folder"})}
+    assert goals["median DSC >= 0.75"]["verdict"] == "met"
+    assert goals["median DSC above Frangi's"]["verdict"] == "met"
+    assert goals["median DSC above Frangi's"]["value"] == pytest.approx(0.3)
+    # the same figures read as a phantom index: the 0.90 goal, no Frangi row
+    goals = ev.check_goals(recs, table, {"real": "case index"})
+    assert [(g["goal"], g["verdict"]) for g in goals] == [("median DSC >= 0.9", "not met")]
+    # a median on the goal with images on both sides: met by the median only; Frangi equal: not above
+    recs = [rec(str(i), m, 0.70 + 0.01 * i, str(i)) for i in range(11) for m in ev.METHODS]
+    goals = {g["goal"]: g for g in ev.check_goals(recs, ev.summarise(recs, ["real"]), {"real": "image-mask folder"})}
+    assert goals["median DSC >= 0.75"]["verdict"] == "met by the median, not by the whole CI"
+    assert goals["median DSC above Frangi's"]["verdict"] == "not met"
+    assert ev._verdict(0.74, 0.70, 0.78, 0.75) == "not met by the median, CI reaches it"
+
+
 def test_frangi_threshold_comes_from_training_data_only(result, setup, monkeypatch):
     s1 = json.loads((result / "summary.json").read_text())
     fr = s1["frangi"]

@@ -44,9 +44,15 @@ recall. Rules for the medians:
 * a frame where the method predicts nothing has precision undefined: it is left out of the
   precision median only (its Dice and recall, 0, count) and counted as ``n_no_pred``.
 
+Each median DSC comes with a 95 % confidence interval from a bootstrap over **patients** (all frames
+of a drawn patient together; ``median_ci``), and the issue's goals are checked against DRU-Net's
+rows (``check_goals``: phantom indices 0.90 per FoV, image folders 0.75 and above Frangi, the
+latter with the paired interval of the median difference), each verdict saying whether the whole
+interval agrees with the median.
+
 Outputs in ``--out DIR`` (written atomically, all or nothing): ``table.csv`` and ``table.md``
-(data set x FoV x method: n, medians and quartiles of DSC, median precision and recall, the
-threshold used), ``per_frame.csv``, ``boxplots.png`` (Fig. 5 style), ``samples.png`` (Fig. 6
+(data set x FoV x method: n, patients, medians, quartiles and CI of DSC, median precision and
+recall, the threshold used; ``table.md`` and ``summary.json`` also the goal check), ``per_frame.csv``, ``boxplots.png`` (Fig. 5 style), ``samples.png`` (Fig. 6
 style: best / median / worst frame by DRU-Net Dice per data set and FoV, TP yellow, FP magenta,
 FN cyan, DRU-Net and Frangi side by side) and ``summary.json`` (everything above plus the model,
 its SHA256, the Frangi parameters and thresholds with their training data, the command, timings).
@@ -107,8 +113,18 @@ _THUMB = 384  # longest side of a sample picture, px
 
 PER_FRAME_COLUMNS = ("dataset", "fov", "method", "frame", "patient", "rows", "cols", "gt_px", "pred_px",
                      "tp", "fp", "fn", "dice", "precision", "recall", "empty_gt", "threshold", "sigmas")
-TABLE_COLUMNS = ("dataset", "fov", "method", "n", "n_empty_gt", "empty_gt_clean", "n_no_pred",
-                 "median_dice", "dice_q1", "dice_q3", "median_precision", "median_recall", "threshold", "sigmas")
+TABLE_COLUMNS = ("dataset", "fov", "method", "n", "n_patients", "n_empty_gt", "empty_gt_clean", "n_no_pred",
+                 "median_dice", "dice_q1", "dice_q3", "dice_ci_low", "dice_ci_high", "median_precision",
+                 "median_recall", "threshold", "sigmas")
+#: the confidence interval of a median DSC: percentile bootstrap over patients (all frames of a patient
+#: drawn together: frames of one cine are not independent), seeded, so a table is reproducible
+CI_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+#: the issue's goals for DRU-Net's median DSC: each FoV of held-out phantom patients (case indices),
+#: and real angiograms (image-mask folders), where it must also be above the Frangi baseline
+GOAL_PHANTOM_DICE = 0.90
+GOAL_REAL_DICE = 0.75
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,8 +467,34 @@ def _q(values: Iterable[float], q: float) -> Optional[float]:
     return float(np.percentile(v, q)) if v.size else None
 
 
+def bootstrap_medians(values: np.ndarray, patients: Sequence[str], resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """Medians of the columns of ``values`` (frames x k) over ``resamples`` cluster-bootstrap resamples:
+    each draws as many patients as there are, with replacement, and pools their frames. Returns
+    (resamples, k). Paired columns (two methods on the same frames) share every resample."""
+    values = np.asarray(values, float).reshape(len(patients), -1)
+    names, codes = np.unique(np.asarray(patients, dtype=str), return_inverse=True)
+    members = [np.flatnonzero(codes == i) for i in range(len(names))]
+    rng = np.random.default_rng(seed)
+    out = np.empty((resamples, values.shape[1]))
+    for b in range(resamples):
+        rows = np.concatenate([members[i] for i in rng.integers(0, len(names), len(names))])
+        out[b] = np.median(values[rows], axis=0)
+    return out
+
+
+def median_ci(values: Sequence[float], patients: Sequence[str]) -> Tuple[Optional[float], Optional[float]]:
+    """The ``CI_LEVEL`` percentile interval of the median of ``values`` by ``bootstrap_medians``."""
+    if len(values) == 0:
+        return None, None
+    tail = 50 * (1 - CI_LEVEL)
+    lo, hi = np.percentile(bootstrap_medians(np.asarray(values, float), patients)[:, 0], (tail, 100 - tail))
+    return float(lo), float(hi)
+
+
 def summarise(records: Sequence[Dict[str, Any]], order: Sequence[str]) -> List[Dict[str, Any]]:
-    """Table rows (data set x FoV x method) with the medians under the rules of this module's doc."""
+    """Table rows (data set x FoV x method) with the medians under the rules of this module's doc, and
+    the median DSC's confidence interval (``median_ci``)."""
     rows = []
     for ds in order:
         for fov in FOVS:
@@ -463,13 +505,16 @@ def summarise(records: Sequence[Dict[str, Any]], order: Sequence[str]) -> List[D
                 used = [r for r in grp if not r["empty_gt"]]
                 empty = [r for r in grp if r["empty_gt"]]
                 ths = sorted({r["threshold"] for r in grp})
+                ci = median_ci([r["dice"] for r in used], [r["patient"] for r in used])
                 rows.append({
-                    "dataset": ds, "fov": fov, "method": method, "n": len(used), "n_empty_gt": len(empty),
+                    "dataset": ds, "fov": fov, "method": method, "n": len(used),
+                    "n_patients": len({r["patient"] for r in used}), "n_empty_gt": len(empty),
                     "empty_gt_clean": sum(1 for r in empty if r["pred_px"] == 0),
                     "n_no_pred": sum(1 for r in used if r["pred_px"] == 0),
                     "median_dice": _q((r["dice"] for r in used), 50),
                     "dice_q1": _q((r["dice"] for r in used), 25),
                     "dice_q3": _q((r["dice"] for r in used), 75),
+                    "dice_ci_low": ci[0], "dice_ci_high": ci[1],
                     "median_precision": _q((r["precision"] for r in used), 50),
                     "median_recall": _q((r["recall"] for r in used), 50),
                     "threshold": ths[0] if len(ths) == 1 else None,
@@ -491,20 +536,82 @@ def _fmt_th(v) -> str:
 
 
 def table_markdown(rows: Sequence[Dict[str, Any]], notes: Sequence[str] = ()) -> str:
-    head = ("| data set | FoV | method | n | DSC median [IQR] | precision | recall | threshold (sigmas, px) | "
-            "empty GT (clean) | no prediction |")
-    lines = [head, "| " + " | ".join(["---"] * 10) + " |"]
+    head = (f"| data set | FoV | method | n | DSC median [IQR] | {100 * CI_LEVEL:g} % CI (patients) | precision | "
+            "recall | threshold (sigmas, px) | empty GT (clean) | no prediction |")
+    lines = [head, "| " + " | ".join(["---"] * 11) + " |"]
     for r in rows:
         dsc = (f"{_fmt(r['median_dice'])} [{_fmt(r['dice_q1'], 2)}-{_fmt(r['dice_q3'], 2)}]"
                if r["median_dice"] is not None else "-")
+        ci = (f"{_fmt(r['dice_ci_low'])}-{_fmt(r['dice_ci_high'])} ({r['n_patients']})"
+              if r.get("dice_ci_low") is not None else "-")
         lines.append(
-            f"| {r['dataset']} | {r['fov']} | {r['method']} | {r['n']} | {dsc} | {_fmt(r['median_precision'])} | "
+            f"| {r['dataset']} | {r['fov']} | {r['method']} | {r['n']} | {dsc} | {ci} | {_fmt(r['median_precision'])} | "
             f"{_fmt(r['median_recall'])} | {_fmt_th(r['threshold'])}{' (' + r['sigmas'] + ')' if r.get('sigmas') else ''} | "
             f"{r['n_empty_gt']} ({r['empty_gt_clean']}) | "
             f"{r['n_no_pred']} |")
     if notes:
         lines.append("")
         lines.extend(f"- {n}" for n in notes)
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(value: float, lo: float, hi: float, target: float, strict: bool = False) -> str:
+    """Whether a median reaches ``target`` (is above it when ``strict``), and whether its confidence
+    interval agrees."""
+    def reaches(v: float) -> bool:
+        return v > target if strict else v >= target
+
+    if reaches(value):
+        return "met" if reaches(lo) else "met by the median, not by the whole CI"
+    return "not met by the median, CI reaches it" if reaches(hi) else "not met"
+
+
+def check_goals(records: Sequence[Dict[str, Any]], table: Sequence[Dict[str, Any]],
+                kinds: Dict[str, str]) -> List[Dict[str, Any]]:
+    """The issue's goals for DRU-Net, one row per data set and FoV: median DSC >= ``GOAL_PHANTOM_DICE``
+    on case indices (held-out phantom patients), >= ``GOAL_REAL_DICE`` on image-mask folders (real
+    angiograms) and there also above Frangi (the median difference with its paired patient-bootstrap
+    CI: met when the whole CI is above 0). ``kinds``: data set label -> ``DataSet.kind``."""
+    out = []
+    for row in table:
+        if row["method"] != METHOD_DRUNET or row["median_dice"] is None:
+            continue
+        real = kinds.get(row["dataset"]) == "image-mask folder"
+        target = GOAL_REAL_DICE if real else GOAL_PHANTOM_DICE
+        lo, hi = row["dice_ci_low"], row["dice_ci_high"]
+        out.append({"dataset": row["dataset"], "fov": row["fov"], "goal": f"median DSC >= {target:g}",
+                    "value": row["median_dice"], "ci": [lo, hi], "verdict": _verdict(row["median_dice"], lo, hi, target)})
+        if not real:
+            continue
+        pairs: Dict[str, Dict[str, Any]] = {}
+        for r in records:
+            if r["dataset"] == row["dataset"] and r["fov"] == row["fov"] and not r["empty_gt"]:
+                pairs.setdefault(r["frame"], {})[r["method"]] = r
+        both = [p for p in pairs.values() if METHOD_DRUNET in p and METHOD_FRANGI in p]
+        if not both:
+            continue
+        dice = np.array([[p[METHOD_DRUNET]["dice"], p[METHOD_FRANGI]["dice"]] for p in both])
+        diff = float(np.median(dice[:, 0]) - np.median(dice[:, 1]))
+        boot = bootstrap_medians(dice, [p[METHOD_DRUNET]["patient"] for p in both])
+        tail = 50 * (1 - CI_LEVEL)
+        dlo, dhi = (float(v) for v in np.percentile(boot[:, 0] - boot[:, 1], (tail, 100 - tail)))
+        out.append({"dataset": row["dataset"], "fov": row["fov"], "goal": "median DSC above Frangi's",
+                    "value": diff, "ci": [dlo, dhi], "verdict": _verdict(diff, dlo, dhi, 0.0, strict=True)})
+    return out
+
+
+def goals_markdown(goals: Sequence[Dict[str, Any]]) -> str:
+    """The goal check as a table (empty when there is nothing to check)."""
+    if not goals:
+        return ""
+    lines = ["", f"## Goals of the issue (DRU-Net; {100 * CI_LEVEL:g} % CI: bootstrap over patients)", "",
+             "| data set | FoV | goal | value | CI | verdict |", "| --- | --- | --- | ---: | --- | --- |"]
+    for g in goals:
+        lines.append(f"| {g['dataset']} | {g['fov']} | {g['goal']} | {g['value']:+.3f} | "
+                     f"{g['ci'][0]:+.3f} to {g['ci'][1]:+.3f} | {g['verdict']} |"
+                     if "Frangi" in g["goal"] else
+                     f"| {g['dataset']} | {g['fov']} | {g['goal']} | {g['value']:.3f} | "
+                     f"{g['ci'][0]:.3f}-{g['ci'][1]:.3f} | {g['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -776,6 +883,7 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
 
     order = [d.label for d in datasets]
     table = summarise(records, order)
+    goals = check_goals(records, table, {d.label: d.kind for d in datasets})
 
     # sample pictures: read the picked frames again (cheaper than keeping every frame in memory)
     by_name = {(f.dataset, f.name): f for f in evaluated}
@@ -800,7 +908,7 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
             panel["overlays"][m] = (_thumb(rgb), rec_index[(ref.dataset, ref.name, m)])
         panels.append(panel)
 
-    return {"records": records, "table": table, "samples": panels, "methods": methods, "order": order,
+    return {"records": records, "table": table, "goals": goals, "samples": panels, "methods": methods, "order": order,
             "frangi": frangi, "model": model_info, "warnings": warnings,
             "seconds": {"total": round(time.perf_counter() - t0, 1), "evaluation": round(eval_seconds, 1),
                         "per_frame_all_methods": round(eval_seconds / max(1, len(evaluated)), 3)}}
@@ -819,6 +927,10 @@ RULES = [
     "(never on the evaluated data): that of the same data set and FoV when given (the index's train rows; "
     "angios40/train for angios40/test), else all training data of the FoV.",
     "Metrics at each frame's own size.",
+    f"{100 * CI_LEVEL:g} % CI of a median DSC: percentile bootstrap over patients ({BOOTSTRAP_RESAMPLES} resamples, "
+    f"seed {BOOTSTRAP_SEED}): each resample draws as many patients as there are, with replacement, with all their "
+    "frames (frames of one patient are not independent; an angios40 image is its own patient). With few patients "
+    "the interval is wide or degenerate: it says how far the data can carry a claim, not more.",
 ]
 
 
@@ -943,6 +1055,7 @@ def run_evaluate_seg(args) -> int:
         "model": res["model"],
         "frangi": res["frangi"],
         "table": res["table"],
+        "goals": res["goals"],
         "samples": [{k: p[k] for k in ("dataset", "fov", "kind", "frame", "ranked_by")} for p in res["samples"]],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": res["model"]["device"],
                     "torch_threads": _torch_threads()},
@@ -955,7 +1068,8 @@ def run_evaluate_seg(args) -> int:
     with OutputSet(inputs=inputs) as outs:
         outs.add(out / "table.csv", csv_writer(_csv_rows(res["table"]), TABLE_COLUMNS))
         outs.add(out / "table.md", _bytes_writer(("# Vessel segmentation on held-out data\n\n"
-                                                 + table_markdown(res["table"], notes)).encode()))
+                                                 + table_markdown(res["table"], notes)
+                                                 + goals_markdown(res["goals"])).encode()))
         outs.add(out / "per_frame.csv", csv_writer(_csv_rows(res["records"]), PER_FRAME_COLUMNS))
         outs.add(out / "boxplots.png", _bytes_writer(boxplot_png(res["records"], res["order"])))
         outs.add(out / "samples.png", _bytes_writer(samples_png(res["samples"], res["methods"])))
@@ -965,7 +1079,7 @@ def run_evaluate_seg(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(table_markdown(res["table"]), end="")
+        print(table_markdown(res["table"]) + goals_markdown(res["goals"]), end="")
         print(f"written: {out}/table.md, table.csv, per_frame.csv, boxplots.png, samples.png, summary.json")
     return 0
 
