@@ -435,6 +435,37 @@ def test_init_records_every_stage_of_a_staged_fine_tune(tmp_path, monkeypatch):
     assert f"--init {a_best}" in c["command"] and f"--out {tmp_path / 'b'}" in c["command"]
     assert c["init"]["sha256"] == sha256_file(a_best) and c["init"]["command"] == b["command"]
 
+def test_init_twice_averages_the_weights_and_epochs_0_exports_them(tmp_path, monkeypatch):
+    """A model soup: ``--init A --init B --epochs 0`` validates the mean of the two networks' weights
+    (thresholds chosen on the validation split) and exports it, with both parents in ``init``."""
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path / "models"))
+    data = write_vessel_folder(tmp_path / "data", n=5)
+    train(_config(data, tmp_path / "a"))
+    train(_config(data, tmp_path / "b", seed=4))
+    a_best, b_best = tmp_path / "a" / "best.pt", tmp_path / "b" / "best.pt"
+    a, b = _state(a_best), _state(b_best)
+    summary = train(_config(data, tmp_path / "s", epochs=0, init=[str(a_best), str(b_best)], export="soup",
+                            export_dir=str(tmp_path / "m")))
+    assert summary["epochs_done"] == 0
+    exported = torch.jit.load(str(tmp_path / "m" / "soup.pt"), map_location="cpu").state_dict()
+    for k, v in a.items():
+        want = (a[k].double() + b[k].double()) / 2 if v.is_floating_point() else a[k]
+        assert torch.allclose(exported[k].double(), want.double(), atol=1e-6), k
+    assert not torch.allclose(a["encoders.0.conv1.weight"], b["encoders.0.conv1.weight"])  # two different parents
+    entry = load_manifest(tmp_path / "m")[0]
+    parents = entry["init"]["average_of"]
+    assert [p["sha256"] for p in parents] == [sha256_file(a_best), sha256_file(b_best)]
+    assert f"--init {a_best} --init {b_best}" in entry["command"] and "--epochs 0" in entry["command"]
+    assert entry["metrics"]["checkpoint_epoch"] == 0 and entry["thresholds"]
+    # a soup needs one network: other widths are refused before anything is written
+    train(_config(data, tmp_path / "c", base_channels=4))
+    with pytest.raises(InputError, match="different networks"):
+        train(_config(data, tmp_path / "t", epochs=0, init=[str(a_best), str(tmp_path / "c" / "best.pt")]))
+    assert not (tmp_path / "t").exists()
+    with pytest.raises(InputError, match="0 only with --init"):
+        train(_config(data, tmp_path / "u", epochs=0))
+
+
 @pytest.mark.parametrize("crop", [0, 32])
 def test_training_is_deterministic(tmp_path, crop):
     data = write_vessel_folder(tmp_path / "data", n=5)  # 4 training frames, batch 2: two steps

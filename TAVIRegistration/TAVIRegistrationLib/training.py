@@ -68,8 +68,9 @@ class TrainingConfig:
     max_minutes: Optional[float] = None
     stop_epoch: Optional[int] = None
     resume: Optional[str] = None  # None, "last" or a checkpoint path
-    #: starting weights (fine-tuning): a checkpoint of this trainer, or an installed model's manifest name
-    init: Optional[str] = None
+    #: starting weights (fine-tuning): checkpoints of this trainer or installed models' manifest names;
+    #: several: the mean of their weights (a model soup). A single text (older checkpoints) is one source.
+    init: Optional[List[str]] = None
     export: Optional[str] = None
     export_dir: Optional[str] = None
     progress: bool = True
@@ -83,8 +84,9 @@ class TrainingConfig:
     COMMAND_OPTIONS = ()  # type: Tuple[str, ...]
 
     def check(self) -> None:
-        if self.epochs < 1:
-            raise InputError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.epochs < 0 or (self.epochs == 0 and not self.init):
+            raise InputError(f"--epochs must be >= 1 (0 only with --init: validate and export the starting weights), "
+                             f"got {self.epochs}")
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -117,8 +119,8 @@ class TrainingConfig:
         if self.val_fold is not None:
             parts += ["--val-fold", str(self.val_fold)]
         parts += self.command_flags()
-        if self.init is not None:
-            parts += ["--init", str(self.init)]
+        for source in init_sources(self.init):
+            parts += ["--init", source]
         if self.stop_epoch is not None:
             parts += ["--stop-epoch", str(self.stop_epoch)]
         parts += ["--out", str(self.out)]
@@ -138,6 +140,25 @@ class TrainingConfig:
         values.update(data=list(args.data), out=str(args.out), progress=not args.quiet,
                       export_dir=str(args.export_dir) if args.export_dir else None)
         return cls(**values)
+
+
+def init_sources(init) -> List[str]:
+    """``TrainingConfig.init`` as a list (None: none; a text, as older checkpoints store it: one)."""
+    if not init:
+        return []
+    return [str(init)] if isinstance(init, (str, Path)) else [str(v) for v in init]
+
+
+def average_states(states: Sequence[Dict[str, Any]], names: Sequence[str]) -> Dict[str, Any]:
+    """The mean of several state dicts of one network (a model soup: floating-point tensors averaged,
+    integer buffers such as batch-norm counters taken from the first). Networks that differ in
+    their tensors' names or shapes are refused."""
+    first = states[0]
+    for state, name in zip(states[1:], names[1:]):
+        if set(state) != set(first) or any(state[k].shape != first[k].shape for k in first):
+            raise InputError(f"--init {names[0]} and {name} are different networks: their weights cannot be averaged")
+    return {k: (sum(st[k].double() for st in states) / len(states)).to(first[k].dtype)
+            if first[k].is_floating_point() else first[k].clone() for k in first}
 
 
 def _option_text(value) -> str:
@@ -182,10 +203,12 @@ def add_common_training_arguments(p, config_cls) -> None:
     p.add_argument("--stop-epoch", type=int, help="stop after this epoch (keeps the schedule of --epochs)")
     p.add_argument("--resume", nargs="?", const="last", metavar="CHECKPOINT",
                    help="continue from OUT/last.pt (or the given checkpoint)")
-    p.add_argument("--init", metavar="CHECKPOINT|MODEL",
+    p.add_argument("--init", metavar="CHECKPOINT|MODEL", action="append",
                    help="start from these weights (fine-tuning) instead of a random initialisation: a checkpoint "
                         "of this trainer (best.pt, last.pt) or an installed model's manifest name; the optimiser "
-                        "and schedule start afresh, the manifest records the file's SHA256")
+                        "and schedule start afresh, the manifest records the file's SHA256. Repeated: the mean of "
+                        "the networks' weights (a model soup; for networks fine-tuned from one another). With "
+                        "--epochs 0 nothing is trained: the starting weights are validated and exported")
     p.add_argument("--export", metavar="NAME", help="export the best weights as NAME.pt with a manifest entry")
     p.add_argument("--export-dir", type=Path, help="where to export (default: Resources/Models or $TAVIREG_MODELS_DIR)")
     p.add_argument("--workers", type=int, default=0,
@@ -484,6 +507,10 @@ def save_scripted_atomic(scripted, target_dir: Path, file_name: str) -> Tuple[Pa
 # ---------------------------------------------------------------------------------------------
 # the training run
 # ---------------------------------------------------------------------------------------------
+def _init_hashes(record: Dict[str, Any]) -> List[Optional[str]]:
+    return [r.get("sha256") for r in record.get("average_of", [record])]
+
+
 class _PreparedBatches:
     """A map-style data set whose item ``b`` is ``prepare(b, batches[b])`` (for ``DataLoader`` workers)."""
 
@@ -558,29 +585,41 @@ class TrainingRun:
         return train, val
 
     def init_weights(self) -> Dict[str, Any]:
-        """The ``--init`` weights (a state dict): a checkpoint of this trainer, or the TorchScript file
-        of an installed model (hash-checked); remembered (``describe_init``) for the manifest."""
+        """The ``--init`` weights (a state dict; the mean of several sources' ``average_states``): each a
+        checkpoint of this trainer, or the TorchScript file of an installed model (hash-checked);
+        remembered (``describe_init``) for the manifest."""
         from .models import load_model_with_entry
 
-        path = Path(str(self.config.init))
-        if path.is_file():
-            ck = self.load_checkpoint(path)
-            state = ck["model"]
-            self.init_record = self.describe_init(ck)
-        else:
-            self.init_record = self.describe_init()
-            module, _ = load_model_with_entry(str(self.config.init), "cpu")
-            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        return state
+        states, records = [], []
+        sources = init_sources(self.config.init)
+        for source in sources:
+            path = Path(source)
+            if path.is_file():
+                ck = self.load_checkpoint(path)
+                states.append(ck["model"])
+                records.append(self.describe_init(source, ck))
+            else:
+                records.append(self.describe_init(source))
+                module, _ = load_model_with_entry(source, "cpu")
+                states.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+        self.init_record = self.combine_init_records(records)
+        return states[0] if len(states) == 1 else average_states(states, sources)
 
-    def describe_init(self, ck: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """What ``--init`` names, for the manifest: the file and its SHA256, and how those weights were
-        made (the command that trained them, the epoch, the minutes and, recursively, their own
-        ``init``), so that a network fine-tuned in stages records every stage. ``ck``: the checkpoint
-        when it is one (already read)."""
+    @staticmethod
+    def combine_init_records(records: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """One source's record, or for a soup ``{"average_of": [records], "rule": ...}``."""
+        if len(records) == 1:
+            return records[0]
+        return {"average_of": records, "rule": "mean of the networks' weights (model soup); integer buffers "
+                                               "from the first"}
+
+    def describe_init(self, source: str, ck: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """What one ``--init`` source names, for the manifest: the file and its SHA256, and how those
+        weights were made (the command that trained them, the epoch, the minutes and, recursively,
+        their own ``init``), so that a network fine-tuned in stages records every stage. ``ck``: the
+        checkpoint when it is one (already read)."""
         from .models import find_entry, models_dir, sha256_file
 
-        source = str(self.config.init)
         path = Path(source)
         if path.is_file():
             ck = ck if ck is not None else self.load_checkpoint(path)
@@ -611,8 +650,9 @@ class TrainingRun:
                     model.load_state_dict(state)
                 except RuntimeError as exc:
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-                    raise InputError(f"--init {self.config.init}: its network differs from this run's ({first})") from None
-                self.log.line(f"started from the weights of {self.config.init}")
+                    raise InputError(f"--init {' + '.join(init_sources(self.config.init))}: its network differs "
+                                     f"from this run's ({first})") from None
+                self.log.line(f"started from the weights of {' + '.join(init_sources(self.config.init))}")
             return False
         ck_path = self.resume_path
         ck = self.load_checkpoint(ck_path)
@@ -627,12 +667,12 @@ class TrainingRun:
         opt.load_state_dict(ck["optimizer"])
         self.start_epoch, self.history, self.best = int(ck["epoch"]), list(ck.get("history", [])), ck.get("best")
         self.init_record = ck.get("init")
-        if self.init_record and self.config.init:  # the same start file still there: its full description
+        if self.init_record and self.config.init:  # the same start files still there: their full description
             try:
-                fresh = self.describe_init()
+                fresh = self.combine_init_records([self.describe_init(s) for s in init_sources(self.config.init)])
             except InputError:
                 fresh = None
-            if fresh and fresh["sha256"] == self.init_record.get("sha256"):
+            if fresh and _init_hashes(fresh) == _init_hashes(self.init_record):
                 self.init_record = fresh
         self.log.line(f"resumed from {ck_path} after epoch {self.start_epoch}")
         return True
@@ -699,10 +739,21 @@ class TrainingRun:
         next epoch would pass ``--max-minutes``. Each epoch: ``train_epoch(epoch)``; on rank 0
         ``validate()`` (``(metrics, score)`` or None) decides ``best.pt`` (higher score is better),
         ``last.pt`` and ``history.json`` are written and ``describe(metrics)`` is logged.
-        ``first_record`` is added to the record of epoch 1."""
-        import torch
-
+        ``first_record`` is added to the record of epoch 1. With ``--epochs 0`` (``--init`` only) the
+        starting weights are validated and saved as epoch 0, so that they can be exported."""
         config, dist, log = self.config, self.dist, self.log
+        if config.epochs == 0:
+            if dist.main:
+                record: Dict[str, Any] = {"epoch": 0, "train_loss": None, "lr": 0.0, "seconds": 0.0}
+                validated = validate()
+                if validated is not None:
+                    record["val"], score = validated
+                    self.best = {"epoch": 0, "score": score, "metrics": record["val"]}
+                self.history.append(record)
+                self._save_epoch(model, opt, 0, params, improved=validated is not None)
+                log.line("--epochs 0: the starting weights, not trained" + (describe(record["val"]) if validated else ""))
+            dist.barrier()
+            return
         epoch_times: List[float] = []
         stopped = False
         epoch = self.start_epoch
@@ -728,20 +779,26 @@ class TrainingRun:
                         self.best = {"epoch": epoch + 1, "score": score, "metrics": record["val"]}
                         improved = True
                 self.history.append(record)
-                ck = {"format": CHECKPOINT_FORMAT, "kind": self.checkpoint_kind, "model": model.state_dict(),
-                      "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": self.history, "best": self.best,
-                      "config": asdict(config), "split": self.split, "params": params, "init": self.init_record,
-                      "torch_version": torch.__version__}
-                save_atomic(ck, self.out_dir / "last.pt")
-                if improved:
-                    save_atomic({**ck, "optimizer": None}, self.out_dir / "best.pt")
-                save_atomic({"history": self.history, "best": self.best, "split": self.split, "data": self.described},
-                            self.out_dir / "history.json")
+                self._save_epoch(model, opt, epoch + 1, params, improved)
                 val_txt = describe(record["val"]) if "val" in record else ""
                 log.line(f"epoch {epoch + 1}/{config.epochs}: loss {loss_avg:.4f}{val_txt} [{epoch_times[-1]:.1f} s]")
             dist.barrier()
         self.epochs_done = len(self.history) if dist.main else epoch + 1
         self.stopped_by_time = stopped
+
+    def _save_epoch(self, model, opt, epoch: int, params: int, improved: bool) -> None:
+        """``last.pt`` (and ``best.pt`` when ``improved``) and ``history.json`` after ``epoch``."""
+        import torch
+
+        ck = {"format": CHECKPOINT_FORMAT, "kind": self.checkpoint_kind, "model": model.state_dict(),
+              "optimizer": opt.state_dict(), "epoch": epoch, "history": self.history, "best": self.best,
+              "config": asdict(self.config), "split": self.split, "params": params, "init": self.init_record,
+              "torch_version": torch.__version__}
+        save_atomic(ck, self.out_dir / "last.pt")
+        if improved:
+            save_atomic({**ck, "optimizer": None}, self.out_dir / "best.pt")
+        save_atomic({"history": self.history, "best": self.best, "split": self.split, "data": self.described},
+                    self.out_dir / "history.json")
 
     def finish(self, params: int, extra: Dict[str, Any], *, build_model: Callable[[], Any],
                script_model: Callable[[Any], Any],
