@@ -52,9 +52,10 @@ interval agrees with the median.
 
 Outputs in ``--out DIR`` (written atomically, all or nothing): ``table.csv`` and ``table.md``
 (data set x FoV x method: n, patients, medians, quartiles and CI of DSC, median precision and
-recall, the threshold used; ``table.md`` and ``summary.json`` also the goal check), ``per_frame.csv``, ``boxplots.png`` (Fig. 5 style), ``samples.png`` (Fig. 6
-style: best / median / worst frame by DRU-Net Dice per data set and FoV, TP yellow, FP magenta,
-FN cyan, DRU-Net and Frangi side by side) and ``summary.json`` (everything above plus the model,
+recall, the threshold used; ``table.md`` and ``summary.json`` also the goal check),
+``per_frame.csv``, ``boxplots.png`` (Fig. 5 style), ``samples.png`` (Fig. 6 style: best / median /
+worst frame by DRU-Net Dice per data set and FoV, TP yellow, FP magenta, FN cyan, DRU-Net and
+Frangi side by side) and ``summary.json`` (everything above plus the model,
 its SHA256, the Frangi parameters and thresholds with their training data, the command, timings).
 
 ``tavireg evaluate reg`` belongs to ``evaluate_reg.py`` (owned separately): ``_add_reg`` registers
@@ -607,11 +608,12 @@ def goals_markdown(goals: Sequence[Dict[str, Any]]) -> str:
     lines = ["", f"## Goals of the issue (DRU-Net; {100 * CI_LEVEL:g} % CI: bootstrap over patients)", "",
              "| data set | FoV | goal | value | CI | verdict |", "| --- | --- | --- | ---: | --- | --- |"]
     for g in goals:
-        lines.append(f"| {g['dataset']} | {g['fov']} | {g['goal']} | {g['value']:+.3f} | "
-                     f"{g['ci'][0]:+.3f} to {g['ci'][1]:+.3f} | {g['verdict']} |"
-                     if "Frangi" in g["goal"] else
-                     f"| {g['dataset']} | {g['fov']} | {g['goal']} | {g['value']:.3f} | "
-                     f"{g['ci'][0]:.3f}-{g['ci'][1]:.3f} | {g['verdict']} |")
+        lo, hi = g["ci"]
+        if "Frangi" in g["goal"]:  # a difference: signed
+            value, ci = f"{g['value']:+.3f}", f"{lo:+.3f} to {hi:+.3f}"
+        else:
+            value, ci = f"{g['value']:.3f}", f"{lo:.3f}-{hi:.3f}"
+        lines.append(f"| {g['dataset']} | {g['fov']} | {g['goal']} | {value} | {ci} | {g['verdict']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -84,9 +84,9 @@ class TrainingConfig:
     COMMAND_OPTIONS = ()  # type: Tuple[str, ...]
 
     def check(self) -> None:
-        if self.epochs < 0 or (self.epochs == 0 and not self.init):
-            raise InputError(f"--epochs must be >= 1 (0 only with --init: validate and export the starting weights), "
-                             f"got {self.epochs}")
+        if self.epochs < 0 or (self.epochs == 0 and (not self.init or self.resume)):
+            raise InputError(f"--epochs must be >= 1 (0 only with --init and without --resume: validate and export "
+                             f"the starting weights), got {self.epochs}")
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
