@@ -486,13 +486,20 @@ def test_compare_runs_plots_validation_curves(tmp_path, capsys):
     data = write_vessel_folder(tmp_path / "data", n=5)
     train(_config(data, tmp_path / "dice", loss="dice", epochs=2))
     train(_config(data, tmp_path / "bce", loss="bce", epochs=2))
+    # and an --epochs 0 soup of the two: one record, at epoch 0, without a training loss
+    train(_config(data, tmp_path / "soup", epochs=0,
+                  init=[str(tmp_path / "dice" / "last.pt"), str(tmp_path / "bce" / "last.pt")]))
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_runs.py"
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "dice"), str(tmp_path / "bce"),
-                           "--out", str(tmp_path / "curves.png"), "--json"], capture_output=True, text=True)
+                           str(tmp_path / "soup"), "--out", str(tmp_path / "curves.png"), "--json"],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
     history = json.loads((tmp_path / "dice" / "history.json").read_text())
     assert rows["dice"]["epochs"] == 2 and rows["dice"]["best_score"] == history["best"]["score"]
+    soup = json.loads((tmp_path / "soup" / "history.json").read_text())
+    assert rows["soup"]["epochs"] == 1 and rows["soup"]["best_epoch"] == 0
+    assert rows["soup"]["best_score"] == soup["best"]["score"]
     with Image.open(tmp_path / "curves.png") as im:
         assert im.size[0] > 1000 and len(np.unique(np.asarray(im.convert("L")))) > 10
     bad = subprocess.run([sys.executable, str(script), str(data), "--out", str(tmp_path / "x.png")],

@@ -60,13 +60,15 @@ def plot(runs: List[Dict[str, Any]], out: Path) -> None:
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6))
     for i, r in enumerate(runs):
         colour = f"C{i}"
-        axes[0].plot(r["epochs"], r["loss"], color=colour, label=r["name"])
-        axes[1].plot(r["epochs"], r["score"], color=colour, label=r["name"])
-        if r["best_epoch"]:
+        # a run of one record (an --epochs 0 export: epoch 0, no training loss) is drawn as a point
+        style = {"color": colour, "label": r["name"], "marker": "s" if len(r["epochs"]) == 1 else None}
+        axes[0].plot(r["epochs"], r["loss"], **style)
+        axes[1].plot(r["epochs"], r["score"], **style)
+        if r["best_epoch"] is not None:
             axes[1].plot([r["best_epoch"]], [r["best_score"]], "o", color=colour)
         for ax, src in zip(axes[2:], sources):
             pts = r["by_source"].get(src, [])
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour, label=r["name"])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], **style)
     axes[0].set_title("training loss")
     axes[1].set_title("validation score (dot: best.pt)")
     for ax, src in zip(axes[2:], sources):
