@@ -435,6 +435,7 @@ def test_init_records_every_stage_of_a_staged_fine_tune(tmp_path, monkeypatch):
     assert f"--init {a_best}" in c["command"] and f"--out {tmp_path / 'b'}" in c["command"]
     assert c["init"]["sha256"] == sha256_file(a_best) and c["init"]["command"] == b["command"]
 
+
 def test_init_twice_averages_the_weights_and_epochs_0_exports_them(tmp_path, monkeypatch):
     """A model soup: ``--init A --init B --epochs 0`` validates the mean of the two networks' weights
     (thresholds chosen on the validation split) and exports it, with both parents in ``init``."""

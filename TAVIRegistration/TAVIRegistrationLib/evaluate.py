@@ -484,13 +484,18 @@ def bootstrap_medians(values: np.ndarray, patients: Sequence[str], resamples: in
     return out
 
 
+def percentile_interval(samples: np.ndarray) -> Tuple[float, float]:
+    """The central ``CI_LEVEL`` interval of bootstrap samples."""
+    tail = 50 * (1 - CI_LEVEL)
+    lo, hi = np.percentile(samples, (tail, 100 - tail))
+    return float(lo), float(hi)
+
+
 def median_ci(values: Sequence[float], patients: Sequence[str]) -> Tuple[Optional[float], Optional[float]]:
     """The ``CI_LEVEL`` percentile interval of the median of ``values`` by ``bootstrap_medians``."""
     if len(values) == 0:
         return None, None
-    tail = 50 * (1 - CI_LEVEL)
-    lo, hi = np.percentile(bootstrap_medians(np.asarray(values, float), patients)[:, 0], (tail, 100 - tail))
-    return float(lo), float(hi)
+    return percentile_interval(bootstrap_medians(np.asarray(values, float), patients)[:, 0])
 
 
 def summarise(records: Sequence[Dict[str, Any]], order: Sequence[str]) -> List[Dict[str, Any]]:
@@ -594,8 +599,7 @@ def check_goals(records: Sequence[Dict[str, Any]], table: Sequence[Dict[str, Any
         dice = np.array([[p[METHOD_DRUNET]["dice"], p[METHOD_FRANGI]["dice"]] for p in both])
         diff = float(np.median(dice[:, 0]) - np.median(dice[:, 1]))
         boot = bootstrap_medians(dice, [p[METHOD_DRUNET]["patient"] for p in both])
-        tail = 50 * (1 - CI_LEVEL)
-        dlo, dhi = (float(v) for v in np.percentile(boot[:, 0] - boot[:, 1], (tail, 100 - tail)))
+        dlo, dhi = percentile_interval(boot[:, 0] - boot[:, 1])
         out.append({"dataset": row["dataset"], "fov": row["fov"], "goal": "median DSC above Frangi's",
                     "value": diff, "ci": [dlo, dhi], "verdict": _verdict(diff, dlo, dhi, 0.0, strict=True)})
     return out
