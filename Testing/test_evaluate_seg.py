@@ -175,6 +175,38 @@ def test_table_ci_and_goals_from_per_frame(result, setup):
     assert "Goals of the issue" in (result / "table.md").read_text()
 
 
+def test_by_stage_table_from_per_frame(result, setup):
+    """by_stage.csv splits the phantom's staged frames (its upper FoV) by procedure stage, in procedure
+    order, each row the same medians as the main table over that stage's frames of per_frame.csv; frames
+    without a stage (lower FoV, the image folder) are in no stage row."""
+    from TAVIRegistrationLib.phantom import STAGES
+
+    index = _read_csv(setup["test_index"])
+    want_stages = {r["stage"] for r in index if r["stage"]}
+    assert want_stages and want_stages <= set(STAGES)
+    rows = _read_csv(result / "by_stage.csv")
+    frames = _read_csv(result / "per_frame.csv")
+    phantom = ev._index_label(setup["test_index"])
+    assert {r["dataset"] for r in rows} == {phantom}
+    assert {r["stage"] for r in rows} == want_stages
+    seen = [r["stage"] for r in rows if r["method"] == ev.METHOD_DRUNET]
+    assert seen == [s for s in STAGES if s in want_stages]  # procedure order
+    for row in rows:
+        grp = [f for f in frames if (f["dataset"], f["fov"], f["stage"], f["method"])
+               == (row["dataset"], row["fov"], row["stage"], row["method"])]
+        used = [f for f in grp if f["empty_gt"] == "False"]
+        assert grp and int(row["n"]) == len(used) and int(row["n_empty_gt"]) == len(grp) - len(used)
+        if used:
+            assert _f(row["median_dice"]) == pytest.approx(np.median([float(f["dice"]) for f in used]), abs=1e-5)
+    # every staged frame of the index is in exactly one stage row
+    staged = sum(1 for r in index if r["stage"])
+    assert sum(int(r["n"]) + int(r["n_empty_gt"]) for r in rows if r["method"] == ev.METHOD_DRUNET) == staged
+    assert {f["stage"] for f in frames if f["dataset"] == "angios/test"} == {""}
+    md = (result / "table.md").read_text()
+    assert "## By procedure stage" in md and "| stage |" in md
+    assert json.loads((result / "summary.json").read_text())["by_stage"] and "by_stage.csv" in md
+
+
 def test_median_ci_draws_patients_not_frames():
     # patient A: 99 frames at 0.9; patient B: one frame at 0.1. A frame bootstrap would never put the
     # median near 0.1; drawing patients, B twice (probability 1/4) does, so the lower bound is 0.1.
@@ -299,7 +331,7 @@ def test_threshold_counts_match_brute_force():
 
 
 def test_figures_not_blank(result):
-    for name, min_size in (("boxplots.png", (600, 300)), ("samples.png", (400, 400))):
+    for name, min_size in (("boxplots.png", (600, 300)), ("by_stage.png", (600, 300)), ("samples.png", (400, 400))):
         with Image.open(result / name) as im:
             assert im.size[0] >= min_size[0] and im.size[1] >= min_size[1]
             a = np.asarray(im.convert("RGB")).astype(float)

@@ -4,7 +4,6 @@ Everything runs on tiny networks and 64 x 64 images so that the file takes secon
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

@@ -112,11 +112,13 @@ FRANGI_THRESHOLDS = tuple(float(t) for t in np.round(np.logspace(-5, 0, 101), 10
 SAMPLE_KINDS = ("best", "median", "worst")
 _THUMB = 384  # longest side of a sample picture, px
 
-PER_FRAME_COLUMNS = ("dataset", "fov", "method", "frame", "patient", "rows", "cols", "gt_px", "pred_px",
+PER_FRAME_COLUMNS = ("dataset", "fov", "method", "frame", "patient", "stage", "rows", "cols", "gt_px", "pred_px",
                      "tp", "fp", "fn", "dice", "precision", "recall", "empty_gt", "threshold", "sigmas")
 TABLE_COLUMNS = ("dataset", "fov", "method", "n", "n_patients", "n_empty_gt", "empty_gt_clean", "n_no_pred",
                  "median_dice", "dice_q1", "dice_q3", "dice_ci_low", "dice_ci_high", "median_precision",
                  "median_recall", "threshold", "sigmas")
+#: the same medians per procedure stage (case indices with a ``stage`` column: the phantom's upper FoV)
+STAGE_COLUMNS = TABLE_COLUMNS[:2] + ("stage",) + TABLE_COLUMNS[2:]
 #: the confidence interval of a median DSC: percentile bootstrap over patients (all frames of a patient
 #: drawn together: frames of one cine are not independent), seeded, so a table is reproducible
 CI_LEVEL = 0.95
@@ -143,6 +145,7 @@ class FrameRef:
     mask: Path  # resolved
     patient: str  # data-set-qualified patient id ("<csv>:<patient>", or "<folder>:<N>")
     family: str = ""  # the data set it belongs to: the index CSV, or a folder's parent (angios40)
+    stage: str = ""  # procedure stage (the index's optional ``stage`` column; phantom.STAGES), else ""
 
     @property
     def key(self) -> Tuple[str, int]:
@@ -200,7 +203,7 @@ def index_frames(csv_path: Path, split: str, label: Optional[str] = None) -> Tup
             raise InputError(f"{csv_path.name} line {i}: empty image or mask path")
         name = f"{r['patient']} {Path(r['image']).stem}#{frame}"
         out.append(FrameRef(label, fov, name, (base / r["image"]).resolve(), frame, (base / r["mask"]).resolve(),
-                            f"{csv_path.resolve()}:{r['patient']}", str(csv_path.resolve())))
+                            f"{csv_path.resolve()}:{r['patient']}", str(csv_path.resolve()), r.get("stage", "")))
     for patient, s in sides.items():
         if split in s and len(s) > 1:
             raise InputError(f"case index {csv_path.name}: patient {patient!r} has frames in several splits "
@@ -451,7 +454,7 @@ def frame_record(ref: FrameRef, method: str, pred: np.ndarray, truth: np.ndarray
     tp = int(np.count_nonzero(p & t))
     return {
         "dataset": ref.dataset, "fov": ref.fov, "method": method, "frame": ref.name,
-        "patient": ref.patient.rsplit(":", 1)[-1], "rows": int(t.shape[0]), "cols": int(t.shape[1]),
+        "patient": ref.patient.rsplit(":", 1)[-1], "stage": ref.stage, "rows": int(t.shape[0]), "cols": int(t.shape[1]),
         "gt_px": int(t.sum()), "pred_px": int(p.sum()), "tp": tp, "fp": int(p.sum()) - tp, "fn": int(t.sum()) - tp,
         "dice": float(m["dice"]), "precision": float(m["precision"]), "recall": float(m["recall"]),
         "empty_gt": bool(empty), "threshold": float(threshold),
@@ -498,35 +501,54 @@ def median_ci(values: Sequence[float], patients: Sequence[str]) -> Tuple[Optiona
     return percentile_interval(bootstrap_medians(np.asarray(values, float), patients)[:, 0])
 
 
-def summarise(records: Sequence[Dict[str, Any]], order: Sequence[str]) -> List[Dict[str, Any]]:
+def _stage_order(records: Sequence[Dict[str, Any]]) -> List[str]:
+    """The stages present (not ""), the phantom's in procedure order, then any others by name."""
+    from .phantom import STAGES
+
+    present = {r.get("stage", "") for r in records} - {""}
+    return [s for s in STAGES if s in present] + sorted(present - set(STAGES))
+
+
+def summarise(records: Sequence[Dict[str, Any]], order: Sequence[str], by_stage: bool = False) -> List[Dict[str, Any]]:
     """Table rows (data set x FoV x method) with the medians under the rules of this module's doc, and
-    the median DSC's confidence interval (``median_ci``)."""
+    the median DSC's confidence interval (``median_ci``). ``by_stage``: one row per procedure stage
+    too (data set x FoV x stage x method; frames without a stage left out)."""
     rows = []
+    stages = _stage_order(records) if by_stage else [None]
     for ds in order:
         for fov in FOVS:
-            for method in METHODS:
-                grp = [r for r in records if r["dataset"] == ds and r["fov"] == fov and r["method"] == method]
-                if not grp:
-                    continue
-                used = [r for r in grp if not r["empty_gt"]]
-                empty = [r for r in grp if r["empty_gt"]]
-                ths = sorted({r["threshold"] for r in grp})
-                ci = median_ci([r["dice"] for r in used], [r["patient"] for r in used])
-                rows.append({
-                    "dataset": ds, "fov": fov, "method": method, "n": len(used),
-                    "n_patients": len({r["patient"] for r in used}), "n_empty_gt": len(empty),
-                    "empty_gt_clean": sum(1 for r in empty if r["pred_px"] == 0),
-                    "n_no_pred": sum(1 for r in used if r["pred_px"] == 0),
-                    "median_dice": _q((r["dice"] for r in used), 50),
-                    "dice_q1": _q((r["dice"] for r in used), 25),
-                    "dice_q3": _q((r["dice"] for r in used), 75),
-                    "dice_ci_low": ci[0], "dice_ci_high": ci[1],
-                    "median_precision": _q((r["precision"] for r in used), 50),
-                    "median_recall": _q((r["recall"] for r in used), 50),
-                    "threshold": ths[0] if len(ths) == 1 else None,
-                    "sigmas": grp[0].get("sigmas", ""),
-                })
+            for stage in stages:
+                for method in METHODS:
+                    grp = [r for r in records if r["dataset"] == ds and r["fov"] == fov and r["method"] == method
+                           and (stage is None or r.get("stage", "") == stage)]
+                    if grp:
+                        rows.append(_summary_row(grp, ds, fov, method, stage))
     return rows
+
+
+def _summary_row(grp: Sequence[Dict[str, Any]], ds: str, fov: str, method: str,
+                 stage: Optional[str]) -> Dict[str, Any]:
+    used = [r for r in grp if not r["empty_gt"]]
+    empty = [r for r in grp if r["empty_gt"]]
+    ths = sorted({r["threshold"] for r in grp})
+    ci = median_ci([r["dice"] for r in used], [r["patient"] for r in used])
+    row = {"dataset": ds, "fov": fov, "method": method}
+    if stage is not None:
+        row["stage"] = stage
+    row.update({
+        "n": len(used), "n_patients": len({r["patient"] for r in used}), "n_empty_gt": len(empty),
+        "empty_gt_clean": sum(1 for r in empty if r["pred_px"] == 0),
+        "n_no_pred": sum(1 for r in used if r["pred_px"] == 0),
+        "median_dice": _q((r["dice"] for r in used), 50),
+        "dice_q1": _q((r["dice"] for r in used), 25),
+        "dice_q3": _q((r["dice"] for r in used), 75),
+        "dice_ci_low": ci[0], "dice_ci_high": ci[1],
+        "median_precision": _q((r["precision"] for r in used), 50),
+        "median_recall": _q((r["recall"] for r in used), 50),
+        "threshold": ths[0] if len(ths) == 1 else None,
+        "sigmas": grp[0].get("sigmas", ""),
+    })
+    return row
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -542,16 +564,20 @@ def _fmt_th(v) -> str:
 
 
 def table_markdown(rows: Sequence[Dict[str, Any]], notes: Sequence[str] = ()) -> str:
-    head = (f"| data set | FoV | method | n | DSC median [IQR] | {100 * CI_LEVEL:g} % CI (patients) | precision | "
-            "recall | threshold (sigmas, px) | empty GT (clean) | no prediction |")
-    lines = [head, "| " + " | ".join(["---"] * 11) + " |"]
+    """The table as markdown; a stage column when the rows are ``summarise(..., by_stage=True)``'s."""
+    staged = any("stage" in r for r in rows)
+    head = (f"| data set | FoV |{' stage |' if staged else ''} method | n | DSC median [IQR] | "
+            f"{100 * CI_LEVEL:g} % CI (patients) | precision | recall | threshold (sigmas, px) | empty GT (clean) | "
+            "no prediction |")
+    lines = [head, "| " + " | ".join(["---"] * (12 if staged else 11)) + " |"]
     for r in rows:
         dsc = (f"{_fmt(r['median_dice'])} [{_fmt(r['dice_q1'], 2)}-{_fmt(r['dice_q3'], 2)}]"
                if r["median_dice"] is not None else "-")
         ci = (f"{_fmt(r['dice_ci_low'])}-{_fmt(r['dice_ci_high'])} ({r['n_patients']})"
               if r.get("dice_ci_low") is not None else "-")
         lines.append(
-            f"| {r['dataset']} | {r['fov']} | {r['method']} | {r['n']} | {dsc} | {ci} | {_fmt(r['median_precision'])} | "
+            f"| {r['dataset']} | {r['fov']} |{' ' + r['stage'] + ' |' if staged else ''} {r['method']} | {r['n']} | "
+            f"{dsc} | {ci} | {_fmt(r['median_precision'])} | "
             f"{_fmt(r['median_recall'])} | {_fmt_th(r['threshold'])}{' (' + r['sigmas'] + ')' if r.get('sigmas') else ''} | "
             f"{r['n_empty_gt']} ({r['empty_gt_clean']}) | "
             f"{r['n_no_pred']} |")
@@ -621,6 +647,13 @@ def goals_markdown(goals: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stage_markdown(rows: Sequence[Dict[str, Any]]) -> str:
+    """The by-stage table (``summarise(..., by_stage=True)``) under its heading; empty without stages."""
+    if not rows:
+        return ""
+    return "\n## By procedure stage (frames of case indices with a stage)\n\n" + table_markdown(rows)
+
+
 def _csv_value(v):
     if isinstance(v, float):
         return "" if not math.isfinite(v) else f"{v:.6g}"
@@ -663,25 +696,35 @@ def _figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def boxplot_png(records: Sequence[Dict[str, Any]], order: Sequence[str]) -> bytes:
-    """Fig. 5 style: DSC / precision / recall boxes per data set and FoV, one colour per method."""
+def boxplot_png(records: Sequence[Dict[str, Any]], order: Sequence[str], by_stage: bool = False) -> bytes:
+    """Fig. 5 style: DSC / precision / recall boxes per data set and FoV (and procedure stage when
+    ``by_stage``: staged frames only), one colour per method."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    groups = [(ds, fov) for ds in order for fov in FOVS
-              if any(r["dataset"] == ds and r["fov"] == fov for r in records)]
+    stages = _stage_order(records) if by_stage else [None]
+
+    def members(r, ds, fov, stage):
+        return r["dataset"] == ds and r["fov"] == fov and (stage is None or r.get("stage", "") == stage)
+
+    groups = [(ds, fov, st) for ds in order for fov in FOVS for st in stages
+              if any(members(r, ds, fov, st) for r in records)]
     methods = [m for m in METHODS if any(r["method"] == m for r in records)]
     width = 0.8 / max(1, len(methods))
-    fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 3.0 + 2.2 * len(groups)) * 1.0, 4.6), squeeze=False)
+    if by_stage:  # many groups: the three panels one above the other, each the figure's width
+        fig, axes = plt.subplots(3, 1, figsize=(max(9.0, 2.0 + 1.7 * len(groups)), 11.0), squeeze=False)
+        axes = axes.T
+    else:
+        fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 3.0 + 2.2 * len(groups)), 4.6), squeeze=False)
     for ax, (key, title) in zip(axes[0], (("dice", "DSC"), ("precision", "Precision"), ("recall", "Recall"))):
         for j, method in enumerate(methods):
             data, pos = [], []
-            for g, (ds, fov) in enumerate(groups):
-                vals = _finite(r[key] for r in records if r["dataset"] == ds and r["fov"] == fov
-                               and r["method"] == method and not r["empty_gt"])
+            for g, grp in enumerate(groups):
+                vals = _finite(r[key] for r in records if members(r, *grp) and r["method"] == method
+                               and not r["empty_gt"])
                 data.append(vals if vals.size else np.array([np.nan]))
                 pos.append(g + (j - (len(methods) - 1) / 2) * width)
             bp = ax.boxplot(data, positions=pos, widths=width * 0.85, patch_artist=True, showfliers=True,
@@ -694,18 +737,19 @@ def boxplot_png(records: Sequence[Dict[str, Any]], order: Sequence[str]) -> byte
         ax.set_ylim(-0.02, 1.02)
         ax.set_xticks(range(len(groups)))
         labels = []
-        for ds, fov in groups:
-            n = sum(1 for r in records if r["dataset"] == ds and r["fov"] == fov and r["method"] == methods[0]
+        for ds, fov, st in groups:
+            n = sum(1 for r in records if members(r, ds, fov, st) and r["method"] == methods[0]
                     and not r["empty_gt"]) if methods else 0
-            labels.append(f"{ds}\n{fov} (n={n})")
+            labels.append(f"{ds}\n{fov}{' ' + st if st else ''} (n={n})")
         ax.set_xticklabels(labels, fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         ax.set_xlim(-0.6, len(groups) - 0.4)
     handles = [Patch(facecolor=_METHOD_COLOURS.get(m, "grey"), alpha=0.75, label=m) for m in methods]
     fig.legend(handles=handles, loc="upper right", bbox_to_anchor=(0.97, 0.995), ncol=len(methods), frameon=False)
-    fig.suptitle("Vessel segmentation on held-out data (frames with an empty ground truth excluded)", fontsize=10,
+    fig.suptitle("Vessel segmentation on held-out data" + (", by procedure stage" if by_stage else "")
+                 + " (frames with an empty ground truth excluded)", fontsize=10,
                  x=0.02, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0, 1, 0.965 if by_stage else 0.93))
     return _figure_png(fig)
 
 
@@ -889,6 +933,7 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
 
     order = [d.label for d in datasets]
     table = summarise(records, order)
+    by_stage = summarise(records, order, by_stage=True) if any(f.stage for f in evaluated) else []
     goals = check_goals(records, table, {d.label: d.kind for d in datasets})
 
     # sample pictures: read the picked frames again (cheaper than keeping every frame in memory)
@@ -914,7 +959,7 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
             panel["overlays"][m] = (_thumb(rgb), rec_index[(ref.dataset, ref.name, m)])
         panels.append(panel)
 
-    return {"records": records, "table": table, "goals": goals, "samples": panels, "methods": methods, "order": order,
+    return {"records": records, "table": table, "by_stage": by_stage, "goals": goals, "samples": panels, "methods": methods, "order": order,
             "frangi": frangi, "model": model_info, "warnings": warnings,
             "seconds": {"total": round(time.perf_counter() - t0, 1), "evaluation": round(eval_seconds, 1),
                         "per_frame_all_methods": round(eval_seconds / max(1, len(evaluated)), 3)}}
@@ -933,6 +978,9 @@ RULES = [
     "(never on the evaluated data): that of the same data set and FoV when given (the index's train rows; "
     "angios40/train for angios40/test), else all training data of the FoV.",
     "Metrics at each frame's own size.",
+    "By procedure stage (case indices with a 'stage' column: the phantom's upper-FoV series, wire / crimped / "
+    "deploying / deployed): the same figures per stage, in by_stage.csv, by_stage.png and the last table of "
+    "table.md.",
     f"{100 * CI_LEVEL:g} % CI of a median DSC: percentile bootstrap over patients ({BOOTSTRAP_RESAMPLES} resamples, "
     f"seed {BOOTSTRAP_SEED}): each resample draws as many patients as there are, with replacement, with all their "
     "frames (frames of one patient are not independent; an angios40 image is its own patient). With few patients "
@@ -1062,11 +1110,13 @@ def run_evaluate_seg(args) -> int:
         "frangi": res["frangi"],
         "table": res["table"],
         "goals": res["goals"],
+        "by_stage": res["by_stage"],
         "samples": [{k: p[k] for k in ("dataset", "fov", "kind", "frame", "ranked_by")} for p in res["samples"]],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": res["model"]["device"],
                     "torch_threads": _torch_threads()},
         "seconds": res["seconds"],
-        "outputs": ["table.csv", "table.md", "per_frame.csv", "boxplots.png", "samples.png", "summary.json"],
+        "outputs": ["table.csv", "table.md", "per_frame.csv", "boxplots.png", "samples.png", "summary.json"]
+                   + (["by_stage.csv", "by_stage.png"] if res["by_stage"] else []),
         "warnings": res["warnings"],
     }
     summary = _clean_json(summary)
@@ -1075,9 +1125,14 @@ def run_evaluate_seg(args) -> int:
         outs.add(out / "table.csv", csv_writer(_csv_rows(res["table"]), TABLE_COLUMNS))
         outs.add(out / "table.md", _bytes_writer(("# Vessel segmentation on held-out data\n\n"
                                                  + table_markdown(res["table"], notes)
-                                                 + goals_markdown(res["goals"])).encode()))
+                                                 + goals_markdown(res["goals"])
+                                                 + stage_markdown(res["by_stage"])).encode()))
+        if res["by_stage"]:
+            outs.add(out / "by_stage.csv", csv_writer(_csv_rows(res["by_stage"]), STAGE_COLUMNS))
         outs.add(out / "per_frame.csv", csv_writer(_csv_rows(res["records"]), PER_FRAME_COLUMNS))
         outs.add(out / "boxplots.png", _bytes_writer(boxplot_png(res["records"], res["order"])))
+        if res["by_stage"]:
+            outs.add(out / "by_stage.png", _bytes_writer(boxplot_png(res["records"], res["order"], by_stage=True)))
         outs.add(out / "samples.png", _bytes_writer(samples_png(res["samples"], res["methods"])))
         outs.add(out / "summary.json", json_writer(summary))
     for w in res["warnings"]:
@@ -1086,7 +1141,7 @@ def run_evaluate_seg(args) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(table_markdown(res["table"]) + goals_markdown(res["goals"]), end="")
-        print(f"written: {out}/table.md, table.csv, per_frame.csv, boxplots.png, samples.png, summary.json")
+        print(f"written: {out}/" + ", ".join(summary["outputs"]))
     return 0
 
 

@@ -25,7 +25,7 @@ magnification so both models agree at the isocentre.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Sequence, Tuple
 
 import numpy as np

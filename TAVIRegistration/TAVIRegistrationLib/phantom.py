@@ -53,15 +53,23 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .errors import InputError
 from .geometry import CArmGeometry, project
 
+if TYPE_CHECKING:  # for annotations only; imported where used (see below)
+    from . import xray
+
 # scipy, VTK and the image-formation module are imported where used: building the ``tavireg``
 # parser imports this module and must stay light.
+
+#: procedure stages of an upper-FoV series, in procedure order (``xray.build_upper_devices``); the
+#: index's ``stage`` column (empty for the lower FoV)
+STAGES = ("wire", "crimped", "deploying", "deployed")
+STAGE_PROBABILITIES = (0.35, 0.3, 0.2, 0.15)
 
 FORMAT = "TAVIRegistration.phantom"
 VERSION = 1
@@ -607,7 +615,6 @@ def _generate_patient(index: int, config: PhantomConfig, folder: Path,
     r_nom = ProjectionRenderer(pt.model)
     rows_out: List[dict] = []
     series_docs = []
-    stages = ["wire", "crimped", "deploying", "deployed"]
     try:
         for si, spec in enumerate(plan):
             fov = spec["fov"]
@@ -630,7 +637,7 @@ def _generate_patient(index: int, config: PhantomConfig, folder: Path,
             resp_period, resp_phase = float(rng.uniform(3.0, 5.5)), float(rng.uniform(0, 2 * math.pi))
             stage = None
             if fov == "upper":
-                stage = str(rng.choice(stages, p=[0.35, 0.3, 0.2, 0.15]))
+                stage = str(rng.choice(list(STAGES), p=list(STAGE_PROBABILITIES)))
                 devices = xray.build_upper_devices(pt.pre, rng, stage, pt.body.info["heart"])
                 if stage == "deployed" and rng.uniform() < 0.2:
                     devices.moving = [d for d in devices.moving if not d.name.startswith("pigtail")]
@@ -818,7 +825,6 @@ def xray_binding_subset(b: Binding, sel: np.ndarray) -> Binding:
 
 
 def _coarse_factor(grid: xray.RayGrid) -> int:
-    from . import xray
     g = grid.geom
     px_iso = grid.pitch_work * g.sod_mm / g.sid_mm
     return max(1, int(round(VOXEL_MM / px_iso)))
