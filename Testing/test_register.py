@@ -194,6 +194,20 @@ def test_fixed_mask_cannot_serve_a_whole_run(frame, tmp_path, capsys):
     _one_line_error(main(args), capsys)
 
 
+def test_frame_auto_registers_the_most_opacified_frame_and_says_so(frame, tmp_path, capsys):
+    root, row, truth, mask_png = frame
+    args = _args(frame, tmp_path / "auto", "--fixed-mask", mask_png, "--method", "sitk", "--json")
+    args[args.index("--frame") + 1] = "auto"
+    assert main(args) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    series = read_fluoro(root / row["image"])
+    want = series.most_opacified_frame()
+    assert summary["frames"] == [want]
+    assert any(w.startswith(f"--frame auto: frame {want} of {series.n_frames}") for w in summary["warnings"])
+    args[args.index("--frame") + 1] = "peak"
+    assert "'auto'" in _one_line_error(main(args), capsys)
+
+
 def test_demo_runs_and_reports(tmp_path, capsys, monkeypatch):
     # no networks installed: the demo registers to the ground-truth mask with SimpleITK, and says so
     monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path / "no-models"))

@@ -695,6 +695,79 @@ def test_cli_segment_bad_input_exit_2(tiny_models, tmp_path, monkeypatch, capsys
     assert "out of range" in capsys.readouterr().err and not out.exists()
 
 
+def _contrast_run(path, peak=3, n=6, seed=2):
+    """A 6-frame run (128 px) whose vessel fills with contrast up to frame ``peak`` and washes out,
+    under noise and a thin wire that moves every frame; written as XA DICOM."""
+    from TAVIRegistrationLib import fluoro
+    from TAVIRegistrationLib.geometry import CArmGeometry
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:128, :128]
+    vessel = (np.abs(xx - 40 - 0.3 * yy) < 9).astype(float)
+    fill = np.clip(1 - np.abs(np.arange(n) - peak) / 2.5, 0, 1)
+    frames = []
+    for i in range(n):
+        f = 3000 - 900 * fill[i] * vessel + rng.normal(0, 60, (128, 128))
+        f[:, 90 + 3 * i: 92 + 3 * i] -= 900  # the wire: as dark as the full vessel, one column pair a frame
+        frames.append(f)
+    frames = np.clip(np.stack(frames), 0, 4095).astype(np.uint16)
+    fluoro.write_fluoro_dicom(path, frames, CArmGeometry(30.0, 10.0, 1200.0, 800.0, (0.3, 0.3), 128, 128),
+                              bits_stored=12)
+    return path, np.round(fill * vessel.sum()).astype(int)
+
+
+@pytest.mark.parametrize("peak", [0, 3, 5])
+def test_frame_auto_picks_the_most_opacified_frame(tmp_path, peak):
+    from TAVIRegistrationLib import fluoro
+
+    run, _ = _contrast_run(tmp_path / "run.dcm", peak=peak)
+    series = fluoro.read_fluoro(run)
+    scores = fluoro.opacification_scores(series.frames)
+    assert scores.shape == (6,) and int(np.argmax(scores)) == peak
+    loaded = read_image_file(run, "auto")
+    assert loaded.frame == peak and f"frame {peak} of 6" in loaded.notes[0]
+    assert np.array_equal(loaded.image, read_image_file(run, peak).image) and read_image_file(run, 1).notes == []
+    assert fluoro.opacification_scores(series.frames[:1]).tolist() == [0.0]
+
+
+def test_frame_auto_benchmark_counts_runs(tmp_path):
+    """benchmarks/frame_auto.py on two runs whose opacified areas are known: auto finds both peaks,
+    frame 0 neither, and frame 0 of the late-peaking run has no contrast at all."""
+    import subprocess
+    import sys
+
+    rows = []
+    for k, peak in enumerate((2, 4)):
+        _, area = _contrast_run(tmp_path / f"run{k}.dcm", peak=peak, seed=k)
+        rows += [f"P0,test,upper,run{k}.dcm,{i},m.png,{a}" for i, a in enumerate(area)]
+    (tmp_path / "index.csv").write_text("patient,split,fov,image,frame,mask,opacified_px\n" + "\n".join(rows) + "\n")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "frame_auto.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (res,) = json.loads(proc.stdout)
+    assert res["runs"] == 2 and res["near_max"]["auto"] == 2 and res["near_max"]["frame 0"] == 0
+    assert res["no_contrast"] == {"auto": 0, "mean darkening": 0, "frame 0": 1}
+
+
+def test_cli_segment_frame_auto(tiny_models, tmp_path, monkeypatch, capsys):
+    directory, _ = tiny_models
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(directory))
+    run, _ = _contrast_run(tmp_path / "run.dcm", peak=4)
+    out = tmp_path / "mask.png"
+    assert cli.main(["segment", str(run), "--frame", "auto", "--out", str(out), "--json"]) == 0
+    cap = capsys.readouterr()
+    summary = json.loads(cap.out)
+    assert summary["frame"] == 4 and "--frame auto: frame 4 of 6" in summary["warnings"][0]
+    assert "warning: --frame auto: frame 4" in cap.err and out.is_file()
+    img, _ = vessel_image(np.random.default_rng(1))
+    Image.fromarray(img).save(tmp_path / "ok.png")  # one frame: auto is frame 0, nothing to name
+    assert cli.main(["segment", str(tmp_path / "ok.png"), "--frame", "auto", "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["frame"] == 0
+    assert cli.main(["segment", str(run), "--frame", "peak", "--out", str(tmp_path / "no.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'auto'" in err and "\n" not in err and not (tmp_path / "no.png").exists()
+
+
 def test_cli_segment_refuses_tampered_and_missing_weights(tiny_models, tmp_path, monkeypatch, capsys):
     directory, _ = tiny_models
     copy = tmp_path / "models"

@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import InputError
 
@@ -234,7 +234,8 @@ def _add_register(sub) -> None:
     p = sub.add_parser("register", help="register the model's projection to a fluoroscopy frame (or a run)")
     add_model_arguments(p)
     p.add_argument("--fluoro", type=Path, required=True, help="XA/RF DICOM file")
-    p.add_argument("--frame", default="0", help="frame index, or 'all' for every frame of a run (default 0)")
+    p.add_argument("--frame", default="0", help="frame index, 'auto' (the frame with the most contrast) or 'all' "
+                   "(every frame of a run; default 0)")
     p.add_argument("--roi", metavar="X,Y,W,H", help="region of interest on the projection, frame pixels "
                    "(default: the projection's bounding box with a margin)")
     p.add_argument("--fixed-mask", type=Path, help="the frame's vessel mask (PNG, 0/255): skips segmentation")
@@ -261,11 +262,11 @@ def _run_register(args) -> int:
     model = load_model_from_args(args, warnings)
     series = read_fluoro(args.fluoro)
     iso = tuple(_floats(args.isocenter, 3, "--isocenter")) if args.isocenter else None
-    frames = _frame_list(args.frame, series.n_frames)
+    frames, frame_note = _frame_list(args.frame, series)
     roi = tuple(int(v) for v in _floats(args.roi, 4, "--roi")) if args.roi else None
     device = "cpu" if args.force_cpu else None
     with RegistrationPipeline(model, series, isocenter_lps=iso, orthographic=args.orthographic) as pipe:
-        warnings[:] = pipe.warnings
+        warnings[:] = pipe.warnings + ([frame_note] if frame_note else [])
         fixed = (read_mask_png(args.fixed_mask, (series.rows, series.cols), "fixed mask")
                  if args.fixed_mask else None)
         if fixed is not None and str(args.frame).strip().lower() == "all":
@@ -292,16 +293,21 @@ def _run_register(args) -> int:
     return EXIT_OK
 
 
-def _frame_list(text: str, n_frames: int) -> List[int]:
+def _frame_list(text: str, series) -> Tuple[List[int], Optional[str]]:
+    """The frames ``--frame`` names ('all', 'auto' or an index) and, for 'auto', the sentence naming
+    the frame chosen."""
+    import argparse
+
+    from .fluoro import frame_argument
+
     if str(text).strip().lower() == "all":
-        return list(range(n_frames))
+        return list(range(series.n_frames)), None
     try:
-        index = int(text)
-    except ValueError:
-        raise InputError(f"--frame must be an integer or 'all', got {text!r}") from None
-    if not 0 <= index < n_frames:
-        raise InputError(f"--frame {index} is out of range: valid frame indices 0-{n_frames - 1}")
-    return [index]
+        choice = frame_argument(text)
+    except argparse.ArgumentTypeError:
+        raise InputError(f"--frame must be an integer, 'auto' or 'all', got {text!r}") from None
+    index, note = series.resolve_frame(choice)
+    return [index], note
 
 
 # --------------------------------------------------------------------------------------------

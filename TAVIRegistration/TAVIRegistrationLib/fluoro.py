@@ -151,12 +151,27 @@ class FluoroSeries:
             )
         return i
 
-    def frame(self, index: int = 0) -> np.ndarray:
-        """Frame ``index`` as float32 (rows, cols); InputError if out of range."""
-        i = self._check_index(index)
+    def _pixels(self) -> np.ndarray:
         if self.frames is None:
             raise RuntimeError("pixels were not loaded: call read_fluoro(..., load_pixels=True)")
-        return self.frames[i]
+        return self.frames
+
+    def frame(self, index: int = 0) -> np.ndarray:
+        """Frame ``index`` as float32 (rows, cols); InputError if out of range."""
+        return self._pixels()[self._check_index(index)]
+
+    def most_opacified_frame(self) -> int:
+        """The frame with the most contrast medium by ``opacification_scores`` (0 for a single frame)."""
+        return int(np.argmax(opacification_scores(self._pixels())))
+
+    def resolve_frame(self, choice: Union[int, str, None]) -> Tuple[int, Optional[str]]:
+        """A checked frame index from ``choice`` (an index, None for 0, or ``AUTO_FRAME``) and, for
+        ``AUTO_FRAME``, a sentence naming the frame chosen, for the output's warnings."""
+        if isinstance(choice, str) and choice.strip().lower() == AUTO_FRAME:
+            i = self.most_opacified_frame()
+            return i, (f"--frame auto: frame {i} of {self.n_frames} (0-based), the one with the most contrast "
+                       "(largest mean squared darkening below each pixel's brightest value over the run)")
+        return self._check_index(0 if choice is None else choice), None
 
     def geometry(self, index: int = 0) -> CArmGeometry:
         """C-arm geometry of frame ``index``; InputError if out of range or unknown."""
@@ -193,6 +208,49 @@ class FluoroSeries:
             "positioner_motion": self.positioner_motion,
             "photometric_interpretation": self.photometric_interpretation,
         }
+
+
+#: ``--frame auto``: the frame of a run with the most contrast medium (``opacification_scores``)
+AUTO_FRAME = "auto"
+_OPACIFICATION_GRID = 128  # px: the side of the box-filtered copy the scores are computed on
+
+
+def frame_argument(text: str) -> Union[int, str]:
+    """The ``--frame`` value of the command line: a frame index or ``AUTO_FRAME`` (argparse type)."""
+    import argparse
+
+    t = str(text).strip().lower()
+    if t == AUTO_FRAME:
+        return AUTO_FRAME
+    try:
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a frame index or '{AUTO_FRAME}', got {text!r}") from None
+
+
+def opacification_scores(frames: np.ndarray, power: float = 2.0) -> np.ndarray:
+    """How much contrast medium each frame of a run (n, rows, cols; bigger = brighter) shows: the mean
+    squared (``power``) darkening of the frame below each pixel's brightest value over the run (iodine
+    only darkens, so the brightest value stands in for the background without it; squaring favours a
+    filled vessel over many slightly darker pixels), on a box-filtered copy about
+    ``_OPACIFICATION_GRID`` px a side, so that noise and thin moving devices weigh little. Intensities are scaled by the run's 1st-99th
+    percentiles. A single frame scores 0.
+
+    Measured on phantom runs of 5 or more frames (``tavireg phantom``; no real cine was at hand): the
+    chosen frame's opacified area is within 10 % of the run's largest in 58 of 70 runs of the two data
+    sets the squaring was chosen on (plain mean darkening 51, frame 0 27) and in 53 of 66 runs of two
+    others (mean 46, frame 0 23), where it picked a frame without contrast in 4 runs (frame 0: 19).
+    ``FluoroSeries.resolve_frame`` names the choice in the warnings, to be checked by eye."""
+    from scipy import ndimage
+
+    f = np.asarray(frames, np.float32)
+    if f.ndim != 3 or f.shape[0] < 2:
+        return np.zeros(max(1, f.shape[0] if f.ndim == 3 else 1))
+    lo, hi = np.percentile(f, (1, 99))
+    f = (f - lo) / max(float(hi - lo), 1e-6)
+    step = max(1, int(round(min(f.shape[1:]) / _OPACIFICATION_GRID)))
+    small = np.stack([ndimage.uniform_filter(x, 2 * step + 1)[::step, ::step] for x in f])
+    return (np.clip(small.max(axis=0)[None] - small, 0, None) ** power).mean(axis=(1, 2))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import InputError
+from .fluoro import AUTO_FRAME, frame_argument
 
 INPUT_SIZE = (256, 256)
 MIN_SIDE = 32
@@ -343,6 +344,7 @@ class LoadedImage:
     source: str  # "png" | "jpeg" | "dicom"
     frame: int
     n_frames: int
+    notes: List[str] = field(default_factory=list)  # e.g. which frame --frame auto chose
 
 
 def _is_dicom(path: Path) -> bool:
@@ -354,11 +356,12 @@ def _is_dicom(path: Path) -> bool:
     return head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom")
 
 
-def read_image_file(path: Union[str, Path], frame: Optional[int] = None) -> LoadedImage:
+def read_image_file(path: Union[str, Path], frame: Union[int, str, None] = None) -> LoadedImage:
     """One grey frame from a PNG/JPEG file (8-bit grey only) or a fluoroscopy DICOM file.
 
-    DICOM goes through ``fluoro.read_fluoro`` (frame default 0; out of range is an InputError); its
-    header gives the FoV hint. PNG/JPEG: colour, 16-bit and 1-bit images are refused.
+    DICOM goes through ``fluoro.read_fluoro`` (frame default 0, or ``"auto"``: the frame with the most
+    contrast, named in ``notes``; out of range is an InputError); its header gives the FoV hint.
+    PNG/JPEG (one frame: ``"auto"`` is frame 0): colour, 16-bit and 1-bit images are refused.
     """
     path = Path(path)
     if not path.exists():
@@ -369,10 +372,9 @@ def read_image_file(path: Union[str, Path], frame: Optional[int] = None) -> Load
         from .fluoro import read_fluoro
 
         series = read_fluoro(path)
-        idx = 0 if frame is None else frame
-        img = series.frame(idx)
-        return LoadedImage(validate_image(img, path.name), fov_from_header(series.header), "dicom",
-                           int(idx), int(series.n_frames))
+        idx, note = series.resolve_frame(frame)
+        return LoadedImage(validate_image(series.frame(idx), path.name), fov_from_header(series.header), "dicom",
+                           int(idx), int(series.n_frames), [note] if note else [])
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -386,7 +388,7 @@ def read_image_file(path: Union[str, Path], frame: Optional[int] = None) -> Load
         if fmt not in ("PNG", "JPEG"):
             raise InputError(f"{path.name} is a {fmt or 'unknown'} image; give PNG, JPEG or DICOM")
         n = int(getattr(im, "n_frames", 1) or 1)
-        if frame not in (None, 0):
+        if frame not in (None, 0, AUTO_FRAME):
             raise InputError(f"frame {frame} is out of range: {path.name} is a single-frame {fmt} image (frame 0 only)")
         cols, rows = im.size
         mode = im.mode
@@ -432,7 +434,8 @@ def heat_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.
 # ---------------------------------------------------------------------------------------------
 def _add_common(p) -> None:
     p.add_argument("image", type=Path, help="PNG/JPEG (8-bit grey) or fluoroscopy DICOM file")
-    p.add_argument("--frame", type=int, default=None, help="frame of a multi-frame DICOM (default 0)")
+    p.add_argument("--frame", type=frame_argument, default=None,
+                   help="frame of a multi-frame DICOM (default 0), or 'auto': the one with the most contrast")
     p.add_argument("--model", default="segmentation",
                    help="manifest name of the weights (default: the installed segmentation model)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
@@ -475,17 +478,18 @@ def run_segment(args) -> int:
     device = pick_device(requested=args.device)
     res = segment_frame(loaded.image, fov=args.fov, model=args.model, device=device,
                         fov_hint=loaded.fov_hint, threshold=args.threshold)
+    warnings = loaded.notes + res.warnings
     with OutputSet(inputs=[args.image]) as outs:
         outs.add(args.out, mask_png_writer(res.mask))
         if args.prob is not None:
             outs.add(args.prob, image_png_writer((res.probability * 255).round().astype(np.uint8)))
-    _warn(res.warnings)
+    _warn(warnings)
     if args.json:
         _print({
             "out": str(args.out), "rows": int(res.mask.shape[0]), "cols": int(res.mask.shape[1]),
             "frame": loaded.frame, "fov_used": res.fov_used, "threshold": res.threshold,
             "model": res.model_name, "vessel_fraction": float(res.mask.mean()), "device": str(device),
-            "warnings": res.warnings,
+            "warnings": warnings,
         })
     return 0
 
@@ -497,15 +501,17 @@ def run_gradcam(args) -> int:
     loaded = read_image_file(args.image, args.frame)
     device = pick_device(requested=args.device)
     cam = gradcam(loaded.image, model=args.model, device=device)
+    warnings = list(loaded.notes)
     if not cam.any():
-        _warn(["the Grad-CAM map is zero everywhere: no bottleneck feature supports the vessel prediction"])
+        warnings.append("the Grad-CAM map is zero everywhere: no bottleneck feature supports the vessel prediction")
+    _warn(warnings)
     with OutputSet(inputs=[args.image]) as outs:
         outs.add(args.out, image_png_writer((cam * 255).round().astype(np.uint8)))
         if args.overlay is not None:
             outs.add(args.overlay, image_png_writer(heat_overlay(loaded.image, cam)))
     if args.json:
         _print({"out": str(args.out), "rows": int(cam.shape[0]), "cols": int(cam.shape[1]),
-                "frame": loaded.frame, "device": str(device)})
+                "frame": loaded.frame, "device": str(device), "warnings": warnings})
     return 0
 
 
