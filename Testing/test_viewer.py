@@ -308,6 +308,24 @@ def test_frame_slider_changes_geometry_and_projection(window, case):
     assert window.geometryFacts()["View"] == "LAO 45.0\u00b0  CRA 5.0\u00b0"
 
 
+def test_most_contrast_button_shows_the_library_choice(window, case, qtbot):
+    """A real click on 'Most contrast' moves the frame controls to the frame --frame auto takes (in
+    this run the darkest frame: 0) and names it in the status bar and the warnings."""
+    open_case(window, case, frame=2)
+    assert window.frameIndex == 2 and window.frameAutoButton.isEnabled()
+    want = read_fluoro(case.fluoro).most_opacified_frame()
+    assert want == 0
+    qtbot.mouseClick(window.frameAutoButton, Qt.LeftButton)
+    assert window.waitIdle(60)
+    assert window.frameIndex == want and window.frameSlider.value() == want and window.frameSpin.value() == want
+    assert window.frameProjection.frame_index == want
+    assert any(w.startswith(f"--frame auto: frame {want} of 3") for w in window.warnings())
+    window.frameSpin.setValue(1)  # moving on by hand: the note no longer describes the frame shown
+    assert window.waitIdle(60) and not any(w.startswith("--frame auto") for w in window.warnings())
+    open_case(window, case, frame="auto")
+    assert window.frameIndex == want and window.frameNote.startswith("--frame auto")
+
+
 def test_options_isocentre_and_projection_error(window, case, boxes):
     open_case(window, case)
     iso = tuple(float(c) for c in window.model.center)
@@ -524,6 +542,15 @@ def test_cli_screenshot(case, tmp_path):
     assert "warning: isocentre not given" in proc.stderr
     _assert_picture(out)
     assert sorted(os.listdir(tmp_path)) == ["shot.png"]
+
+
+def test_cli_screenshot_frame_auto(case, tmp_path):
+    out = tmp_path / "shot.png"
+    proc = _gui("--model", str(case.model), "--fluoro", str(case.fluoro), "--frame", "auto",
+                "--screenshot", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: --frame auto: frame 0 of 3" in proc.stderr
+    _assert_picture(out)
 
 
 def test_cli_screenshot_errors_are_one_line(case, tmp_path):

@@ -190,6 +190,7 @@ class _CaseData:
     frame_index: int = 0
     projection: Any = None            # FrameProjection of frame_index
     projection_error: Optional[str] = None
+    frame_note: Optional[str] = None  # how frame_index was chosen ('auto')
 
 
 def _build_case(model_path, model, fluoro_path, series, options, frame_index) -> _CaseData:
@@ -203,12 +204,8 @@ def _build_case(model_path, model, fluoro_path, series, options, frame_index) ->
 
         series = read_fluoro(fluoro_path)
     data = _CaseData(model_path, model, fluoro_path, series, options)
-    if series is not None:
-        n = int(series.n_frames)
-        if not 0 <= int(frame_index) < n:
-            raise InputError(f"frame {frame_index} is out of range: {Path(fluoro_path).name} has {n} "
-                             f"frame{'s' if n != 1 else ''} (valid frame indices 0-{n - 1})")
-        data.frame_index = int(frame_index)
+    if series is not None:  # an index (checked) or fluoro.AUTO_FRAME
+        data.frame_index, data.frame_note = series.resolve_frame(frame_index)
     if model is not None and series is not None:
         from .pipeline import RegistrationPipeline
 
@@ -401,6 +398,7 @@ class ViewerWindow(qt.QMainWindow):
         self.pipeline = None
         self.options = CaseOptions()
         self.frameIndex = 0
+        self.frameNote: Optional[str] = None  # how the shown frame was chosen (--frame auto, the button)
         self.frameProjection = None
         self.projectionError: Optional[str] = None
         self.registration = None
@@ -621,6 +619,12 @@ class ViewerWindow(qt.QMainWindow):
         self.frameCountLabel = qt.QLabel("/ 0")
         self.frameCountLabel.setMinimumWidth(48)
         bar.addWidget(self.frameCountLabel)
+        self.frameAutoButton = qt.QToolButton()
+        self.frameAutoButton.setText("Most contrast")
+        self.frameAutoButton.setToolTip("Show the frame of the run with the most contrast medium (as tavireg "
+                                        "--frame auto): a run's first frames often have none")
+        self.frameAutoButton.clicked.connect(lambda *a: self.showMostOpacifiedFrame())
+        bar.addWidget(self.frameAutoButton)
         self.frameViewLabel = qt.QLabel("")
         self.frameViewLabel.setMinimumWidth(200)
         self.frameViewLabel.setAlignment(qt.Qt.AlignRight | qt.Qt.AlignVCenter)
@@ -858,6 +862,7 @@ class ViewerWindow(qt.QMainWindow):
         self.pipeline = data.pipeline
         self.registration = None
         self.frameIndex = data.frame_index
+        self.frameNote = data.frame_note
         self.frameProjection = data.projection
         self.projectionError = data.projection_error
         self._roiSource, self._drawnRoi = "default", None
@@ -869,7 +874,7 @@ class ViewerWindow(qt.QMainWindow):
         self.caseChanged.emit()
         self.projectionChanged.emit(self.frameProjection)
         names = [p.name for p in (self.modelPath, self.fluoroPath) if p is not None]
-        self.statusBar().showMessage(message or ("Opened " + " and ".join(names)), 5000)
+        self.statusBar().showMessage(message or data.frame_note or ("Opened " + " and ".join(names)), 5000)
 
     # ================================================================== frames
     def _setFrameControls(self):
@@ -882,9 +887,28 @@ class ViewerWindow(qt.QMainWindow):
             w.blockSignals(False)
         self.frameCountLabel.setText("/ %d" % max(n - 1, 0))
         self.frameLabel.setEnabled(self.series is not None and n > 1)
+        self.frameAutoButton.setEnabled(self.series is not None and n > 1)
 
     def _onFrameControl(self, value):
         self.setFrame(int(value))
+
+    def showMostOpacifiedFrame(self):
+        """Show the frame of the run with the most contrast medium (``fluoro.opacification_scores``,
+        as ``--frame auto``), found in the worker thread; the status bar and the warnings name it."""
+        if self.series is None:
+            return
+        from .fluoro import AUTO_FRAME
+
+        series = self.series
+
+        def done(result):
+            index, note = result
+            if self.series is series:
+                self.setFrame(index)
+                self.frameNote = note
+                self.statusBar().showMessage(note, 8000)
+
+        self._submit("Finding the frame with the most contrast", lambda: series.resolve_frame(AUTO_FRAME), done)
 
     def setFrame(self, index: int):
         """Show frame ``index`` (0-based) of the run. Its geometry shows at once; its image and
@@ -900,6 +924,7 @@ class ViewerWindow(qt.QMainWindow):
         if index == self.frameIndex:
             return
         self.frameIndex = index
+        self.frameNote = None
         self.registration = None
         if self.pipeline is None:
             self._refreshAll()
@@ -1200,11 +1225,11 @@ class ViewerWindow(qt.QMainWindow):
         registration's own warnings (method fallback, low agreement, FoV guess...): shown in the
         warnings panel."""
         if self.pipeline is not None:
-            out = list(self.pipeline.warnings)
+            out = list(self.pipeline.warnings) + ([self.frameNote] if self.frameNote else [])
             if self.registration is not None:
                 out.extend(w for w in self.registration.warnings if w not in out)
             return out
-        out = []
+        out = [self.frameNote] if self.frameNote else []
         for obj in (self.model, self.series):
             if obj is not None:
                 out.extend(getattr(obj, "warnings", []))
@@ -1541,7 +1566,8 @@ def run_viewer(model=None, fluoro=None, *, units=None, space=None, isocenter=Non
     for path in (model, fluoro):
         if path is not None and not Path(path).is_file():
             raise InputError(f"no such file: {path}")
-    if frame is not None and int(frame) < 0:
+    auto = isinstance(frame, str)  # fluoro.AUTO_FRAME (the CLI's frame_argument)
+    if frame is not None and not auto and int(frame) < 0:
         raise InputError(f"--frame must be 0 or more, got {frame}")
 
     demo_roi = None
@@ -1570,7 +1596,7 @@ def run_viewer(model=None, fluoro=None, *, units=None, space=None, isocenter=Non
                 if model is None and fluoro is None:
                     window.options = options
                 else:
-                    window.openCase(model, fluoro, options, frame=int(frame or 0))
+                    window.openCase(model, fluoro, options, frame=frame if auto else int(frame or 0))
             if demo and demo_roi is not None and window.waitIdle(300) and not window.errors:
                 window.setRoi(demo_roi)
             if screenshot is None:
@@ -1589,7 +1615,7 @@ def _write_screenshot(window, path: Path, frame, inputs) -> int:
         raise RuntimeError("the case took more than 5 minutes to open")
     if window.errors:
         raise InputError(window.errors[0])
-    if window.series is not None and frame is not None and int(frame) >= window.series.n_frames:
+    if window.series is not None and isinstance(frame, int) and frame >= window.series.n_frames:
         raise InputError(f"frame {frame} is out of range: the run has {window.series.n_frames} "
                          f"frame(s) (valid frame indices 0-{window.series.n_frames - 1})")
     if window.registrationAvailable() and window.frameProjection is not None:
