@@ -85,7 +85,8 @@ frame in the slice views.</p>
 <ol>
 <li>Load the XA/RF run with the DICOM module (it becomes a sequence of 2D frames) and the vessel model
 (a model, or a segmentation whose closed surfaces are used).</li>
-<li>Select them under <i>Inputs</i>, pick the frame, and optionally a point list whose first point is the C-arm
+<li>Select them under <i>Inputs</i>, pick the frame (<i>Most contrast</i> goes to the frame with the most contrast
+medium), and optionally a point list whose first point is the C-arm
 isocentre (without it the model's bounding-box centre is used, with a warning).</li>
 <li><i>Render projection</i>: the projection becomes a volume over the frame (opacity adjustable), and the 3D view's
 camera is placed at the X-ray source looking at the detector. The 3D view shows the model from the source side,
@@ -477,6 +478,7 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.frameSlider.connect("valueChanged(int)", self.onFrameSliderChanged)
+        self.ui.mostContrastButton.connect("clicked(bool)", self.onMostContrastButton)
         self.ui.overlayOpacitySlider.connect("valueChanged(double)", self.onOverlayOpacityChanged)
 
         self._updateStepAvailability()
@@ -647,6 +649,7 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.setValue(current)
             widget.enabled = frames > 1
             widget.blockSignals(wasBlocked)
+        self.ui.mostContrastButton.enabled = frames > 1
         self._updateFrameInfo()
 
     def onFrameSliderChanged(self, value):
@@ -658,6 +661,16 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             browser.SetSelectedItemNumber(value)  # _onBrowserModified follows
         else:
             self._frameChanged(value)
+
+    def onMostContrastButton(self):
+        """Go to the frame with the most contrast medium (``TAVIRegistrationLogic.mostOpacifiedFrame``)."""
+        volume = self._parameterNode.fluoroVolume if self._parameterNode else None
+        if volume is None:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not find the frame with the most contrast.", waitCursor=True):
+            index, note = self.logic.mostOpacifiedFrame(volume)
+            self.logic.selectFrame(volume, index)  # the browser observer moves the slider
+            self._setStatus(note)
 
     def _onBrowserModified(self, caller=None, event=None):
         if self._observedBrowser is None:
@@ -1181,6 +1194,16 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         self.requirePythonPackages()
         series = self.fluoroSeries(self.dicomFileForVolume(volumeNode))
         return series.geometry(int(frameIndex))
+
+    def mostOpacifiedFrame(self, volumeNode):
+        """(index, sentence) of the frame of the run with the most contrast medium, chosen by the library
+        on the run's DICOM pixels as ``tavireg --frame auto`` does (``FluoroSeries.resolve_frame``)."""
+        from TAVIRegistrationLib.fluoro import AUTO_FRAME, read_fluoro
+
+        self.requirePythonPackages()
+        series = read_fluoro(self.dicomFileForVolume(volumeNode))
+        self.checkVolumeMatchesSeries(volumeNode, series)
+        return series.resolve_frame(AUTO_FRAME)
 
     def frameArray(self, volumeNode, frameIndex):
         """Pixels (rows, cols) of a frame as 3D Slicer holds them (a copy)."""
@@ -1826,12 +1849,22 @@ class TAVIRegistrationTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(widget.roiEditor, "the ROI editor is not in the panel")
 
         def check(logic, case):
+            from TAVIRegistrationLib.fluoro import read_fluoro
+
             parameterNode = widget.logic.getParameterNode()
             parameterNode.model = case.modelNode
             parameterNode.fluoroVolume = case.fluoroVolume
             parameterNode.isocenter = case.isocenterNode
             slicer.app.processEvents()
             self.assertEqual(widget.ui.frameSlider.maximum, len(case.geometries) - 1)
+            self.assertTrue(widget.ui.mostContrastButton.enabled)
+            index, note = widget.logic.mostOpacifiedFrame(case.fluoroVolume)
+            self.assertEqual(index, read_fluoro(case.dicomPath).most_opacified_frame())
+            self.assertTrue(note.startswith("--frame auto: frame %d of" % index))
+            widget.ui.mostContrastButton.click()
+            slicer.app.processEvents()
+            self.assertEqual(case.browserNode.GetSelectedItemNumber(), index)
+            self.assertEqual(widget.ui.frameSlider.value, index)
             widget.ui.frameSlider.value = 2
             self.assertEqual(case.browserNode.GetSelectedItemNumber(), 2)
             self.assertTrue(widget.ui.renderProjectionButton.enabled)
@@ -1856,6 +1889,7 @@ class TAVIRegistrationTest(ScriptedLoadableModuleTest):
             self.skipTest(reason)
 
         def check(logic, case):
+            from TAVIRegistrationLib.fluoro import read_fluoro
             from TAVIRegistrationLib.segmentation import segment_frame
 
             outcome = logic.segmentFrame(case.fluoroVolume, frameIndex=1, forceCpu=True)
@@ -1863,7 +1897,7 @@ class TAVIRegistrationTest(ScriptedLoadableModuleTest):
             self.assertEqual(volume.GetImageData().GetDimensions(), (case.cols, case.rows, 1))
             self.assertEqual(volume.GetAttribute("TAVIRegistration.role"), "segmentation")
             array = slicer.util.arrayFromVolume(volume)[0]
-            direct = segment_frame(logic.fluoroSeries(case.dicomPath).frame(1), device="cpu",
+            direct = segment_frame(read_fluoro(case.dicomPath).frame(1), device="cpu",  # fluoroSeries: header only
                                    fov_hint=outcome.result.fov_used).mask
             np.testing.assert_array_equal(array > 0, direct > 0)
 
