@@ -534,23 +534,16 @@ def _assert_picture(path):
     assert orange > 50
 
 
-def test_cli_screenshot(case, tmp_path):
+@pytest.mark.parametrize("frame, warning", [("1", "warning: isocentre not given"),
+                                            ("auto", "warning: --frame auto: frame 0 of 3")])
+def test_cli_screenshot(case, tmp_path, frame, warning):
     out = tmp_path / "shot.png"
-    proc = _gui("--model", str(case.model), "--fluoro", str(case.fluoro), "--frame", "1",
+    proc = _gui("--model", str(case.model), "--fluoro", str(case.fluoro), "--frame", frame,
                 "--screenshot", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "warning: isocentre not given" in proc.stderr
+    assert warning in proc.stderr
     _assert_picture(out)
     assert sorted(os.listdir(tmp_path)) == ["shot.png"]
-
-
-def test_cli_screenshot_frame_auto(case, tmp_path):
-    out = tmp_path / "shot.png"
-    proc = _gui("--model", str(case.model), "--fluoro", str(case.fluoro), "--frame", "auto",
-                "--screenshot", str(out), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "warning: --frame auto: frame 0 of 3" in proc.stderr
-    _assert_picture(out)
 
 
 def test_cli_screenshot_errors_are_one_line(case, tmp_path):

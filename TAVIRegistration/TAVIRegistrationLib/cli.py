@@ -212,17 +212,11 @@ def _add_gui(sub) -> None:
                    help="C-arm isocentre in the model's LPS mm (default: the model's bounding-box centre, with a warning)")
     p.add_argument("--orthographic", action="store_true",
                    help="parallel projection (the paper's Eq. 3) instead of the perspective C-arm")
-    p.add_argument("--frame", type=_frame_argument, default=0,
+    p.add_argument("--frame", type=_lazy("fluoro", "frame_argument"), default=0,
                    help="frame to show first (default 0), or 'auto': the one with the most contrast")
     p.add_argument("--demo", action="store_true", help="open the synthetic demo case")
     p.add_argument("--screenshot", type=Path, metavar="OUT.png",
                    help="render the window offscreen to this PNG and exit (no window is shown)")
-
-
-def _frame_argument(text: str):
-    from .fluoro import frame_argument
-
-    return frame_argument(text)
 
 
 def _run_gui(args) -> int:

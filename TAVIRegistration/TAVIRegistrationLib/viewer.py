@@ -1615,9 +1615,6 @@ def _write_screenshot(window, path: Path, frame, inputs) -> int:
         raise RuntimeError("the case took more than 5 minutes to open")
     if window.errors:
         raise InputError(window.errors[0])
-    if window.series is not None and isinstance(frame, int) and frame >= window.series.n_frames:
-        raise InputError(f"frame {frame} is out of range: the run has {window.series.n_frames} "
-                         f"frame(s) (valid frame indices 0-{window.series.n_frames - 1})")
     if window.registrationAvailable() and window.frameProjection is not None:
         window.register()
         window.waitIdle(300)
