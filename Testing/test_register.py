@@ -7,6 +7,7 @@ the pipeline, the affine convention and the exports whatever weights are install
 
 import csv
 import json
+import re
 
 import numpy as np
 import pydicom
@@ -247,7 +248,9 @@ def test_low_agreement_is_flagged_and_shown(frame, tmp_path, capsys, monkeypatch
     assert code == 0, captured.err
     assert captured.out.startswith("FLAGGED") and "LOW AGREEMENT" in captured.err
     t = json.loads((out / "transform.json").read_text())
-    assert t["valid"] is True and t["flagged"] is True and "below 0.99" in t["flags"][0]
+    assert t["valid"] is True and t["flagged"] is True and "below 0.990" in t["flags"][0]
+    shown = re.search(r"Dice (\d\.\d{3}) .* below (\d\.\d{3})", t["flags"][0])  # both legible, and apart
+    assert shown and float(shown[1]) < float(shown[2]) and abs(float(shown[1]) - t["metrics"]["dice"]) < 6e-4
     rgb = np.array(Image.open(out / "overlay.png"))
     assert (rgb[0, :] == FLAG_COLOR).all() and (rgb[:, -1] == FLAG_COLOR).all()
     assert "FLAGGED" in pydicom.dcmread(out / "overlay.dcm").ImageComments

@@ -604,6 +604,17 @@ def test_pack_seg_writes_a_small_case_index_that_trains_like_the_source(tmp_path
                      "--format", "png", "--quiet"]) == 0
     all_train, _ = load_case_index(out / "all.csv", 64)
     assert {s.split for s in all_train} == {"train"} and next((out / "all").glob("*.png"))
+    assert "--jpeg-quality" not in json.loads((out / "all.csv.json").read_text())["command"]
+
+    # a lower JPEG quality: the same rows in smaller files, recorded in the record and its command
+    assert cli.main(["pack-seg", str(src), "--out", str(out / "q60.csv"), "--size", "64", "--jpeg-quality", "60",
+                     "--quiet"]) == 0
+    record60 = json.loads((out / "q60.csv.json").read_text())
+    assert record60["jpeg_quality"] == 60 and "--jpeg-quality 60" in record60["command"]
+    size = lambda folder: sum(p.stat().st_size for p in folder.glob("*.jpg"))  # noqa: E731
+    assert size(out / "q60") < 0.8 * size(out / "small")
+    low, _ = load_case_index(out / "q60.csv", 64)
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(packed, low))
 
 
 def test_pack_seg_refuses_bad_input_and_leaves_nothing_behind(tmp_path, capsys):
@@ -619,6 +630,8 @@ def test_pack_seg_refuses_bad_input_and_leaves_nothing_behind(tmp_path, capsys):
         ["pack-seg", str(src), "--out", str(out / "b.txt")],
         ["pack-seg", str(src), "--out", str(out / "b.csv"), "--size", "50"],
         ["pack-seg", str(src), "--out", str(tmp_path / "nowhere" / "b.csv")],
+        ["pack-seg", str(src), "--out", str(out / "b.csv"), "--jpeg-quality", "101"],
+        ["pack-seg", str(src), "--out", str(out / "b.csv"), "--jpeg-quality", "20"],
     ]
     for argv in bad_calls:
         assert cli.main(argv + ["--quiet"]) == 2, argv

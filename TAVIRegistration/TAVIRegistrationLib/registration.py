@@ -773,8 +773,9 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
             else:
                 threshold, source = agreement_threshold(entry, models_directory)
                 if metrics["dice"] < threshold:
-                    flags.append(f"LOW AGREEMENT: Dice {metrics['dice']:.2f} between the registered projection and "
-                                 f"the frame's vessels inside the ROI, below {threshold:.2f} ({source}); check the "
+                    # three decimals: thresholds lie near 0.94, where two would print 'Dice 0.94 ... below 0.94'
+                    flags.append(f"LOW AGREEMENT: Dice {metrics['dice']:.3f} between the registered projection and "
+                                 f"the frame's vessels inside the ROI, below {threshold:.3f} ({source}); check the "
                                  "overlay before relying on it")
                     warnings.extend(flags)
     else:

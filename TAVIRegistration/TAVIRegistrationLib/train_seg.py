@@ -243,7 +243,8 @@ PACK_JPEG_QUALITY = 97
 
 
 def pack_case_index(csv_path: Path, out_csv: Path, size: int = 256, image_format: str = "jpeg",
-                    all_train: bool = False, command: str = "", progress: bool = False) -> Dict[str, Any]:
+                    all_train: bool = False, command: str = "", progress: bool = False,
+                    jpeg_quality: int = PACK_JPEG_QUALITY) -> Dict[str, Any]:
     """The training rows of a case index, pre-processed at the network's size, as a new case index.
 
     ``train-seg`` keeps every frame at ``size`` anyway; this writes that form (8-bit grey images of
@@ -253,7 +254,8 @@ def pack_case_index(csv_path: Path, out_csv: Path, size: int = 256, image_format
     reads the original frames). ``all_train`` marks every packed row ``train`` (a data set used
     only to train); else each row keeps its split. ``out_csv.json`` records the source (path and
     SHA256), the options and ``command``. Nothing is left behind on failure; an existing output is
-    refused. Returns that record.
+    refused. ``jpeg_quality`` (50-100) trades size for fidelity: 90 halves the files of 97 for a
+    mean error of about 0.005 on the 0-1 scale. Returns that record.
     """
     import hashlib
     import json
@@ -266,6 +268,8 @@ def pack_case_index(csv_path: Path, out_csv: Path, size: int = 256, image_format
     csv_path, out_csv = Path(csv_path), Path(out_csv)
     if image_format not in ("jpeg", "png"):
         raise InputError(f"--format must be jpeg or png, got {image_format!r}")
+    if not 50 <= int(jpeg_quality) <= 100:
+        raise InputError(f"--jpeg-quality must be 50-100, got {jpeg_quality}")
     check_size(size)
     if not csv_path.is_file():
         raise InputError(f"case index {csv_path} does not exist")
@@ -294,7 +298,7 @@ def pack_case_index(csv_path: Path, out_csv: Path, size: int = 256, image_format
             image_name, mask_name = f"{folder.name}/{i:05d}.{ext}", f"{folder.name}/{i:05d}_mask.png"
             grey = Image.fromarray(np.round(x * 255.0).astype(np.uint8))
             if ext == "jpg":
-                grey.save(tmp / image_name, quality=PACK_JPEG_QUALITY)
+                grey.save(tmp / image_name, quality=int(jpeg_quality))
             else:
                 grey.save(tmp / image_name, optimize=True)
             Image.fromarray((m * 255).astype(np.uint8)).save(tmp / mask_name, optimize=True)
@@ -309,7 +313,7 @@ def pack_case_index(csv_path: Path, out_csv: Path, size: int = 256, image_format
             "test_rows_skipped": skipped,
             "size": size,
             "format": image_format,
-            "jpeg_quality": PACK_JPEG_QUALITY if image_format == "jpeg" else None,
+            "jpeg_quality": int(jpeg_quality) if image_format == "jpeg" else None,
             "all_train": all_train,
             "preprocessing": "segmentation.preprocess at size x size, then round(255 x) as 8-bit grey",
             "command": command,
@@ -623,7 +627,10 @@ def add_pack_seg_parser(sub) -> None:
                    help="the new case index; its frames go to the folder NEW/ beside it, a record to NEW.csv.json")
     p.add_argument("--size", type=int, default=TrainConfig.size, help="frame size (default: the network's, 256)")
     p.add_argument("--format", dest="image_format", choices=("jpeg", "png"), default="jpeg",
-                   help=f"frames as JPEG (quality {PACK_JPEG_QUALITY}, default) or lossless PNG")
+                   help="frames as JPEG (default) or lossless PNG")
+    p.add_argument("--jpeg-quality", type=int, default=PACK_JPEG_QUALITY,
+                   help=f"JPEG quality, 50-100 (default {PACK_JPEG_QUALITY}; 90 halves the files for a mean error "
+                        "of about 0.005 on the 0-1 scale)")
     p.add_argument("--all-train", action="store_true",
                    help="mark every packed row as training (else each keeps its split; test rows are never packed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -633,9 +640,11 @@ def run_pack_seg(args) -> int:
     import shlex
 
     command = shlex.join(["tavireg", "pack-seg", str(args.index), "--out", str(args.out), "--size", str(args.size),
-                          "--format", args.image_format] + (["--all-train"] if args.all_train else []))
+                          "--format", args.image_format]
+                         + (["--jpeg-quality", str(args.jpeg_quality)] if args.image_format == "jpeg" else [])
+                         + (["--all-train"] if args.all_train else []))
     rec = pack_case_index(args.index, args.out, args.size, args.image_format, args.all_train,
-                          command=command, progress=not args.quiet)
+                          command=command, progress=not args.quiet, jpeg_quality=args.jpeg_quality)
     print(f"packed {rec['rows']} frames of {args.index.name} ({rec['test_rows_skipped']} test rows left out) "
           f"at {rec['size']} px to {args.out}")
     return 0
