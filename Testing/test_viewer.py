@@ -324,6 +324,9 @@ def test_most_contrast_button_shows_the_library_choice(window, case, qtbot):
     assert window.waitIdle(60) and not any(w.startswith("--frame auto") for w in window.warnings())
     open_case(window, case, frame="auto")
     assert window.frameIndex == want and window.frameNote.startswith("--frame auto")
+    window.setOptions(viewer.CaseOptions(orthographic=True))  # the case is rebuilt on the same frame
+    assert window.waitIdle(60) and window.options.orthographic
+    assert window.frameIndex == want and any(w.startswith("--frame auto") for w in window.warnings())
 
 
 def test_options_isocentre_and_projection_error(window, case, boxes):

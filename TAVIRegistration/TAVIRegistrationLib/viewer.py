@@ -835,10 +835,15 @@ class ViewerWindow(qt.QMainWindow):
             return
         reread = (options.units, options.space) != (self.options.units, self.options.space)
         model = None if reread else self.model
-        mp, fp, series, frame = self.modelPath, self.fluoroPath, self.series, self.frameIndex
+        mp, fp, series, frame, note = self.modelPath, self.fluoroPath, self.series, self.frameIndex, self.frameNote
+
+        def install(data):
+            if data.frame_note is None and data.frame_index == frame:
+                data.frame_note = note  # the same frame of the same run: how it was chosen still holds
+            self._installCase(data, "Case options applied")
+
         self._submit("Applying the case options",
-                     lambda: _build_case(mp, model, fp, series, options, frame),
-                     lambda data: self._installCase(data, "Case options applied"), cleanup=_close_case)
+                     lambda: _build_case(mp, model, fp, series, options, frame), install, cleanup=_close_case)
 
     def editOptions(self):
         """The Case options dialog."""
