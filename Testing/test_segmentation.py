@@ -611,8 +611,10 @@ def test_pack_seg_writes_a_small_case_index_that_trains_like_the_source(tmp_path
                      "--quiet"]) == 0
     record60 = json.loads((out / "q60.csv.json").read_text())
     assert record60["jpeg_quality"] == 60 and "--jpeg-quality 60" in record60["command"]
-    size = lambda folder: sum(p.stat().st_size for p in folder.glob("*.jpg"))  # noqa: E731
-    assert size(out / "q60") < 0.8 * size(out / "small")
+    def jpeg_bytes(folder):
+        return sum(p.stat().st_size for p in folder.glob("*.jpg"))
+
+    assert jpeg_bytes(out / "q60") < 0.8 * jpeg_bytes(out / "small")
     low, _ = load_case_index(out / "q60.csv", 64)
     assert all(np.array_equal(a.mask, b.mask) for a, b in zip(packed, low))
 
