@@ -842,6 +842,34 @@ def test_val_folds_partition_each_data_sets_free_patients():
     assert "--val-fold" not in _config("d", "o").command()
 
 
+def test_split_seed_keeps_the_validation_split_across_seeds(tmp_path, capsys):
+    """--split-seed draws the validation split instead of --seed: runs that vary only --seed (an
+    ensemble or a soup of seeds) validate on, and never train on, the same patients."""
+    from types import SimpleNamespace
+
+    from TAVIRegistrationLib.training import TrainingRun
+
+    samples = [SimpleNamespace(patient=f"A{i}", source="a", split="") for i in range(20)]
+
+    def split(name, **kw):
+        train, val = TrainingRun(_config("d", tmp_path / name, **kw), "train-seg").split_data(samples, [])
+        return {s.patient for s in train}, {s.patient for s in val}
+
+    assert split("a", seed=1)[1] != split("b", seed=2)[1]  # without it, the seed moves the split
+    train1, val1 = split("c", seed=1, split_seed=5)
+    train2, val2 = split("d", seed=2, split_seed=5)
+    assert val1 == val2 == split("e", seed=5)[1] and len(val1) == 4 and train1 == train2
+    assert val1.isdisjoint(train2)
+    assert "--split-seed 5" in _config("d", "o", split_seed=5).command()
+    assert "--split-seed" not in _config("d", "o").command()
+    data = write_vessel_folder(tmp_path / "data", n=3)
+    for flag in ("--split-seed", "--seed"):
+        assert cli.main(["train-seg", "--data", str(data), "--out", str(tmp_path / "o"), flag, "-1"]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} must be >= 0" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
 def test_angios40_folder_loads(shared_data):
     from TAVIRegistrationLib.train_seg import load_folder
 

@@ -60,6 +60,9 @@ class TrainingConfig:
     batch_size: int = 8
     weight_decay: float = 1e-4
     seed: int = 0
+    #: seed of the patient-wise validation split (None: ``seed``), so runs that differ only in ``seed``
+    #: (an ensemble or soup of seeds) can validate on, and never train on, the same patients
+    split_seed: Optional[int] = None
     val_fraction: float = 0.2
     #: cross-validation: "K/N" holds out the K-th of N seeded folds of each data set's free patients
     #: instead of ``val_fraction`` of them (None: no folds)
@@ -94,6 +97,9 @@ class TrainingConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
         parse_fold(self.val_fold)
+        for name in ("seed", "split_seed"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise InputError(f"--max-minutes must be positive, got {self.max_minutes}")
         if self.stop_epoch is not None and not 1 <= self.stop_epoch <= self.epochs:
@@ -116,6 +122,8 @@ class TrainingConfig:
             parts += ["--data", str(d)]
         for name in self.COMMAND_OPTIONS:
             parts += ["--" + name.replace("_", "-"), _option_text(getattr(self, name))]
+        if self.split_seed is not None:
+            parts += ["--split-seed", str(self.split_seed)]
         if self.val_fold is not None:
             parts += ["--val-fold", str(self.val_fold)]
         parts += self.command_flags()
@@ -191,6 +199,9 @@ def add_common_training_arguments(p, config_cls) -> None:
     p.add_argument("--lr", type=float, default=default["lr"], help="AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=default["weight_decay"], help="AdamW weight decay")
     p.add_argument("--seed", type=int, default=default["seed"])
+    p.add_argument("--split-seed", type=int,
+                   help="seed of the validation split of data sets without a split of their own (default: --seed); "
+                        "runs that vary only --seed then validate on the same patients")
     p.add_argument("--size", type=int, default=default["size"], help=f"network input size (default {default['size']})")
     p.add_argument("--val-fraction", type=float, default=default["val_fraction"],
                    help="share of patients held out for validation")
@@ -580,7 +591,8 @@ class TrainingRun:
         elif self.config.init:
             self._init_state = self.init_weights()
         check_writable_dir(self.out_dir)
-        train, val = split_patients(samples, self.config.val_fraction, self.config.seed, self.config.val_fold)
+        split_seed = self.config.seed if self.config.split_seed is None else self.config.split_seed
+        train, val = split_patients(samples, self.config.val_fraction, split_seed, self.config.val_fold)
         self.split, self.described = split_record(train, val), described
         return train, val
 
