@@ -43,9 +43,10 @@ def evaluate(root: Path) -> dict:
         n += 1
         v = np.array([area[i] for i in range(series.n_frames)])
         t0 = time.perf_counter()
-        auto = int(np.argmax(opacification_scores(series.frames)))
+        auto = series.most_opacified_frame()  # what --frame auto takes
         seconds.append(time.perf_counter() - t0)
-        for name, k in (("auto", auto), ("mean darkening", int(np.argmax(opacification_scores(series.frames, power=1)))), ("frame 0", 0)):
+        mean_darkening = int(np.argmax(opacification_scores(series.frames, power=1)))
+        for name, k in (("auto", auto), ("mean darkening", mean_darkening), ("frame 0", 0)):
             near[name] += int(v[k] >= NEAR_MAX * v.max())
             none[name] += int(v[k] == 0)
     return {"data": str(root), "runs": n, "near_max": dict(near), "no_contrast": dict(none),

@@ -233,8 +233,8 @@ def opacification_scores(frames: np.ndarray, power: float = 2.0) -> np.ndarray:
     squared (``power``) darkening of the frame below each pixel's brightest value over the run (iodine
     only darkens, so the brightest value stands in for the background without it; squaring favours a
     filled vessel over many slightly darker pixels), on a box-filtered copy about
-    ``_OPACIFICATION_GRID`` px a side, so that noise and thin moving devices weigh little. Intensities are scaled by the run's 1st-99th
-    percentiles. A single frame scores 0.
+    ``_OPACIFICATION_GRID`` px a side, so that noise and thin moving devices weigh little.
+    Intensities are scaled by the run's 1st-99th percentiles. A single frame scores 0.
 
     Measured on phantom runs of 5 or more frames (``tavireg phantom``; no real cine was at hand): the
     chosen frame's opacified area is within 10 % of the run's largest in 58 of 70 runs of the two data
