@@ -87,7 +87,7 @@ import numpy as np
 
 from .errors import InputError
 from .outputs import read_mask_png
-from .segmentation import FOVS, TTA_MODES, scores_from_counts, threshold_counts
+from .segmentation import FOVS, scores_from_counts, threshold_counts
 from .training import row_fov_and_frame
 
 FOLDER_FOV = "upper"
@@ -851,22 +851,20 @@ def _bar(total: int, desc: str):
 def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", device=None,
                  frangi_train: Sequence[DataSet] = (), frangi_max_frames: Optional[int] = None,
                  frangi_sigma_sets: Sequence[Sequence[float]] = FRANGI_SIGMA_SETS,
-                 models_directory=None, progress: bool = True, workers: int = 1,
-                 tta: Optional[str] = None) -> Dict[str, Any]:
-    """Evaluate DRU-Net and the Frangi baseline on ``datasets`` (their frames as given); ``tta``: the
-    DRU-Net's test-time augmentation (None: the model's, ``segmentation.TTA_MODES``).
+                 models_directory=None, progress: bool = True, workers: int = 1) -> Dict[str, Any]:
+    """Evaluate DRU-Net and the Frangi baseline on ``datasets`` (their frames as given).
 
     Returns ``{"records": per-frame dicts, "table": rows, "samples": panels, "frangi": ..., "model":
     ..., "warnings": [...]}``; nothing is written (see ``run_evaluate_seg``).
     """
-    from .segmentation import get_model, segment_frame, threshold_for, tta_for
+    from .segmentation import get_model, segment_frame, threshold_for
 
     warnings: List[str] = []
     t0 = time.perf_counter()
     _module, entry, dev = get_model(model, device, None, models_directory)  # fails fast: no model installed
     model_info = {"name": entry["name"] if entry else None, "sha256": (entry or {}).get("sha256"),
                   "file": (entry or {}).get("file"), "thresholds": {f: threshold_for(entry, f) for f in FOVS},
-                  "tta": tta_for(entry, tta), "device": str(dev)}
+                  "device": str(dev)}
     evaluated = [f for d in datasets for f in d.frames]
     reader = FrameReader()
 
@@ -916,8 +914,7 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
     with _bar(len(evaluated), "evaluate") as bar:
         for ref in evaluated:
             image, truth = reader.read(ref)
-            seg = segment_frame(image, fov=ref.fov, model=model, device=dev, models_directory=models_directory,
-                                tta=tta)
+            seg = segment_frame(image, fov=ref.fov, model=model, device=dev, models_directory=models_directory)
             models_used.add(seg.model_name)
             for w in seg.warnings:
                 if w not in warnings:
@@ -954,7 +951,7 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
         for m in methods:
             if m == METHOD_DRUNET:
                 mask = segment_frame(image, fov=ref.fov, model=model, device=dev,
-                                     models_directory=models_directory, tta=tta).mask
+                                     models_directory=models_directory).mask
             else:
                 p = frangi["params"][ref.dataset][ref.fov]
                 mask = frangi_segment(image, p["threshold"], p["sigmas"])
@@ -1014,8 +1011,6 @@ def _add_seg(subsub) -> None:
                         "N.png + N_gt.png pairs")
     p.add_argument("--model", default="segmentation",
                    help="manifest name of the DRU-Net weights (default: the installed segmentation model)")
-    p.add_argument("--tta", choices=TTA_MODES, default=None,
-                   help="the DRU-Net's test-time augmentation (default: the model's, from the manifest)")
     p.add_argument("--frangi-train", action="append", default=[], metavar="INDEX.csv|DIR",
                    help="training data for the Frangi threshold (repeatable): a case index CSV (its train rows) "
                         "or a folder of N.png + N_gt.png pairs; without it the baseline is skipped")
@@ -1094,11 +1089,10 @@ def run_evaluate_seg(args) -> int:
         sigma_sets = (sig,)
     res = evaluate_seg(datasets, model=args.model, device=device, frangi_train=train,
                        frangi_max_frames=args.frangi_max_frames, frangi_sigma_sets=sigma_sets,
-                       workers=args.workers, tta=args.tta)
+                       workers=args.workers)
     notes = list(RULES)
     notes.append(f"DRU-Net model {res['model']['name']} (SHA256 {str(res['model']['sha256'])[:12]}...); thresholds "
-                 + ", ".join(f"{k} {v:.2f}" for k, v in res["model"]["thresholds"].items())
-                 + f"; test-time augmentation {res['model']['tta']}.")
+                 + ", ".join(f"{k} {v:.2f}" for k, v in res["model"]["thresholds"].items()) + ".")
     if res["frangi"]["evaluated"]:
         notes.append("Frangi training data: " + "; ".join(
             f"{s['label']} ({s['split_used']}, {s['frames']} frames)" for s in res["frangi"]["training"]) + ".")
@@ -1160,8 +1154,6 @@ def command_line(args) -> str:
         parts += ["--frangi-train", str(d)]
     if args.model != "segmentation":
         parts += ["--model", str(args.model)]
-    if args.tta is not None:
-        parts += ["--tta", str(args.tta)]
     for opt in ("max_frames", "frangi_max_frames", "frangi_sigmas"):
         if getattr(args, opt) is not None:
             parts += ["--" + opt.replace("_", "-"), str(getattr(args, opt))]

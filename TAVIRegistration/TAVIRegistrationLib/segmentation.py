@@ -54,10 +54,6 @@ MAX_SIDE = 4096
 PERCENTILES = (0.5, 99.5)
 FOVS = ("upper", "lower")
 DEFAULT_THRESHOLD = 0.5
-#: test-time augmentation: "none", or "hflip" (the mean of the vessel probabilities of the frame and of
-#: its left-right mirror, mirrored back: the one flip training used). The manifest entry's ``tta``
-#: names the model's default; ``segment_frame(tta=...)`` and ``--tta`` override it.
-TTA_MODES = ("none", "hflip")
 _ASPECT_WARN = 1.25
 
 #: FoV words of DICOM descriptions, matched from the start of a word: a stem ends in ``\w*`` (FEMORAL,
@@ -81,7 +77,6 @@ class SegmentationResult:
     threshold: float
     model_name: Optional[str] = None
     warnings: List[str] = field(default_factory=list)
-    tta: str = "none"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,28 +257,6 @@ def _entry_size(entry: Optional[Dict[str, Any]], input_size) -> Tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def tta_for(entry: Optional[Dict[str, Any]], tta: Optional[str] = None) -> str:
-    """The test-time augmentation to use: ``tta`` when given, else the manifest entry's, else none."""
-    mode = tta if tta is not None else (entry or {}).get("tta") or "none"
-    if mode not in TTA_MODES:
-        raise InputError(f"test-time augmentation must be one of {', '.join(TTA_MODES)}, got {mode!r}")
-    return str(mode)
-
-
-def network_logits(module, batch, tta: str = "none"):
-    """Vessel logits of a (N, 1, H, W) batch at the network's size. ``tta='hflip'``: one forward pass
-    of the batch and its left-right mirror together, the mean of the two probabilities (the mirrored
-    one mirrored back), returned as logits so that resizing and thresholding stay as without it."""
-    import torch
-
-    if tta == "none":
-        return module(batch).float()
-    n = batch.shape[0]
-    both = torch.sigmoid(module(torch.cat([batch, batch.flip(-1)])).float())
-    prob = (both[:n] + both[n:].flip(-1)) / 2
-    return torch.logit(prob, eps=1e-6)
-
-
 def threshold_for(entry: Optional[Dict[str, Any]], fov_used: str) -> float:
     th = (entry or {}).get("thresholds") or {}
     for key in (fov_used, "unknown", "all"):
@@ -296,14 +269,13 @@ def threshold_for(entry: Optional[Dict[str, Any]], fov_used: str) -> float:
 # inference
 # ---------------------------------------------------------------------------------------------
 def segment_frame(image, fov: str = "auto", model=None, device=None, *, fov_hint: Optional[str] = None,
-                  threshold: Optional[float] = None, input_size=None, models_directory=None,
-                  tta: Optional[str] = None) -> SegmentationResult:
+                  threshold: Optional[float] = None, input_size=None, models_directory=None) -> SegmentationResult:
     """Segment the vessels of one 2D grey frame.
 
     ``model``: None (the manifest's default segmentation model), a manifest name, or a loaded
     module (then ``threshold`` defaults to 0.5 and ``input_size`` to 256 x 256). ``fov_hint``: the
     FoV read from a header (see ``fov_from_header``), used by ``fov='auto'``. ``device``: default
-    cuda when available, else cpu. ``tta``: ``TTA_MODES``; None takes the manifest entry's.
+    cuda when available, else cpu.
     """
     import torch
 
@@ -311,13 +283,12 @@ def segment_frame(image, fov: str = "auto", model=None, device=None, *, fov_hint
     arr = validate_image(image)
     fov_used = _resolve_fov(fov, fov_hint, warnings)
     module, entry, dev = get_model(model, device, fov_used, models_directory)
-    mode = tta_for(entry, tta)
     size = _entry_size(entry, input_size)
     x, w = preprocess(arr, size)
     warnings.extend(w)
     with torch.inference_mode():
         t = torch.from_numpy(x)[None, None].to(dev)
-        logits = network_logits(module, t, mode)
+        logits = module(t).float()
         logits = resize_image(logits, arr.shape)
         prob = torch.sigmoid(logits)[0, 0].cpu().numpy().astype(np.float32)
     if threshold is None:
@@ -327,7 +298,7 @@ def segment_frame(image, fov: str = "auto", model=None, device=None, *, fov_hint
     mask = (prob >= float(threshold)).astype(np.uint8)
     return SegmentationResult(
         mask=mask, probability=prob, fov_used=fov_used, threshold=float(threshold),
-        model_name=entry["name"] if entry else None, warnings=warnings, tta=mode,
+        model_name=entry["name"] if entry else None, warnings=warnings,
     )
 
 
@@ -477,9 +448,6 @@ def add_segment_parser(sub) -> None:
     p.add_argument("--fov", choices=("upper", "lower", "auto"), default="auto",
                    help="field of view: upper (aortic root) or lower (iliac/femoral); auto reads the DICOM header")
     p.add_argument("--threshold", type=float, help="probability threshold (default: the model's, per FoV)")
-    p.add_argument("--tta", choices=TTA_MODES, default=None,
-                   help="test-time augmentation: hflip averages the frame and its left-right mirror "
-                        "(twice the network time); default: the model's (manifest)")
     p.add_argument("--out", type=Path, required=True, help="output mask PNG (0/255, the input's size)")
     p.add_argument("--prob", type=Path, help="also write the vessel probability (0-255 PNG)")
 
@@ -509,7 +477,7 @@ def run_segment(args) -> int:
     loaded = read_image_file(args.image, args.frame)
     device = pick_device(requested=args.device)
     res = segment_frame(loaded.image, fov=args.fov, model=args.model, device=device,
-                        fov_hint=loaded.fov_hint, threshold=args.threshold, tta=args.tta)
+                        fov_hint=loaded.fov_hint, threshold=args.threshold)
     warnings = loaded.notes + res.warnings
     with OutputSet(inputs=[args.image]) as outs:
         outs.add(args.out, mask_png_writer(res.mask))
@@ -520,7 +488,7 @@ def run_segment(args) -> int:
         _print({
             "out": str(args.out), "rows": int(res.mask.shape[0]), "cols": int(res.mask.shape[1]),
             "frame": loaded.frame, "fov_used": res.fov_used, "threshold": res.threshold,
-            "tta": res.tta, "model": res.model_name, "vessel_fraction": float(res.mask.mean()), "device": str(device),
+            "model": res.model_name, "vessel_fraction": float(res.mask.mean()), "device": str(device),
             "warnings": warnings,
         })
     return 0
