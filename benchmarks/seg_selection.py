@@ -1,0 +1,245 @@
+"""The DRU-Net selection rule of sessions 8-12 as one command: which candidate network, if any, ships.
+
+    .venv/bin/python benchmarks/seg_selection.py --validation SEED/index.csv \\
+        --development PHANTOM/index.csv --real ../shared/data/angios40/train \\
+        --baseline drunet-b12-v7s --candidate NAME [--candidate NAME ...] [--candidates-dir DIR] \\
+        --out DIR [--margin 0.005] [--max-drop 0.01] [--empty-loss 0.10] [--json]
+
+Each network is run through ``tavireg evaluate seg`` on three data sets, which this script writes
+under ``OUT/data`` (the inputs are only read):
+
+* ``validation``: every frame of a phantom no network has seen (``tavireg phantom --seed N`` with a
+  fresh seed; all its splits), scored per FoV;
+* ``development``: the validation-split patients of the training phantom (P003 of the seed-0
+  phantom), scored over both FoVs together;
+* ``real_validation``: the images of ``--real`` that the baseline's manifest entry names as its
+  validation patients (``train-seg``'s own split, e.g. ``train:3``), linked, never copied.
+
+Score: the mean of four medians of the Dice per frame (frames with an empty truth left out):
+validation upper FoV, validation lower FoV, development, real validation. The highest-scoring
+candidate ships iff (1) its score is at least the baseline's + ``--margin``, (2) none of its four
+medians is below the baseline's by more than ``--max-drop``, and (3) it leaves at least the
+baseline's count of empty-truth validation lower-FoV frames without a predicted pixel, less
+``--empty-loss`` of that count (rounded down). Write the rule down, and generate the validation
+phantom, before any candidate is trained; a validation seed serves one decision.
+
+Candidates are manifest names in ``--candidates-dir`` (``TAVIREG_MODELS_DIR`` for their runs, e.g.
+a trainer's ``--export-dir``); the baseline is read from the installed models (or
+``--baseline-dir``). An ``OUT/NAME`` folder that already holds an evaluation of the same network is
+reused. Printed: a table and the verdict; written: ``OUT/selection.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "TAVIRegistration"))
+
+from TAVIRegistrationLib import models  # noqa: E402
+from TAVIRegistrationLib.errors import InputError  # noqa: E402
+
+MEDIANS = ("upper", "lower", "development", "real")
+LABELS = {"validation": "data/validation", "development": "data/development", "real": "data/real_validation"}
+
+
+def _rewrite_index(src: Path, dst: Path, keep_split: Optional[str]) -> int:
+    """Copy of a case index with absolute paths, its rows of ``keep_split`` (None: all) marked test."""
+    try:
+        with open(src, newline="") as fh:
+            reader = csv.DictReader(fh)
+            cols = reader.fieldnames or []
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{src} cannot be read as a case index: {exc}") from None
+    missing = [c for c in ("patient", "split", "image", "mask") if c not in cols]
+    if missing:
+        raise InputError(f"{src} is not a case index (no column {', '.join(missing)})")
+    kept = [r for r in rows if keep_split is None or r["split"].lower() == keep_split]
+    if not kept:
+        raise InputError(f"{src} has no rows of split {keep_split!r}")
+    for r in kept:
+        r["split"] = "test"
+        for k in ("image", "mask"):
+            if r.get(k):
+                r[k] = str((src.parent / r[k]).resolve())
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(dst, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        w.writerows(kept)
+    return len(kept)
+
+
+def _link_real_validation(real: Path, entry: Dict[str, Any], dst: Path) -> List[str]:
+    """Links in ``dst`` to the N.png / N_gt.png pairs of ``real`` named ``<real's name>:N`` in the
+    entry's validation patients."""
+    prefix = f"{real.name}:"
+    names = [p[len(prefix):] for p in entry.get("validation_patients") or [] if p.startswith(prefix)]
+    if not names:
+        raise InputError(f"{entry['name']}'s manifest entry names no validation image of {real} "
+                         f"(validation patients: {', '.join(entry.get('validation_patients') or []) or 'none'})")
+    dst.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        for f in (f"{n}.png", f"{n}_gt.png"):
+            if not (real / f).is_file():
+                raise InputError(f"{real / f} not found (named by {entry['name']}'s validation patients)")
+            link = dst / f
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to((real / f).resolve())
+    return names
+
+
+def prepare_data(validation: Path, development: Path, real: Path, baseline_entry: Dict[str, Any],
+                 out: Path) -> Dict[str, Any]:
+    """The three evaluation data sets under ``out/data``; what they hold."""
+    data = out / "data"
+    n_val = _rewrite_index(validation, data / "validation.csv", None)
+    n_dev = _rewrite_index(development, data / "development.csv", "val")
+    names = _link_real_validation(real, baseline_entry, data / "real_validation")
+    return {"paths": [data / "validation.csv", data / "development.csv", data / "real_validation"],
+            "frames": {"validation": n_val, "development": n_dev, "real": len(names)}, "real_images": names}
+
+
+def four_medians(eval_dir: Path) -> Dict[str, Any]:
+    """The four medians and the empty-frame count from an ``evaluate seg`` folder over the three sets."""
+    try:
+        summary = json.loads((eval_dir / "summary.json").read_text())
+        with open(eval_dir / "per_frame.csv", newline="") as fh:
+            per_frame = [r for r in csv.DictReader(fh) if r["method"] == "DRU-Net"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{eval_dir} is not an evaluate seg output folder ({exc.__class__.__name__})") from None
+    table = {(r["dataset"], r["fov"]): r for r in summary["table"] if r["method"] == "DRU-Net"}
+
+    def row(label: str, fov: str) -> Dict[str, Any]:
+        if (label, fov) not in table:
+            raise InputError(f"{eval_dir}/summary.json has no DRU-Net row for {label} ({fov} FoV)")
+        return table[(label, fov)]
+
+    dev = [float(r["dice"]) for r in per_frame if r["dataset"] == LABELS["development"] and r["empty_gt"] == "False"]
+    if not dev:
+        raise InputError(f"{eval_dir}/per_frame.csv has no development frame with a vessel")
+    lower = row(LABELS["validation"], "lower")
+    m = {"upper": float(row(LABELS["validation"], "upper")["median_dice"]), "lower": float(lower["median_dice"]),
+         "development": float(statistics.median(dev)), "real": float(row(LABELS["real"], "upper")["median_dice"])}
+    return {"medians": m, "score": sum(m.values()) / len(m),
+            "empty_lower_clean": int(lower["empty_gt_clean"]), "empty_lower": int(lower["n_empty_gt"])}
+
+
+def judge(baseline: Dict[str, Any], candidates: Dict[str, Dict[str, Any]], margin: float = 0.005,
+          max_drop: float = 0.01, empty_loss: float = 0.10) -> Dict[str, Any]:
+    """Each candidate's criteria against the baseline; the highest-scoring one ships iff it meets all."""
+    need_empty = baseline["empty_lower_clean"] - int(empty_loss * baseline["empty_lower_clean"])
+    verdicts = {}
+    for name, c in candidates.items():
+        gain = c["score"] - baseline["score"]
+        drops = {k: baseline["medians"][k] - c["medians"][k] for k in MEDIANS}
+        failed = []
+        if gain < margin - 1e-12:
+            failed.append(f"(1) score gain {gain:+.4f} < {margin:+.4f}")
+        worst = max(drops, key=drops.get)
+        if drops[worst] > max_drop + 1e-12:
+            failed.append(f"(2) {worst} median down {drops[worst]:.4f} > {max_drop:.4f}")
+        if c["empty_lower_clean"] < need_empty:
+            failed.append(f"(3) {c['empty_lower_clean']} empty lower-FoV frames left empty < {need_empty}")
+        verdicts[name] = {"gain": gain, "passes": not failed, "failed": failed}
+    best = max(candidates, key=lambda n: candidates[n]["score"]) if candidates else None
+    ships = best if best is not None and verdicts[best]["passes"] else None
+    return {"verdicts": verdicts, "highest": best, "ships": ships, "empty_needed": need_empty}
+
+
+def evaluate(name: str, models_dir: Optional[Path], data: Sequence[Path], out: Path) -> Path:
+    """``tavireg evaluate seg`` of one network on the three sets (reused when already done for it)."""
+    folder = out / name
+    entry = models.find_entry(name, models_dir)
+    done = folder / "summary.json"
+    if done.is_file():
+        try:
+            if json.loads(done.read_text())["model"]["sha256"] == entry["sha256"]:
+                return folder
+        except (ValueError, KeyError, TypeError):
+            pass
+    env = dict(os.environ)
+    env.pop(models.ENV_MODELS_DIR, None)
+    if models_dir is not None:
+        env[models.ENV_MODELS_DIR] = str(models_dir)
+    cmd = [sys.executable, "-m", "TAVIRegistrationLib.cli", "evaluate", "seg", "--model", name, "--out", str(folder)]
+    for d in data:
+        cmd += ["--data", str(d)]
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "TAVIRegistration"),
+                                         env.get("PYTHONPATH", "")])
+    res = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if res.returncode != 0:
+        lines = res.stderr.strip().splitlines() or ["(no message)"]
+        raise InputError(f"evaluate seg of {name} failed (exit {res.returncode}): {lines[-1]}")
+    return folder
+
+
+def report(baseline_name: str, results: Dict[str, Dict[str, Any]], decision: Dict[str, Any]) -> str:
+    lines = ["| network | score | upper | lower | development | real | empty lower left empty | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        m = r["medians"]
+        if name == baseline_name:
+            verdict = "baseline"
+        else:
+            v = decision["verdicts"][name]
+            verdict = f"{v['gain']:+.4f}; " + ("meets the rule" if v["passes"] else "; ".join(v["failed"]))
+        lines.append(f"| `{name}` | {r['score']:.4f} | {m['upper']:.3f} | {m['lower']:.3f} | {m['development']:.3f} "
+                     f"| {m['real']:.3f} | {r['empty_lower_clean']}/{r['empty_lower']} | {verdict} |")
+    ships = decision["ships"]
+    lines.append("")
+    lines.append(f"ships: `{ships}`" if ships else
+                 f"nothing ships (highest-scoring candidate: `{decision['highest']}`)")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--validation", required=True, type=Path, help="case index of the fresh validation phantom")
+    p.add_argument("--development", required=True, type=Path, help="case index whose val-split patients count once")
+    p.add_argument("--real", required=True, type=Path, help="folder of N.png + N_gt.png (the real training images)")
+    p.add_argument("--baseline", required=True, help="manifest name of the network to beat")
+    p.add_argument("--baseline-dir", type=Path, help="its models folder (default: the installed models)")
+    p.add_argument("--candidate", action="append", required=True, help="manifest name (repeatable)")
+    p.add_argument("--candidates-dir", type=Path, help="models folder of the candidates (default: the installed)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--margin", type=float, default=0.005)
+    p.add_argument("--max-drop", type=float, default=0.01)
+    p.add_argument("--empty-loss", type=float, default=0.10)
+    p.add_argument("--json", action="store_true", help="print selection.json instead of the table")
+    args = p.parse_args(argv)
+    try:
+        base_entry = models.find_entry(args.baseline, args.baseline_dir)
+        if args.baseline in args.candidate:
+            raise InputError(f"{args.baseline} is the baseline; it cannot also be a candidate")
+        for c in args.candidate:
+            models.find_entry(c, args.candidates_dir)
+        data = prepare_data(args.validation, args.development, args.real, base_entry, args.out)
+        results = {args.baseline: four_medians(evaluate(args.baseline, args.baseline_dir, data["paths"], args.out))}
+        for c in args.candidate:
+            results[c] = four_medians(evaluate(c, args.candidates_dir, data["paths"], args.out))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    decision = judge(results[args.baseline], {c: results[c] for c in args.candidate},
+                     args.margin, args.max_drop, args.empty_loss)
+    record = {"baseline": args.baseline, "results": results, "decision": decision, "data": {
+        "validation": str(args.validation), "development": str(args.development), "real": str(args.real),
+        "frames": data["frames"], "real_images": data["real_images"]},
+        "rule": {"margin": args.margin, "max_drop": args.max_drop, "empty_loss": args.empty_loss}}
+    models.write_json_atomic(args.out / "selection.json", record)
+    print(json.dumps(record, indent=1) if args.json else report(args.baseline, results, decision))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
