@@ -132,6 +132,16 @@ def test_scores_come_from_the_evaluations(setup, capsys):
     assert sel.main(_args(setup, out)) == 0
     assert (out / "cand" / "summary.json").stat().st_mtime_ns == stamp
     assert ("ships: `cand`" if expected["ships"] else "nothing ships") in capsys.readouterr().out
+    # other data (the development set's first frame left out): evaluated again
+    fewer = setup["root"] / "dev" / "fewer.csv"
+    lines = setup["development"].read_text().splitlines(keepends=True)
+    fewer.write_text("".join(lines[:1] + lines[2:]))
+    args = _args(setup, out)
+    args[args.index("--development") + 1] = str(fewer)
+    assert sel.main(args + ["--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["data"]["frames"]["development"] == record["data"]["frames"]["development"] - 1
+    assert (out / "cand" / "summary.json").stat().st_mtime_ns != stamp
 
 
 def test_bad_input_exit_2(setup, tmp_path, capsys):

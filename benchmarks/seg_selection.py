@@ -25,14 +25,15 @@ phantom, before any candidate is trained; a validation seed serves one decision.
 
 Candidates are manifest names in ``--candidates-dir`` (``TAVIREG_MODELS_DIR`` for their runs, e.g.
 a trainer's ``--export-dir``); the baseline is read from the installed models (or
-``--baseline-dir``). An ``OUT/NAME`` folder that already holds an evaluation of the same network is
-reused. Printed: a table and the verdict; written: ``OUT/selection.json``.
+``--baseline-dir``). An ``OUT/NAME`` folder that already holds an evaluation of the same weights on
+the same data is reused. Printed: a table and the verdict; written: ``OUT/selection.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import statistics
@@ -87,14 +88,14 @@ def _link_real_validation(real: Path, entry: Dict[str, Any], dst: Path) -> List[
         raise InputError(f"{entry['name']}'s manifest entry names no validation image of {real} "
                          f"(validation patients: {', '.join(entry.get('validation_patients') or []) or 'none'})")
     dst.mkdir(parents=True, exist_ok=True)
+    for old in dst.iterdir():  # links of an earlier run (another baseline may name other images)
+        if old.is_symlink():
+            old.unlink()
     for n in names:
         for f in (f"{n}.png", f"{n}_gt.png"):
             if not (real / f).is_file():
                 raise InputError(f"{real / f} not found (named by {entry['name']}'s validation patients)")
-            link = dst / f
-            if link.is_symlink() or link.exists():
-                link.unlink()
-            link.symlink_to((real / f).resolve())
+            (dst / f).symlink_to((real / f).resolve())
     return names
 
 
@@ -105,8 +106,21 @@ def prepare_data(validation: Path, development: Path, real: Path, baseline_entry
     n_val = _rewrite_index(validation, data / "validation.csv", None)
     n_dev = _rewrite_index(development, data / "development.csv", "val")
     names = _link_real_validation(real, baseline_entry, data / "real_validation")
+    # which files, and their size and time: a data set generated again under the same path differs
+    h = hashlib.sha256()
+    files = sorted({str(p.resolve()) for p in (data / "real_validation").iterdir()})
+    for f in ("validation.csv", "development.csv"):
+        with open(data / f, newline="") as fh:
+            files += [r[k] for r in csv.DictReader(fh) for k in ("image", "mask") if r.get(k)]
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            raise InputError(f"{f} not found (named by {validation} or {development})") from None
+        h.update(f"{f} {st.st_size} {st.st_mtime_ns}\n".encode())
     return {"paths": [data / "validation.csv", data / "development.csv", data / "real_validation"],
-            "frames": {"validation": n_val, "development": n_dev, "real": len(names)}, "real_images": names}
+            "frames": {"validation": n_val, "development": n_dev, "real": len(names)}, "real_images": names,
+            "fingerprint": h.hexdigest()}
 
 
 def four_medians(eval_dir: Path) -> Dict[str, Any]:
@@ -156,23 +170,21 @@ def judge(baseline: Dict[str, Any], candidates: Dict[str, Dict[str, Any]], margi
     return {"verdicts": verdicts, "highest": best, "ships": ships, "empty_needed": need_empty}
 
 
-def evaluate(name: str, models_dir: Optional[Path], data: Sequence[Path], out: Path) -> Path:
-    """``tavireg evaluate seg`` of one network on the three sets (reused when already done for it)."""
+def evaluate(name: str, models_dir: Optional[Path], data: Dict[str, Any], out: Path) -> Path:
+    """``tavireg evaluate seg`` of one network on the three sets; reused when this folder already holds
+    the evaluation of the same weights on the same data (``inputs.sha256``)."""
     folder = out / name
     entry = models.find_entry(name, models_dir)
-    done = folder / "summary.json"
-    if done.is_file():
-        try:
-            if json.loads(done.read_text())["model"]["sha256"] == entry["sha256"]:
-                return folder
-        except (ValueError, KeyError, TypeError):
-            pass
+    stamp = folder / "inputs.sha256"
+    key = f"{entry['sha256']} {data['fingerprint']}"
+    if (folder / "summary.json").is_file() and stamp.is_file() and stamp.read_text().strip() == key:
+        return folder
+    stamp.unlink(missing_ok=True)
+    print(f"evaluating {name} (tavireg evaluate seg -> {folder}) ...", file=sys.stderr, flush=True)
     env = dict(os.environ)
-    env.pop(models.ENV_MODELS_DIR, None)
-    if models_dir is not None:
-        env[models.ENV_MODELS_DIR] = str(models_dir)
+    env[models.ENV_MODELS_DIR] = str(models_dir if models_dir is not None else models.models_dir())
     cmd = [sys.executable, "-m", "TAVIRegistrationLib.cli", "evaluate", "seg", "--model", name, "--out", str(folder)]
-    for d in data:
+    for d in data["paths"]:
         cmd += ["--data", str(d)]
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "TAVIRegistration"),
                                          env.get("PYTHONPATH", "")])
@@ -180,6 +192,7 @@ def evaluate(name: str, models_dir: Optional[Path], data: Sequence[Path], out: P
     if res.returncode != 0:
         lines = res.stderr.strip().splitlines() or ["(no message)"]
         raise InputError(f"evaluate seg of {name} failed (exit {res.returncode}): {lines[-1]}")
+    stamp.write_text(key + "\n")
     return folder
 
 
@@ -224,9 +237,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for c in args.candidate:
             models.find_entry(c, args.candidates_dir)
         data = prepare_data(args.validation, args.development, args.real, base_entry, args.out)
-        results = {args.baseline: four_medians(evaluate(args.baseline, args.baseline_dir, data["paths"], args.out))}
+        results = {args.baseline: four_medians(evaluate(args.baseline, args.baseline_dir, data, args.out))}
         for c in args.candidate:
-            results[c] = four_medians(evaluate(c, args.candidates_dir, data["paths"], args.out))
+            results[c] = four_medians(evaluate(c, args.candidates_dir, data, args.out))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
