@@ -109,15 +109,22 @@ def test_scores_come_from_the_evaluations(setup, capsys):
     with open(setup["validation"], newline="") as fh:
         n_rows = sum(1 for _ in csv.DictReader(fh))
     assert record["data"]["frames"]["validation"] == n_rows  # every split of the validation phantom
+    labels = record["data"]["labels"]
     for name in ("base", "cand"):
-        with open(out / name / "per_frame.csv", newline="") as fh:
-            pf = [r for r in csv.DictReader(fh) if r["method"] == "DRU-Net"]
-        assert {r["dataset"] for r in pf} == set(sel.LABELS.values())
-        vessel = [r for r in pf if r["empty_gt"] == "False"]
+        vessel = {}
+        for sub in ("validation", "development"):
+            with open(out / name / sub / "per_frame.csv", newline="") as fh:
+                pf = [r for r in csv.DictReader(fh) if r["method"] == "DRU-Net"]
+            vessel[sub] = [r for r in pf if r["empty_gt"] == "False"]
+            if sub == "validation":  # evaluate seg --split all: every row of the validation phantom
+                assert sum(r["dataset"] == labels["validation"] for r in pf) == n_rows
+        assert {r["dataset"] for r in vessel["validation"]} == {labels["validation"], labels["real"]}
+        assert {r["dataset"] for r in vessel["development"]} == {labels["development"]}
 
         def med(ds, fov=None):
-            return statistics.median(float(r["dice"]) for r in vessel
-                                     if r["dataset"] == sel.LABELS[ds] and (fov is None or r["fov"] == fov))
+            rows = vessel["development" if ds == "development" else "validation"]
+            return statistics.median(float(r["dice"]) for r in rows
+                                     if r["dataset"] == labels[ds] and (fov is None or r["fov"] == fov))
         m = record["results"][name]["medians"]
         assert m["upper"] == pytest.approx(med("validation", "upper"), abs=1e-6)
         assert m["lower"] == pytest.approx(med("validation", "lower"), abs=1e-6)
@@ -128,9 +135,9 @@ def test_scores_come_from_the_evaluations(setup, capsys):
     assert record["decision"]["ships"] == expected["ships"]
     assert record["decision"]["verdicts"]["cand"]["passes"] == expected["verdicts"]["cand"]["passes"]
     # a second run reuses the evaluations of the same networks
-    stamp = (out / "cand" / "summary.json").stat().st_mtime_ns
+    stamp = (out / "cand" / "validation" / "summary.json").stat().st_mtime_ns
     assert sel.main(_args(setup, out)) == 0
-    assert (out / "cand" / "summary.json").stat().st_mtime_ns == stamp
+    assert (out / "cand" / "validation" / "summary.json").stat().st_mtime_ns == stamp
     assert ("ships: `cand`" if expected["ships"] else "nothing ships") in capsys.readouterr().out
     # other data (the development set's first frame left out): evaluated again
     fewer = setup["root"] / "dev" / "fewer.csv"
@@ -141,7 +148,7 @@ def test_scores_come_from_the_evaluations(setup, capsys):
     assert sel.main(args + ["--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["data"]["frames"]["development"] == record["data"]["frames"]["development"] - 1
-    assert (out / "cand" / "summary.json").stat().st_mtime_ns != stamp
+    assert (out / "cand" / "validation" / "summary.json").stat().st_mtime_ns != stamp
 
 
 def test_bad_input_exit_2(setup, tmp_path, capsys):
@@ -157,4 +164,4 @@ def test_bad_input_exit_2(setup, tmp_path, capsys):
     args = _args(setup, tmp_path / "o3")
     args[args.index("--development") + 1] = str(no_val)
     assert sel.main(args) == 2
-    assert "no rows of split 'val'" in capsys.readouterr().err
+    assert "no rows with split == 'val'" in capsys.readouterr().err

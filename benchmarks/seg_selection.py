@@ -5,15 +5,15 @@
         --baseline drunet-b12-v7s --candidate NAME [--candidate NAME ...] [--candidates-dir DIR] \\
         --out DIR [--margin 0.005] [--max-drop 0.01] [--empty-loss 0.10] [--json]
 
-Each network is run through ``tavireg evaluate seg`` on three data sets, which this script writes
-under ``OUT/data`` (the inputs are only read):
+Each network is run through ``tavireg evaluate seg`` on three data sets (the inputs are only read):
 
 * ``validation``: every frame of a phantom no network has seen (``tavireg phantom --seed N`` with a
-  fresh seed; all its splits), scored per FoV;
+  fresh seed; ``--split all``), scored per FoV;
 * ``development``: the validation-split patients of the training phantom (P003 of the seed-0
-  phantom), scored over both FoVs together;
-* ``real_validation``: the images of ``--real`` that the baseline's manifest entry names as its
-  validation patients (``train-seg``'s own split, e.g. ``train:3``), linked, never copied.
+  phantom; ``--split val``), scored over both FoVs together;
+* real validation: the images of ``--real`` that the baseline's manifest entry names as its
+  validation patients (``train-seg``'s own split, e.g. ``train:3``), linked under
+  ``OUT/data/real_validation``, never copied.
 
 Score: the mean of four medians of the Dice per frame (frames with an empty truth left out):
 validation upper FoV, validation lower FoV, development, real validation. The highest-scoring
@@ -44,39 +44,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "TAVIRegistration"))
 
+from TAVIRegistrationLib import evaluate as ev  # noqa: E402
 from TAVIRegistrationLib import models  # noqa: E402
 from TAVIRegistrationLib.errors import InputError  # noqa: E402
 
 MEDIANS = ("upper", "lower", "development", "real")
-LABELS = {"validation": "data/validation", "development": "data/development", "real": "data/real_validation"}
-
-
-def _rewrite_index(src: Path, dst: Path, keep_split: Optional[str]) -> int:
-    """Copy of a case index with absolute paths, its rows of ``keep_split`` (None: all) marked test."""
-    try:
-        with open(src, newline="") as fh:
-            reader = csv.DictReader(fh)
-            cols = reader.fieldnames or []
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{src} cannot be read as a case index: {exc}") from None
-    missing = [c for c in ("patient", "split", "image", "mask") if c not in cols]
-    if missing:
-        raise InputError(f"{src} is not a case index (no column {', '.join(missing)})")
-    kept = [r for r in rows if keep_split is None or r["split"].lower() == keep_split]
-    if not kept:
-        raise InputError(f"{src} has no rows of split {keep_split!r}")
-    for r in kept:
-        r["split"] = "test"
-        for k in ("image", "mask"):
-            if r.get(k):
-                r[k] = str((src.parent / r[k]).resolve())
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(dst, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        w.writerows(kept)
-    return len(kept)
 
 
 def _link_real_validation(real: Path, entry: Dict[str, Any], dst: Path) -> List[str]:
@@ -101,49 +73,53 @@ def _link_real_validation(real: Path, entry: Dict[str, Any], dst: Path) -> List[
 
 def prepare_data(validation: Path, development: Path, real: Path, baseline_entry: Dict[str, Any],
                  out: Path) -> Dict[str, Any]:
-    """The three evaluation data sets under ``out/data``; what they hold."""
-    data = out / "data"
-    n_val = _rewrite_index(validation, data / "validation.csv", None)
-    n_dev = _rewrite_index(development, data / "development.csv", "val")
-    names = _link_real_validation(real, baseline_entry, data / "real_validation")
+    """The three data sets (the real validation images linked under ``out/data``), their labels in
+    ``evaluate seg``'s tables and a fingerprint of their files."""
+    names = _link_real_validation(real, baseline_entry, out / "data" / "real_validation")
+    sets = {"validation": ev.open_dataset(validation, ev.ALL_SPLITS, "--validation"),
+            "development": ev.open_dataset(development, "val", "--development"),
+            "real": ev.open_dataset(out / "data" / "real_validation", ev.ALL_SPLITS, "--real")}
     # which files, and their size and time: a data set generated again under the same path differs
     h = hashlib.sha256()
-    files = sorted({str(p.resolve()) for p in (data / "real_validation").iterdir()})
-    for f in ("validation.csv", "development.csv"):
-        with open(data / f, newline="") as fh:
-            files += [r[k] for r in csv.DictReader(fh) for k in ("image", "mask") if r.get(k)]
-    for f in files:
+    for f in sorted(str(p) for d in sets.values() for fr in d.frames for p in (fr.image, fr.mask)):
         try:
             st = os.stat(f)
         except OSError:
-            raise InputError(f"{f} not found (named by {validation} or {development})") from None
+            raise InputError(f"{f} not found (named by {validation}, {development} or {real})") from None
         h.update(f"{f} {st.st_size} {st.st_mtime_ns}\n".encode())
-    return {"paths": [data / "validation.csv", data / "development.csv", data / "real_validation"],
-            "frames": {"validation": n_val, "development": n_dev, "real": len(names)}, "real_images": names,
+    return {"sets": sets, "labels": {k: d.label for k, d in sets.items()},
+            "frames": {k: len(d.frames) for k, d in sets.items()}, "real_images": names,
             "fingerprint": h.hexdigest()}
 
 
-def four_medians(eval_dir: Path) -> Dict[str, Any]:
-    """The four medians and the empty-frame count from an ``evaluate seg`` folder over the three sets."""
+def _read_evaluation(folder: Path):
     try:
-        summary = json.loads((eval_dir / "summary.json").read_text())
-        with open(eval_dir / "per_frame.csv", newline="") as fh:
-            per_frame = [r for r in csv.DictReader(fh) if r["method"] == "DRU-Net"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{eval_dir} is not an evaluate seg output folder ({exc.__class__.__name__})") from None
-    table = {(r["dataset"], r["fov"]): r for r in summary["table"] if r["method"] == "DRU-Net"}
+        summary = json.loads((folder / "summary.json").read_text())
+        with open(folder / "per_frame.csv", newline="") as fh:
+            per_frame = [r for r in csv.DictReader(fh) if r["method"] == ev.METHOD_DRUNET]
+        table = {(r["dataset"], r["fov"]): r for r in summary["table"] if r["method"] == ev.METHOD_DRUNET}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{folder} is not an evaluate seg output folder ({exc.__class__.__name__})") from None
+    return table, per_frame
+
+
+def four_medians(folder: Path, labels: Dict[str, str]) -> Dict[str, Any]:
+    """The four medians and the empty-frame count from a network's two ``evaluate seg`` folders
+    (``validation``: the validation phantom and the real images; ``development``)."""
+    table, _ = _read_evaluation(folder / "validation")
 
     def row(label: str, fov: str) -> Dict[str, Any]:
         if (label, fov) not in table:
-            raise InputError(f"{eval_dir}/summary.json has no DRU-Net row for {label} ({fov} FoV)")
+            raise InputError(f"{folder}/validation/summary.json has no DRU-Net row for {label} ({fov} FoV)")
         return table[(label, fov)]
 
-    dev = [float(r["dice"]) for r in per_frame if r["dataset"] == LABELS["development"] and r["empty_gt"] == "False"]
+    _, per_frame = _read_evaluation(folder / "development")
+    dev = [float(r["dice"]) for r in per_frame if r["empty_gt"] == "False"]
     if not dev:
-        raise InputError(f"{eval_dir}/per_frame.csv has no development frame with a vessel")
-    lower = row(LABELS["validation"], "lower")
-    m = {"upper": float(row(LABELS["validation"], "upper")["median_dice"]), "lower": float(lower["median_dice"]),
-         "development": float(statistics.median(dev)), "real": float(row(LABELS["real"], "upper")["median_dice"])}
+        raise InputError(f"{folder}/development/per_frame.csv has no frame with a vessel")
+    lower = row(labels["validation"], "lower")
+    m = {"upper": float(row(labels["validation"], "upper")["median_dice"]), "lower": float(lower["median_dice"]),
+         "development": float(statistics.median(dev)), "real": float(row(labels["real"], "upper")["median_dice"])}
     return {"medians": m, "score": sum(m.values()) / len(m),
             "empty_lower_clean": int(lower["empty_gt_clean"]), "empty_lower": int(lower["n_empty_gt"])}
 
@@ -171,27 +147,33 @@ def judge(baseline: Dict[str, Any], candidates: Dict[str, Dict[str, Any]], margi
 
 
 def evaluate(name: str, models_dir: Optional[Path], data: Dict[str, Any], out: Path) -> Path:
-    """``tavireg evaluate seg`` of one network on the three sets; reused when this folder already holds
-    the evaluation of the same weights on the same data (``inputs.sha256``)."""
+    """``tavireg evaluate seg`` of one network: ``OUT/NAME/validation`` (every row of the validation
+    phantom, and the real images) and ``OUT/NAME/development`` (its val rows). Reused when the folder
+    already holds the evaluation of the same weights on the same files (``inputs.sha256``)."""
     folder = out / name
     entry = models.find_entry(name, models_dir)
     stamp = folder / "inputs.sha256"
     key = f"{entry['sha256']} {data['fingerprint']}"
-    if (folder / "summary.json").is_file() and stamp.is_file() and stamp.read_text().strip() == key:
+    if stamp.is_file() and stamp.read_text().strip() == key:
         return folder
     stamp.unlink(missing_ok=True)
     print(f"evaluating {name} (tavireg evaluate seg -> {folder}) ...", file=sys.stderr, flush=True)
     env = dict(os.environ)
     env[models.ENV_MODELS_DIR] = str(models_dir if models_dir is not None else models.models_dir())
-    cmd = [sys.executable, "-m", "TAVIRegistrationLib.cli", "evaluate", "seg", "--model", name, "--out", str(folder)]
-    for d in data["paths"]:
-        cmd += ["--data", str(d)]
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "TAVIRegistration"),
                                          env.get("PYTHONPATH", "")])
-    res = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if res.returncode != 0:
-        lines = res.stderr.strip().splitlines() or ["(no message)"]
-        raise InputError(f"evaluate seg of {name} failed (exit {res.returncode}): {lines[-1]}")
+    sets = data["sets"]
+    runs = {"validation": (ev.ALL_SPLITS, [sets["validation"].path, sets["real"].path]),
+            "development": ("val", [sets["development"].path])}
+    for sub, (split, paths) in runs.items():
+        cmd = [sys.executable, "-m", "TAVIRegistrationLib.cli", "evaluate", "seg", "--model", name,
+               "--split", split, "--out", str(folder / sub)]
+        for d in paths:
+            cmd += ["--data", str(d)]
+        res = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if res.returncode != 0:
+            lines = res.stderr.strip().splitlines() or ["(no message)"]
+            raise InputError(f"evaluate seg of {name} failed (exit {res.returncode}): {lines[-1]}")
     stamp.write_text(key + "\n")
     return folder
 
@@ -237,9 +219,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for c in args.candidate:
             models.find_entry(c, args.candidates_dir)
         data = prepare_data(args.validation, args.development, args.real, base_entry, args.out)
-        results = {args.baseline: four_medians(evaluate(args.baseline, args.baseline_dir, data, args.out))}
+        results = {args.baseline: four_medians(evaluate(args.baseline, args.baseline_dir, data, args.out),
+                                                   data["labels"])}
         for c in args.candidate:
-            results[c] = four_medians(evaluate(c, args.candidates_dir, data, args.out))
+            results[c] = four_medians(evaluate(c, args.candidates_dir, data, args.out), data["labels"])
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -247,7 +230,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      args.margin, args.max_drop, args.empty_loss)
     record = {"baseline": args.baseline, "results": results, "decision": decision, "data": {
         "validation": str(args.validation), "development": str(args.development), "real": str(args.real),
-        "frames": data["frames"], "real_images": data["real_images"]},
+        "frames": data["frames"], "labels": data["labels"], "real_images": data["real_images"]},
         "rule": {"margin": args.margin, "max_drop": args.max_drop, "empty_loss": args.empty_loss}}
     models.write_json_atomic(args.out / "selection.json", record)
     print(json.dumps(record, indent=1) if args.json else report(args.baseline, results, decision))

@@ -29,7 +29,8 @@ Data (``--data``, repeatable):
 
 * a case index CSV (``tavireg phantom``'s ``index.csv``; columns ``patient, split, fov, image,
   frame, mask``): **only rows with split == "test" are evaluated** (held-out patients; the number
-  of other rows skipped is reported). FoV per row. Data set label: the CSV's folder name.
+  of other rows skipped is reported); ``--split val|train|all`` takes another split, or every row
+  (a phantom generated only to validate on). FoV per row. Data set label: the CSV's folder name.
 * a folder of ``N.png`` + ``N_gt.png`` pairs (angios40 layout): FoV ``upper`` (coronary
   angiograms are chest frames), every pair is evaluated. Label: ``<parent>/<folder>``, e.g.
   ``angios40/test``.
@@ -94,6 +95,9 @@ FOLDER_FOV = "upper"
 INDEX_COLUMNS = ("patient", "split", "fov", "image", "frame", "mask")
 EVAL_SPLIT = "test"
 TRAIN_SPLIT = "train"
+#: ``--split all``: every row of a case index (e.g. a phantom generated only to validate on)
+ALL_SPLITS = "all"
+EVAL_SPLITS = ("test", "val", "train", ALL_SPLITS)
 METHOD_DRUNET = "DRU-Net"
 METHOD_FRANGI = "Frangi"
 METHODS = (METHOD_DRUNET, METHOD_FRANGI)
@@ -182,7 +186,8 @@ def _index_label(csv_path: Path) -> str:
 
 
 def index_frames(csv_path: Path, split: str, label: Optional[str] = None) -> Tuple[List[FrameRef], Dict[str, Any]]:
-    """Rows of a case index CSV whose split is ``split``; and counts of the rows per split."""
+    """Rows of a case index CSV whose split is ``split`` (``ALL_SPLITS``: every row); and counts of the
+    rows per split."""
     csv_path = Path(csv_path)
     rows = _read_index(csv_path)
     label = label or _index_label(csv_path)
@@ -196,7 +201,7 @@ def index_frames(csv_path: Path, split: str, label: Optional[str] = None) -> Tup
         if not r["patient"]:
             raise InputError(f"{csv_path.name} line {i}: empty patient")
         sides.setdefault(r["patient"], set()).add(s)
-        if s != split:
+        if s != split and split != ALL_SPLITS:
             continue
         fov, frame = row_fov_and_frame(r, f"{csv_path.name} line {i}")
         if not r["image"] or not r["mask"]:
@@ -966,8 +971,8 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
 
 
 RULES = [
-    "Only rows with split == 'test' of a case index are evaluated (held-out patients); image-mask folders are "
-    "evaluated whole (FoV upper).",
+    "Only rows with split == 'test' of a case index are evaluated (held-out patients; --split chooses another "
+    "split or all rows); image-mask folders are evaluated whole (FoV upper).",
     "Frames with an empty ground-truth mask are excluded from every median (Dice is trivially 1 or 0 there, recall "
     "undefined) and counted as 'empty GT' (in brackets: how many of them the method left empty).",
     "Precision is undefined where a method predicts nothing: such frames are left out of the precision median "
@@ -1005,10 +1010,14 @@ def _add_seg(subsub) -> None:
         "seg", help="DRU-Net vs a Frangi baseline: DSC/precision/recall table, box plots, TP/FP/FN samples",
         description="Evaluate vessel segmentation on held-out data: the installed DRU-Net and the Frangi "
                     "vesselness baseline (threshold chosen on --frangi-train training data only). Case index "
-                    "CSVs: only split == test rows; image-mask folders: all pairs, FoV upper.")
+                    "CSVs: only split == test rows (see --split); image-mask folders: all pairs, FoV upper.")
     p.add_argument("--data", action="append", required=True, metavar="INDEX.csv|DIR",
                    help="evaluation data (repeatable): a case index CSV (its test rows) or a folder of "
                         "N.png + N_gt.png pairs")
+    p.add_argument("--split", choices=EVAL_SPLITS, default=EVAL_SPLIT,
+                   help="rows of which split of each case index (default test, the held-out patients; val or "
+                        "train serve choices made on training data; all: every row, for a data set generated "
+                        "only to evaluate on)")
     p.add_argument("--model", default="segmentation",
                    help="manifest name of the DRU-Net weights (default: the installed segmentation model)")
     p.add_argument("--frangi-train", action="append", default=[], metavar="INDEX.csv|DIR",
@@ -1066,7 +1075,7 @@ def run_evaluate_seg(args) -> int:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
     device = pick_device(requested=args.device)
-    datasets = [open_dataset(d, EVAL_SPLIT, "--data") for d in args.data]
+    datasets = [open_dataset(d, args.split, "--data") for d in args.data]
     labels: Dict[str, int] = {}
     for d in datasets:  # distinct labels even for two folders of the same name
         n = labels.get(d.label, 0)
@@ -1154,6 +1163,8 @@ def command_line(args) -> str:
         parts += ["--frangi-train", str(d)]
     if args.model != "segmentation":
         parts += ["--model", str(args.model)]
+    if args.split != EVAL_SPLIT:
+        parts += ["--split", args.split]
     for opt in ("max_frames", "frangi_max_frames", "frangi_sigmas"):
         if getattr(args, opt) is not None:
             parts += ["--" + opt.replace("_", "-"), str(getattr(args, opt))]
