@@ -36,7 +36,8 @@ from TAVIRegistrationLib.segmentation import (  # noqa: E402
     segment_frame,
     validate_image,
 )
-from TAVIRegistrationLib.segnet import DRUNet, count_parameters, script_model  # noqa: E402
+from TAVIRegistrationLib.segnet import (DRUNet, count_parameters, drunet_parameters, script_model,  # noqa: E402
+                                        state_width, widen_state_dict)
 from TAVIRegistrationLib.train_seg import (  # noqa: E402
     TrainConfig,
     Sample,
@@ -90,6 +91,96 @@ def test_drunet_output_shape(size):
     logits, feats = net.forward_with_features(x)
     assert logits.shape == (2, 1, *size)
     assert feats.shape == (2, 64, size[0] // 16, size[1] // 16)  # bottleneck: 16 x base channels
+
+
+def _randomised(net):
+    """``net`` in eval mode with batch-norm statistics and affine parameters away from their defaults,
+    so that a widening which mishandled them would show."""
+    gen = torch.Generator().manual_seed(5)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=gen))
+            m.bias.data.copy_(torch.rand(n, generator=gen) - 0.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("old,new", [(2, 3), (3, 8)])
+def test_widening_keeps_what_the_network_computes(old, new):
+    torch.manual_seed(1)
+    narrow = _randomised(DRUNet(old))
+    wide = DRUNet(new)
+    state = widen_state_dict(narrow.state_dict(), wide)
+    assert state_width(state) == new and set(state) == set(wide.state_dict())
+    wide.load_state_dict(state)
+    wide.eval()
+    x = torch.rand(2, 1, 48, 64)
+    with torch.no_grad():
+        a, b = narrow(x), wide(x)
+        fa, fb = narrow.forward_with_features(x)[1], wide.forward_with_features(x)[1]
+    assert torch.allclose(a, b, atol=1e-5) and float(a.abs().mean()) > 1e-3
+    assert torch.allclose(fa, fb[:, : fa.shape[1]], atol=1e-5)  # the old bottleneck channels come first
+    # a decoder block reads cat([up(x), skip]): the old skip weights sit at the start of the wider skip half
+    k = "decoders.3.block.conv1.weight"
+    assert torch.equal(state[k][:old, new:new + old], narrow.state_dict()[k][:, old:])
+    assert not state[k][:old, old:new].any()  # old outputs ignore the new up-sampled channels
+    bn = "encoders.0.bn1"
+    assert torch.equal(state[f"{bn}.running_var"][old:], torch.ones(new - old))
+    assert not state[f"{bn}.bias"][old:].any()
+    # the new channels learn: the zero weights from new to old channels get gradients
+    wide.train()
+    wide(x).mean().backward()
+    assert wide.decoders[3].block.conv1.weight.grad[:old, old:new].abs().sum() > 0
+    # the same width is returned as it is; a narrower target is refused
+    assert widen_state_dict(narrow.state_dict(), narrow).keys() == narrow.state_dict().keys()
+    with pytest.raises(ValueError, match="cannot be widened"):
+        widen_state_dict(wide.state_dict(), DRUNet(old))
+
+
+def test_init_narrower_network_is_widened_and_recorded(tiny_models, tmp_path, monkeypatch):
+    """``--init tiny --base-channels 4`` (tiny is 2 wide): the widened start computes what tiny does
+    (``--epochs 0`` exports it unchanged), and the manifest's ``init`` says it was widened."""
+    directory, _ = tiny_models
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(directory))
+    data = write_vessel_folder(tmp_path / "data", n=5)
+    train(_config(data, tmp_path / "w", epochs=0, init="tiny", base_channels=4, export="wide",
+                  export_dir=str(tmp_path / "m")))
+    entry = load_manifest(tmp_path / "m")[0]
+    assert entry["base_channels"] == 4 and "widened from 2 to 4" in entry["init"]["adapted"]
+    assert entry["init"]["model"] == "tiny"
+    wide = load_model("wide", device="cpu", directory=tmp_path / "m")
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(wide(x), load_model("tiny", device="cpu")(x), atol=1e-5)
+
+
+def test_bench_widths_measures_each_width(capsys):
+    """``tavireg bench --only widths``: parameters, file size, inference and a training step per width
+    (the figures are the benchmark's; here that each is measured and judged against the limits)."""
+    from TAVIRegistrationLib import bench
+
+    res = bench.bench_widths((2, 3), repeats=3, size=32, crop=32, batch_size=2)
+    rows = res["widths"]
+    assert [r["base_channels"] for r in rows] == [2, 3]
+    assert [r["parameters"] for r in rows] == [drunet_parameters(2), drunet_parameters(3)]
+    assert 0 < rows[0]["file_mb"] < rows[1]["file_mb"]
+    for r in rows:
+        assert r["inference"]["n"] == 3 and r["train_step"]["n"] == 2
+        assert 0 < r["inference"]["min_ms"] <= r["inference"]["median_ms"]
+        assert r["meets_inference_goal"] == (r["inference"]["median_ms"] <= bench.INFERENCE_GOAL_MS)
+        assert r["meets_file_limit"] == (r["file_mb"] <= bench.MODEL_FILE_LIMIT_MB)
+        assert r["train_frames_per_s"] == pytest.approx(2 / (r["train_step"]["median_ms"] / 1000))
+    assert cli.main(["bench", "--only", "widths", "--widths", "2", "--repeats", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out) == ["widths"] and out["widths"]["widths"][0]["parameters"] == drunet_parameters(2)
+    assert cli.main(["bench", "--only", "widths", "--widths", "2", "--repeats", "1"]) == 0
+    assert "width   2:" in capsys.readouterr().out
+    for bad in ("0", "2.5", "x"):
+        assert cli.main(["bench", "--only", "widths", "--widths", bad, "--repeats", "1"]) == 2
+        err = capsys.readouterr().err
+        assert "--widths" in err and len(err.strip().splitlines()) == 1
 
 
 def test_parameter_count_scales_with_width():
@@ -399,8 +490,8 @@ def test_init_fine_tunes_from_a_checkpoint_or_an_installed_model(tiny_models, tm
     tiny_entry = {e["name"]: e for e in load_manifest(directory)}["tiny"]
     init = load_manifest(tmp_path / "m2")[0]["init"]
     assert init["model"] == "tiny" and init["sha256"] == tiny_entry["sha256"]
-    with pytest.raises(InputError, match="differs"):
-        train(_config(data, tmp_path / "e", init="tiny", base_channels=4))
+    with pytest.raises(InputError, match="differs"):  # narrower is widened (below); wider is refused
+        train(_config(data, tmp_path / "e", init="tiny", base_channels=1))
     with pytest.raises(InputError, match="neither a checkpoint"):
         train(_config(data, tmp_path / "f", init="no-such-model"))
     assert not (tmp_path / "f").exists()

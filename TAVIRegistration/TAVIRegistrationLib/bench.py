@@ -155,6 +155,84 @@ def bench_segmentation(sizes: Sequence[int] = SEGMENTATION_SIZES, repeats: int =
     return result
 
 
+#: widths (``--base-channels``) of ``bench_widths``: the shipped 12 and its neighbours
+WIDTHS = (8, 12, 16, 20, 24)
+#: the issue's limits a DRU-Net width must meet: inference of one 256x256 frame (ms) and weight file (MB)
+INFERENCE_GOAL_MS = 100.0
+MODEL_FILE_LIMIT_MB = 10.0
+
+
+def bench_widths(widths: Sequence[int] = WIDTHS, repeats: int = 30, *, size: int = 256, crop: int = 192,
+                 batch_size: int = 8, device=None, progress=None) -> Dict[str, object]:
+    """What a DRU-Net width costs, for choosing the width of a new network before training it.
+
+    Per width (untrained weights: the time does not depend on their values): parameters, the
+    TorchScript file's size as ``train-seg`` exports it, the forward pass alone on one ``size`` x
+    ``size`` frame (``repeats`` calls), and one training step as ``train-seg --crop`` makes it (AdamW,
+    the combined loss, ``batch_size`` random ``crop`` x ``crop`` windows; ``max(2, repeats // 3)``
+    steps), with whether the width meets the issue's limits (``INFERENCE_GOAL_MS``,
+    ``MODEL_FILE_LIMIT_MB``). ``progress`` is called once per timed or untimed call."""
+    import io
+
+    import torch
+
+    from .errors import InputError
+    from .models import pick_device
+    from .segnet import DRUNet, count_parameters, script_model
+    from .train_seg import segmentation_loss
+
+    widths = [int(w) for w in widths]
+    if not widths or min(widths) < 1:
+        raise InputError(f"widths must be whole numbers of at least 1, got {widths}")
+    if size < 16 or size % 16 or crop < 16 or crop % 16:
+        raise InputError(f"the frame and crop sizes must be multiples of 16 (four poolings), got {size} and {crop}")
+    dev = torch.device(device) if device is not None else pick_device()
+    gen = torch.Generator().manual_seed(0)
+    frame = torch.rand(1, 1, size, size, generator=gen).to(dev)
+    batch = torch.rand(batch_size, 1, crop, crop, generator=gen).to(dev)
+    target = (torch.rand(batch_size, 1, crop, crop, generator=gen) > 0.9).float().to(dev)
+    lower = torch.zeros(batch_size, dtype=torch.bool, device=dev)
+    train_repeats = max(2, repeats // 3)
+    rows = []
+    for w in widths:
+        torch.manual_seed(0)
+        net = DRUNet(base_channels=w)
+        buf = io.BytesIO()
+        torch.jit.save(script_model(net), buf)
+        scripted = script_model(net).to(dev)
+        with torch.inference_mode():
+            infer = _summary(_time_calls(lambda: scripted(frame), repeats, dev, progress))
+        net = net.to(dev).train()
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            segmentation_loss(net(batch), target, lower, "combined").backward()
+            opt.step()
+
+        train = _summary(_time_calls(step, train_repeats, dev, progress))
+        file_mb = buf.getbuffer().nbytes / 1e6
+        rows.append({
+            "base_channels": w,
+            "parameters": count_parameters(net),
+            "file_mb": file_mb,
+            "inference": infer,
+            "train_step": train,
+            "train_frames_per_s": batch_size / (train["median_ms"] / 1000.0),
+            "meets_inference_goal": infer["median_ms"] <= INFERENCE_GOAL_MS,
+            "meets_file_limit": file_mb <= MODEL_FILE_LIMIT_MB,
+        })
+    return {
+        "benchmark": "widths",
+        "device": str(dev),
+        "machine": {**machine_facts(), "torch_threads": torch.get_num_threads()},
+        "inference_input": f"{size}x{size}",
+        "train_step_input": f"{batch_size} x {crop}x{crop}",
+        "limits": {"inference_ms": INFERENCE_GOAL_MS, "file_mb": MODEL_FILE_LIMIT_MB},
+        "widths": rows,
+    }
+
+
 def _stats(samples: List[float]):
     """``_summary`` of the samples, or None when there are none."""
     return _summary(samples) if samples else None

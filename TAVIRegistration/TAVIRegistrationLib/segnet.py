@@ -14,7 +14,9 @@ Image-Guided Endovascular Interventions"), with the width as a parameter:
 * a 1x1 convolution to one channel of logits (apply a sigmoid for the vessel probability).
 
 Width: 32 base channels is 8.1 M parameters (too slow to train on a 2-core CPU); the shipped
-network uses 8-16 (see ``count_parameters`` and ``tavireg bench``).
+network uses 8-16 (see ``count_parameters`` and ``tavireg bench --only widths``). A trained network
+can be widened without changing its output (``widen_state_dict``), to fine-tune more channels
+from it instead of training them from scratch.
 
 This module is pure torch: it knows no files, no DICOM and no intensity scaling. The network is
 TorchScript-scriptable; the scripted module keeps ``architecture``, ``base_channels``,
@@ -24,7 +26,8 @@ Grad-CAM. (No ``from __future__ import annotations`` here: TorchScript reads the
 annotations.)
 """
 
-from typing import List, Tuple
+import re
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -143,3 +146,71 @@ def script_model(model: DRUNet) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; it is still supported
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=DeprecationWarning)
         return torch.jit.script(m)
+
+
+def state_width(state: Dict[str, torch.Tensor]) -> int:
+    """``base_channels`` of a DRU-Net state dict (the first convolution's output channels)."""
+    return int(state["encoders.0.conv1.weight"].shape[0])
+
+
+#: the convolutions whose input is ``cat([up(x), skip])`` (two halves of equal width)
+_CONCAT_INPUT = re.compile(r"^decoders\.\d+\.block\.(conv1|skip\.0)$")
+
+
+def widen_state_dict(state: Dict[str, torch.Tensor], model: DRUNet) -> Dict[str, torch.Tensor]:
+    """``state`` (a narrower DRU-Net's weights) laid into ``model``'s wider shapes so that ``model``
+    computes exactly what the narrow network did (in eval mode; function-preserving widening, as in
+    Chen et al. 2016, Net2Net, with zeros instead of copies).
+
+    Every layer keeps its old channels first. An old output channel reads its old inputs with its
+    old weights and the new inputs with zero weights, so the new channels change nothing until
+    training moves those zeros; a new output channel keeps ``model``'s fresh initialisation (its
+    values reach no old channel). New batch-norm channels are the identity (weight 1, bias 0, mean 0,
+    variance 1). Where a decoder block reads ``cat([up(x), skip])`` the old skip channels move to the
+    start of the wider skip half. ``model`` itself is not changed. A state as wide as ``model`` is
+    returned as it is; a wider one is refused (ValueError)."""
+    old_c, new_c = state_width(state), int(model.base_channels)
+    if old_c == new_c:
+        return dict(state)
+    if old_c > new_c:
+        raise ValueError(f"a DRU-Net of width {old_c} cannot be widened to {new_c}")
+    fresh = model.state_dict()
+    if set(fresh) != set(state):
+        raise ValueError("the weights are not those of a DRU-Net of this depth")
+    out: Dict[str, torch.Tensor] = {}
+
+    def in_index(name: str, old_in: int, new_in: int) -> torch.Tensor:
+        if _CONCAT_INPUT.match(name):
+            half_old, half_new = old_in // 2, new_in // 2
+            return torch.cat([torch.arange(half_old), half_new + torch.arange(half_old)])
+        return torch.arange(old_in)
+
+    for name, module in model.named_modules():
+        prefix = name + "." if name else ""
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            old_w, new_w = state[prefix + "weight"], fresh[prefix + "weight"].clone()
+            transposed = isinstance(module, nn.ConvTranspose2d)  # weight (in, out, k, k)
+            o_dim, i_dim = (1, 0) if transposed else (0, 1)
+            o_idx = torch.arange(old_w.shape[o_dim])
+            i_idx = in_index(name, old_w.shape[i_dim], new_w.shape[i_dim])
+            o_idx = o_idx.to(new_w.device)
+            new_w.index_fill_(o_dim, o_idx, 0.0)  # old outputs: zero weights on the new inputs
+            rows = new_w.index_select(o_dim, o_idx)
+            rows.index_copy_(i_dim, i_idx.to(new_w.device), old_w.to(new_w))
+            new_w.index_copy_(o_dim, o_idx, rows)
+            out[prefix + "weight"] = new_w
+            if module.bias is not None:
+                bias = fresh[prefix + "bias"].clone()
+                bias[: state[prefix + "bias"].shape[0]] = state[prefix + "bias"].to(bias)
+                out[prefix + "bias"] = bias
+        elif isinstance(module, nn.BatchNorm2d):
+            n_old = state[prefix + "weight"].shape[0]
+            for key, default in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+                t = torch.full_like(fresh[prefix + key], default)
+                t[:n_old] = state[prefix + key].to(t)
+                out[prefix + key] = t
+            out[prefix + "num_batches_tracked"] = state[prefix + "num_batches_tracked"].clone()
+    missing = set(fresh) - set(out)
+    if missing:  # pragma: no cover - every DRU-Net tensor belongs to a layer handled above
+        raise ValueError(f"widening left {sorted(missing)[:3]} unset")
+    return out

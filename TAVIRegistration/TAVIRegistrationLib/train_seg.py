@@ -65,7 +65,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -519,7 +519,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     model = DRUNet(config.base_channels).to(device)
     n_params = count_parameters(model)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    run.resume(model, opt, RESUME_KEYS)
+    run.resume(model, opt, RESUME_KEYS, adapt_init=widen_init)
     net, model = run.parallel(model)
 
     def validate():
@@ -541,6 +541,23 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     return run.finish(n_params, {"fovs_trained": fovs_trained},
                       build_model=lambda: DRUNet(config.base_channels), script_model=script_model,
                       manifest_fields=lambda m, ck: manifest_fields(config, m, ck, fovs_trained))
+
+
+def widen_init(state: Dict[str, Any], model) -> Tuple[Dict[str, Any], Optional[str]]:
+    """``TrainingRun.resume``'s ``adapt_init``: ``--init`` weights narrower than ``--base-channels`` are
+    widened without changing what they compute (``segnet.widen_state_dict``); anything else is left
+    to ``load_state_dict`` (a wider or different network is refused there)."""
+    from .segnet import state_width, widen_state_dict
+
+    try:
+        old = state_width(state)
+    except (KeyError, IndexError):
+        return state, None
+    if old >= model.base_channels:
+        return state, None
+    return (widen_state_dict(state, model),
+            f"widened from {old} to {model.base_channels} base channels (function-preserving: the new "
+            f"channels start with no effect on the output)")
 
 
 def _train_epoch(run: TrainingRun, net, opt, train_set: List[Sample], epoch: int) -> float:

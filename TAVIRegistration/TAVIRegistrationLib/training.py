@@ -650,14 +650,19 @@ class TrainingRun:
                 **({"train_minutes": entry["metrics"]["train_minutes"]}
                    if (entry.get("metrics") or {}).get("train_minutes") is not None else {})}
 
-    def resume(self, model, opt, keys: Sequence[str]) -> bool:
+    def resume(self, model, opt, keys: Sequence[str], adapt_init: Optional[Callable] = None) -> bool:
         """Weights, optimiser, epoch, history and best of the checkpoint to resume from (False when
         not resuming); its config must agree on ``keys`` and its split must be this run's. When not
         resuming, the ``--init`` weights (if any) are loaded into ``model`` (the network must be the
-        same: a mismatch is an InputError)."""
+        same: a mismatch is an InputError). ``adapt_init(state, model) -> (state, note or None)`` may
+        first fit the weights to ``model`` (e.g. widen them); its note is logged and recorded in the
+        manifest's ``init`` (``adapted``)."""
         if not self.config.resume:
             if self.config.init:
                 state, self._init_state = self._init_state or self.init_weights(), None
+                note = None
+                if adapt_init is not None:
+                    state, note = adapt_init(state, model)
                 try:
                     model.load_state_dict(state)
                 except RuntimeError as exc:
@@ -665,6 +670,9 @@ class TrainingRun:
                     raise InputError(f"--init {' + '.join(init_sources(self.config.init))}: its network differs "
                                      f"from this run's ({first})") from None
                 self.log.line(f"started from the weights of {' + '.join(init_sources(self.config.init))}")
+                if note:
+                    self.init_record = {**(self.init_record or {}), "adapted": note}
+                    self.log.line(note)
             return False
         ck_path = self.resume_path
         ck = self.load_checkpoint(ck_path)
