@@ -358,8 +358,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--only", choices=BENCHMARKS, action="append", help="run only this benchmark (repeatable)")
     p.add_argument("--model", type=Path, help="mesh for the projection benchmark (default: a 200k-triangle sphere)")
     p.add_argument("--repeats", type=int, default=30, help="timed repeats per measurement (default 30)")
-    p.add_argument("--widths", default=",".join(str(w) for w in (8, 12, 16, 20, 24)),
-                   help="DRU-Net widths (--base-channels) for --only widths (default 8,12,16,20,24)")
+    p.add_argument("--widths", help="DRU-Net widths (--base-channels) for --only widths (default 8,12,16,20,24)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
@@ -435,7 +434,7 @@ def _run_bench(args) -> int:
         if args.repeats < 20:
             results["pipeline"]["notes"].append(f"{args.repeats} frames: fewer than the 20 the issue asks for")
     if "widths" in selected:
-        widths = _floats(args.widths, what="--widths")
+        widths = bench.WIDTHS if args.widths is None else _floats(args.widths, what="--widths")
         if not widths or any(w != int(w) or w < 1 for w in widths):
             raise InputError(f"--widths must be whole numbers of at least 1, got {args.widths!r}")
         widths = [int(w) for w in widths]

@@ -191,9 +191,8 @@ def widen_state_dict(state: Dict[str, torch.Tensor], model: DRUNet) -> Dict[str,
             old_w, new_w = state[prefix + "weight"], fresh[prefix + "weight"].clone()
             transposed = isinstance(module, nn.ConvTranspose2d)  # weight (in, out, k, k)
             o_dim, i_dim = (1, 0) if transposed else (0, 1)
-            o_idx = torch.arange(old_w.shape[o_dim])
+            o_idx = torch.arange(old_w.shape[o_dim], device=new_w.device)
             i_idx = in_index(name, old_w.shape[i_dim], new_w.shape[i_dim])
-            o_idx = o_idx.to(new_w.device)
             new_w.index_fill_(o_dim, o_idx, 0.0)  # old outputs: zero weights on the new inputs
             rows = new_w.index_select(o_dim, o_idx)
             rows.index_copy_(i_dim, i_idx.to(new_w.device), old_w.to(new_w))
