@@ -162,6 +162,16 @@ INFERENCE_GOAL_MS = 100.0
 MODEL_FILE_LIMIT_MB = 10.0
 
 
+def _train_repeats(repeats: int) -> int:
+    """Timed training steps per width of ``bench_widths`` (a step costs 10-20 inferences)."""
+    return max(2, repeats // 3)
+
+
+def widths_calls(n_widths: int, repeats: int) -> int:
+    """How many times ``bench_widths`` calls ``progress`` (timed and untimed calls, for a progress bar)."""
+    return n_widths * (repeats + 2 + _train_repeats(repeats) + 2)
+
+
 def bench_widths(widths: Sequence[int] = WIDTHS, repeats: int = 30, *, size: int = 256, crop: int = 192,
                  batch_size: int = 8, device=None, progress=None) -> Dict[str, object]:
     """What a DRU-Net width costs, for choosing the width of a new network before training it.
@@ -169,7 +179,7 @@ def bench_widths(widths: Sequence[int] = WIDTHS, repeats: int = 30, *, size: int
     Per width (untrained weights: the time does not depend on their values): parameters, the
     TorchScript file's size as ``train-seg`` exports it, the forward pass alone on one ``size`` x
     ``size`` frame (``repeats`` calls), and one training step as ``train-seg --crop`` makes it (AdamW,
-    the combined loss, ``batch_size`` random ``crop`` x ``crop`` windows; ``max(2, repeats // 3)``
+    the combined loss, ``batch_size`` random ``crop`` x ``crop`` windows; ``_train_repeats``
     steps), with whether the width meets the issue's limits (``INFERENCE_GOAL_MS``,
     ``MODEL_FILE_LIMIT_MB``). ``progress`` is called once per timed or untimed call."""
     import io
@@ -181,9 +191,9 @@ def bench_widths(widths: Sequence[int] = WIDTHS, repeats: int = 30, *, size: int
     from .segnet import DRUNet, count_parameters, script_model
     from .train_seg import segmentation_loss
 
+    if not widths or any(w != int(w) or w < 1 for w in widths):
+        raise InputError(f"DRU-Net widths (--widths) must be whole numbers of at least 1, got {list(widths)}")
     widths = [int(w) for w in widths]
-    if not widths or min(widths) < 1:
-        raise InputError(f"widths must be whole numbers of at least 1, got {widths}")
     if size < 16 or size % 16 or crop < 16 or crop % 16:
         raise InputError(f"the frame and crop sizes must be multiples of 16 (four poolings), got {size} and {crop}")
     dev = torch.device(device) if device is not None else pick_device()
@@ -192,14 +202,14 @@ def bench_widths(widths: Sequence[int] = WIDTHS, repeats: int = 30, *, size: int
     batch = torch.rand(batch_size, 1, crop, crop, generator=gen).to(dev)
     target = (torch.rand(batch_size, 1, crop, crop, generator=gen) > 0.9).float().to(dev)
     lower = torch.zeros(batch_size, dtype=torch.bool, device=dev)
-    train_repeats = max(2, repeats // 3)
     rows = []
     for w in widths:
         torch.manual_seed(0)
         net = DRUNet(base_channels=w)
+        scripted = script_model(net)
         buf = io.BytesIO()
-        torch.jit.save(script_model(net), buf)
-        scripted = script_model(net).to(dev)
+        torch.jit.save(scripted, buf)
+        scripted = scripted.to(dev)
         with torch.inference_mode():
             infer = _summary(_time_calls(lambda: scripted(frame), repeats, dev, progress))
         net = net.to(dev).train()
@@ -210,7 +220,7 @@ def bench_widths(widths: Sequence[int] = WIDTHS, repeats: int = 30, *, size: int
             segmentation_loss(net(batch), target, lower, "combined").backward()
             opt.step()
 
-        train = _summary(_time_calls(step, train_repeats, dev, progress))
+        train = _summary(_time_calls(step, _train_repeats(repeats), dev, progress))
         file_mb = buf.getbuffer().nbytes / 1e6
         rows.append({
             "base_channels": w,

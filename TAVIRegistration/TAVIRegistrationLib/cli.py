@@ -435,10 +435,7 @@ def _run_bench(args) -> int:
             results["pipeline"]["notes"].append(f"{args.repeats} frames: fewer than the 20 the issue asks for")
     if "widths" in selected:
         widths = bench.WIDTHS if args.widths is None else _floats(args.widths, what="--widths")
-        if not widths or any(w != int(w) or w < 1 for w in widths):
-            raise InputError(f"--widths must be whole numbers of at least 1, got {args.widths!r}")
-        widths = [int(w) for w in widths]
-        calls = len(widths) * (args.repeats + 2 + max(2, args.repeats // 3) + 2)
+        calls = bench.widths_calls(len(widths), args.repeats)
         with tqdm(total=calls, desc="widths", unit="call", file=sys.stderr, disable=None) as bar:
             results["widths"] = bench.bench_widths(widths, args.repeats, progress=bar.update)
     if args.json:

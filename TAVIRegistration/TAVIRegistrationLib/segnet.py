@@ -191,12 +191,10 @@ def widen_state_dict(state: Dict[str, torch.Tensor], model: DRUNet) -> Dict[str,
             old_w, new_w = state[prefix + "weight"], fresh[prefix + "weight"].clone()
             transposed = isinstance(module, nn.ConvTranspose2d)  # weight (in, out, k, k)
             o_dim, i_dim = (1, 0) if transposed else (0, 1)
-            o_idx = torch.arange(old_w.shape[o_dim], device=new_w.device)
-            i_idx = in_index(name, old_w.shape[i_dim], new_w.shape[i_dim])
-            new_w.index_fill_(o_dim, o_idx, 0.0)  # old outputs: zero weights on the new inputs
-            rows = new_w.index_select(o_dim, o_idx)
-            rows.index_copy_(i_dim, i_idx.to(new_w.device), old_w.to(new_w))
-            new_w.index_copy_(o_dim, o_idx, rows)
+            rows = new_w.narrow(o_dim, 0, old_w.shape[o_dim])  # the old outputs (a view of new_w)
+            rows.zero_()  # zero weights on the new inputs
+            i_idx = in_index(name, old_w.shape[i_dim], new_w.shape[i_dim]).to(new_w.device)
+            rows.index_copy_(i_dim, i_idx, old_w.to(new_w))
             out[prefix + "weight"] = new_w
             if module.bias is not None:
                 bias = fresh[prefix + "bias"].clone()
