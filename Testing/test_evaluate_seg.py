@@ -368,3 +368,26 @@ def test_bad_input_exit_2(setup, tmp_path, monkeypatch, capsys):
     assert cli.main(["evaluate"]) == 2
     _error_line(capsys)
     assert not (tmp_path / "o").exists()
+
+
+def test_folder_images_get_the_unknown_threshold(setup, tmp_path, monkeypatch):
+    """A folder's PNG has no DICOM header: DRU-Net segments it as ``tavireg segment`` would (``--fov
+    auto``: the ``unknown`` threshold), a case index row at its FoV's threshold; the warning says so."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(setup["models"], models)
+    manifest = json.loads((models / "manifest.json").read_text())
+    for e in manifest["models"]:
+        e["thresholds"] = {"upper": 0.05, "lower": 0.1, "unknown": 0.95}
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    assert _run(["--data", setup["test_index"], "--data", setup["angio_test"], "--out", out], monkeypatch, models) == 0
+    used = {(r["dataset"], r["fov"], float(r["threshold"])) for r in _read_csv(out / "per_frame.csv")
+            if r["method"] == ev.METHOD_DRUNET}
+    phantom = ev._index_label(setup["test_index"])
+    index_fovs = {r["fov"] for r in _read_csv(setup["test_index"])}
+    assert used == {("angios/test", "upper", 0.95)} | {(phantom, f, {"upper": 0.05, "lower": 0.1}[f]) for f in index_fovs}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["thresholds"]["unknown"] == 0.95
+    assert any("field of view unknown" in w for w in summary["warnings"])

@@ -409,6 +409,27 @@ def test_validation_weighs_each_data_set_once():
     assert "lower" not in m
 
 
+def test_unknown_fov_images_get_a_threshold_of_their_own():
+    """Phantom upper frames want a low threshold (probability 0.3 on the vessel), header-less images
+    (``--folder-fov unknown``) a high one (0.9 on the vessel, 0.6 on a band beside it): each group gets
+    its own, and the selection scores each frame at its own; without header-less frames "unknown" is
+    chosen over every frame, as before."""
+    truth = np.zeros((16, 16), np.uint8)
+    truth[4:12, 6:10] = 1
+    band = np.zeros((16, 16), np.float32)
+    band[4:12, 10:14] = 0.6
+    up = [Sample(np.zeros((16, 16), np.float16), truth, f"P{i}", "upper", "phantom.csv") for i in range(3)]
+    real = [Sample(np.zeros((16, 16), np.float16), truth, f"angios:{i}", "unknown", "angios") for i in range(3)]
+    probs = np.stack([truth * 0.3] * 3 + [truth * 0.9 + band] * 3).astype(np.float16)
+    m = validation_metrics(probs, up + real)
+    assert m["upper"]["threshold"] <= 0.3 and m["upper"]["n_frames"] == 3
+    assert 0.6 < m["unknown"]["threshold"] <= 0.9 and m["unknown"]["n_frames"] == 3
+    assert m["unknown"]["median_dice"] == pytest.approx(1.0) and m["selection"]["score"] == pytest.approx(1.0)
+    # the same images labelled upper share the phantom's threshold: one of the two groups must lose
+    pooled = validation_metrics(probs, up + [Sample(s.image, s.mask, s.patient, "upper", s.source) for s in real])
+    assert pooled["unknown"]["n_frames"] == 6 and pooled["selection"]["score"] < 0.9
+
+
 def test_validation_leaves_empty_masks_out():
     """Two frames with a vessel (probability 0.55 on it) and two empty ones (0.6 everywhere): with
     the empty frames counted every threshold gives a median Dice of 0.5; without them a threshold
@@ -649,6 +670,26 @@ def test_case_index_reads_dicom_frames(tmp_path):
     assert loaded.fov_hint == "lower" and loaded.image.shape == (64, 64) and loaded.n_frames == 2
     with pytest.raises(InputError, match="out of range"):
         read_image_file(tmp_path / "run.dcm", 2)
+
+
+def test_val_data_validates_every_row_and_never_trains(tmp_path, monkeypatch):
+    """``--val-data``: every frame of the data set (test rows included) validates, none trains; the
+    reproducing command names it; a data set given both ways is refused. ``--folder-fov unknown``:
+    the folder's images get their own threshold in the manifest."""
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path / "models"))
+    data = write_vessel_folder(tmp_path / "angios", n=5, seed=1)
+    index = _write_case_index(tmp_path, np.random.default_rng(8))  # P0, P1 train, P2 val, P3 test
+    summary = train(_config(data, tmp_path / "run", val_data=[str(index)], folder_fov="unknown", export="vd"))
+    ck = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    assert {f"cases:P{i}" for i in range(4)} <= set(ck["split"]["val_patients"])
+    assert not any(p.startswith("cases:") for p in ck["split"]["train_patients"])
+    entry = summary["export"]["entry"]
+    assert f"--val-data {index}" in entry["command"] and "--folder-fov unknown" in entry["command"]
+    assert set(entry["thresholds"]) == {"upper", "lower", "unknown"}
+    described = {Path(d["path"]).name: d for d in entry["trained_on"]}
+    assert described["cases.csv"]["validation_only"] and described["cases.csv"]["val_frames"] == 8
+    with pytest.raises(InputError, match="both as --data and as --val-data"):
+        train(_config(data, tmp_path / "run2", val_data=[str(data)]))
 
 
 def _write_case_index(folder: Path, rng) -> Path:

@@ -31,9 +31,12 @@ Data (``--data``, repeatable):
   frame, mask``): **only rows with split == "test" are evaluated** (held-out patients; the number
   of other rows skipped is reported); ``--split val|train|all`` takes another split, or every row
   (a phantom generated only to validate on). FoV per row. Data set label: the CSV's folder name.
-* a folder of ``N.png`` + ``N_gt.png`` pairs (angios40 layout): FoV ``upper`` (coronary
-  angiograms are chest frames), every pair is evaluated. Label: ``<parent>/<folder>``, e.g.
-  ``angios40/test``.
+* a folder of ``N.png`` + ``N_gt.png`` pairs (angios40 layout): FoV ``upper`` in the tables
+  (coronary angiograms are chest frames), every pair is evaluated. Label: ``<parent>/<folder>``,
+  e.g. ``angios40/test``. DRU-Net segments these images as ``tavireg segment IMAGE.png`` does: a
+  PNG has no DICOM header, so its FoV is unknown to the tool (``fov='auto'``) and the network's
+  ``unknown`` threshold applies (``FrameRef.header_fov`` False); a case index row's FoV stands for
+  the one its DICOM header gives.
 
 Metrics per frame at the frame's size (``segmentation.overlap_metrics``): Dice (DSC), precision,
 recall. Rules for the medians:
@@ -150,6 +153,14 @@ class FrameRef:
     patient: str  # data-set-qualified patient id ("<csv>:<patient>", or "<folder>:<N>")
     family: str = ""  # the data set it belongs to: the index CSV, or a folder's parent (angios40)
     stage: str = ""  # procedure stage (the index's optional ``stage`` column; phantom.STAGES), else ""
+    #: whether the tool would know the FoV (a case index row: its DICOM header); False for a folder's
+    #: PNG, which DRU-Net then segments with ``fov='auto'`` (the ``unknown`` threshold), as ``segment`` does
+    header_fov: bool = True
+
+    @property
+    def drunet_fov(self) -> str:
+        """The ``fov`` DRU-Net is run with: the frame's FoV, or ``auto`` when the tool could not know it."""
+        return self.fov if self.header_fov else "auto"
 
     @property
     def key(self) -> Tuple[str, int]:
@@ -234,7 +245,7 @@ def folder_frames(folder: Path, fov: str = FOLDER_FOV, label: Optional[str] = No
         gt = img.with_name(f"{img.stem}_gt.png")
         if gt.is_file():
             out.append(FrameRef(label, fov, img.name, img.resolve(), 0, gt.resolve(), f"{res}:{img.stem}",
-                                str(res.parent)))
+                                str(res.parent), header_fov=False))
     if not out:
         raise InputError(f"{folder} holds no N.png + N_gt.png pairs")
     return out
@@ -868,7 +879,7 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
     t0 = time.perf_counter()
     _module, entry, dev = get_model(model, device, None, models_directory)  # fails fast: no model installed
     model_info = {"name": entry["name"] if entry else None, "sha256": (entry or {}).get("sha256"),
-                  "file": (entry or {}).get("file"), "thresholds": {f: threshold_for(entry, f) for f in FOVS},
+                  "file": (entry or {}).get("file"), "thresholds": {f: threshold_for(entry, f) for f in FOVS + ("unknown",)},
                   "device": str(dev)}
     evaluated = [f for d in datasets for f in d.frames]
     reader = FrameReader()
@@ -919,7 +930,8 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
     with _bar(len(evaluated), "evaluate") as bar:
         for ref in evaluated:
             image, truth = reader.read(ref)
-            seg = segment_frame(image, fov=ref.fov, model=model, device=dev, models_directory=models_directory)
+            seg = segment_frame(image, fov=ref.drunet_fov, model=model, device=dev,
+                                models_directory=models_directory)
             models_used.add(seg.model_name)
             for w in seg.warnings:
                 if w not in warnings:
@@ -955,7 +967,7 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
         panel = dict(pick, frame_rgb=_thumb(np.repeat(grey[..., None], 3, axis=2)), overlays={})
         for m in methods:
             if m == METHOD_DRUNET:
-                mask = segment_frame(image, fov=ref.fov, model=model, device=dev,
+                mask = segment_frame(image, fov=ref.drunet_fov, model=model, device=dev,
                                      models_directory=models_directory).mask
             else:
                 p = frangi["params"][ref.dataset][ref.fov]

@@ -24,8 +24,9 @@ for that FoV (and, if the manifest ever lists FoV-specific models, the model). `
 FoV from the DICOM header when there is one (``fov_from_header``: BodyPartExamined, then series,
 protocol and study descriptions: iliac/femoral/pelvis/leg/abdomen words mean lower,
 heart/chest/thorax/aortic root/valve/TAVI words mean upper). Without a readable hint no image-based
-guess is made: the FoV is reported as ``"unknown"``, the threshold chosen over both FoVs is used and
-a warning says so. Pass ``fov='upper'|'lower'`` to choose.
+guess is made: the FoV is reported as ``"unknown"``, the manifest's ``unknown`` threshold is used
+(``train-seg`` chooses it over both FoVs, or with ``--folder-fov unknown`` on header-less training
+images) and a warning says so. Pass ``fov='upper'|'lower'`` to choose.
 
 Grad-CAM (``gradcam``): the gradient of the mean vessel logit over the predicted vessel pixels (all
 pixels when nothing is predicted) with respect to the bottleneck features gives one weight per
@@ -213,8 +214,8 @@ def _resolve_fov(fov: str, fov_hint: Optional[str], warnings: List[str]) -> str:
     if fov_hint in FOVS:
         return fov_hint
     warnings.append(
-        "field of view unknown (no DICOM header says it): used the threshold chosen over both FoVs; "
-        "pass --fov upper|lower to choose"
+        "field of view unknown (no DICOM header says it): used the network's threshold for images of unknown "
+        "FoV; pass --fov upper|lower to choose"
     )
     return "unknown"
 

@@ -4,12 +4,19 @@ Data (``--data``, repeatable):
 
 * a folder of ``N.png`` + ``N_gt.png`` pairs (angios40 layout: 8-bit grey image, 0/255 mask). These
   carry no patient identity: each image counts as its own patient (``<folder>:<N>``). Their FoV is
-  ``--folder-fov`` (default ``upper``: coronary angiograms are chest frames).
+  ``--folder-fov``: ``upper`` (the default: coronary angiograms are chest frames), ``lower``, or
+  ``unknown``, what ``tavireg segment`` calls an image without a DICOM header: such images then get
+  a threshold of their own (the manifest's ``unknown``, chosen on them alone, which is what
+  ``segment`` and ``evaluate seg`` apply to header-less images) and train as upper-FoV frames do.
 * a case index CSV (written by the phantom generator) with the columns ``patient, split, fov,
   image, frame, mask``: ``image`` is a DICOM file (or a grey PNG) relative to the CSV, ``frame`` its
   frame (empty = 0), ``mask`` a 0/255 PNG of the frame's size relative to the CSV, ``fov``
   ``upper``/``lower``, ``split`` ``train``/``val``/``test`` or empty. ``test`` rows are never
   loaded (they are for ``tavireg evaluate``).
+
+``--val-data`` (repeatable) takes the same two kinds for validation only: every frame of it, ``test``
+rows included, validates and none trains (e.g. a phantom generated to choose the thresholds on more
+patients than the training phantom's one validation patient).
 
 Patient-wise validation split: rows without a split are assigned by patient, per data set, a
 seeded shuffle putting ``--val-fraction`` of the patients (at least one) in validation, or with
@@ -31,7 +38,8 @@ lower-FoV frames, per sample), ``bce``, ``dice`` or ``combined`` (BCE + Dice). A
 learning-rate decay over ``--epochs``.
 
 Each epoch: validation (median Dice/precision/recall per FoV at the network's size, with the
-probability threshold per FoV chosen on the validation split), ``DIR/last.pt`` and, when the
+probability threshold per FoV chosen on the validation split: ``upper``/``lower`` on that FoV's
+frames, ``unknown`` on the ``--folder-fov unknown`` images, or on every frame when there are none), ``DIR/last.pt`` and, when the
 validation score improves, ``DIR/best.pt`` (atomic writes), ``DIR/history.json``. ``--resume`` continues
 from ``DIR/last.pt`` (or a given checkpoint) and gives the same weights as an uninterrupted run.
 The score, and the thresholds, weigh each data set once: the mean over data sets of their median
@@ -78,6 +86,9 @@ from .outputs import read_mask_png
 LOSSES = ("per-fov", "dice", "bce", "combined")
 CHECKPOINT_KIND = "train-seg"
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
+#: ``--folder-fov``: an image/mask folder's frames are upper, lower, or of unknown FoV (header-less images)
+UNKNOWN_FOV = "unknown"
+FOLDER_FOVS = FOVS + (UNKNOWN_FOV,)
 _CSV_COLUMNS = ("patient", "split", "fov", "image", "frame", "mask")
 #: what must agree between a checkpoint and the run that resumes it
 RESUME_KEYS = ("base_channels", "size", "seed", "loss", "batch_size", "augment", "crop")
@@ -94,6 +105,8 @@ class TrainConfig(TrainingConfig):
     base_channels: int = 8
     loss: str = "per-fov"
     folder_fov: str = "upper"
+    #: data sets that only validate (every row, test rows included)
+    val_data: Optional[List[str]] = None
     augment: bool = True
     #: train on random crop x crop windows of the augmented frames (0: whole frames); validation and
     #: inference always see whole frames (the network is fully convolutional)
@@ -116,8 +129,8 @@ class TrainConfig(TrainingConfig):
         if self.loss not in LOSSES:
             raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         check_size(self.size)
-        if self.folder_fov not in FOVS:
-            raise InputError(f"--folder-fov must be upper or lower, got {self.folder_fov!r}")
+        if self.folder_fov not in FOLDER_FOVS:
+            raise InputError(f"--folder-fov must be upper, lower or unknown, got {self.folder_fov!r}")
         if self.crop and not (32 <= self.crop <= self.size and self.crop % 16 == 0):
             raise InputError(f"--crop must be 0 or a multiple of 16 in 32-{self.size}, got {self.crop}")
         lo, hi = (float(v) for v in self.scale_range)
@@ -125,7 +138,8 @@ class TrainConfig(TrainingConfig):
             raise InputError(f"--scale-range must be LO,HI with 0.5 <= LO <= HI <= 2, got {lo:g},{hi:g}")
 
     def command_flags(self) -> List[str]:
-        return [] if self.augment else ["--no-augment"]
+        return [a for d in self.val_data or () for a in ("--val-data", str(d))] + ([] if self.augment else
+                                                                                  ["--no-augment"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,12 +182,13 @@ def load_folder(folder: Path, size: int, fov: str) -> List[Sample]:
     return out
 
 
-def _case_rows(csv_path: Path, size: int):
-    """The non-``test`` rows of a case index, each read and pre-processed at ``size``.
+def _case_rows(csv_path: Path, size: int, include_test: bool = False):
+    """The non-``test`` rows (every row with ``include_test``) of a case index, each read and
+    pre-processed at ``size``.
 
     Returns (an iterator of (row, fov, image, mask, name), the number of rows, the number of test
     rows skipped); ``image`` is ``segmentation.preprocess``'s float32, ``mask`` uint8 0/1."""
-    rows, skipped = read_case_index(csv_path, _CSV_COLUMNS)
+    rows, skipped = read_case_index(csv_path, _CSV_COLUMNS, include_test=include_test)
 
     def read():
         cache: Dict[Path, Any] = {}
@@ -188,9 +203,10 @@ def _case_rows(csv_path: Path, size: int):
     return read(), len(rows), skipped
 
 
-def load_case_index(csv_path: Path, size: int) -> Tuple[List[Sample], int]:
-    """Rows of a case index CSV (not the ``test`` ones); returns (samples, number of test rows skipped)."""
-    rows, _, skipped = _case_rows(csv_path, size)
+def load_case_index(csv_path: Path, size: int, include_test: bool = False) -> Tuple[List[Sample], int]:
+    """Rows of a case index CSV (not the ``test`` ones, unless ``include_test``); returns (samples,
+    number of test rows)."""
+    rows, _, skipped = _case_rows(csv_path, size, include_test)
     samples = [Sample(x.astype(np.float16), m, row.patient, fov, str(csv_path), row.split, name)
                for row, fov, x, m, name in rows]
     return samples, skipped
@@ -217,22 +233,31 @@ def _case_frame(path: Path, frame: int, cache: Dict[Path, Any]) -> np.ndarray:
 
 
 def load_data(config: TrainConfig) -> Tuple[List[Sample], List[Dict[str, Any]]]:
-    """All training/validation samples of ``config.data`` and a description of each data set."""
+    """All training/validation samples of ``config.data`` and ``config.val_data`` (every sample of the
+    latter in validation) and a description of each data set."""
     samples: List[Sample] = []
     described = []
-    for d in config.data:
-        path = Path(d)
+    val_only = [str(d) for d in config.val_data or ()]
+    overlap = sorted({str(Path(d).resolve()) for d in config.data} & {str(Path(d).resolve()) for d in val_only})
+    if overlap:
+        raise InputError(f"{overlap[0]} is given both as --data and as --val-data")
+    for d, validation_only in [(str(d), False) for d in config.data] + [(d, True) for d in val_only]:
+        option, path = ("--val-data" if validation_only else "--data"), Path(d)
         if path.is_dir():
             s = load_folder(path, config.size, config.folder_fov)
-            described.append({"path": str(d), "kind": "image-mask folder", "fov": config.folder_fov,
-                              "test_rows_skipped": 0})
+            record = {"path": d, "kind": "image-mask folder", "fov": config.folder_fov, "test_rows_skipped": 0}
         elif path.is_file() and path.suffix.lower() == ".csv":
-            s, skipped = load_case_index(path, config.size)
-            described.append({"path": str(d), "kind": "case index", "test_rows_skipped": skipped})
+            s, n_test = load_case_index(path, config.size, include_test=validation_only)
+            record = {"path": d, "kind": "case index", "test_rows_skipped": 0 if validation_only else n_test}
         else:
-            raise InputError(f"--data {d}: not a folder of N.png/N_gt.png pairs nor a case index .csv")
+            raise InputError(f"{option} {d}: not a folder of N.png/N_gt.png pairs nor a case index .csv")
         if not s:
-            raise InputError(f"--data {d} gives no training frames")
+            raise InputError(f"{option} {d} gives no frames")
+        if validation_only:
+            for sample in s:
+                sample.split = "val"
+            record["validation_only"] = True
+        described.append(record)
         samples.extend(s)
     return samples, described
 
@@ -447,10 +472,12 @@ def _mean_of_source_medians(dice: np.ndarray, sources: np.ndarray) -> Tuple[floa
 
 def validation_metrics(probs: np.ndarray, samples: Sequence[Sample],
                        thresholds: Sequence[float] = THRESHOLDS) -> Dict[str, Any]:
-    """Per FoV (and "unknown" = all): the probability threshold that maximises the mean over data sets
-    of their median Dice (so that 8 real angiograms weigh as much as 100 phantom frames), with the
-    pooled medians there; and ``selection``: each frame at its FoV's threshold, the median Dice of
-    each data set and their mean, the ``score`` that picks ``best.pt``.
+    """Per FoV: the probability threshold that maximises the mean over data sets of their median Dice
+    (so that 8 real angiograms weigh as much as 100 phantom frames), with the pooled medians there;
+    "unknown" (the threshold for images of unknown FoV) is chosen on the frames of unknown FoV
+    (``--folder-fov unknown``), or on every frame when there are none. And ``selection``: each frame
+    at its own FoV's threshold, the median Dice of each data set and their mean, the ``score`` that
+    picks ``best.pt``.
 
     Frames whose true mask is empty (a phantom frame before the contrast arrives) are left out of
     every median, as in ``tavireg evaluate seg``: their Dice is 1 or 0, and half of a FoV's frames
@@ -459,8 +486,13 @@ def validation_metrics(probs: np.ndarray, samples: Sequence[Sample],
     truth = np.stack([s.mask for s in samples]).astype(bool)
     has_vessel = truth.any(axis=(1, 2))
     use = [i for i in range(len(samples)) if has_vessel[i]] or list(range(len(samples)))
-    n_empty = {g: int(sum(1 for s, v in zip(samples, has_vessel) if not v and g in (s.fov, "unknown")))
-               for g in list(FOVS) + ["unknown"]}
+    own_unknown = any(s.fov == UNKNOWN_FOV for s in samples)
+
+    def in_group(fov: str, group: str) -> bool:
+        return fov == group or (group == UNKNOWN_FOV and not own_unknown)
+
+    n_empty = {g: int(sum(1 for s, v in zip(samples, has_vessel) if not v and in_group(s.fov, g)))
+               for g in FOLDER_FOVS}
     samples = [samples[i] for i in use]
     ths = list(thresholds)
     # TP/FP/FN of every frame at every threshold: (frames, thresholds, 3), then the scores
@@ -469,8 +501,8 @@ def validation_metrics(probs: np.ndarray, samples: Sequence[Sample],
     fovs = np.array([s.fov for s in samples])
     sources = np.array([s.source for s in samples])
     result: Dict[str, Any] = {}
-    for group in list(FOVS) + ["unknown"]:
-        sel = np.ones(len(samples), bool) if group == "unknown" else fovs == group
+    for group in FOLDER_FOVS:
+        sel = np.array([in_group(f, group) for f in fovs], bool)
         if not sel.any():
             continue
         best, best_score, row05 = None, -1.0, None
@@ -529,10 +561,14 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         return metrics, metrics["selection"]["score"]
 
     def describe(metrics) -> str:
-        v, by = metrics["unknown"], metrics["selection"]["median_dice_by_source"]
+        by = metrics["selection"]["median_dice_by_source"]
         parts = ", ".join(f"{'/'.join(Path(src).parts[-2:])} {d:.3f}" for src, d in by.items())
+        ths = ", ".join(f"{g} {metrics[g]['threshold']:.2f}" for g in FOLDER_FOVS if g in metrics)
+        if any(s.fov == UNKNOWN_FOV for s in val_set):  # "unknown" is a group of its own: no pooled figure
+            return f"; thresholds {ths}; per data set {parts}; score {metrics['selection']['score']:.3f}"
+        v = metrics[UNKNOWN_FOV]
         return (f", val median Dice {v['median_dice']:.3f} at threshold {v['threshold']:.2f} "
-                f"(P {v['median_precision'] or 0:.3f} R {v['median_recall'] or 0:.3f}); "
+                f"(P {v['median_precision'] or 0:.3f} R {v['median_recall'] or 0:.3f}); thresholds {ths}; "
                 f"per data set {parts}; score {metrics['selection']['score']:.3f}")
 
     run.fit(model, net, opt, lambda epoch: _train_epoch(run, net, opt, train_set, epoch), validate, describe,
@@ -592,7 +628,7 @@ def manifest_fields(config: TrainConfig, model, ck: Dict[str, Any], fovs_trained
     from .segnet import ARCHITECTURE, count_parameters
 
     metrics = (ck.get("best") or {}).get("metrics") or {}
-    thresholds = {k: v["threshold"] for k, v in metrics.items() if k in FOVS or k == "unknown"}
+    thresholds = {k: v["threshold"] for k, v in metrics.items() if k in FOLDER_FOVS}
     fields = {
         "kind": "segmentation",
         "architecture": ARCHITECTURE,
@@ -621,7 +657,12 @@ def add_train_seg_parser(sub) -> None:
     p.add_argument("--base-channels", type=int, default=8, help="network width (8-16 for CPU use)")
     p.add_argument("--loss", choices=LOSSES, default="per-fov",
                    help="per-fov: BCE for upper, Dice for lower frames (the paper); or dice, bce, combined")
-    p.add_argument("--folder-fov", choices=FOVS, default="upper", help="FoV of image/mask folders (default upper)")
+    p.add_argument("--folder-fov", choices=FOLDER_FOVS, default="upper",
+                   help="FoV of image/mask folders (default upper); unknown: header-less images, as `segment` "
+                        "treats them, with a threshold of their own chosen on them")
+    p.add_argument("--val-data", action="append", metavar="PATH",
+                   help="a folder or case index that only validates: every frame of it (test rows included) "
+                        "validates, none trains (repeatable)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="switch augmentation off")
     p.add_argument("--crop", type=int, default=0, metavar="N",
                    help="train on random N x N windows of the augmented frames (about (size/N)^2 times faster "

@@ -263,8 +263,10 @@ class CaseRow:
     split: str  # "train", "val" or "" (assigned by split_patients)
 
 
-def read_case_index(csv_path: Path, columns: Sequence[str], missing_hint: str = "") -> Tuple[List[CaseRow], int]:
-    """The rows of a case index CSV that are not ``test`` ones, and how many ``test`` rows it has.
+def read_case_index(csv_path: Path, columns: Sequence[str], missing_hint: str = "",
+                    include_test: bool = False) -> Tuple[List[CaseRow], int]:
+    """The rows of a case index CSV that are not ``test`` ones (every row with ``include_test``: a data
+    set used only to validate), and how many ``test`` rows it has.
 
     ``columns`` must be present (``missing_hint`` is added to the message when some are not); every
     row needs a patient and a split of ``train``, ``val``, ``test`` or empty (``auto`` = empty), and a
@@ -293,8 +295,9 @@ def read_case_index(csv_path: Path, columns: Sequence[str], missing_hint: str = 
         sides.setdefault(patient, set()).add(split if split in _SPLITS else "auto")
         if split == "test":
             skipped += 1
-            continue
-        out.append(CaseRow(i, r, patient, split if split in ("train", "val") else ""))
+            if not include_test:
+                continue
+        out.append(CaseRow(i, r, patient, split if split in _SPLITS else ""))
     for patient, s in sides.items():
         if len(s & set(_SPLITS)) > 1 or ("auto" in s and len(s) > 1):
             raise InputError(
