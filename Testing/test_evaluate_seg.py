@@ -391,3 +391,34 @@ def test_folder_images_get_the_unknown_threshold(setup, tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["thresholds"]["unknown"] == 0.95
     assert any("field of view unknown" in w for w in summary["warnings"])
+
+
+def test_pool_reports_every_case_index_together(setup, tmp_path, monkeypatch, capsys):
+    """``--pool LABEL``: rows over the case indices' frames together (not the image folder's), their
+    patients kept apart, checked against the phantom goal; bad uses exit 2 before evaluating."""
+    (tmp_path / "second").mkdir()
+    second = _write_png_index(tmp_path / "second" / "index.csv",
+                              write_vessel_folder(tmp_path / "imgs", n=3, seed=41), "test", "upper", patient="S2")
+    out = tmp_path / "out"
+    args = ["--data", setup["test_index"], "--data", second, "--data", setup["angio_test"], "--pool", "held-out"]
+    assert _run(args + ["--out", out], monkeypatch, setup["models"]) == 0
+    table = _read_csv(out / "table.csv")
+    frames = _read_csv(out / "per_frame.csv")
+    members = {ev._index_label(setup["test_index"]), ev._index_label(second)}
+    pooled = [r for r in table if r["dataset"] == "held-out"]
+    assert pooled and {r["fov"] for r in pooled} == {r["fov"] for r in table if r["dataset"] in members}
+    for row in pooled:
+        grp = [f for f in frames if f["dataset"] in members and (f["fov"], f["method"]) == (row["fov"], row["method"])
+               and f["empty_gt"] == "False"]
+        assert int(row["n"]) == len(grp) and int(row["n_patients"]) == len({f["patient"] for f in grp})
+        assert _f(row["median_dice"]) == pytest.approx(np.median([float(f["dice"]) for f in grp]), abs=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert any(g["dataset"] == "held-out" and g["goal"] == "median DSC >= 0.9" for g in summary["goals"])
+    assert "--pool held-out" in summary["command"]
+    capsys.readouterr()
+    for bad, message in ((["--data", setup["test_index"], "--data", setup["angio_test"], "--pool", "x"],
+                          "at least two case indices"),
+                         (args[:6] + ["--pool", "angios/test"], "already a data set's label")):
+        assert _run(bad + ["--out", tmp_path / "bad"], monkeypatch, setup["models"]) == 2
+        assert message in _error_line(capsys)
+    assert not (tmp_path / "bad").exists()

@@ -102,6 +102,7 @@ TRAIN_SPLIT = "train"
 ALL_SPLITS = "all"
 EVAL_SPLITS = ("test", "val", "train", ALL_SPLITS)
 METHOD_DRUNET = "DRU-Net"
+CASE_INDEX = "case index"  # DataSet.kind of a case index CSV (else "image-mask folder")
 METHOD_FRANGI = "Frangi"
 METHODS = (METHOD_DRUNET, METHOD_FRANGI)
 #: candidate Frangi scale sets, px of the 256 x 256 network input; the first is the textbook choice.
@@ -266,7 +267,7 @@ def open_dataset(path, split: str, what: str = "--data") -> DataSet:
                              f"(rows per split: {', '.join(f'{k} {v}' for k, v in sorted(info['rows_per_split'].items()))})")
         info["split_used"] = split
         info["rows_skipped"] = info["rows"] - len(frames)
-        return DataSet(_index_label(p), p, "case index", frames, info)
+        return DataSet(_index_label(p), p, CASE_INDEX, frames, info)
     raise InputError(f"{what} {p}: not a folder of N.png/N_gt.png pairs nor a case index .csv")
 
 
@@ -864,11 +865,25 @@ def _bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, disable=None, leave=False)
 
 
+def pooled_records(records: Sequence[Dict[str, Any]], datasets: Sequence[DataSet], label: str) -> List[Dict[str, Any]]:
+    """The records of every case index, relabelled ``label``: one data set of all their patients (e.g.
+    every held-out phantom patient, for a goal that a few patients cannot decide). Patients stay
+    apart (their ids name their index), so the bootstrap still draws each as a whole."""
+    members = {d.label for d in datasets if d.kind == CASE_INDEX}
+    if len(members) < 2:
+        raise InputError(f"--pool needs at least two case indices among --data (got {len(members)})")
+    if label in {d.label for d in datasets}:
+        raise InputError(f"--pool label {label!r} is already a data set's label")
+    return [dict(r, dataset=label) for r in records if r["dataset"] in members]
+
+
 def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", device=None,
                  frangi_train: Sequence[DataSet] = (), frangi_max_frames: Optional[int] = None,
                  frangi_sigma_sets: Sequence[Sequence[float]] = FRANGI_SIGMA_SETS,
-                 models_directory=None, progress: bool = True, workers: int = 1) -> Dict[str, Any]:
-    """Evaluate DRU-Net and the Frangi baseline on ``datasets`` (their frames as given).
+                 models_directory=None, progress: bool = True, workers: int = 1,
+                 pool: Optional[str] = None) -> Dict[str, Any]:
+    """Evaluate DRU-Net and the Frangi baseline on ``datasets`` (their frames as given). ``pool``: the
+    label of extra table rows over the case indices' frames together (``pooled_records``).
 
     Returns ``{"records": per-frame dicts, "table": rows, "samples": panels, "frangi": ..., "model":
     ..., "warnings": [...]}``; nothing is written (see ``run_evaluate_seg``).
@@ -950,8 +965,12 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
 
     order = [d.label for d in datasets]
     table = summarise(records, order)
+    kinds = {d.label: d.kind for d in datasets}
+    if pool:
+        table += summarise(pooled_records(records, datasets, pool), [pool])
+        kinds[pool] = CASE_INDEX
     by_stage = summarise(records, order, by_stage=True) if any(f.stage for f in evaluated) else []
-    goals = check_goals(records, table, {d.label: d.kind for d in datasets})
+    goals = check_goals(records, table, kinds)
 
     # sample pictures: read the picked frames again (cheaper than keeping every frame in memory)
     by_name = {(f.dataset, f.name): f for f in evaluated}
@@ -984,12 +1003,14 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
 
 RULES = [
     "Only rows with split == 'test' of a case index are evaluated (held-out patients; --split chooses another "
-    "split or all rows); image-mask folders are evaluated whole (FoV upper).",
+    "split or all rows); image-mask folders are evaluated whole (FoV upper in the tables).",
     "Frames with an empty ground-truth mask are excluded from every median (Dice is trivially 1 or 0 there, recall "
     "undefined) and counted as 'empty GT' (in brackets: how many of them the method left empty).",
     "Precision is undefined where a method predicts nothing: such frames are left out of the precision median "
     "only ('no prediction'); their Dice and recall (0) count.",
-    "DRU-Net: the installed network's per-FoV probability threshold (chosen on its validation split). Frangi: "
+    "DRU-Net: the installed network's per-FoV probability threshold (chosen on its validation split); an image "
+    "folder's PNGs, which carry no DICOM header, at its threshold for images of unknown FoV, as `tavireg segment` "
+    "segments them. Frangi: "
     "skimage frangi, black ridges, on the network's 256 x 256 pre-processed image, response resized to the "
     "frame's size; scale set and threshold maximising the median Dice on --frangi-train training data only "
     "(never on the evaluated data): that of the same data set and FoV when given (the index's train rows; "
@@ -1026,6 +1047,10 @@ def _add_seg(subsub) -> None:
     p.add_argument("--data", action="append", required=True, metavar="INDEX.csv|DIR",
                    help="evaluation data (repeatable): a case index CSV (its test rows) or a folder of "
                         "N.png + N_gt.png pairs")
+    p.add_argument("--pool", metavar="LABEL",
+                   help="also report the case indices' frames together as one data set LABEL (rows of table.csv "
+                        "and the goal check; each patient still drawn whole by the bootstrap), e.g. every "
+                        "held-out phantom patient")
     p.add_argument("--split", choices=EVAL_SPLITS, default=EVAL_SPLIT,
                    help="rows of which split of each case index (default test, the held-out patients; val or "
                         "train serve choices made on training data; all: every row, for a data set generated "
@@ -1108,10 +1133,15 @@ def run_evaluate_seg(args) -> int:
         if not sig or not all(0.3 <= v <= 64 for v in sig):
             raise InputError(f"--frangi-sigmas must be scales between 0.3 and 64 px, got {args.frangi_sigmas!r}")
         sigma_sets = (sig,)
+    if args.pool is not None:
+        pooled_records([], datasets, args.pool)  # bad --pool fails before the long evaluation
     res = evaluate_seg(datasets, model=args.model, device=device, frangi_train=train,
                        frangi_max_frames=args.frangi_max_frames, frangi_sigma_sets=sigma_sets,
-                       workers=args.workers)
+                       workers=args.workers, pool=args.pool)
     notes = list(RULES)
+    if args.pool is not None:
+        notes.append(f"{args.pool}: the frames of every case index above together ("
+                     + ", ".join(d.label for d in datasets if d.kind == CASE_INDEX) + "), patients kept apart.")
     notes.append(f"DRU-Net model {res['model']['name']} (SHA256 {str(res['model']['sha256'])[:12]}...); thresholds "
                  + ", ".join(f"{k} {v:.2f}" for k, v in res["model"]["thresholds"].items()) + ".")
     if res["frangi"]["evaluated"]:
@@ -1177,8 +1207,8 @@ def command_line(args) -> str:
         parts += ["--model", str(args.model)]
     if args.split != EVAL_SPLIT:
         parts += ["--split", args.split]
-    for opt in ("max_frames", "frangi_max_frames", "frangi_sigmas"):
-        if getattr(args, opt) is not None:
+    for opt in ("max_frames", "frangi_max_frames", "frangi_sigmas", "pool"):
+        if getattr(args, opt, None) is not None:
             parts += ["--" + opt.replace("_", "-"), str(getattr(args, opt))]
     if args.device != "auto":
         parts += ["--device", str(args.device)]
