@@ -397,8 +397,9 @@ def test_pool_reports_every_case_index_together(setup, tmp_path, monkeypatch, ca
     """``--pool LABEL``: rows over the case indices' frames together (not the image folder's), their
     patients kept apart, checked against the phantom goal; bad uses exit 2 before evaluating."""
     (tmp_path / "second").mkdir()
+    same_name = _read_csv(setup["test_index"])[0]["patient"]  # a different patient of the same name
     second = _write_png_index(tmp_path / "second" / "index.csv",
-                              write_vessel_folder(tmp_path / "imgs", n=3, seed=41), "test", "upper", patient="S2")
+                              write_vessel_folder(tmp_path / "imgs", n=3, seed=41), "test", "upper", patient=same_name)
     out = tmp_path / "out"
     args = ["--data", setup["test_index"], "--data", second, "--data", setup["angio_test"], "--pool", "held-out"]
     assert _run(args + ["--out", out], monkeypatch, setup["models"]) == 0
@@ -410,7 +411,8 @@ def test_pool_reports_every_case_index_together(setup, tmp_path, monkeypatch, ca
     for row in pooled:
         grp = [f for f in frames if f["dataset"] in members and (f["fov"], f["method"]) == (row["fov"], row["method"])
                and f["empty_gt"] == "False"]
-        assert int(row["n"]) == len(grp) and int(row["n_patients"]) == len({f["patient"] for f in grp})
+        assert int(row["n"]) == len(grp)
+        assert int(row["n_patients"]) == len({(f["dataset"], f["patient"]) for f in grp})
         assert _f(row["median_dice"]) == pytest.approx(np.median([float(f["dice"]) for f in grp]), abs=1e-5)
     summary = json.loads((out / "summary.json").read_text())
     assert any(g["dataset"] == "held-out" and g["goal"] == "median DSC >= 0.9" for g in summary["goals"])

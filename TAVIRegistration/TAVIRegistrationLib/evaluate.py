@@ -867,14 +867,16 @@ def _bar(total: int, desc: str):
 
 def pooled_records(records: Sequence[Dict[str, Any]], datasets: Sequence[DataSet], label: str) -> List[Dict[str, Any]]:
     """The records of every case index, relabelled ``label``: one data set of all their patients (e.g.
-    every held-out phantom patient, for a goal that a few patients cannot decide). Patients stay
-    apart (their ids name their index), so the bootstrap still draws each as a whole."""
+    every held-out phantom patient, for a goal that a few patients cannot decide). Each patient is
+    renamed ``<data set>:<patient>``: two indices' P000 are two patients, each drawn whole by the
+    bootstrap."""
     members = {d.label for d in datasets if d.kind == CASE_INDEX}
     if len(members) < 2:
         raise InputError(f"--pool needs at least two case indices among --data (got {len(members)})")
     if label in {d.label for d in datasets}:
         raise InputError(f"--pool label {label!r} is already a data set's label")
-    return [dict(r, dataset=label) for r in records if r["dataset"] in members]
+    return [dict(r, dataset=label, patient=f"{r['dataset']}:{r['patient']}") for r in records
+            if r["dataset"] in members]
 
 
 def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", device=None,
