@@ -387,7 +387,8 @@ def test_folder_images_get_the_unknown_threshold(setup, tmp_path, monkeypatch):
             if r["method"] == ev.METHOD_DRUNET}
     phantom = ev._index_label(setup["test_index"])
     index_fovs = {r["fov"] for r in _read_csv(setup["test_index"])}
-    assert used == {("angios/test", "upper", 0.95)} | {(phantom, f, {"upper": 0.05, "lower": 0.1}[f]) for f in index_fovs}
+    by_fov = {"upper": 0.05, "lower": 0.1}
+    assert used == {("angios/test", "upper", 0.95)} | {(phantom, f, by_fov[f]) for f in index_fovs}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["thresholds"]["unknown"] == 0.95
     assert any("field of view unknown" in w for w in summary["warnings"])

@@ -896,8 +896,8 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
     t0 = time.perf_counter()
     _module, entry, dev = get_model(model, device, None, models_directory)  # fails fast: no model installed
     model_info = {"name": entry["name"] if entry else None, "sha256": (entry or {}).get("sha256"),
-                  "file": (entry or {}).get("file"), "thresholds": {f: threshold_for(entry, f) for f in FOVS + ("unknown",)},
-                  "device": str(dev)}
+                  "file": (entry or {}).get("file"),
+                  "thresholds": {f: threshold_for(entry, f) for f in FOVS + ("unknown",)}, "device": str(dev)}
     evaluated = [f for d in datasets for f in d.frames]
     reader = FrameReader()
 

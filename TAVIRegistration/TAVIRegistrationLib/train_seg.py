@@ -39,8 +39,9 @@ learning-rate decay over ``--epochs``.
 
 Each epoch: validation (median Dice/precision/recall per FoV at the network's size, with the
 probability threshold per FoV chosen on the validation split: ``upper``/``lower`` on that FoV's
-frames, ``unknown`` on the ``--folder-fov unknown`` images, or on every frame when there are none), ``DIR/last.pt`` and, when the
-validation score improves, ``DIR/best.pt`` (atomic writes), ``DIR/history.json``. ``--resume`` continues
+frames, ``unknown`` on the ``--folder-fov unknown`` images, or on every frame when there are none),
+``DIR/last.pt`` and, when the validation score improves, ``DIR/best.pt`` (atomic writes),
+``DIR/history.json``. ``--resume`` continues
 from ``DIR/last.pt`` (or a given checkpoint) and gives the same weights as an uninterrupted run.
 The score, and the thresholds, weigh each data set once: the mean over data sets of their median
 Dice, so that the 8 real validation angiograms count as much as a phantom patient's 100 frames;
