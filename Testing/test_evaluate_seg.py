@@ -396,13 +396,15 @@ def test_folder_images_get_the_unknown_threshold(setup, tmp_path, monkeypatch):
 
 def test_pool_reports_every_case_index_together(setup, tmp_path, monkeypatch, capsys):
     """``--pool LABEL``: rows over the case indices' frames together (not the image folder's), their
-    patients kept apart, checked against the phantom goal; bad uses exit 2 before evaluating."""
+    patients kept apart, checked against the phantom goal; bad uses exit 2 before evaluating. The
+    second index has only training rows: ``--split`` once per ``--data`` takes all of them."""
     (tmp_path / "second").mkdir()
     same_name = _read_csv(setup["test_index"])[0]["patient"]  # a different patient of the same name
     second = _write_png_index(tmp_path / "second" / "index.csv",
-                              write_vessel_folder(tmp_path / "imgs", n=3, seed=41), "test", "upper", patient=same_name)
+                              write_vessel_folder(tmp_path / "imgs", n=3, seed=41), "train", "upper", patient=same_name)
     out = tmp_path / "out"
-    args = ["--data", setup["test_index"], "--data", second, "--data", setup["angio_test"], "--pool", "held-out"]
+    args = ["--data", setup["test_index"], "--data", second, "--data", setup["angio_test"], "--pool", "held-out",
+            "--split", "test", "--split", "all", "--split", "test"]
     assert _run(args + ["--out", out], monkeypatch, setup["models"]) == 0
     table = _read_csv(out / "table.csv")
     frames = _read_csv(out / "per_frame.csv")
@@ -417,11 +419,13 @@ def test_pool_reports_every_case_index_together(setup, tmp_path, monkeypatch, ca
         assert _f(row["median_dice"]) == pytest.approx(np.median([float(f["dice"]) for f in grp]), abs=1e-5)
     summary = json.loads((out / "summary.json").read_text())
     assert any(g["dataset"] == "held-out" and g["goal"] == "median DSC >= 0.9" for g in summary["goals"])
-    assert "--pool held-out" in summary["command"]
+    assert "--pool held-out" in summary["command"] and "--split test --split all --split test" in summary["command"]
+    assert [d["split_used"] for d in summary["data"][:2]] == ["test", "all"]
     capsys.readouterr()
     for bad, message in ((["--data", setup["test_index"], "--data", setup["angio_test"], "--pool", "x"],
                           "at least two case indices"),
-                         (args[:6] + ["--pool", "angios/test"], "already a data set's label")):
+                         (args[:6] + ["--pool", "angios/test", "--split", "all"], "already a data set's label"),
+                         (args[:8] + ["--split", "test", "--split", "all"], "--split is given 2 times for 3 --data")):
         assert _run(bad + ["--out", tmp_path / "bad"], monkeypatch, setup["models"]) == 2
         assert message in _error_line(capsys)
     assert not (tmp_path / "bad").exists()

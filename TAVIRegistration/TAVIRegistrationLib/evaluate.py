@@ -30,7 +30,8 @@ Data (``--data``, repeatable):
 * a case index CSV (``tavireg phantom``'s ``index.csv``; columns ``patient, split, fov, image,
   frame, mask``): **only rows with split == "test" are evaluated** (held-out patients; the number
   of other rows skipped is reported); ``--split val|train|all`` takes another split, or every row
-  (a phantom generated only to validate on). FoV per row. Data set label: the CSV's folder name.
+  (a phantom generated only to validate on), for every ``--data`` or, given once per ``--data``, for
+  each in turn. FoV per row. Data set label: the CSV's folder name.
 * a folder of ``N.png`` + ``N_gt.png`` pairs (angios40 layout): FoV ``upper`` in the tables
   (coronary angiograms are chest frames), every pair is evaluated. Label: ``<parent>/<folder>``,
   e.g. ``angios40/test``. DRU-Net segments these images as ``tavireg segment IMAGE.png`` does: a
@@ -1053,10 +1054,10 @@ def _add_seg(subsub) -> None:
                    help="also report the case indices' frames together as one data set LABEL (rows of table.csv "
                         "and the goal check; each patient still drawn whole by the bootstrap), e.g. every "
                         "held-out phantom patient")
-    p.add_argument("--split", choices=EVAL_SPLITS, default=EVAL_SPLIT,
+    p.add_argument("--split", choices=EVAL_SPLITS, action="append",
                    help="rows of which split of each case index (default test, the held-out patients; val or "
                         "train serve choices made on training data; all: every row, for a data set generated "
-                        "only to evaluate on)")
+                        "only to evaluate on); once for every --data, or once per --data in their order")
     p.add_argument("--model", default="segmentation",
                    help="manifest name of the DRU-Net weights (default: the installed segmentation model)")
     p.add_argument("--frangi-train", action="append", default=[], metavar="INDEX.csv|DIR",
@@ -1114,7 +1115,7 @@ def run_evaluate_seg(args) -> int:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
     device = pick_device(requested=args.device)
-    datasets = [open_dataset(d, args.split, "--data") for d in args.data]
+    datasets = [open_dataset(d, split, "--data") for d, split in zip(args.data, data_splits(args))]
     labels: Dict[str, int] = {}
     for d in datasets:  # distinct labels even for two folders of the same name
         n = labels.get(d.label, 0)
@@ -1198,6 +1199,17 @@ def run_evaluate_seg(args) -> int:
     return 0
 
 
+def data_splits(args) -> List[str]:
+    """The split of each ``--data``: ``--split`` once for all (default test) or once per ``--data``."""
+    splits = list(args.split or [EVAL_SPLIT])
+    if len(splits) == 1:
+        return splits * len(args.data)
+    if len(splits) != len(args.data):
+        raise InputError(f"--split is given {len(splits)} times for {len(args.data)} --data: give it once for all, "
+                         "or once per --data in their order")
+    return splits
+
+
 def command_line(args) -> str:
     """The command that reproduces this run (from the parsed arguments)."""
     parts = ["tavireg", "evaluate", "seg"]
@@ -1207,8 +1219,9 @@ def command_line(args) -> str:
         parts += ["--frangi-train", str(d)]
     if args.model != "segmentation":
         parts += ["--model", str(args.model)]
-    if args.split != EVAL_SPLIT:
-        parts += ["--split", args.split]
+    if args.split:
+        for split in args.split:
+            parts += ["--split", split]
     for opt in ("max_frames", "frangi_max_frames", "frangi_sigmas", "pool"):
         if getattr(args, opt, None) is not None:
             parts += ["--" + opt.replace("_", "-"), str(getattr(args, opt))]
