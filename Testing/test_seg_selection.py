@@ -111,19 +111,15 @@ def test_scores_come_from_the_evaluations(setup, capsys):
     assert record["data"]["frames"]["validation"] == n_rows  # every split of the validation phantom
     labels = record["data"]["labels"]
     for name in ("base", "cand"):
-        vessel = {}
-        for sub in ("validation", "development"):
-            with open(out / name / sub / "per_frame.csv", newline="") as fh:
-                pf = [r for r in csv.DictReader(fh) if r["method"] == "DRU-Net"]
-            vessel[sub] = [r for r in pf if r["empty_gt"] == "False"]
-            if sub == "validation":  # evaluate seg --split all: every row of the validation phantom
-                assert sum(r["dataset"] == labels["validation"] for r in pf) == n_rows
-        assert {r["dataset"] for r in vessel["validation"]} == {labels["validation"], labels["real"]}
-        assert {r["dataset"] for r in vessel["development"]} == {labels["development"]}
+        with open(out / name / "per_frame.csv", newline="") as fh:
+            pf = [r for r in csv.DictReader(fh) if r["method"] == "DRU-Net"]
+        # evaluate seg --split all on the validation phantom: every row of it
+        assert sum(r["dataset"] == labels["validation"] for r in pf) == n_rows
+        vessel = [r for r in pf if r["empty_gt"] == "False"]
+        assert {r["dataset"] for r in vessel} == {labels["validation"], labels["real"], labels["development"]}
 
         def med(ds, fov=None):
-            rows = vessel["development" if ds == "development" else "validation"]
-            return statistics.median(float(r["dice"]) for r in rows
+            return statistics.median(float(r["dice"]) for r in vessel
                                      if r["dataset"] == labels[ds] and (fov is None or r["fov"] == fov))
         m = record["results"][name]["medians"]
         assert m["upper"] == pytest.approx(med("validation", "upper"), abs=1e-6)
@@ -135,9 +131,9 @@ def test_scores_come_from_the_evaluations(setup, capsys):
     assert record["decision"]["ships"] == expected["ships"]
     assert record["decision"]["verdicts"]["cand"]["passes"] == expected["verdicts"]["cand"]["passes"]
     # a second run reuses the evaluations of the same networks
-    stamp = (out / "cand" / "validation" / "summary.json").stat().st_mtime_ns
+    stamp = (out / "cand" / "summary.json").stat().st_mtime_ns
     assert sel.main(_args(setup, out)) == 0
-    assert (out / "cand" / "validation" / "summary.json").stat().st_mtime_ns == stamp
+    assert (out / "cand" / "summary.json").stat().st_mtime_ns == stamp
     assert ("ships: `cand`" if expected["ships"] else "nothing ships") in capsys.readouterr().out
     # other data (the development set's first frame left out): evaluated again
     fewer = setup["root"] / "dev" / "fewer.csv"
@@ -148,7 +144,7 @@ def test_scores_come_from_the_evaluations(setup, capsys):
     assert sel.main(args + ["--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["data"]["frames"]["development"] == record["data"]["frames"]["development"] - 1
-    assert (out / "cand" / "validation" / "summary.json").stat().st_mtime_ns != stamp
+    assert (out / "cand" / "summary.json").stat().st_mtime_ns != stamp
 
 
 def test_bad_input_exit_2(setup, tmp_path, capsys):

@@ -79,6 +79,9 @@ def prepare_data(validation: Path, development: Path, real: Path, baseline_entry
     sets = {"validation": ev.open_dataset(validation, ev.ALL_SPLITS, "--validation"),
             "development": ev.open_dataset(development, "val", "--development"),
             "real": ev.open_dataset(out / "data" / "real_validation", ev.ALL_SPLITS, "--real")}
+    if sets["validation"].label == sets["development"].label:  # one evaluate run tells them apart by label
+        raise InputError(f"--validation and --development are both labelled {sets['validation'].label!r} "
+                         "(their folders' names): put one of them in a folder of another name")
     # which files, and their size and time: a data set generated again under the same path differs
     h = hashlib.sha256()
     for f in sorted(str(p) for d in sets.values() for fr in d.frames for p in (fr.image, fr.mask)):
@@ -104,19 +107,18 @@ def _read_evaluation(folder: Path):
 
 
 def four_medians(folder: Path, labels: Dict[str, str]) -> Dict[str, Any]:
-    """The four medians and the empty-frame count from a network's two ``evaluate seg`` folders
-    (``validation``: the validation phantom and the real images; ``development``)."""
-    table, _ = _read_evaluation(folder / "validation")
+    """The four medians and the empty-frame count from a network's ``evaluate seg`` folder over the
+    three data sets."""
+    table, per_frame = _read_evaluation(folder)
 
     def row(label: str, fov: str) -> Dict[str, Any]:
         if (label, fov) not in table:
-            raise InputError(f"{folder}/validation/summary.json has no DRU-Net row for {label} ({fov} FoV)")
+            raise InputError(f"{folder}/summary.json has no DRU-Net row for {label} ({fov} FoV)")
         return table[(label, fov)]
 
-    _, per_frame = _read_evaluation(folder / "development")
-    dev = [float(r["dice"]) for r in per_frame if r["empty_gt"] == "False"]
+    dev = [float(r["dice"]) for r in per_frame if r["dataset"] == labels["development"] and r["empty_gt"] == "False"]
     if not dev:
-        raise InputError(f"{folder}/development/per_frame.csv has no frame with a vessel")
+        raise InputError(f"{folder}/per_frame.csv has no development frame with a vessel")
     lower = row(labels["validation"], "lower")
     m = {"upper": float(row(labels["validation"], "upper")["median_dice"]), "lower": float(lower["median_dice"]),
          "development": float(statistics.median(dev)), "real": float(row(labels["real"], "upper")["median_dice"])}
@@ -147,9 +149,9 @@ def judge(baseline: Dict[str, Any], candidates: Dict[str, Dict[str, Any]], margi
 
 
 def evaluate(name: str, models_dir: Optional[Path], data: Dict[str, Any], out: Path) -> Path:
-    """``tavireg evaluate seg`` of one network: ``OUT/NAME/validation`` (every row of the validation
-    phantom, and the real images) and ``OUT/NAME/development`` (its val rows). Reused when the folder
-    already holds the evaluation of the same weights on the same files (``inputs.sha256``)."""
+    """``tavireg evaluate seg`` of one network in ``OUT/NAME``, one run over the three data sets (every
+    row of the validation phantom, the development index's val rows, the real images). Reused when the
+    folder already holds the evaluation of the same weights on the same files (``inputs.sha256``)."""
     folder = out / name
     entry = models.find_entry(name, models_dir)
     stamp = folder / "inputs.sha256"
@@ -162,18 +164,13 @@ def evaluate(name: str, models_dir: Optional[Path], data: Dict[str, Any], out: P
     env[models.ENV_MODELS_DIR] = str(models_dir if models_dir is not None else models.models_dir())
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "TAVIRegistration"),
                                          env.get("PYTHONPATH", "")])
-    sets = data["sets"]
-    runs = {"validation": (ev.ALL_SPLITS, [sets["validation"].path, sets["real"].path]),
-            "development": ("val", [sets["development"].path])}
-    for sub, (split, paths) in runs.items():
-        cmd = [sys.executable, "-m", "TAVIRegistrationLib.cli", "evaluate", "seg", "--model", name,
-               "--split", split, "--out", str(folder / sub)]
-        for d in paths:
-            cmd += ["--data", str(d)]
-        res = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if res.returncode != 0:
-            lines = res.stderr.strip().splitlines() or ["(no message)"]
-            raise InputError(f"evaluate seg of {name} failed (exit {res.returncode}): {lines[-1]}")
+    cmd = [sys.executable, "-m", "TAVIRegistrationLib.cli", "evaluate", "seg", "--model", name, "--out", str(folder)]
+    for which, split in (("validation", ev.ALL_SPLITS), ("development", "val"), ("real", ev.ALL_SPLITS)):
+        cmd += ["--data", str(data["sets"][which].path), "--split", split]
+    res = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if res.returncode != 0:
+        lines = res.stderr.strip().splitlines() or ["(no message)"]
+        raise InputError(f"evaluate seg of {name} failed (exit {res.returncode}): {lines[-1]}")
     stamp.write_text(key + "\n")
     return folder
 
