@@ -92,7 +92,7 @@ import numpy as np
 
 from .errors import InputError
 from .outputs import read_mask_png
-from .segmentation import FOVS, scores_from_counts, threshold_counts
+from .segmentation import FOVS, UNKNOWN_FOV, scores_from_counts, threshold_counts
 from .training import row_fov_and_frame
 
 FOLDER_FOV = "upper"
@@ -866,16 +866,23 @@ def _bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, disable=None, leave=False)
 
 
+def pool_members(datasets: Sequence[DataSet], label: str) -> List[str]:
+    """The labels of the case indices that ``--pool label`` puts together (InputError: fewer than two,
+    or ``label`` already a data set's)."""
+    members = [d.label for d in datasets if d.kind == CASE_INDEX]
+    if len(members) < 2:
+        raise InputError(f"--pool needs at least two case indices among --data (got {len(members)})")
+    if label in {d.label for d in datasets}:
+        raise InputError(f"--pool label {label!r} is already a data set's label")
+    return members
+
+
 def pooled_records(records: Sequence[Dict[str, Any]], datasets: Sequence[DataSet], label: str) -> List[Dict[str, Any]]:
     """The records of every case index, relabelled ``label``: one data set of all their patients (e.g.
     every held-out phantom patient, for a goal that a few patients cannot decide). Each patient is
     renamed ``<data set>:<patient>``: two indices' P000 are two patients, each drawn whole by the
     bootstrap."""
-    members = {d.label for d in datasets if d.kind == CASE_INDEX}
-    if len(members) < 2:
-        raise InputError(f"--pool needs at least two case indices among --data (got {len(members)})")
-    if label in {d.label for d in datasets}:
-        raise InputError(f"--pool label {label!r} is already a data set's label")
+    members = set(pool_members(datasets, label))
     return [dict(r, dataset=label, patient=f"{r['dataset']}:{r['patient']}") for r in records
             if r["dataset"] in members]
 
@@ -898,7 +905,7 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
     _module, entry, dev = get_model(model, device, None, models_directory)  # fails fast: no model installed
     model_info = {"name": entry["name"] if entry else None, "sha256": (entry or {}).get("sha256"),
                   "file": (entry or {}).get("file"),
-                  "thresholds": {f: threshold_for(entry, f) for f in FOVS + ("unknown",)}, "device": str(dev)}
+                  "thresholds": {f: threshold_for(entry, f) for f in FOVS + (UNKNOWN_FOV,)}, "device": str(dev)}
     evaluated = [f for d in datasets for f in d.frames]
     reader = FrameReader()
 
@@ -1136,15 +1143,14 @@ def run_evaluate_seg(args) -> int:
         if not sig or not all(0.3 <= v <= 64 for v in sig):
             raise InputError(f"--frangi-sigmas must be scales between 0.3 and 64 px, got {args.frangi_sigmas!r}")
         sigma_sets = (sig,)
-    if args.pool is not None:
-        pooled_records([], datasets, args.pool)  # bad --pool fails before the long evaluation
+    pooled = pool_members(datasets, args.pool) if args.pool is not None else []  # fails before the evaluation
     res = evaluate_seg(datasets, model=args.model, device=device, frangi_train=train,
                        frangi_max_frames=args.frangi_max_frames, frangi_sigma_sets=sigma_sets,
                        workers=args.workers, pool=args.pool)
     notes = list(RULES)
-    if args.pool is not None:
-        notes.append(f"{args.pool}: the frames of every case index above together ("
-                     + ", ".join(d.label for d in datasets if d.kind == CASE_INDEX) + "), patients kept apart.")
+    if pooled:
+        notes.append(f"{args.pool}: the frames of every case index above together ({', '.join(pooled)}), "
+                     "patients kept apart.")
     notes.append(f"DRU-Net model {res['model']['name']} (SHA256 {str(res['model']['sha256'])[:12]}...); thresholds "
                  + ", ".join(f"{k} {v:.2f}" for k, v in res["model"]["thresholds"].items()) + ".")
     if res["frangi"]["evaluated"]:

@@ -54,6 +54,8 @@ MIN_SIDE = 32
 MAX_SIDE = 4096
 PERCENTILES = (0.5, 99.5)
 FOVS = ("upper", "lower")
+#: the FoV of an image no header speaks for (``fov='auto'`` without a hint), and its manifest threshold key
+UNKNOWN_FOV = "unknown"
 DEFAULT_THRESHOLD = 0.5
 _ASPECT_WARN = 1.25
 
@@ -217,7 +219,7 @@ def _resolve_fov(fov: str, fov_hint: Optional[str], warnings: List[str]) -> str:
         "field of view unknown (no DICOM header says it): used the network's threshold for images of unknown "
         "FoV; pass --fov upper|lower to choose"
     )
-    return "unknown"
+    return UNKNOWN_FOV
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +262,7 @@ def _entry_size(entry: Optional[Dict[str, Any]], input_size) -> Tuple[int, int]:
 
 def threshold_for(entry: Optional[Dict[str, Any]], fov_used: str) -> float:
     th = (entry or {}).get("thresholds") or {}
-    for key in (fov_used, "unknown", "all"):
+    for key in (fov_used, UNKNOWN_FOV, "all"):
         if key in th and th[key] is not None:
             return float(th[key])
     return DEFAULT_THRESHOLD

@@ -79,7 +79,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError
-from .segmentation import FOVS, preprocess, read_image_file, resize_mask, scores_from_counts, threshold_counts
+from .segmentation import (FOVS, UNKNOWN_FOV, preprocess, read_image_file, resize_mask, scores_from_counts,
+                           threshold_counts)
 from .training import (TrainingConfig, TrainingRun, add_common_training_arguments, finite_median, natural_key,
                         pair_of_floats, read_case_index, row_fov_and_frame, run_command)
 from .outputs import read_mask_png
@@ -88,7 +89,6 @@ LOSSES = ("per-fov", "dice", "bce", "combined")
 CHECKPOINT_KIND = "train-seg"
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 #: ``--folder-fov``: an image/mask folder's frames are upper, lower, or of unknown FoV (header-less images)
-UNKNOWN_FOV = "unknown"
 FOLDER_FOVS = FOVS + (UNKNOWN_FOV,)
 _CSV_COLUMNS = ("patient", "split", "fov", "image", "frame", "mask")
 #: what must agree between a checkpoint and the run that resumes it
@@ -561,11 +561,13 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         metrics = validation_metrics(predict(model, val_set, device), val_set)
         return metrics, metrics["selection"]["score"]
 
+    own_unknown = any(s.fov == UNKNOWN_FOV for s in val_set)  # "unknown" a group of its own: no pooled figure
+
     def describe(metrics) -> str:
         by = metrics["selection"]["median_dice_by_source"]
         parts = ", ".join(f"{'/'.join(Path(src).parts[-2:])} {d:.3f}" for src, d in by.items())
         ths = ", ".join(f"{g} {metrics[g]['threshold']:.2f}" for g in FOLDER_FOVS if g in metrics)
-        if any(s.fov == UNKNOWN_FOV for s in val_set):  # "unknown" is a group of its own: no pooled figure
+        if own_unknown:
             return f"; thresholds {ths}; per data set {parts}; score {metrics['selection']['score']:.3f}"
         v = metrics[UNKNOWN_FOV]
         return (f", val median Dice {v['median_dice']:.3f} at threshold {v['threshold']:.2f} "
@@ -637,7 +639,7 @@ def manifest_fields(config: TrainConfig, model, ck: Dict[str, Any], fovs_trained
         "input_size": [config.size, config.size],
         "params": count_parameters(model),
         "fov": list(fovs_trained) or list(FOVS),
-        "thresholds": thresholds or {"unknown": 0.5},
+        "thresholds": thresholds or {UNKNOWN_FOV: 0.5},
         "normalisation": "percentiles 0.5-99.5 -> [0, 1], clipped; area/bilinear resize "
                          "(segmentation.preprocess)",
     }

@@ -260,7 +260,7 @@ class CaseRow:
     line: int
     values: Dict[str, str]  # column -> stripped text
     patient: str  # "<csv stem>:<patient>"
-    split: str  # "train", "val" or "" (assigned by split_patients)
+    split: str  # "train", "val", "test" (only with include_test) or "" (assigned by split_patients)
 
 
 def read_case_index(csv_path: Path, columns: Sequence[str], missing_hint: str = "",
