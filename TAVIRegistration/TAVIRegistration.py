@@ -3,6 +3,9 @@
 Thin by design: it moves data between MRML nodes and the TAVIRegistrationLib library (which never
 imports ``slicer``) and nothing else. The library is imported lazily, inside the methods that use it,
 so that loading the module costs nothing and a missing Python package is reported when it is needed.
+Qt (``qt``) is imported only where the module class and the widget use it, so that the Logic and the
+self-test's Logic methods also run on Slicer's core libraries without the application
+(``slicer-core``; ``Testing/test_slicer_logic.py``).
 
 Minimum 3D Slicer version: 5.10. ``@parameterNodeWrapper`` needs 5.4, but the library reads the
 fluoroscopy DICOM with pydicom 3 (``pydicom.pixels``), which needs Python 3.10; Slicer up to 5.8 ships
@@ -28,7 +31,6 @@ import unittest
 from typing import Annotated, Optional, Tuple, Union
 
 import numpy as np
-import qt
 import vtk
 
 import slicer
@@ -344,6 +346,8 @@ class TAVIRegistration(ScriptedLoadableModule):
         # The base class looks for the icon beside the module file only (the built extension's layout).
         iconPath = resourceFilePath("Icons/TAVIRegistration.png")
         if os.path.isfile(iconPath):
+            import qt
+
             self.parent.icon = qt.QIcon(iconPath)
         slicer.app.connect("startupCompleted()", registerSampleData)
 
@@ -491,6 +495,8 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             from TAVIRegistrationLib.roi_view import RoiEditor
         except Exception as exc:  # shown in the panel and logged: the rest of the module still works
             logging.exception("TAVIRegistration: the ROI editor could not be loaded")
+            import qt
+
             label = qt.QLabel("The ROI editor could not be loaded: %s" % exc)
             label.wordWrap = True
             layout.addWidget(label)
@@ -866,6 +872,8 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         pn = self._parameterNode
         directory = pathlib.Path(str(pn.exportDirectory))
         if not directory.is_absolute() or not directory.is_dir():
+            import qt
+
             chosen = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Export folder")
             if not chosen:
                 return
@@ -1157,16 +1165,20 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
                              % (volumeNode.GetName(), uids[0]))
         return path
 
-    def fluoroSeries(self, path):
-        """The library's FluoroSeries of a DICOM file, header only (cached while the file is unchanged)."""
+    def fluoroSeries(self, path, pixels=False):
+        """The library's FluoroSeries of a DICOM file (cached while the file is unchanged).
+
+        The header alone serves geometry and projection; ``pixels`` also decodes the frames, which
+        segmentation needs. A series read with its pixels serves both, so it replaces a header-only one.
+        """
         from TAVIRegistrationLib.fluoro import read_fluoro
 
         stat = os.stat(path)
         stamp = (stat.st_mtime_ns, stat.st_size)
         cached = self._seriesCache.get(path)
-        if cached is not None and cached[0] == stamp:
+        if cached is not None and cached[0] == stamp and (not pixels or cached[1].frames is not None):
             return cached[1]
-        series = read_fluoro(path, load_pixels=False)
+        series = read_fluoro(path, load_pixels=bool(pixels))
         self._seriesCache = {path: (stamp, series)}
         return series
 
@@ -1291,13 +1303,17 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         return tuple(float(c) for c in lpsFromRas(position))
 
     # -- the pipeline -------------------------------------------------------------------------------------
-    def pipelineFor(self, modelNode, fluoroVolume, isocenterNode=None, orthographic=False, progress=None):
-        """The library's RegistrationPipeline for these nodes (reused while nothing changed)."""
+    def pipelineFor(self, modelNode, fluoroVolume, isocenterNode=None, orthographic=False, progress=None,
+                    pixels=False):
+        """The library's RegistrationPipeline for these nodes (reused while nothing changed).
+
+        ``pixels``: the pipeline will segment frames, so its series holds the decoded frames.
+        """
         from TAVIRegistrationLib.pipeline import RegistrationPipeline
 
         path = self.dicomFileForVolume(fluoroVolume)
         _report(progress, 0.15, "Reading the C-arm geometry from the DICOM file")
-        series = self.fluoroSeries(path)
+        series = self.fluoroSeries(path, pixels=pixels)
         self.checkVolumeMatchesSeries(fluoroVolume, series)
         isocenter = self.isocenterLps(isocenterNode)
         modelKey = self._modelKey(modelNode)
@@ -1311,9 +1327,11 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         self._pipelineKey = key
         return self._pipeline
 
-    def _casePipeline(self, modelNode, fluoroVolume, frameIndex, isocenterNode, orthographic, progress):
+    def _casePipeline(self, modelNode, fluoroVolume, frameIndex, isocenterNode, orthographic, progress,
+                      pixels=False):
         """The steps' common start: the inputs checked, frame ``frameIndex`` (default: the one shown)
-        shown, and the pipeline of this case. Returns ``(frameIndex, pipeline)``."""
+        shown, and the pipeline of this case (with decoded frames when ``pixels``). Returns
+        ``(frameIndex, pipeline)``."""
         from TAVIRegistrationLib.errors import InputError
 
         _report(progress, 0.0, "Checking the inputs")
@@ -1325,7 +1343,8 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         if frameIndex is None:
             frameIndex = self.currentFrameIndex(fluoroVolume)
         self.selectFrame(fluoroVolume, frameIndex)
-        return int(frameIndex), self.pipelineFor(modelNode, fluoroVolume, isocenterNode, orthographic, progress)
+        return int(frameIndex), self.pipelineFor(modelNode, fluoroVolume, isocenterNode, orthographic, progress,
+                                                 pixels=pixels)
 
     def renderProjection(self, modelNode, fluoroVolume, frameIndex=None, projectionVolume=None, isocenterNode=None,
                          orthographic=False, showResult=True, overlayOpacity=0.5, placeCamera=True, cameraNode=None,
@@ -1544,10 +1563,10 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
             frameIndex = self.currentFrameIndex(fluoroVolume)
         self.selectFrame(fluoroVolume, frameIndex)
         path = self.dicomFileForVolume(fluoroVolume)
-        series = self.fluoroSeries(path)
+        series = self.fluoroSeries(path, pixels=True)
         self.checkVolumeMatchesSeries(fluoroVolume, series)
         _report(progress, 0.3, "Segmenting the vessels of frame %d (DRU-Net)" % frameIndex)
-        if self._pipeline is not None and self._pipelineKey is not None and self._pipelineKey[1] == path:
+        if self._pipeline is not None and self._pipeline.series is series:
             result = self._pipeline.segment(int(frameIndex), device=self._device(forceCpu))
         else:
             result = segment_frame(series.frame(int(frameIndex)), device=self._device(forceCpu),
@@ -1577,7 +1596,7 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         from TAVIRegistrationLib.errors import InputError
 
         frameIndex, pipeline = self._casePipeline(modelNode, fluoroVolume, frameIndex, isocenterNode, orthographic,
-                                                  progress)
+                                                  progress, pixels=fixedMask is None)
         self.ensureTorch(ask=False)
         shape = pipeline.project(int(frameIndex)).projection.mask.shape
         if roi is not None and self.validRoi(roi, shape) is None:

@@ -128,6 +128,18 @@ def _sphere_labelmap(path, direction, label_value=1, radius=7.0):
     return center, float(spacing.max())
 
 
+def test_triangles_become_vtk_cells_on_the_installed_vtk():
+    """polydata_from_arrays builds its cell arrays with the id type of the VTK at hand (VTK 9.5 and 9.6,
+    the VTKs of 3D Slicer 5.10 and 5.12, lack numpy_support.VTK_ID_TYPE, which 9.7 re-exports)."""
+    import vtk
+
+    ids = mesh._id_array(np.array([0, 3, 6], dtype=np.int32))
+    assert isinstance(ids, vtk.vtkIdTypeArray) and [ids.GetValue(i) for i in range(3)] == [0, 3, 6]
+    points = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    pd = mesh.polydata_from_arrays(points, np.array([[0, 1, 2], [0, 1, 3]]))
+    assert pd.GetNumberOfCells() == 2 and pd.GetCell(1).GetPointId(2) == 3
+
+
 # ------------------------------------------------------------------------------------------------
 # round trips and Slicer's SPACE markers
 # ------------------------------------------------------------------------------------------------

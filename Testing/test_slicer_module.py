@@ -1,8 +1,8 @@
 """Checks of the 3D Slicer layer that run without 3D Slicer (it cannot be installed here).
 
-The module file imports ``slicer`` and runs for real only inside 3D Slicer: its self-test
-(``TAVIRegistrationTest``) is run headless by ``Testing/run_slicer_selftest.sh``, which ``.ci/run``
-calls when ``SLICER_EXECUTABLE`` is set. Here, without Slicer:
+The module's Logic and self-test run on Slicer's core libraries in ``Testing/test_slicer_logic.py``;
+the whole self-test, the Qt panel included, runs in 3D Slicer with ``Testing/run_slicer_selftest.sh``,
+which ``.ci/run`` calls when ``SLICER_EXECUTABLE`` is set. Here, on the source alone:
 
 * the module's source: Python 3.9 grammar (the oldest Python a Slicer 5.x ships), no heavy import at
   module import time, every library name it imports lazily exists in the library, the four template
@@ -50,7 +50,7 @@ TREE = ast.parse(SOURCE, filename=str(MODULE_FILE))
 
 #: Modules the module file may import when Slicer loads it: the standard library, numpy and what
 #: 3D Slicer itself provides. Everything else (the library, pydicom, torch, ...) is imported lazily.
-SLICER_PROVIDED = {"numpy", "qt", "ctk", "vtk", "slicer"}
+SLICER_PROVIDED = {"numpy", "vtk", "slicer"}  # not qt or ctk: the Logic runs on slicer-core, without Qt
 NOT_AT_IMPORT_TIME = {"TAVIRegistrationLib", "pydicom", "torch", "PIL", "scipy", "skimage", "SimpleITK",
                       "matplotlib", "pylibjpeg", "PyTorchUtils", "DICOMLib", "SampleData", "ScreenCapture"}
 
@@ -295,6 +295,21 @@ def test_cmake_builds_a_slicer_510_extension_with_the_pytorch_dependency():
     assert re.search(r"set\(EXTENSION_DEPENDS PyTorch\)", text)
     assert "slicerMacroBuildScriptedModule(" in text and "slicer_add_python_unittest(" in text
     assert "include(${Slicer_EXTENSION_GENERATE_CONFIG})" in text
+
+
+def test_cmake_extension_urls_name_files_of_the_repository():
+    """The Extensions Index's homepage, icon and screenshots: https URLs or files of this repository."""
+    text = CMAKE_FILE.read_text(encoding="utf-8")
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        match = re.search(r'set\(%s "([^"]*)"\)' % key, text)
+        assert match and match.group(1).split(), "%s is not set" % key
+        for url in match.group(1).split():
+            assert url.startswith("https://") or (REPO / url).is_file(), "%s names %s, which is missing" % (key, url)
+    icon = re.search(r'set\(EXTENSION_ICONURL "([^"]*)"\)', text).group(1)
+    if not icon.startswith("https://"):
+        from PIL import Image
+
+        assert Image.open(REPO / icon).size == (128, 128)  # the size the Extensions Manager shows
 
 
 def test_cmake_patterns_cover_every_library_file():

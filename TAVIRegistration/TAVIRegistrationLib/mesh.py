@@ -43,6 +43,7 @@ from vtkmodules.util import numpy_support
 from vtkmodules.util.misc import calldata_type
 from vtkmodules.util.vtkConstants import VTK_STRING
 from vtkmodules.vtkCommonCore import (
+    VTK_ID_TYPE,
     vtkIdTypeArray,
     vtkLogger,
     vtkOutputWindow,
@@ -223,7 +224,8 @@ def transform_polydata(pd: vtkPolyData, matrix4x4) -> vtkPolyData:
 
 
 def _id_array(values: np.ndarray) -> vtkIdTypeArray:
-    dtype = numpy_support.get_numpy_array_type(numpy_support.VTK_ID_TYPE)
+    # VTK_ID_TYPE from vtkCommonCore: vtkmodules.util.numpy_support re-exports it only from VTK 9.7
+    dtype = numpy_support.get_numpy_array_type(VTK_ID_TYPE)
     return numpy_support.numpy_to_vtkIdTypeArray(np.ascontiguousarray(values, dtype=dtype), deep=True)
 
 
@@ -445,12 +447,20 @@ def surface_from_polydata(
 
 
 def _precheck_stl(path: Path) -> None:
-    """Refuse an absurdly large binary STL before reading it (its header gives the count)."""
+    """Refuse an absurdly large or a truncated binary STL before reading it (its header gives the
+    triangle count, 50 bytes each after 84 bytes of header). VTK's reader notices a truncated file
+    only from VTK 9.6 on; older ones return the triangles that were there."""
     with open(path, "rb") as fh:
         head = fh.read(84)
     if len(head) == 84 and not head.lstrip().lower().startswith(b"solid"):
         count = int.from_bytes(head[80:84], "little")
-        if count > MAX_TRIANGLES and 84 + 50 * count <= path.stat().st_size:
+        size = path.stat().st_size
+        if 84 + 50 * count > size:
+            raise InputError(
+                f"cannot read {path.name} as STL: the binary header declares {count:,} triangles "
+                f"({84 + 50 * count:,} bytes) but the file has {size:,} bytes (truncated or not an STL file)"
+            )
+        if count > MAX_TRIANGLES:
             raise InputError(
                 f"{path.name} has {count:,} triangles, more than the {MAX_TRIANGLES:,} supported: "
                 "decimate it first"
