@@ -258,13 +258,6 @@ def carmCameraParameters(sourceLps, detectorCenterLps, rowDirectionLps, detector
     }
 
 
-def describeAngles(primaryDeg, secondaryDeg):
-    """'LAO 30.0°, CRA 10.0°' (positive primary = LAO, positive secondary = CRA)."""
-    side = "LAO" if primaryDeg >= 0 else "RAO"
-    tilt = "CRA" if secondaryDeg >= 0 else "CAU"
-    return "%s %.1f\u00b0, %s %.1f\u00b0" % (side, abs(primaryDeg), tilt, abs(secondaryDeg))
-
-
 def parseInstanceUids(attributeValue):
     """SOP instance UIDs of a ``DICOM.instanceUIDs`` node attribute (space separated)."""
     return [uid for uid in str(attributeValue or "").split() if uid]
@@ -714,9 +707,11 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:  # shown in the panel: reading the geometry is optional here
             self.ui.geometryLabel.text = "C-arm geometry not available: %s" % exc
             return
+        from TAVIRegistrationLib.geometry import view_label
+
         self.ui.geometryLabel.text = "Frame %d of %d: %s, SID %.0f mm, SOD %.0f mm, detector pixel %.3f mm" % (
             index + 1, self.logic.numberOfFrames(volume),
-            describeAngles(geometry.primary_angle_deg, geometry.secondary_angle_deg),
+            view_label(geometry.primary_angle_deg, geometry.secondary_angle_deg),
             geometry.sid_mm, geometry.sod_mm, geometry.pixel_spacing_mm[1])
 
     # -- actions ------------------------------------------------------------------------------------
@@ -788,6 +783,8 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showProjection(result)
 
     def _showProjection(self, result):
+        from TAVIRegistrationLib.geometry import view_label
+
         pn = self._parameterNode
         pn.projectionVolume = result.volumeNode
         mask = result.frameProjection.projection.mask
@@ -800,7 +797,7 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 pn.roi = tuple(int(v) for v in roi)
         lines = ["Projection of frame %d: %d pixels (%s)." % (
             result.frameIndex, int(mask.sum()),
-            describeAngles(result.geometry.primary_angle_deg, result.geometry.secondary_angle_deg))]
+            view_label(result.geometry.primary_angle_deg, result.geometry.secondary_angle_deg))]
         lines += ["Warning: %s" % w for w in result.warnings]
         self._setStatus("\n".join(lines))
         self._updateButtonStates()

@@ -109,6 +109,42 @@ def test_info_without_sod_or_magnification_is_an_error(tmp_path, capsys):
     assert "1111" in err
 
 
+def test_geometry_overrides_supply_what_the_file_lacks_on_every_command(case, tmp_path, capsys):
+    """A run without SOD (nor magnification) is refused until --sod supplies it: info, project and
+    register take the same overrides, segment needs no geometry at all; each override is named."""
+    d, model, _ = case
+    f = tmp_path / "nosod.dcm"
+    frame = np.full((192, 160), 200, np.uint8)
+    truth = render_projection(load_model(model).polydata, GEOM.with_isocenter((10.0, 0.0, 0.0))).mask
+    frame[truth > 0] = 60
+    write_fluoro_dicom(f, frame, GEOM, omit_tags=("DistanceSourceToPatient", "EstimatedRadiographicMagnificationFactor"))
+    Image.fromarray(truth * 255).save(tmp_path / "truth.png")
+    register = ["register", "--model", model, "--fluoro", f, "--isocenter", "10,0,0", "--fixed-mask",
+                tmp_path / "truth.png", "--method", "sitk", "--json"]
+    for args in (["info", f, "--json"], register + ["--out", tmp_path / "reg0"]):
+        code, _, err = run(args, capsys)
+        assert_input_error(code, err)
+        assert "supply the SOD" in err
+    code, out, err = run(["info", f, "--sod", "780", "--json"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["sod_mm"] == pytest.approx(780.0) and info["magnification"] == pytest.approx(1050.0 / 780.0)
+    assert any("SOD 780 supplied by the caller" in w for w in info["warnings"])
+    code, out, err = run(["info", f, "--sod", "780", "--primary", "-30", "--json"], capsys)
+    assert json.loads(out)["primary_angle_deg"] == pytest.approx(-30.0)
+    assert any("primary angle -30" in w and "overrides the file's 25" in w for w in json.loads(out)["warnings"])
+    code, out, err = run(register + ["--sod", "780", "--out", tmp_path / "reg"], capsys)
+    assert code == 0, err
+    assert any("SOD 780 supplied by the caller" in w for w in json.loads(out)["warnings"])
+    code, _, err = run(["project", "--model", model, "--fluoro", f, "--sod", "780", "--isocenter", "10,0,0",
+                        "--out", tmp_path / "proj.png"], capsys)
+    assert code == 0, err
+    assert "SOD 780 supplied by the caller" in err
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "proj.png")) > 0, truth > 0)
+    code, _, err = run(["segment", f, "--out", tmp_path / "mask.png"], capsys)
+    assert code == 0, err
+
+
 def test_info_human_readable(case, capsys):
     code, out, _ = run(["info", case[2]], capsys)
     assert code == 0 and "LAO" in out and "CAU" in out and "1050.0 mm" in out

@@ -364,7 +364,7 @@ def test_bad_input_exit_2(setup, tmp_path, monkeypatch, capsys):
     empty_models = tmp_path / "nomodels"
     empty_models.mkdir()
     assert _run(["--data", setup["angio_test"], "--out", tmp_path / "o"], monkeypatch, empty_models) == 2
-    assert "no segmentation model is installed" in _error_line(capsys)
+    assert "no segmentation network is installed" in _error_line(capsys)
     assert cli.main(["evaluate"]) == 2
     _error_line(capsys)
     assert not (tmp_path / "o").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from TAVIRegistrationLib.errors import InputError
-from TAVIRegistrationLib.geometry import CArmGeometry, carm_axes, project, project_points
+from TAVIRegistrationLib.geometry import CArmGeometry, carm_axes, project, project_points, view_label
 
 
 def geom(primary=0.0, secondary=0.0, sid=1000.0, sod=750.0, spacing=(0.3, 0.3), rows=512, cols=512, iso=(0, 0, 0)):
@@ -126,3 +126,11 @@ def test_nonsense_geometry_is_refused(kwargs):
     with pytest.raises(InputError) as e:
         geom(**kwargs)
     assert "\n" not in str(e.value)
+
+
+def test_view_label_reads_like_a_clinician_says_it():
+    """One label for the Slicer panel, the viewer, ``tavireg info`` and the demo report."""
+    assert view_label(30.0, 10.0) == "LAO 30.0\u00b0, CRA 10.0\u00b0"
+    assert view_label(-25.0, -8.0) == "RAO 25.0\u00b0, CAU 8.0\u00b0"
+    assert view_label(30, 10, separator="  ") == "LAO 30.0\u00b0  CRA 10.0\u00b0"
+    assert view_label(-20, -15.25, separator="  ") == "RAO 20.0\u00b0  CAU 15.2\u00b0"

@@ -1,4 +1,4 @@
-"""``benchmarks/seg_selection.py``: the DRU-Net selection rule (four medians, three criteria) as one command.
+"""``tools/seg_selection.py``: the DRU-Net selection rule (four medians, three criteria) as one command.
 
 Two tiny DRU-Nets (one epoch on 64 x 64 synthetic images, different seeds) play baseline and
 candidate; the validation phantom is the session's one-patient data set, the development set a copy
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:
 from TAVIRegistrationLib.train_seg import TrainConfig, train  # noqa: E402
 from vessel_images import write_vessel_folder  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "seg_selection.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "seg_selection.py"
 
 
 def _load_script():

@@ -225,7 +225,7 @@ def test_models_dir_env_override(tmp_path, monkeypatch):
 
 def test_manifest_load_verify_and_refuse(tmp_path, monkeypatch):
     monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path))
-    with pytest.raises(InputError, match="no segmentation model"):
+    with pytest.raises(InputError, match="no segmentation network"):
         load_model("segmentation")
     entry = _register(tmp_path)
     assert entry["sha256"] == sha256_file(tmp_path / "m.pt")
@@ -842,6 +842,64 @@ def test_cli_segment_bad_input_exit_2(tiny_models, tmp_path, monkeypatch, capsys
     assert "out of range" in capsys.readouterr().err and not out.exists()
 
 
+def test_network_option_names_the_weights_and_model_still_works_with_a_warning(tiny_models, tmp_path, monkeypatch,
+                                                                               capsys):
+    """--network names a network's weights; the old --model keeps working for one release, with a warning."""
+    directory, _ = tiny_models
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(directory))
+    img, _ = vessel_image(np.random.default_rng(4))
+    Image.fromarray(img).save(tmp_path / "frame.png")
+    outputs = {}
+    for option in ("--network", "--model"):
+        out = tmp_path / f"mask{option}.png"
+        code = cli.main(["segment", str(tmp_path / "frame.png"), option, "tiny", "--out", str(out), "--json"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        warned = [w for w in json.loads(captured.out)["warnings"] if "deprecated" in w]
+        assert bool(warned) == (option == "--model"), warned
+        outputs[option] = np.asarray(Image.open(out))
+    np.testing.assert_array_equal(outputs["--network"], outputs["--model"])
+    assert cli.main(["segment", str(tmp_path / "frame.png"), "--network", "tiny", "--model", "other",
+                     "--out", str(tmp_path / "x.png")]) == 2
+    assert "different networks" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def test_grey_picture_in_a_colour_container_is_read_as_grey(tiny_models, tmp_path, monkeypatch, capsys):
+    """RGB/RGBA/palette PNG and RGB JPEG files whose channels are equal hold a grey frame: it is read as
+    the 8-bit grey file would be, with a warning; colour or transparency stays refused."""
+    img, _ = vessel_image(np.random.default_rng(3))
+    Image.fromarray(img).save(tmp_path / "grey.png")
+    Image.fromarray(img).save(tmp_path / "grey.jpg", quality=95)
+    rgb = np.stack([img] * 3, axis=-1)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(rgb).save(tmp_path / "rgb.jpg", quality=95)
+    Image.fromarray(np.dstack([rgb, np.full(img.shape, 255, np.uint8)])).save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=256).save(tmp_path / "palette.png")
+    for name, reference in (("rgb.png", "grey.png"), ("rgba.png", "grey.png"), ("rgb.jpg", "grey.jpg")):
+        loaded = read_image_file(tmp_path / name)
+        np.testing.assert_array_equal(loaded.image, read_image_file(tmp_path / reference).image)
+        assert len(loaded.notes) == 1 and "read as grey" in loaded.notes[0], name
+    assert read_image_file(tmp_path / "palette.png").image.shape == img.shape
+
+    directory, _ = tiny_models
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(directory))
+    assert cli.main(["segment", str(tmp_path / "rgb.png"), "--out", str(tmp_path / "mask_rgb.png")]) == 0
+    assert "read as grey" in capsys.readouterr().err
+    assert cli.main(["segment", str(tmp_path / "grey.png"), "--out", str(tmp_path / "mask_grey.png")]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "mask_rgb.png")),
+                                  np.asarray(Image.open(tmp_path / "mask_grey.png")))
+
+    tinted = rgb.copy()
+    tinted[10:20, 10:20, 0] = 255  # a red annotation: real colour
+    Image.fromarray(tinted).save(tmp_path / "tinted.png")
+    seen = np.dstack([rgb, np.full(img.shape, 255, np.uint8)])
+    seen[0, 0, 3] = 0
+    Image.fromarray(seen).save(tmp_path / "seethrough.png")
+    for name, words in (("tinted.png", "colour"), ("seethrough.png", "transparent")):
+        with pytest.raises(InputError, match=words):
+            read_image_file(tmp_path / name)
+
+
 def _contrast_run(path, peak=3, n=6, seed=2):
     """A 6-frame run (128 px) whose vessel fills with contrast up to frame ``peak`` and washes out,
     under noise and a thin wire that moves every frame; written as XA DICOM."""
@@ -878,7 +936,7 @@ def test_frame_auto_picks_the_most_opacified_frame(tmp_path, peak):
 
 
 def test_frame_auto_benchmark_counts_runs(tmp_path):
-    """benchmarks/frame_auto.py on two runs whose opacified areas are known: auto finds both peaks,
+    """tools/frame_auto.py on two runs whose opacified areas are known: auto finds both peaks,
     frame 0 neither, and frame 0 of the late-peaking run has no contrast at all."""
     import subprocess
     import sys
@@ -888,7 +946,7 @@ def test_frame_auto_benchmark_counts_runs(tmp_path):
         _, area = _contrast_run(tmp_path / f"run{k}.dcm", peak=peak, seed=k)
         rows += [f"P0,test,upper,run{k}.dcm,{i},m.png,{a}" for i, a in enumerate(area)]
     (tmp_path / "index.csv").write_text("patient,split,fov,image,frame,mask,opacified_px\n" + "\n".join(rows) + "\n")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "frame_auto.py"
+    script = Path(__file__).resolve().parents[1] / "tools" / "frame_auto.py"
     proc = subprocess.run([sys.executable, str(script), str(tmp_path), "--json"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     (res,) = json.loads(proc.stdout)

@@ -12,7 +12,6 @@ with ``Testing/run_slicer_selftest.sh``.
 
 import importlib.util
 import math
-import os
 import sys
 import unittest
 from pathlib import Path

@@ -57,7 +57,7 @@ NOT_AT_IMPORT_TIME = {"TAVIRegistrationLib", "pydicom", "torch", "PIL", "scipy",
 #: The module's pure helpers (numpy, math and re only).
 PURE_HELPERS = ("rasFromLps", "lpsFromRas", "rasMatrixFromLps", "lpsMatrixFromRas", "planeMatrixFromAffine",
                 "roiIjkToRas", "rasTransformFromAffine", "affineFromRasTransform", "carmCameraParameters",
-                "describeAngles", "parseInstanceUids", "versionAtLeast", "masksAgreeWithinOnePixel",
+                "parseInstanceUids", "versionAtLeast", "masksAgreeWithinOnePixel",
                 "pixelRoiFromRasBounds", "rasBoxFromPixelRoi")
 
 
@@ -591,8 +591,6 @@ def test_carm_camera_sees_the_projection_mirrored_left_right(helpers, primary, s
 
 
 def test_small_helpers(helpers):
-    assert helpers["describeAngles"](30.0, 10.0) == "LAO 30.0\u00b0, CRA 10.0\u00b0"
-    assert helpers["describeAngles"](-25.0, -8.0) == "RAO 25.0\u00b0, CAU 8.0\u00b0"
     assert helpers["parseInstanceUids"]("1.2.3 1.2.4") == ["1.2.3", "1.2.4"]
     assert helpers["parseInstanceUids"](None) == []
     at_least = helpers["versionAtLeast"]

@@ -148,8 +148,8 @@ def drag(view, p0, p1, steps=6):
 
 # ----------------------------------------------------------------------------------- helpers
 def test_view_angles_read_like_a_clinician_says_them():
-    assert viewer.format_view_angles(30, 10) == "LAO 30.0\u00b0  CRA 10.0\u00b0"
-    assert viewer.format_view_angles(-20, -15.25) == "RAO 20.0\u00b0  CAU 15.2\u00b0"
+    facts = dict(viewer.geometry_facts(CArmGeometry(30, -15.25, 1000, 800, (0.2, 0.3), 10, 20)))
+    assert facts["View"] == "LAO 30.0\u00b0  CAU 15.2\u00b0"
     facts = dict(viewer.geometry_facts(CArmGeometry(0, 0, 1000, 800, (0.2, 0.3), 10, 20)))
     assert facts["Magnification"] == "1.250"
     assert facts["Detector pixel"] == "0.200 \u00d7 0.300 mm"
@@ -354,6 +354,24 @@ def test_options_dialog_round_trip(qtbot):
     dialog.isoDefault.setChecked(True)
     dialog.unitsCombo.setCurrentIndex(0)
     assert dialog.options() == viewer.CaseOptions(space="RAS", orthographic=True)
+
+
+def test_geometry_overrides_reach_the_projection_and_survive_the_dialog(window, case, qtbot):
+    """C-arm values given on the command line (CaseOptions.geometry) are read with the run, named in its
+    warnings, kept by the Case options dialog, and re-read when they change."""
+    from TAVIRegistrationLib.fluoro import GeometryOverrides
+
+    overrides = GeometryOverrides(sod_mm=600.0)
+    open_case(window, case, options=viewer.CaseOptions(geometry=overrides))
+    assert window.frameProjection.geometry.sod_mm == pytest.approx(600.0)
+    assert any("SOD 600 supplied by the caller" in w for w in window.series.warnings)
+    dialog = viewer.CaseOptionsDialog(window.options)
+    qtbot.addWidget(dialog)
+    dialog.orthoCheck.setChecked(True)
+    assert dialog.options() == viewer.CaseOptions(orthographic=True, geometry=overrides)
+    window.setOptions(viewer.CaseOptions(geometry=GeometryOverrides(sod_mm=700.0)))
+    assert window.waitIdle(60)
+    assert window.frameProjection.geometry.sod_mm == pytest.approx(700.0)
 
 
 # ----------------------------------------------------------------------------------- errors

@@ -53,23 +53,43 @@ def _print_json(obj) -> None:
 # --------------------------------------------------------------------------------------------
 # tavireg info
 # --------------------------------------------------------------------------------------------
+def add_geometry_overrides(p, title="C-arm geometry (overrides what the fluoroscopy file says, or supplies "
+                                     "what it lacks; each one used is named in the warnings)"):
+    g = p.add_argument_group(title)
+    g.add_argument("--primary", type=float, help="primary angle, deg (+LAO / -RAO)")
+    g.add_argument("--secondary", type=float, help="secondary angle, deg (+CRA / -CAU)")
+    g.add_argument("--sid", type=float, help="source to detector distance, mm")
+    g.add_argument("--sod", type=float, help="source to isocentre distance, mm")
+    g.add_argument("--spacing", help="detector pixel spacing, mm: one value or ROW,COL")
+    return g
+
+
+def geometry_overrides_from_args(args):
+    """The --primary --secondary --sid --sod --spacing values as ``fluoro.GeometryOverrides``."""
+    from .fluoro import GeometryOverrides
+
+    spacing = None
+    if args.spacing is not None:
+        sp = _floats(args.spacing, what="--spacing")
+        if len(sp) not in (1, 2):
+            raise InputError("--spacing takes one value or ROW,COL")
+        spacing = (sp[0], sp[-1])
+    return GeometryOverrides(args.primary, args.secondary, args.sid, args.sod, spacing)
+
+
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="geometry and image facts of a fluoroscopy DICOM file")
     p.add_argument("fluoro", type=Path, help="XA or RF DICOM file")
     p.add_argument("--frame", type=int, default=0, help="frame whose geometry is reported (default 0)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-
-
-def _side(angle: float, positive: str, negative: str) -> str:
-    if abs(angle) < 0.05:
-        return "none"
-    return positive if angle > 0 else negative
+    add_geometry_overrides(p)
 
 
 def _run_info(args) -> int:
     from .fluoro import read_fluoro
+    from .geometry import view_label
 
-    series = read_fluoro(args.fluoro, load_pixels=False)
+    series = read_fluoro(args.fluoro, load_pixels=False, **geometry_overrides_from_args(args).as_kwargs())
     info = series.info_dict(args.frame)
     if args.json:
         _print_json(info)
@@ -78,8 +98,9 @@ def _run_info(args) -> int:
     rows = [
         ("modality", info["modality"]),
         ("size", f"{info['rows']} x {info['cols']} px, {info['frames']} frame(s)"),
-        ("primary angle", f"{info['primary_angle_deg']:+.1f} deg ({_side(info['primary_angle_deg'], 'LAO', 'RAO')})"),
-        ("secondary angle", f"{info['secondary_angle_deg']:+.1f} deg ({_side(info['secondary_angle_deg'], 'CRA', 'CAU')})"),
+        ("view", view_label(info["primary_angle_deg"], info["secondary_angle_deg"])),
+        ("primary angle", f"{info['primary_angle_deg']:+.1f} deg"),
+        ("secondary angle", f"{info['secondary_angle_deg']:+.1f} deg"),
         ("SID", f"{info['sid_mm']:.1f} mm"),
         ("SOD", f"{info['sod_mm']:.1f} mm"),
         ("imager pixel spacing", "{:.4f} x {:.4f} mm (row x col)".format(*info["imager_pixel_spacing_mm"])),
@@ -96,8 +117,8 @@ def _run_info(args) -> int:
 _MANUAL_GEOMETRY = ("primary", "secondary", "sid", "sod", "spacing", "rows", "cols")
 
 
-def add_model_arguments(p) -> None:
-    p.add_argument("--model", type=Path, required=True,
+def add_model_arguments(p, required=True) -> None:
+    p.add_argument("--model", type=Path, required=required,
                    help="vessel surface (STL/OBJ/PLY/VTK/VTP) or labelmap (NRRD/NIfTI)")
     p.add_argument("--units", choices=("mm", "cm", "m"), help="units of the model file (default: its header, else mm with a warning)")
     p.add_argument("--space", choices=("LPS", "RAS"), help="coordinate space of the model file (default: its SPACE= header, else LPS with a warning)")
@@ -112,12 +133,7 @@ def _add_project(sub) -> None:
     add_model_arguments(p)
     p.add_argument("--fluoro", type=Path, help="take the geometry from this XA/RF DICOM file")
     p.add_argument("--frame", type=int, default=0, help="frame of --fluoro (default 0)")
-    g = p.add_argument_group("manual geometry (all of them without --fluoro; with it, they override the file)")
-    g.add_argument("--primary", type=float, help="primary angle, deg (+LAO / -RAO)")
-    g.add_argument("--secondary", type=float, help="secondary angle, deg (+CRA / -CAU)")
-    g.add_argument("--sid", type=float, help="source to detector distance, mm")
-    g.add_argument("--sod", type=float, help="source to isocentre distance, mm")
-    g.add_argument("--spacing", help="detector pixel spacing, mm: one value or ROW,COL")
+    g = add_geometry_overrides(p, "manual geometry (all of them without --fluoro; with it, they override the file)")
     g.add_argument("--rows", type=int, help="image rows")
     g.add_argument("--cols", type=int, help="image columns")
     p.add_argument("--out", type=Path, required=True, help="output PNG (0/255 mask at the frame's size)")
@@ -129,27 +145,20 @@ def geometry_from_args(args, warnings: List[str]):
     """The C-arm geometry of the command: from --fluoro (manual values override), or manual."""
     from .geometry import CArmGeometry
 
-    spacing = None
-    if args.spacing is not None:
-        sp = _floats(args.spacing, what="--spacing")
-        if len(sp) not in (1, 2):
-            raise InputError("--spacing takes one value or ROW,COL")
-        spacing = (sp[0], sp[-1])
+    overrides = geometry_overrides_from_args(args)
     if args.fluoro is not None:
         from .fluoro import read_fluoro
 
         if args.rows is not None or args.cols is not None:
             raise InputError("--rows/--cols cannot be combined with --fluoro (the frame's size is used)")
-        series = read_fluoro(
-            args.fluoro, primary_angle_deg=args.primary, secondary_angle_deg=args.secondary,
-            sid_mm=args.sid, sod_mm=args.sod, pixel_spacing_mm=spacing, load_pixels=False,
-        )
+        series = read_fluoro(args.fluoro, load_pixels=False, **overrides.as_kwargs())
         warnings.extend(series.warnings)
         return series.geometry(args.frame), series
     missing = [f"--{n}" for n in _MANUAL_GEOMETRY if getattr(args, n) is None]
     if missing:
         raise InputError("without --fluoro the geometry needs " + ", ".join(missing))
-    geom = CArmGeometry(args.primary, args.secondary, args.sid, args.sod, spacing, args.rows, args.cols)
+    geom = CArmGeometry(args.primary, args.secondary, args.sid, args.sod, overrides.pixel_spacing_mm,
+                        args.rows, args.cols)
     return geom, None
 
 
@@ -204,14 +213,9 @@ def _run_project(args) -> int:
 # --------------------------------------------------------------------------------------------
 def _add_gui(sub) -> None:
     p = sub.add_parser("gui", help="the Qt viewer: projection, ROI, overlay, export")
-    p.add_argument("--model", type=Path, help="vessel surface model to open")
+    add_model_arguments(p, required=False)
     p.add_argument("--fluoro", type=Path, help="fluoroscopy DICOM to open")
-    p.add_argument("--units", choices=("mm", "cm", "m"), help="units of the model file (default: its header, else mm with a warning)")
-    p.add_argument("--space", choices=("LPS", "RAS"), help="coordinate space of the model file (default: its SPACE= header, else LPS with a warning)")
-    p.add_argument("--isocenter", metavar="X,Y,Z",
-                   help="C-arm isocentre in the model's LPS mm (default: the model's bounding-box centre, with a warning)")
-    p.add_argument("--orthographic", action="store_true",
-                   help="parallel projection (the paper's Eq. 3) instead of the perspective C-arm")
+    add_geometry_overrides(p)
     p.add_argument("--frame", type=_lazy("fluoro", "frame_argument"), default=0,
                    help="frame to show first (default 0), or 'auto': the one with the most contrast")
     p.add_argument("--demo", action="store_true", help="open the synthetic demo case")
@@ -225,7 +229,7 @@ def _run_gui(args) -> int:
 
     return run_viewer(args.model, args.fluoro, units=args.units, space=args.space, isocenter=iso,
                       orthographic=args.orthographic, frame=args.frame, screenshot=args.screenshot,
-                      demo=args.demo)
+                      demo=args.demo, geometry=geometry_overrides_from_args(args))
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,6 +239,7 @@ def _add_register(sub) -> None:
     p = sub.add_parser("register", help="register the model's projection to a fluoroscopy frame (or a run)")
     add_model_arguments(p)
     p.add_argument("--fluoro", type=Path, required=True, help="XA/RF DICOM file")
+    add_geometry_overrides(p)
     p.add_argument("--frame", default="0", help="frame index, 'auto' (the frame with the most contrast) or 'all' "
                    "(every frame of a run; default 0)")
     p.add_argument("--roi", metavar="X,Y,W,H", help="region of interest on the projection, frame pixels "
@@ -261,7 +266,7 @@ def _run_register(args) -> int:
 
     warnings: List[str] = []
     model = load_model_from_args(args, warnings)
-    series = read_fluoro(args.fluoro)
+    series = read_fluoro(args.fluoro, **geometry_overrides_from_args(args).as_kwargs())
     iso = tuple(_floats(args.isocenter, 3, "--isocenter")) if args.isocenter else None
     frames, frame_note = _frame_list(args.frame, series)
     roi = tuple(int(v) for v in _floats(args.roi, 4, "--roi")) if args.roi else None

@@ -145,15 +145,15 @@ def _fmt(v, spec: str = ".3f") -> str:
 
 
 def _report_markdown(r: Dict[str, object], geom, case: DemoCase) -> str:
-    view = "LAO" if geom.primary_angle_deg >= 0 else "RAO"
-    tilt = "CRA" if geom.secondary_angle_deg >= 0 else "CAU"
+    from .geometry import view_label
+
     lines = [
         "# TAVIRegistration demo",
         "",
         "A synthetic TAVI patient (`tavireg phantom`): the pre-operative vessel model "
         f"(`{case.model_path.relative_to(case.directory.parent)}`) and an intra-operative aortography frame "
         f"(`{case.fluoro_path.relative_to(case.directory.parent)}`, frame {r['frame']}), "
-        f"{view} {abs(geom.primary_angle_deg):.1f} deg, {tilt} {abs(geom.secondary_angle_deg):.1f} deg, "
+        f"{view_label(geom.primary_angle_deg, geom.secondary_angle_deg)}, "
         f"SID {geom.sid_mm:.0f} mm, SOD {geom.sod_mm:.0f} mm, {geom.cols}x{geom.rows} px. "
         "The patient lies shifted and rotated against the pre-operative model and the vessels are deformed, "
         "as during a procedure; the DICOM angles are nominal. Research use only.",

@@ -92,6 +92,7 @@ import numpy as np
 
 from .errors import InputError
 from .outputs import read_mask_png
+from .reproduce import command_text
 from .segmentation import FOVS, UNKNOWN_FOV, scores_from_counts, threshold_counts
 from .training import row_fov_and_frame
 
@@ -672,18 +673,6 @@ def stage_markdown(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n## By procedure stage (frames of case indices with a stage)\n\n" + table_markdown(rows)
 
 
-def _csv_value(v):
-    if isinstance(v, float):
-        return "" if not math.isfinite(v) else f"{v:.6g}"
-    if v is None:
-        return ""
-    return v
-
-
-def _csv_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    return [{k: _csv_value(v) for k, v in r.items()} for r in rows]
-
-
 def _clean_json(obj):
     """NaN/inf become None so that summary.json is strict JSON."""
     if isinstance(obj, float):
@@ -1065,8 +1054,9 @@ def _add_seg(subsub) -> None:
                    help="rows of which split of each case index (default test, the held-out patients; val or "
                         "train serve choices made on training data; all: every row, for a data set generated "
                         "only to evaluate on); once for every --data, or once per --data in their order")
-    p.add_argument("--model", default="segmentation",
-                   help="manifest name of the DRU-Net weights (default: the installed segmentation model)")
+    from .options import add_network_argument
+
+    add_network_argument(p, "manifest name of the DRU-Net weights (default: the installed segmentation network)")
     p.add_argument("--frangi-train", action="append", default=[], metavar="INDEX.csv|DIR",
                    help="training data for the Frangi threshold (repeatable): a case index CSV (its train rows) "
                         "or a folder of N.png + N_gt.png pairs; without it the baseline is skipped")
@@ -1109,6 +1099,7 @@ def run_evaluate(args) -> int:
 
 def run_evaluate_seg(args) -> int:
     from .models import pick_device
+    from .options import network_from_args
     from .outputs import OutputSet
     from .export import csv_writer, json_writer
 
@@ -1144,9 +1135,12 @@ def run_evaluate_seg(args) -> int:
             raise InputError(f"--frangi-sigmas must be scales between 0.3 and 64 px, got {args.frangi_sigmas!r}")
         sigma_sets = (sig,)
     pooled = pool_members(datasets, args.pool) if args.pool is not None else []  # fails before the evaluation
-    res = evaluate_seg(datasets, model=args.model, device=device, frangi_train=train,
+    option_warnings: List[str] = []
+    args.network = network_from_args(args, option_warnings)
+    res = evaluate_seg(datasets, model=args.network, device=device, frangi_train=train,
                        frangi_max_frames=args.frangi_max_frames, frangi_sigma_sets=sigma_sets,
                        workers=args.workers, pool=args.pool)
+    res["warnings"] = option_warnings + res["warnings"]
     notes = list(RULES)
     if pooled:
         notes.append(f"{args.pool}: the frames of every case index above together ({', '.join(pooled)}), "
@@ -1182,14 +1176,14 @@ def run_evaluate_seg(args) -> int:
     summary = _clean_json(summary)
     inputs = [Path(d) for d in list(args.data) + list(args.frangi_train)]
     with OutputSet(inputs=inputs) as outs:
-        outs.add(out / "table.csv", csv_writer(_csv_rows(res["table"]), TABLE_COLUMNS))
+        outs.add(out / "table.csv", csv_writer(res["table"], TABLE_COLUMNS))
         outs.add(out / "table.md", _bytes_writer(("# Vessel segmentation on held-out data\n\n"
                                                  + table_markdown(res["table"], notes)
                                                  + goals_markdown(res["goals"])
                                                  + stage_markdown(res["by_stage"])).encode()))
         if res["by_stage"]:
-            outs.add(out / "by_stage.csv", csv_writer(_csv_rows(res["by_stage"]), STAGE_COLUMNS))
-        outs.add(out / "per_frame.csv", csv_writer(_csv_rows(res["records"]), PER_FRAME_COLUMNS))
+            outs.add(out / "by_stage.csv", csv_writer(res["by_stage"], STAGE_COLUMNS))
+        outs.add(out / "per_frame.csv", csv_writer(res["records"], PER_FRAME_COLUMNS))
         outs.add(out / "boxplots.png", _bytes_writer(boxplot_png(res["records"], res["order"])))
         if res["by_stage"]:
             outs.add(out / "by_stage.png", _bytes_writer(boxplot_png(res["records"], res["order"], by_stage=True)))
@@ -1223,8 +1217,8 @@ def command_line(args) -> str:
         parts += ["--data", str(d)]
     for d in args.frangi_train:
         parts += ["--frangi-train", str(d)]
-    if args.model != "segmentation":
-        parts += ["--model", str(args.model)]
+    if args.network != "segmentation":
+        parts += ["--network", str(args.network)]
     if args.split:
         for split in args.split:
             parts += ["--split", split]
@@ -1234,17 +1228,11 @@ def command_line(args) -> str:
     if args.device != "auto":
         parts += ["--device", str(args.device)]
     parts += ["--out", str(args.out)]
-    return " ".join(_quote(p) for p in parts)
+    return command_text(parts)
 
 
 def _bytes_writer(data: bytes) -> Callable:
     return lambda fh: fh.write(data)
-
-
-def _quote(a: str) -> str:
-    import shlex
-
-    return shlex.quote(a)
 
 
 def _torch_threads() -> Optional[int]:

@@ -601,23 +601,6 @@ def table_markdown(table: Sequence[Dict[str, object]], fixed: str = "truth", spl
     return "\n".join(lines) + "\n"
 
 
-def _csv_value(v):
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "" if not math.isfinite(v) else repr(round(v, 6))
-    return v
-
-
-def _csv_bytes(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> bytes:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: _csv_value(r.get(k)) for k in columns})
-    return buf.getvalue().encode()
-
-
 def _json_clean(obj):
     if isinstance(obj, dict):
         return {k: _json_clean(v) for k, v in obj.items()}
@@ -736,6 +719,7 @@ def run_evaluate_reg(args) -> int:
     from tqdm import tqdm
 
     from .bench import machine_facts
+    from .export import csv_writer
     from .outputs import OutputSet, check_writable_dir
 
     methods = parse_methods(getattr(args, "methods", None))
@@ -781,8 +765,8 @@ def run_evaluate_reg(args) -> int:
           + "\n![box plots](boxplots.png)\n")
     png = boxplot_png(res.records, res.methods, fixed, split)
     with OutputSet(inputs=[args.data]) as outs:
-        outs.add(out / "per_frame.csv", lambda fh: fh.write(_csv_bytes(res.records, PER_FRAME_COLUMNS)))
-        outs.add(out / "table.csv", lambda fh: fh.write(_csv_bytes(res.table, TABLE_COLUMNS)))
+        outs.add(out / "per_frame.csv", csv_writer(res.records, PER_FRAME_COLUMNS))
+        outs.add(out / "table.csv", csv_writer(res.table, TABLE_COLUMNS))
         outs.add(out / "table.md", lambda fh: fh.write(md.encode()))
         outs.add(out / "boxplots.png", lambda fh: fh.write(png))
         outs.add(out / "summary.json", lambda fh: fh.write((json.dumps(summary, indent=2) + "\n").encode()))
@@ -798,7 +782,7 @@ def run_evaluate_reg(args) -> int:
 
 def _command_line(args, methods, fixed, max_frames) -> str:
     """The command that reproduces this run."""
-    import shlex
+    from .reproduce import command_text
 
     parts = ["tavireg", "evaluate", "reg", "--data", str(args.data), "--methods", ",".join(methods), "--fixed", fixed]
     if max_frames is not None:
@@ -810,4 +794,4 @@ def _command_line(args, methods, fixed, max_frames) -> str:
     parts += ["--out", str(args.out)]
     if getattr(args, "json", False):
         parts.append("--json")
-    return " ".join(shlex.quote(p) for p in parts)
+    return command_text(parts)

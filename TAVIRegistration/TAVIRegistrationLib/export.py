@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from datetime import datetime
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -116,12 +117,22 @@ def json_writer(obj) -> Callable:
     return lambda fh: fh.write(data)
 
 
+def csv_value(v):
+    """A table cell: floats rounded to 6 decimals, NaN, infinity and None as an empty cell."""
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(round(v, 6)) if math.isfinite(v) else ""
+    return v
+
+
 def csv_writer(rows: Sequence[Dict[str, object]], columns: Optional[Iterable[str]] = None) -> Callable:
+    """Writer of a CSV table (``csv_value`` cells; ``columns`` default: the first row's keys)."""
     cols: List[str] = list(columns) if columns is not None else list(rows[0].keys()) if rows else []
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow(r)
+        w.writerow({k: csv_value(r.get(k)) for k in cols})
     data = buf.getvalue().encode()
     return lambda fh: fh.write(data)

@@ -212,6 +212,22 @@ class FluoroSeries:
 
 #: ``--frame auto``: the frame of a run with the most contrast medium (``opacification_scores``)
 AUTO_FRAME = "auto"
+
+
+@dataclass(frozen=True)
+class GeometryOverrides:
+    """C-arm geometry a user states for a file that lacks it or states it wrongly (``read_fluoro``'s
+    keyword arguments of the same names; None = as the file says). Each one used is named in the
+    series' warnings."""
+
+    primary_angle_deg: Optional[float] = None
+    secondary_angle_deg: Optional[float] = None
+    sid_mm: Optional[float] = None
+    sod_mm: Optional[float] = None
+    pixel_spacing_mm: Optional[Tuple[float, float]] = None
+
+    def as_kwargs(self) -> dict:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 _OPACIFICATION_GRID = 128  # px: the side of the box-filtered copy the scores are computed on
 
 

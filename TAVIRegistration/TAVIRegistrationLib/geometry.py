@@ -136,6 +136,15 @@ class CArmGeometry:
         return projection_matrix(self, orthographic=orthographic)
 
 
+def view_label(primary_deg: float, secondary_deg: float, separator: str = ", ") -> str:
+    """The C-arm view as a clinician says it: ``'LAO 30.0°, CRA 10.0°'`` (positive primary = LAO,
+    negative = RAO; positive secondary = CRA, negative = CAU)."""
+    p, s = float(primary_deg), float(secondary_deg)
+    side = "LAO" if p >= 0 else "RAO"
+    tilt = "CRA" if s >= 0 else "CAU"
+    return f"{side} {abs(p):.1f}\u00b0{separator}{tilt} {abs(s):.1f}\u00b0"
+
+
 def _finite(x) -> bool:
     try:
         return math.isfinite(float(x))

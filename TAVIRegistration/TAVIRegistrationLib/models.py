@@ -117,7 +117,7 @@ def find_entry(name_or_kind: str, directory: Optional[Union[str, Path]] = None,
         pool = [e for e in entries if e["kind"] == name_or_kind]
         if not pool:
             raise InputError(
-                f"no {name_or_kind} model is installed in {models_dir_label(directory)} "
+                f"no {name_or_kind} network is installed in {models_dir_label(directory)} "
                 f"(train one with 'tavireg train-{'seg' if name_or_kind == 'segmentation' else 'reg'} --export NAME')"
             )
         if fov:
@@ -126,7 +126,7 @@ def find_entry(name_or_kind: str, directory: Optional[Union[str, Path]] = None,
         pool.sort(key=lambda e: (bool(e.get("default")), str(e.get("created", ""))), reverse=True)
         return pool[0]
     known = ", ".join(e["name"] for e in entries) or "none"
-    raise InputError(f"model {name_or_kind!r} is not in {manifest_path(directory)} (installed: {known})")
+    raise InputError(f"network {name_or_kind!r} is not in {manifest_path(directory)} (installed: {known})")
 
 
 def models_dir_label(directory: Optional[Union[str, Path]] = None) -> str:

@@ -500,16 +500,16 @@ def get_model(model=None, device=None, directory=None, fov: Optional[str] = None
         name = str(model) if model is not None else "registration"
         entry = find_entry(name, directory, fov=fov if fov in FOVS else None)
         if entry["kind"] != "registration":
-            raise InputError(f"model {entry['name']!r} is a {entry['kind']} model, not a registration model")
+            raise InputError(f"network {entry['name']!r} is a {entry['kind']} network, not a registration network")
         key = (entry["name"], str(directory or models_dir()), str(dev), str(entry["sha256"]))
         if key not in _MODEL_CACHE:
             _MODEL_CACHE[key] = load_model_with_entry(entry["name"], dev, directory)
         model, entry = _MODEL_CACHE[key]
     arch = getattr(model, "architecture", None)
     if arch != "RegNet":
-        raise InputError(f"the registration model is a {arch or 'unknown'} network, not a RegNet")
+        raise InputError(f"the registration network is a {arch or 'unknown'} network, not a RegNet")
     if bool(getattr(model, "align_corners", False)):
-        raise InputError("the registration model was built with align_corners=True; this version uses False")
+        raise InputError("the registration network was built with align_corners=True; this version uses False")
     return model, entry, dev
 
 

@@ -244,7 +244,7 @@ def get_model(model=None, device=None, fov: Optional[str] = None, directory=None
         _MODEL_CACHE[key] = load_model_with_entry(entry["name"], dev, directory)
     module, entry = _MODEL_CACHE[key]
     if entry["kind"] != "segmentation":
-        raise InputError(f"model {entry['name']!r} is a {entry['kind']} model, not a segmentation model")
+        raise InputError(f"network {entry['name']!r} is a {entry['kind']} network, not a segmentation network")
     return module, entry, dev
 
 
@@ -374,7 +374,7 @@ def read_image_file(path: Union[str, Path], frame: Union[int, str, None] = None)
     if _is_dicom(path):
         from .fluoro import read_fluoro
 
-        series = read_fluoro(path)
+        series = read_fluoro(path, require_geometry=False)  # segmentation needs the pixels only
         idx, note = series.resolve_frame(frame)
         return LoadedImage(validate_image(series.frame(idx), path.name), fov_from_header(series.header), "dicom",
                            int(idx), int(series.n_frames), [note] if note else [])
@@ -395,8 +395,8 @@ def read_image_file(path: Union[str, Path], frame: Union[int, str, None] = None)
             raise InputError(f"frame {frame} is out of range: {path.name} is a single-frame {fmt} image (frame 0 only)")
         cols, rows = im.size
         mode = im.mode
-        if mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LA", "La", "RGBa", "LAB", "HSV"):
-            raise InputError(f"{path.name} is a colour/alpha image (mode {mode}); give an 8-bit grey image or the DICOM file")
+        if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            raise InputError(f"{path.name} is a colour image (mode {mode}); give an 8-bit grey image or the DICOM file")
         if mode.startswith("I;16") or mode in ("I", "F"):
             raise InputError(
                 f"{path.name} is a {'16-bit' if mode.startswith('I;16') else '32-bit'} image (mode {mode}); "
@@ -404,17 +404,39 @@ def read_image_file(path: Union[str, Path], frame: Union[int, str, None] = None)
             )
         if mode == "1":
             raise InputError(f"{path.name} is a 1-bit (binary) image, a mask rather than an X-ray frame")
-        if mode != "L":
+        if mode != "L" and mode not in _COLOUR_CONTAINERS:
             raise InputError(f"{path.name} has unsupported pixel mode {mode}; give an 8-bit grey image")
         if min(rows, cols) < MIN_SIDE:  # checked before decoding: a huge file is never loaded
             raise InputError(f"{path.name} is too small ({rows} x {cols} px; at least {MIN_SIDE} px a side)")
         if max(rows, cols) > MAX_SIDE:
             raise InputError(f"{path.name} is too large ({rows} x {cols} px; at most {MAX_SIDE} px a side)")
+        notes: List[str] = []
         try:
-            data = np.asarray(im, dtype=np.uint8)
+            data = _grey_pixels(im, path.name, notes) if mode in _COLOUR_CONTAINERS else np.asarray(im, dtype=np.uint8)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot decode {path.name}: {exc}") from None
-    return LoadedImage(validate_image(data, path.name), None, "png" if fmt == "PNG" else "jpeg", 0, n)
+    return LoadedImage(validate_image(data, path.name), None, "png" if fmt == "PNG" else "jpeg", 0, n, notes)
+
+
+#: PNG/JPEG pixel modes that may hold a grey picture (R = G = B, an opaque alpha): how most exports and
+#: papers ship X-ray frames. Their grey content is read; real colour or transparency is refused.
+_COLOUR_CONTAINERS = ("RGB", "RGBA", "RGBa", "P", "PA", "LA", "La")
+#: largest difference between the colour channels of a pixel still taken for grey (lossy encoders)
+GREY_CHANNEL_TOLERANCE = 2
+
+
+def _grey_pixels(im, name: str, notes: List[str]) -> np.ndarray:
+    """The grey (rows, cols) uint8 content of a colour or alpha PIL image; InputError when it is not grey."""
+    rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
+    if (rgba[..., 3] < 255).any():
+        raise InputError(f"{name} has transparent pixels (mode {im.mode}); give an opaque grey image or the DICOM file")
+    channels = rgba[..., :3].astype(np.int16)
+    spread = int((channels.max(axis=-1) - channels.min(axis=-1)).max())
+    if spread > GREY_CHANNEL_TOLERANCE:
+        raise InputError(f"{name} is a colour image (mode {im.mode}, colour channels differ by up to {spread}); "
+                         "give an 8-bit grey image or the DICOM file")
+    notes.append(f"{name} stores a grey picture as {im.mode} (colour channels equal within {spread}): read as grey")
+    return np.round(channels.mean(axis=-1)).astype(np.uint8)
 
 
 def colorize_map(values: np.ndarray) -> np.ndarray:
@@ -436,11 +458,12 @@ def heat_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.
 # command line (the wrappers in cli.py import these lazily)
 # ---------------------------------------------------------------------------------------------
 def _add_common(p) -> None:
+    from .options import add_network_argument
+
     p.add_argument("image", type=Path, help="PNG/JPEG (8-bit grey) or fluoroscopy DICOM file")
     p.add_argument("--frame", type=frame_argument, default=None,
                    help="frame of a multi-frame DICOM (default 0), or 'auto': the one with the most contrast")
-    p.add_argument("--model", default="segmentation",
-                   help="manifest name of the weights (default: the installed segmentation model)")
+    add_network_argument(p, "manifest name of the DRU-Net weights (default: the installed segmentation network)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
@@ -475,13 +498,15 @@ def _warn(warnings: Sequence[str]) -> None:
 
 def run_segment(args) -> int:
     from .models import pick_device
+    from .options import network_from_args
     from .outputs import OutputSet, image_png_writer, mask_png_writer
 
     loaded = read_image_file(args.image, args.frame)
     device = pick_device(requested=args.device)
-    res = segment_frame(loaded.image, fov=args.fov, model=args.model, device=device,
+    warnings = list(loaded.notes)
+    res = segment_frame(loaded.image, fov=args.fov, model=network_from_args(args, warnings), device=device,
                         fov_hint=loaded.fov_hint, threshold=args.threshold)
-    warnings = loaded.notes + res.warnings
+    warnings += res.warnings
     with OutputSet(inputs=[args.image]) as outs:
         outs.add(args.out, mask_png_writer(res.mask))
         if args.prob is not None:
@@ -499,12 +524,13 @@ def run_segment(args) -> int:
 
 def run_gradcam(args) -> int:
     from .models import pick_device
+    from .options import network_from_args
     from .outputs import OutputSet, image_png_writer
 
     loaded = read_image_file(args.image, args.frame)
     device = pick_device(requested=args.device)
-    cam = gradcam(loaded.image, model=args.model, device=device)
     warnings = list(loaded.notes)
+    cam = gradcam(loaded.image, model=network_from_args(args, warnings), device=device)
     if not cam.any():
         warnings.append("the Grad-CAM map is zero everywhere: no bottleneck feature supports the vessel prediction")
     _warn(warnings)

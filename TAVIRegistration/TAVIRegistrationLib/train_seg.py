@@ -698,12 +698,12 @@ def add_pack_seg_parser(sub) -> None:
 
 
 def run_pack_seg(args) -> int:
-    import shlex
+    from .reproduce import command_text
 
-    command = shlex.join(["tavireg", "pack-seg", str(args.index), "--out", str(args.out), "--size", str(args.size),
-                          "--format", args.image_format]
-                         + (["--jpeg-quality", str(args.jpeg_quality)] if args.image_format == "jpeg" else [])
-                         + (["--all-train"] if args.all_train else []))
+    command = command_text(["tavireg", "pack-seg", args.index, "--out", args.out, "--size", args.size,
+                            "--format", args.image_format]
+                           + (["--jpeg-quality", args.jpeg_quality] if args.image_format == "jpeg" else [])
+                           + (["--all-train"] if args.all_train else []))
     rec = pack_case_index(args.index, args.out, args.size, args.image_format, args.all_train,
                           command=command, progress=not args.quiet, jpeg_quality=args.jpeg_quality)
     print(f"packed {rec['rows']} frames of {args.index.name} ({rec['test_rows_skipped']} test rows left out) "

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import re
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -37,6 +36,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from .errors import InputError
+from .reproduce import argv_text, command_text
 
 CHECKPOINT_FORMAT = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -138,7 +138,7 @@ class TrainingConfig:
             parts += ["--export-dir", str(self.export_dir)]
         prefix = ["tavireg"] if world_size <= 1 else [
             "torchrun", f"--nproc_per_node={world_size}", "-m", "TAVIRegistrationLib.cli"]
-        return shlex.join(prefix + parts)
+        return command_text(prefix + parts)
 
     @classmethod
     def from_args(cls, args):
@@ -889,7 +889,7 @@ class TrainingRun:
             **({"init": self.init_record} if self.init_record else {}),
             "seed": config.seed,
             "command": repro.command(world),
-            "argv": shlex.join(sys.argv),
+            "argv": argv_text(),
             "torch_version": torch.__version__,
         }
         stored = add_manifest_entry(entry, target_dir)

@@ -37,12 +37,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import InputError
+from .fluoro import GeometryOverrides
+from .geometry import view_label
 from .overlay import DEFAULT_COLOR
 from .qt_compat import QT_API, Signal, qget, qt
 from .roi_view import ImageRoiView, RoiEditor
 
 __all__ = [
-    "CaseOptions", "ViewerWindow", "CaseOptionsDialog", "run_viewer", "format_view_angles",
+    "CaseOptions", "ViewerWindow", "CaseOptionsDialog", "run_viewer",
     "geometry_facts", "REGISTER_UNAVAILABLE_TIP", "OVERLAY_COLOR",
 ]
 
@@ -68,13 +70,15 @@ class CaseOptions:
     ``units`` ('mm', 'cm', 'm') and ``space`` ('LPS', 'RAS') of the model file (default: its
     header, else mm / LPS with a warning); ``isocenter_lps`` the C-arm isocentre in the model's
     LPS mm (default: the model's bounding-box centre, with a warning); ``orthographic`` the
-    paper's parallel projection instead of the C-arm's perspective.
+    paper's parallel projection instead of the C-arm's perspective; ``geometry`` C-arm values that
+    override or supply what the fluoroscopy file says (``fluoro.GeometryOverrides``).
     """
 
     units: Optional[str] = None
     space: Optional[str] = None
     isocenter_lps: Optional[Tuple[float, float, float]] = None
     orthographic: bool = False
+    geometry: GeometryOverrides = GeometryOverrides()
 
     def __post_init__(self):
         if self.units not in _UNITS_CHOICES:
@@ -92,12 +96,6 @@ class CaseOptions:
         object.__setattr__(self, "orthographic", bool(self.orthographic))
 
 
-def format_view_angles(primary_deg: float, secondary_deg: float) -> str:
-    """C-arm angles as a clinician reads them: ``'LAO 30.0°  CRA 10.0°'`` (RAO/CAU for negatives)."""
-    p, s = float(primary_deg), float(secondary_deg)
-    side = "LAO" if p >= 0 else "RAO"
-    tilt = "CRA" if s >= 0 else "CAU"
-    return f"{side} {abs(p):.1f}\u00b0  {tilt} {abs(s):.1f}\u00b0"
 
 
 def geometry_facts(geom, isocenter_source: Optional[str] = None) -> List[Tuple[str, str]]:
@@ -105,7 +103,7 @@ def geometry_facts(geom, isocenter_source: Optional[str] = None) -> List[Tuple[s
     pr, pc = geom.pixel_spacing_mm
     m = geom.magnification
     rows = [
-        ("View", format_view_angles(geom.primary_angle_deg, geom.secondary_angle_deg)),
+        ("View", view_label(geom.primary_angle_deg, geom.secondary_angle_deg, separator="  ")),
         ("SID", f"{geom.sid_mm:.1f} mm"),
         ("SOD", f"{geom.sod_mm:.1f} mm"),
         ("Magnification", f"{m:.3f}"),
@@ -202,7 +200,7 @@ def _build_case(model_path, model, fluoro_path, series, options, frame_index) ->
     if series is None and fluoro_path is not None:
         from .fluoro import read_fluoro
 
-        series = read_fluoro(fluoro_path)
+        series = read_fluoro(fluoro_path, **options.geometry.as_kwargs())
     data = _CaseData(model_path, model, fluoro_path, series, options)
     if series is not None:  # an index (checked) or fluoro.AUTO_FRAME
         data.frame_index, data.frame_note = series.resolve_frame(frame_index)
@@ -296,6 +294,7 @@ class CaseOptionsDialog(qt.QDialog):
 
     def __init__(self, options: CaseOptions, center_hint=None, parent=None):
         super().__init__(parent)
+        self._geometry = options.geometry
         self.setWindowTitle("Case options")
         layout = qt.QVBoxLayout(self)
         form = qt.QFormLayout()
@@ -367,6 +366,7 @@ class CaseOptionsDialog(qt.QDialog):
             space=_SPACE_CHOICES[int(qget(self.spaceCombo, "currentIndex"))],
             isocenter_lps=iso,
             orthographic=self.orthoCheck.isChecked(),
+            geometry=self._geometry,  # set on the command line, kept
         )
 
 
@@ -836,6 +836,8 @@ class ViewerWindow(qt.QMainWindow):
         reread = (options.units, options.space) != (self.options.units, self.options.space)
         model = None if reread else self.model
         mp, fp, series, frame, note = self.modelPath, self.fluoroPath, self.series, self.frameIndex, self.frameNote
+        if options.geometry != self.options.geometry:
+            series = None  # read again with the new C-arm values
 
         def install(data):
             if data.frame_note is None and data.frame_index == frame:
@@ -1550,7 +1552,8 @@ def _dark_palette():
 
 
 def run_viewer(model=None, fluoro=None, *, units=None, space=None, isocenter=None,
-               orthographic=False, frame=0, screenshot=None, demo=False, size=(1440, 860)) -> int:
+               orthographic=False, frame=0, screenshot=None, demo=False, size=(1440, 860),
+               geometry: Optional[GeometryOverrides] = None) -> int:
     """Open the viewer (``tavireg gui``). With ``screenshot`` (a PNG path) render the window with
     the case loaded offscreen, write the PNG atomically and return 0 without showing a window.
 
@@ -1567,7 +1570,7 @@ def run_viewer(model=None, fluoro=None, *, units=None, space=None, isocenter=Non
             raise InputError(f"--screenshot writes a PNG: {screenshot.name} does not end in .png")
     options = CaseOptions(units=units, space=space,
                           isocenter_lps=tuple(isocenter) if isocenter is not None else None,
-                          orthographic=orthographic)
+                          orthographic=orthographic, geometry=geometry or GeometryOverrides())
     for path in (model, fluoro):
         if path is not None and not Path(path).is_file():
             raise InputError(f"no such file: {path}")

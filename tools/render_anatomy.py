@@ -1,6 +1,6 @@
 """Render a synthetic anatomy's lumen surface offscreen, to look at (not a test).
 
-    .venv/bin/python Testing/render_anatomy.py --seed 3 --out /tmp/anatomy
+    .venv/bin/python tools/render_anatomy.py --seed 3 --out /tmp/anatomy
     -> /tmp/anatomy_front.png (camera anterior, looking posterior; patient left on image right)
        /tmp/anatomy_side.png  (camera at the patient's left, looking right; anterior on image left)
 

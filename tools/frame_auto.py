@@ -6,7 +6,7 @@ every frame of a run is in its ``index.csv`` with its ``opacified_px``), compare
 how many runs each puts on a frame whose opacified area is within 10 % of the run's largest, and how
 many on a frame without contrast. Also the time of the shipped scoring per run.
 
-    .venv/bin/python benchmarks/frame_auto.py PHANTOM [PHANTOM ...] [--json]
+    .venv/bin/python tools/frame_auto.py PHANTOM [PHANTOM ...] [--json]
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """The DRU-Net selection rule of sessions 8-12 as one command: which candidate network, if any, ships.
 
-    .venv/bin/python benchmarks/seg_selection.py --validation SEED/index.csv \\
+    .venv/bin/python tools/seg_selection.py --validation SEED/index.csv \\
         --development PHANTOM/index.csv --real ../shared/data/angios40/train \\
         --baseline drunet-b12-v7s --candidate NAME [--candidate NAME ...] [--candidates-dir DIR] \\
         --out DIR [--margin 0.005] [--max-drop 0.01] [--empty-loss 0.10] [--json]
@@ -164,7 +164,7 @@ def evaluate(name: str, models_dir: Optional[Path], data: Dict[str, Any], out: P
     env[models.ENV_MODELS_DIR] = str(models_dir if models_dir is not None else models.models_dir())
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "TAVIRegistration"),
                                          env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "TAVIRegistrationLib.cli", "evaluate", "seg", "--model", name, "--out", str(folder)]
+    cmd = [sys.executable, "-m", "TAVIRegistrationLib.cli", "evaluate", "seg", "--network", name, "--out", str(folder)]
     for which, split in (("validation", ev.ALL_SPLITS), ("development", "val"), ("real", ev.ALL_SPLITS)):
         cmd += ["--data", str(data["sets"][which].path), "--split", split]
     res = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
