@@ -229,3 +229,60 @@ def test_tube_path_length_is_exact_for_a_straight_rod():
                                      spacing=0.2)
     Lt = xray.tube_path_lengths([tilted], grid, np.eye(4))["steel"][:, 100]
     assert Lt.max() == pytest.approx(2 * r / c, rel=0.05)
+
+
+# ------------------------------------------------------------------------------------------------
+# contrast rules and the generator version
+# ------------------------------------------------------------------------------------------------
+def test_contrast_rules_name_the_segments_they_apply_to():
+    """Each rule of ContrastModel by exact segment name: the sinuses of Valsalva fill with the root
+    (not under the coronary rule, whose names they contain); renal arteries belong to no limb."""
+    from TAVIRegistrationLib.anatomy import SEGMENTS
+
+    rules = phantom.contrast_rules()
+    assert rules == {
+        "aorta": ("aortic_root", "ascending_aorta", "aortic_arch", "descending_aorta", "abdominal_aorta",
+                  "sinus_right_coronary", "sinus_left_coronary", "sinus_noncoronary"),
+        "coronary": ("left_coronary", "right_coronary"),
+        "arch branches": ("brachiocephalic_trunk", "left_common_carotid", "left_subclavian"),
+        "left limb": ("left_common_iliac", "left_external_iliac", "left_common_femoral", "left_superficial_femoral",
+                      "left_internal_iliac", "left_profunda_femoris"),
+        "right limb": ("right_common_iliac", "right_external_iliac", "right_common_femoral",
+                       "right_superficial_femoral", "right_internal_iliac", "right_profunda_femoris"),
+    }
+    named = [s for segments in rules.values() for s in segments]
+    assert len(named) == len(set(named)) and set(named) <= set(SEGMENTS)
+    assert set(SEGMENTS) - set(named) == {"left_renal", "right_renal"}
+
+
+def test_sinuses_fill_with_the_root_whatever_the_coronaries_do(case):
+    """Upper FoV: in a series whose coronaries stay empty, the sinus samples carry contrast as the root
+    samples next to them do."""
+    _, pre, _, deformation = case
+    sinus = np.isin(np.array(deformation.names)[deformation.segment],
+                    ("sinus_right_coronary", "sinus_left_coronary", "sinus_noncoronary"))
+    root = np.array(deformation.names)[deformation.segment] == "aortic_root"
+    for seed in range(40):
+        model = phantom.ContrastModel(pre, deformation, "upper", np.random.default_rng(seed), "right")
+        if model.coronary_gain == 0.0:
+            break
+    else:
+        pytest.fail("no series without coronary filling in 40 seeds")
+    c = model.concentration(model.rise + 0.5)
+    assert c[sinus].mean() > 0.5 * c[root].mean() > 0
+
+
+def test_index_rows_carry_the_generator_version(dataset, tmp_path):
+    assert {r["phantom_version"] for r in _rows(dataset)} == {str(phantom.VERSION)}
+    assert phantom.case_index_version(dataset / "index.csv") == phantom.VERSION
+    old = tmp_path / "old.csv"
+    with open(dataset / "index.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(old, "w", newline="") as fh:  # an index written before the column existed
+        w = csv.DictWriter(fh, fieldnames=[c for c in rows[0] if c != "phantom_version"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    assert phantom.case_index_version(old) == 1
+    with pytest.raises(phantom.InputError, match="mixes phantom versions"):
+        phantom.check_one_version({"new": phantom.VERSION, "old": 1, "angiograms": None}, "--data")
+    phantom.check_one_version({"new": phantom.VERSION, "angiograms": None}, "--data")

@@ -226,7 +226,7 @@ def test_demo_runs_and_reports(tmp_path, capsys, monkeypatch):
 
 def test_low_agreement_is_flagged_and_shown(frame, tmp_path, capsys, monkeypatch):
     """A registration below the installed low-agreement threshold is written, but flagged: a
-    FLAGGED line, transform.json says so, the overlay has the red border (here the threshold 0.99
+    FLAGGED line, transform.json says so, the overlay has the red border (here the threshold 0.999
     makes every registration low-agreement)."""
     import torch
 
@@ -238,7 +238,7 @@ def test_low_agreement_is_flagged_and_shown(frame, tmp_path, capsys, monkeypatch
     models.mkdir()
     torch.jit.script(RegNet(in_size=64, channels=scaled_channels(0.1), fc=16)).save(str(models / "tiny.pt"))
     add_manifest_entry({"name": "tiny", "file": "tiny.pt", "kind": "registration", "input_size": [64, 64],
-                        "low_agreement_dice": 0.99}, models)
+                        "low_agreement_dice": 0.999}, models)
     monkeypatch.setenv("TAVIREG_MODELS_DIR", str(models))
     root, row, truth, mask_png = frame
     out = tmp_path / "reg"
@@ -248,7 +248,7 @@ def test_low_agreement_is_flagged_and_shown(frame, tmp_path, capsys, monkeypatch
     assert code == 0, captured.err
     assert captured.out.startswith("FLAGGED") and "LOW AGREEMENT" in captured.err
     t = json.loads((out / "transform.json").read_text())
-    assert t["valid"] is True and t["flagged"] is True and "below 0.990" in t["flags"][0]
+    assert t["valid"] is True and t["flagged"] is True and "below 0.999" in t["flags"][0]
     shown = re.search(r"Dice (\d\.\d{3}) .* below (\d\.\d{3})", t["flags"][0])  # both legible, and apart
     assert shown and float(shown[1]) < float(shown[2]) and abs(float(shown[1]) - t["metrics"]["dice"]) < 6e-4
     rgb = np.array(Image.open(out / "overlay.png"))

@@ -649,6 +649,26 @@ def test_case_index_csv(tmp_path):
         load_case_index(tmp_path / "cols.csv", 64)
 
 
+def test_training_refuses_phantom_data_sets_of_different_versions(tmp_path):
+    """Case indices made by two phantom versions are not mixed in one training (version recorded)."""
+    from TAVIRegistrationLib.train_seg import load_data
+
+    rng = np.random.default_rng(8)
+    header = "patient,split,fov,image,frame,mask,case,phantom_version"
+    for name, version in (("a", 2), ("b", 1)):
+        rows = [header]
+        for p in range(2):
+            img, mask = vessel_image(rng)
+            Image.fromarray(img).save(tmp_path / f"{name}{p}.png")
+            Image.fromarray(mask * 255).save(tmp_path / f"{name}{p}_gt.png")
+            rows.append(f"{name.upper()}{p},,upper,{name}{p}.png,,{name}{p}_gt.png,case.json,{version}")
+        (tmp_path / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    _, described = load_data(_config(tmp_path / "a.csv", tmp_path / "run"))
+    assert described[0]["phantom_version"] == 2
+    with pytest.raises(InputError, match="mixes phantom versions"):
+        load_data(_config(tmp_path / "a.csv", tmp_path / "run", val_data=[str(tmp_path / "b.csv")]))
+
+
 def test_case_index_reads_dicom_frames(tmp_path):
     fluoro = pytest.importorskip("TAVIRegistrationLib.fluoro")
     from TAVIRegistrationLib.geometry import CArmGeometry

@@ -227,7 +227,9 @@ def index_frames(csv_path: Path, split: str, label: Optional[str] = None) -> Tup
         if split in s and len(s) > 1:
             raise InputError(f"case index {csv_path.name}: patient {patient!r} has frames in several splits "
                              f"({', '.join(sorted(x or '(empty)' for x in s))}); the split must be patient-wise")
-    return out, {"rows": len(rows), "rows_per_split": per_split}
+    from .phantom import case_index_version
+
+    return out, {"rows": len(rows), "rows_per_split": per_split, "phantom_version": case_index_version(csv_path)}
 
 
 def _natural_key(s: str):
@@ -863,6 +865,10 @@ def pool_members(datasets: Sequence[DataSet], label: str) -> List[str]:
         raise InputError(f"--pool needs at least two case indices among --data (got {len(members)})")
     if label in {d.label for d in datasets}:
         raise InputError(f"--pool label {label!r} is already a data set's label")
+    from .phantom import check_one_version
+
+    check_one_version({d.label: d.info.get("phantom_version") for d in datasets if d.kind == CASE_INDEX},
+                      f"--pool {label}")
     return members
 
 

@@ -721,6 +721,7 @@ def run_evaluate_reg(args) -> int:
     from .bench import machine_facts
     from .export import csv_writer
     from .outputs import OutputSet, check_writable_dir
+    from .phantom import case_index_version
 
     methods = parse_methods(getattr(args, "methods", None))
     fixed = getattr(args, "fixed", "truth") or "truth"
@@ -753,7 +754,8 @@ def run_evaluate_reg(args) -> int:
     outputs = {name: str(out / name) for name in ("per_frame.csv", "table.csv", "table.md", "boxplots.png", "summary.json")}
     summary = _json_clean({
         "command": _command_line(args, methods, fixed, max_frames),
-        "data": str(args.data), "split": split, "fixed": fixed, "methods": res.methods,
+        "data": str(args.data), "phantom_version": case_index_version(args.data), "split": split, "fixed": fixed,
+        "methods": res.methods,
         "methods_requested": methods, "frames": len({(r["image"], r["frame"]) for r in res.records}),
         "skipped_frames": res.skipped_frames, "success_mm": SUCCESS_MM,
         "roi": "FrameTruth.user_roi(): around the contrast-filled part of the model, grown by 8 %",

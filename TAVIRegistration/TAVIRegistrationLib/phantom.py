@@ -72,7 +72,10 @@ STAGES = ("wire", "crimped", "deploying", "deployed")
 STAGE_PROBABILITIES = (0.35, 0.3, 0.2, 0.15)
 
 FORMAT = "TAVIRegistration.phantom"
-VERSION = 1
+#: Version of the generator, in every row of ``index.csv`` (``phantom_version``; absent = 1) and in
+#: ``case.json``. 2: the sinuses of Valsalva fill with the aortic root, not under the coronary rule;
+#: renal arteries no longer follow an iliac limb's injection (``contrast_rules``).
+VERSION = 2
 PHANTOM_DATETIME = datetime(2026, 1, 1, 8, 0, 0)  # fixed study date/time: byte-reproducible files
 VOXEL_MM = 1.0                 # lumen voxel size of the contrast splat
 SURFACE_VOXEL_MM = 1.0         # voxel size of the model surface (about 190k triangles)
@@ -86,7 +89,7 @@ INDEX_COLUMNS = (
     "patient", "split", "fov", "series", "image", "frame", "mask", "projection_true",
     "projection_nominal", "case", "affine", "affine_rms_px", "opacified_px", "rows", "cols",
     "primary_deg", "secondary_deg", "sid_mm", "sod_mm", "pixel_spacing_mm", "isocenter_lps",
-    "cine", "stage",
+    "cine", "stage", "phantom_version",
 )
 
 
@@ -302,6 +305,55 @@ def bolus(t, rise_s: float, duration_s: float, washout_s: float):
     return np.where(t < 0, 0.0, up * down)
 
 
+def contrast_rules() -> Dict[str, Tuple[str, ...]]:
+    """Which vessel segments each contrast rule of ``ContrastModel`` applies to (exact segment names)."""
+    from .anatomy import AORTA_SEGMENTS, SINUS_SEGMENTS, iliofemoral_segments
+
+    return {
+        # filled by a root injection from the annulus on; the sinuses of Valsalva belong to the root
+        "aorta": AORTA_SEGMENTS + SINUS_SEGMENTS,
+        # filled briefly and partly, in a time window of their own (upper FoV)
+        "coronary": ("left_coronary", "right_coronary"),
+        # filled at a fraction of the arch's concentration (upper FoV)
+        "arch branches": ("brachiocephalic_trunk", "left_common_carotid", "left_subclavian"),
+        # one iliac-femoral axis with its branches: what a one-limb injection fills (lower FoV)
+        "left limb": iliofemoral_segments("left") + ("left_internal_iliac", "left_profunda_femoris"),
+        "right limb": iliofemoral_segments("right") + ("right_internal_iliac", "right_profunda_femoris"),
+    }
+
+
+def index_version(row: Dict[str, str]) -> Optional[int]:
+    """The generator version of an ``index.csv`` row: its ``phantom_version``; 1 for a phantom row
+    written before that column existed (it names its ``case.json``); None for a row not made here."""
+    text = (row.get("phantom_version") or "").strip()
+    if text.isdigit():
+        return int(text)
+    return 1 if (row.get("case") or "").strip() else None
+
+
+def case_index_version(csv_path) -> Optional[int]:
+    """The generator version of a case index (None: not a phantom's; InputError when its rows disagree)."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            versions = {index_version(r) for r in csv.DictReader(fh)}
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read case index {csv_path}: {exc}") from None
+    if len(versions) > 1:
+        raise InputError(f"case index {Path(csv_path).name} mixes phantom versions {sorted(versions)}: "
+                         "regenerate it with one version")
+    return versions.pop() if versions else None
+
+
+def check_one_version(versions: Dict[str, Optional[int]], what: str) -> None:
+    """InputError when data sets made by different phantom versions would be used together (data sets
+    not made by the phantom, version None, go with any)."""
+    stated = {name: v for name, v in versions.items() if v is not None}
+    if len(set(stated.values())) > 1:
+        listed = ", ".join(f"{name} (version {v})" for name, v in stated.items())
+        raise InputError(f"{what} mixes phantom versions: {listed}; regenerate the older data sets with "
+                         f"'tavireg phantom' (version {VERSION})")
+
+
 class ContrastModel:
     """Per-sample concentration c in [0, 1] for one series, as a function of time."""
 
@@ -320,21 +372,20 @@ class ContrastModel:
         n = len(self.s)
         self.delay = np.zeros(n)   # arrival delay (s) per sample
         self.gain = np.zeros(n)    # steady-state dilution per sample
-        self.coronary = np.array(["coronary" in str(m) for m in seg_of])
+        rule = {name: np.isin(seg_of, segments) for name, segments in contrast_rules().items()}
+        self.coronary = rule["coronary"]
         # streaming/layering of contrast with unopacified blood: smooth random modulation along s
         ph = rng.uniform(0, 2 * math.pi, 3)
         wl = rng.uniform(30, 120, 3)
         self.modulation = 1.0 - 0.25 * np.mean([0.5 + 0.5 * np.sin(2 * math.pi * self.s / wl[i] + ph[i])
                                                 for i in range(3)], axis=0)
-        aorta = np.isin(seg_of, ["aortic_root", "ascending_aorta", "aortic_arch", "descending_aorta",
-                                 "abdominal_aorta"]) | np.char.startswith(seg_of.astype(str), "sinus_")
+        aorta = rule["aorta"]
         if fov == "upper":
             s_arch_end = float(flow["aortic_arch"][-1])
             lam = U(60.0, 220.0)
             self.params.update(mode="aortic root injection (pigtail)", fade_mm=lam)
             self.gain = np.where(self.s <= s_arch_end, 1.0, np.exp(-(self.s - s_arch_end) / lam))
-            arch_br = np.isin(seg_of, ["brachiocephalic_trunk", "left_common_carotid", "left_subclavian"])
-            self.gain[arch_br] *= U(0.5, 1.0)
+            self.gain[rule["arch branches"]] *= U(0.5, 1.0)
             self.coronary_gain = U(0.3, 1.0) if rng.uniform() < 0.6 else 0.0
             self.coronary_window = (U(0.0, 0.8), U(0.4, 1.5))  # start offset, length (s)
             self.params.update(coronary_gain=self.coronary_gain, coronary_window_s=list(self.coronary_window))
@@ -352,13 +403,12 @@ class ContrastModel:
                 split = {side: U(0.6, 1.0) for side in ("left", "right")}
                 self.gain = np.where(down, np.exp(-(self.s - s_inj) / lam), np.exp(-(s_inj - self.s) / 15.0))
                 for side, f in split.items():
-                    self.gain[np.char.startswith(seg_of.astype(str), side + "_")] *= f
-                self.gain[~aorta & ~np.char.startswith(seg_of.astype(str), "left_")
-                          & ~np.char.startswith(seg_of.astype(str), "right_")] *= 0.3
+                    self.gain[rule[f"{side} limb"]] *= f
+                self.gain[~aorta & ~rule["left limb"] & ~rule["right limb"]] *= 0.3
                 self.delay = np.abs(self.s - s_inj) / self.velocity
             else:
                 side = access_side if r < 0.75 else other
-                s_side = np.char.startswith(seg_of.astype(str), side + "_")
+                s_side = rule[f"{side} limb"]
                 s_inj = s_bif + U(30.0, 90.0)
                 self.params.update(mode=f"{side} iliac injection (one limb)", fade_mm=lam, side=side)
                 g = np.where(self.s >= s_inj, np.exp(-(self.s - s_inj) / lam),
@@ -794,7 +844,7 @@ def _generate_patient(index: int, config: PhantomConfig, folder: Path,
                     "sid_mm": geom.sid_mm, "sod_mm": geom.sod_mm,
                     "pixel_spacing_mm": geom.pixel_spacing_mm[0],
                     "isocenter_lps": ";".join(f"{c:.3f}" for c in iso),
-                    "cine": int(spec["cine"]), "stage": stage or "",
+                    "cine": int(spec["cine"]), "stage": stage or "", "phantom_version": VERSION,
                 })
     finally:
         r_true.close()

@@ -461,6 +461,8 @@ def _segmentation_model_key() -> str:
 
 
 def load_data(config: RegTrainConfig) -> Tuple[List[RegSample], List[Dict[str, Any]]]:
+    from .phantom import case_index_version, check_one_version
+
     samples: List[RegSample] = []
     described = []
     for d in config.data:
@@ -479,12 +481,14 @@ def load_data(config: RegTrainConfig) -> Tuple[List[RegSample], List[Dict[str, A
                 cache.mkdir(parents=True, exist_ok=True)
             s, skipped = load_phantom_index(path, cache, config.progress)
             described.append({"path": str(d), "kind": "phantom case index", "test_rows_skipped": skipped,
-                              "segmentation_fixed": None if cache is None else f"DRU-Net {cache.name}"})
+                              "segmentation_fixed": None if cache is None else f"DRU-Net {cache.name}",
+                              "phantom_version": case_index_version(path)})
         else:
             raise InputError(f"--data {d}: not a mask folder, a phantom case index .csv or synthetic:COUNT")
         if not s:
             raise InputError(f"--data {d} gives no training pairs")
         samples.extend(s)
+    check_one_version({r["path"]: r["phantom_version"] for r in described if "phantom_version" in r}, "--data")
     return samples, described
 
 

@@ -235,7 +235,9 @@ def _case_frame(path: Path, frame: int, cache: Dict[Path, Any]) -> np.ndarray:
 
 def load_data(config: TrainConfig) -> Tuple[List[Sample], List[Dict[str, Any]]]:
     """All training/validation samples of ``config.data`` and ``config.val_data`` (every sample of the
-    latter in validation) and a description of each data set."""
+    latter in validation) and a description of each data set (case indices of one phantom version)."""
+    from .phantom import case_index_version, check_one_version
+
     samples: List[Sample] = []
     described = []
     val_only = [str(d) for d in config.val_data or ()]
@@ -249,7 +251,8 @@ def load_data(config: TrainConfig) -> Tuple[List[Sample], List[Dict[str, Any]]]:
             record = {"path": d, "kind": "image-mask folder", "fov": config.folder_fov, "test_rows_skipped": 0}
         elif path.is_file() and path.suffix.lower() == ".csv":
             s, n_test = load_case_index(path, config.size, include_test=validation_only)
-            record = {"path": d, "kind": "case index", "test_rows_skipped": 0 if validation_only else n_test}
+            record = {"path": d, "kind": "case index", "test_rows_skipped": 0 if validation_only else n_test,
+                      "phantom_version": case_index_version(path)}
         else:
             raise InputError(f"{option} {d}: not a folder of N.png/N_gt.png pairs nor a case index .csv")
         if not s:
@@ -260,6 +263,8 @@ def load_data(config: TrainConfig) -> Tuple[List[Sample], List[Dict[str, Any]]]:
             record["validation_only"] = True
         described.append(record)
         samples.extend(s)
+    check_one_version({r["path"]: r["phantom_version"] for r in described if "phantom_version" in r},
+                      "--data/--val-data")
     return samples, described
 
 
