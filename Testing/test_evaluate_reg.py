@@ -269,3 +269,10 @@ def test_dice_optimum_is_the_refinement_from_the_truth_affine():
     # a refused pair (no vessel in the fixed mask): NaN figures and a failure verdict
     refused = ev.optimum_near_truth(vessel, np.zeros(frame, np.uint8), roi, truth(true_m), 5)
     assert math.isnan(refused["tre_optimum_mm"]) and refused["success_optimum"] is False
+
+
+def test_eligible_rows_by_split_and_contrast():
+    rows = [{"split": s, "mask": "m.png", "opacified_px": px} for s, px in
+            (("train", "10"), ("val", "5"), ("test", "7"), ("test", "0"), ("val", "x"))]
+    assert len(ev.eligible_rows(rows, "test")) == 1 and len(ev.eligible_rows(rows, "val")) == 1
+    assert [r["split"] for r in ev.eligible_rows(rows, "all")] == ["train", "val", "test"]  # a set made to evaluate on

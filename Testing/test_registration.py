@@ -284,6 +284,32 @@ def test_check_affine_flags_degenerate_transforms():
     assert R.check_affine(np.full((3, 3), np.nan))
 
 
+def test_a_result_worse_than_the_start_is_not_returned(vessel):
+    """A network that moves an aligned projection 12 px away agrees less with the frame's vessels over
+    the registration window than the start did: the start (identity, or the initial affine) is kept,
+    with a warning that says why."""
+    win = R.registration_window(ROI)
+    away = np.eye(3)
+    away[0, 2] = 12.0
+    net = RegNet(channels=scaled_channels(0.125), fc=16)
+    with torch.no_grad():
+        net.fc2.bias.copy_(torch.tensor(R.frame_matrix_to_theta(away, win).ravel(), dtype=torch.float32))
+    res = R.register_pair(vessel, vessel, ROI, "cnn", model=script_model(net))
+    assert res.valid and np.allclose(res.frame_matrix, np.eye(3))
+    assert any("agreed less" in w and "unregistered projection is kept" in w for w in res.warnings)
+    x, y, w, h = ROI
+    unregistered = np.zeros_like(vessel)
+    unregistered[y:y + h, x:x + w] = vessel[y:y + h, x:x + w]
+    np.testing.assert_array_equal(res.registered_mask, unregistered)
+    frame_m, fixed = _known_case(vessel)
+    res = R.register_pair(vessel, fixed, ROI, "cnn", model=script_model(net), init=frame_m)
+    assert np.allclose(res.frame_matrix, frame_m) and any("initial affine is kept" in w for w in res.warnings)
+    # a result that improves on the start is returned as it is
+    res = R.register_pair(vessel, fixed, ROI, "cnn+refine", model=RegNet(channels=scaled_channels(0.125), fc=16))
+    assert not any("agreed less" in w for w in res.warnings)
+    assert R.corner_error(res.matrix, frame_m @ R.roi_matrix(ROI), ROI) < 1.0
+
+
 def test_degenerate_prediction_is_flagged_not_shown(vessel):
     _, fixed = _known_case(vessel)
     net = RegNet(channels=scaled_channels(0.125), fc=16)

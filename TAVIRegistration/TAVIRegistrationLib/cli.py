@@ -246,7 +246,7 @@ def _add_register(sub) -> None:
                    "(default: the projection's bounding box with a margin)")
     p.add_argument("--fixed-mask", type=Path, help="the frame's vessel mask (PNG, 0/255): skips segmentation")
     p.add_argument("--method", choices=("cnn", "cnn+refine", "sitk"),
-                   help="registration CNN, the CNN then a few soft-Dice optimisation steps, or SimpleITK "
+                   help="registration CNN, the CNN then a few optimisation steps of its loss, or SimpleITK "
                    "(default: cnn+refine when a registration network is installed, else sitk with a warning)")
     p.add_argument("--fov", choices=("auto", "upper", "lower"), default="auto", help="field of view for segmentation")
     p.add_argument("--mode", choices=("contour", "fill"), default="contour", help="overlay drawing")

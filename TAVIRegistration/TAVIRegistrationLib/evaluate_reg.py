@@ -23,7 +23,7 @@ Per frame (rows of ``index.csv`` with ``split == 'test'`` and a non-empty opacif
   for the unregistered projection restricted to the ROI; "truth affine" for the ROI's projection
   moved by the phantom's least-squares nominal-to-true affine, the reference a global 2D affine can
   reach against the deformation (its TRE too); "Dice optimum" for the registration loss's own optimum
-  nearest the truth: ``cnn+refine``'s refinement (``registration.refine_theta``, the soft Dice the
+  nearest the truth: ``cnn+refine``'s refinement (``registration.refine_theta``, the loss the
   network is trained on) started from that affine, against this run's fixed image
   (``optimum_near_truth``). It tells a network's failure (the optimum succeeds, the method does
   not) from the objective's (the optimum itself lies far from the landmarks: the better a method
@@ -163,10 +163,10 @@ def load_index(path) -> Tuple[Path, List[Dict[str, str]]]:
 
 
 def eligible_rows(rows: Sequence[Dict[str, str]], split: str = "test") -> List[Dict[str, str]]:
-    """Rows of ``split`` whose frame shows contrast (a non-empty opacified mask)."""
+    """Rows of ``split`` (``all``: every row) whose frame shows contrast (a non-empty opacified mask)."""
     out = []
     for r in rows:
-        if r.get("split") != split or not r.get("mask"):
+        if (split != "all" and r.get("split") != split) or not r.get("mask"):
             continue
         try:
             if int(float(r.get("opacified_px") or 0)) <= 0:
@@ -376,7 +376,8 @@ def optimum_near_truth(proj, fixed_mask, roi, truth, n_landmarks: int) -> Dict[s
 
     nan = float("nan")
     try:
-        res = register_pair(proj, fixed_mask, roi, "cnn+refine", model=_identity_network(), init=truth.affine)
+        res = register_pair(proj, fixed_mask, roi, "cnn+refine", model=_identity_network(), init=truth.affine,
+                            keep_better_start=False)
     except InputError:
         return {"dice_optimum": nan, "precision_optimum": nan, "recall_optimum": nan, "tre_optimum_mm": nan,
                 "success_optimum": _success(False, nan, n_landmarks)}
@@ -564,8 +565,8 @@ def _cell(v, spec: str) -> str:
 
 
 def _patients_label(split: str) -> str:
-    return {"test": "held-out phantom patients", "val": "the validation phantom patients"}.get(
-        split, f"phantom patients of the {split!r} split")
+    return {"test": "held-out phantom patients", "val": "the validation phantom patients",
+            "all": "every phantom patient of the data set"}.get(split, f"phantom patients of the {split!r} split")
 
 
 def table_markdown(table: Sequence[Dict[str, object]], fixed: str = "truth", split: str = "test") -> str:
@@ -707,9 +708,10 @@ def add_evaluate_reg_arguments(p) -> None:
                    help="fixed image: the ground-truth vessel mask (default) or the DRU-Net segmentation")
     p.add_argument("--max-frames", type=int, metavar="N",
                    help="evaluate at most N frames, evenly spread over the split (default: all)")
-    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+    p.add_argument("--split", choices=("test", "val", "train", "all"), default="test",
                    help="rows of which split (default test, the held-out patients; train/val serve choices made on "
-                        "training data, such as the low-agreement threshold)")
+                        "training data, such as the low-agreement threshold; all: every row, for a data set "
+                        "generated only to validate or test on)")
     p.add_argument("--device", default="auto", help="for the networks: auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -186,7 +186,10 @@ class RegistrationPipeline:
                 raise InputError(f"fixed mask is {fixed.shape[1]}x{fixed.shape[0]}, the frame is {cols}x{rows}")
             fixed, fixed_source = (fixed > 0).astype(np.uint8), "given"
         if not fixed.any():
-            raise InputError(f"frame {index}: the vessel mask is empty (no contrast-filled vessel found)")
+            what = "the vessel segmentation found no contrast-filled vessel" if fixed_source == "segmentation" \
+                else "the given vessel mask is empty"
+            raise InputError(f"frame {index}: {what}; nothing to register to: pick a frame with contrast (the "
+                             "one with the most contrast medium), or give the frame's vessel mask")
         result = register_pair(fp.projection.mask, fixed, roi, method=method, model=reg_model,
                                init=init, device=device, fov=frame_fov)
         warnings.extend(result.warnings)

@@ -660,7 +660,7 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
                   init=None, refine_steps: Optional[int] = None, device=None,
                   margin: Optional[float] = None, models_directory=None,
                   sitk_options: Optional[Dict[str, Any]] = None, passes: Optional[int] = None,
-                  fov: Optional[str] = None) -> RegistrationResult:
+                  fov: Optional[str] = None, keep_better_start: bool = True) -> RegistrationResult:
     """Register the model's projection (inside ``roi``) to the frame's vessel mask.
 
     ``moving_frame_mask``: the projection mask on the frame's pixel grid (everything outside ``roi``
@@ -676,6 +676,9 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     the frame's field of view (upper, lower; None = unknown), which picks the default network when
     one is installed for that FoV. ``refine_steps``: L-BFGS iterations of ``cnn+refine`` (default:
     the model's ``refine_steps`` from the manifest, else ``DEFAULT_REFINE_STEPS``).
+    ``keep_better_start``: a result whose Dice with the fixed mask over the registration window is
+    below the start's (the identity, or ``init``) is replaced by the start, with a warning (off only
+    for references that must show the loss's own optimum).
     """
     import torch
 
@@ -767,6 +770,18 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
         x, y, w, h = roi
         registered = warp_mask(roi_only[y:y + h, x:x + w], matrix, fixed.shape)  # as the front ends draw it
         metrics = _frame_metrics(registered, fixed, frame_matrix, roi, window)
+        if not problems and keep_better_start:
+            # never worse than where it started, over the same region (the whole registration window)
+            start_m = init_m if init is not None else np.eye(3)
+            start_reg = warp_mask(roi_only[y:y + h, x:x + w], start_m @ roi_matrix(roi), fixed.shape)
+            start_metrics = _frame_metrics(start_reg, fixed, start_m, roi, window)
+            if metrics["window_dice"] < start_metrics["window_dice"]:
+                start = "initial affine" if init is not None else "unregistered projection"
+                warnings.append(f"the {method} result agreed less with the frame's vessels than the {start} "
+                                f"(Dice {metrics['window_dice']:.3f} < {start_metrics['window_dice']:.3f} over the "
+                                f"registration window): the {start} is kept")
+                frame_matrix, matrix = start_m, start_m @ roi_matrix(roi)
+                registered, metrics = start_reg, start_metrics
         if not problems:
             if not (registered & fixed).any():
                 problems.append("the registered projection does not overlap the frame's vessels at all")
