@@ -648,6 +648,24 @@ def _frame_metrics(registered: np.ndarray, fixed: np.ndarray, frame_matrix: np.n
             "window_dice": whole["dice"], "window_precision": whole["precision"], "window_recall": whole["recall"]}
 
 
+def _better_start(roi_only, fixed, roi: Roi, window: Window, init_m: Optional[np.ndarray],
+                  metrics: Dict[str, float], method: str):
+    """``(frame matrix, registered mask, metrics, warning)`` of the start (the identity, or ``init_m``)
+    when it agrees better with ``fixed`` than the result of ``metrics`` by Dice over the whole
+    registration window (the same region for both); None when the result is at least as good."""
+    x, y, w, h = roi
+    start_m = init_m if init_m is not None else np.eye(3)
+    start_reg = warp_mask(roi_only[y:y + h, x:x + w], start_m @ roi_matrix(roi), fixed.shape)
+    start_metrics = _frame_metrics(start_reg, fixed, start_m, roi, window)
+    if metrics["window_dice"] >= start_metrics["window_dice"]:
+        return None
+    start = "initial affine" if init_m is not None else "unregistered projection"
+    note = (f"the {method} result agreed less with the frame's vessels than the {start} (Dice "
+            f"{metrics['window_dice']:.3f} < {start_metrics['window_dice']:.3f} over the registration window): "
+            f"the {start} is kept")
+    return start_m, start_reg, start_metrics, note
+
+
 def _compose_thetas(first, second):
     """Θ of sampling through ``first`` then ``second`` (the affine_grid convention): first · second."""
     import torch
@@ -771,17 +789,11 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
         registered = warp_mask(roi_only[y:y + h, x:x + w], matrix, fixed.shape)  # as the front ends draw it
         metrics = _frame_metrics(registered, fixed, frame_matrix, roi, window)
         if not problems and keep_better_start:
-            # never worse than where it started, over the same region (the whole registration window)
-            start_m = init_m if init is not None else np.eye(3)
-            start_reg = warp_mask(roi_only[y:y + h, x:x + w], start_m @ roi_matrix(roi), fixed.shape)
-            start_metrics = _frame_metrics(start_reg, fixed, start_m, roi, window)
-            if metrics["window_dice"] < start_metrics["window_dice"]:
-                start = "initial affine" if init is not None else "unregistered projection"
-                warnings.append(f"the {method} result agreed less with the frame's vessels than the {start} "
-                                f"(Dice {metrics['window_dice']:.3f} < {start_metrics['window_dice']:.3f} over the "
-                                f"registration window): the {start} is kept")
-                frame_matrix, matrix = start_m, start_m @ roi_matrix(roi)
-                registered, metrics = start_reg, start_metrics
+            kept = _better_start(roi_only, fixed, roi, window, init_m if init is not None else None, metrics, method)
+            if kept is not None:
+                frame_matrix, registered, metrics, note = kept
+                matrix = frame_matrix @ roi_matrix(roi)
+                warnings.append(note)
         if not problems:
             if not (registered & fixed).any():
                 problems.append("the registered projection does not overlap the frame's vessels at all")
