@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from TAVIRegistrationLib.cli import main
-from TAVIRegistrationLib.fluoro import read_fluoro
+from TAVIRegistrationLib.fluoro import read_fluoro, write_fluoro_dicom
 from TAVIRegistrationLib.mesh import load_model
 from TAVIRegistrationLib.phantom import frame_truth
 from TAVIRegistrationLib.pipeline import RegistrationPipeline
@@ -256,3 +256,41 @@ def test_low_agreement_is_flagged_and_shown(frame, tmp_path, capsys, monkeypatch
     rgb = np.array(Image.open(out / "overlay.png"))
     assert (rgb[0, :] == FLAG_COLOR).all() and (rgb[:, -1] == FLAG_COLOR).all()
     assert "FLAGGED" in pydicom.dcmread(out / "overlay.dcm").ImageComments
+
+
+def test_a_run_survives_a_frame_that_fails(frame, tmp_path, capsys):
+    """--frame all over a run whose middle frame is blank (nothing to segment): it is recorded as failed
+    (warnings, frames.csv, the movie) and the others register; a run where no frame registers exits 2
+    and writes nothing."""
+    root, row, truth, mask_png = frame
+    source = root / row["image"]
+    stored = pydicom.dcmread(source).pixel_array
+    stored = stored if stored.ndim == 3 else stored[None]
+    good = stored[int(row["frame"])]
+    blank = np.full_like(good, int(np.median(good)))
+    geometry = read_fluoro(source, load_pixels=False).geometry(int(row["frame"]))
+    bits = int(pydicom.dcmread(source, stop_before_pixels=True).BitsStored)
+    run = tmp_path / "run.dcm"
+    write_fluoro_dicom(run, np.stack([good, blank, good]), geometry, bits_stored=bits, frame_time_ms=66.7)
+    args = _args(frame, tmp_path / "out", "--method", "sitk", "--json")
+    args[args.index("--fluoro") + 1] = str(run)
+    args[args.index("--frame") + 1] = "all"
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    assert summary["failed_frames"] == [1] and summary["frames"] == [0, 2]
+    assert any(w.startswith("frame 1 not registered: ") for w in summary["warnings"]), summary["warnings"]
+    with open(tmp_path / "out" / "frames.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["frame"] for r in rows] == ["0", "1", "2"] and rows[1]["status"] == "failed"
+    assert {rows[0]["status"], rows[2]["status"]} <= {"registered", "flagged"}
+    assert "nothing to segment" in rows[1]["problem"] and rows[1]["m00"] == ""
+    assert Image.open(tmp_path / "out" / "overlay.gif").n_frames == 3
+    transform = json.loads((tmp_path / "out" / "transform.json").read_text())
+    assert transform["frame"] == 2 and list(transform["failed_frames"]) == ["1"]
+
+    write_fluoro_dicom(run, np.stack([blank, blank]), geometry, bits_stored=bits, frame_time_ms=66.7)
+    args[args.index("--out") + 1] = str(tmp_path / "none")
+    err = _one_line_error(main(args), capsys)
+    assert "no frame of the run registered" in err and not (tmp_path / "none").exists()

@@ -277,18 +277,22 @@ def _run_register(args) -> int:
                  if args.fixed_mask else None)
         if fixed is not None and str(args.frame).strip().lower() == "all":
             raise InputError("--fixed-mask is one frame's mask: it cannot be combined with --frame all")
-        results = []
-        init = None
-        for index in frames:
-            reg = pipe.register(index, roi, fixed_mask=fixed, method=args.method, init=init,
-                                fov=args.fov, device=device)
+        failures = {}
+        if len(frames) == 1:
+            reg = pipe.register(frames[0], roi, fixed_mask=fixed, method=args.method, fov=args.fov, device=device)
             if not reg.valid:
-                raise RegistrationFailed(f"frame {index}: {reg.result.message} (no overlay written)")
-            results.append(reg)
-            init = reg.result.frame_matrix
+                raise RegistrationFailed(f"frame {frames[0]}: {reg.result.message} (no overlay written)")
+            results = [reg]
+        else:  # a run survives its frames: a failed frame is recorded and the run goes on
+            run = pipe.register_run(frames, roi, method=args.method, fov=args.fov, device=device)
+            if not run.registrations:
+                first, why = min(run.failures.items())
+                raise RegistrationFailed(f"no frame of the run registered (frame {first}: {why}); nothing written")
+            results, failures = run.registrations, run.failures
+            warnings.extend(run.failure_warnings())
         summary = report.write_registration_outputs(
             args.out, pipe, results, mode=args.mode, inputs=[args.model, args.fluoro, args.fixed_mask],
-            warnings=warnings, anonymize=args.anonymize,
+            warnings=warnings, anonymize=args.anonymize, failures=failures,
         )
     _emit_warnings(summary["warnings"])
     if args.json:

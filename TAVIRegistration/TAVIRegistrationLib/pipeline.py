@@ -11,7 +11,7 @@ and call these methods; nothing here knows about files beyond what the step modu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -71,6 +71,17 @@ class FrameRegistration:
     @property
     def metrics(self) -> Dict[str, float]:
         return self.result.metrics
+
+
+@dataclass
+class RunRegistration:
+    """A run registered frame by frame: the frames that registered, and why the others did not."""
+
+    registrations: List[FrameRegistration] = field(default_factory=list)
+    failures: Dict[int, str] = field(default_factory=dict)  # frame index -> reason
+
+    def failure_warnings(self) -> List[str]:
+        return [f"frame {i} not registered: {why}" for i, why in sorted(self.failures.items())]
 
 
 class RegistrationPipeline:
@@ -194,6 +205,30 @@ class RegistrationPipeline:
                                init=init, device=device, fov=frame_fov)
         warnings.extend(result.warnings)
         return FrameRegistration(index, roi, fp, fixed, fixed_source, result, warnings)
+
+    def register_run(self, frames: Sequence[int], roi: Optional[Sequence[int]] = None, *,
+                     method: Optional[str] = None, fov: str = "auto", device=None,
+                     progress=None) -> "RunRegistration":
+        """Register frames of a run one after another, each warm-started from the last frame that
+        registered (the first from scratch). A frame that fails (no vessel found, a degenerate
+        affine) is recorded with its reason and the run goes on from the last good affine.
+        ``progress(done, total)`` is called after each frame."""
+        run = RunRegistration()
+        init = None
+        for done, index in enumerate(frames, start=1):
+            try:
+                reg = self.register(index, roi, method=method, init=init, fov=fov, device=device)
+            except InputError as exc:
+                run.failures[int(index)] = str(exc)
+            else:
+                if reg.valid:
+                    run.registrations.append(reg)
+                    init = reg.result.frame_matrix
+                else:
+                    run.failures[int(index)] = reg.result.message
+            if progress is not None:
+                progress(done, len(frames))
+        return run
 
     def forget(self, index: Optional[int] = None) -> None:
         """Drop the cached projection and segmentations of frame ``index`` (all frames when None):

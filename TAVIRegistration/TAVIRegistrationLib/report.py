@@ -6,16 +6,18 @@
 ``DIR/overlay.dcm``                 the overlay as a DICOM Secondary Capture in the frame's study
 ``DIR/metrics.csv``                 per frame, when the fixed mask was given (ground truth known)
 
-A run of several frames (``--frame all``) adds ``DIR/frames.csv`` (per-frame transform, metrics and
-time) and ``DIR/overlay.gif`` (the overlay movie); the four single-frame files then show the last
-frame, the one a user watching live fluoroscopy sees. Everything is written through one
+A run of several frames (``--frame all``) adds ``DIR/frames.csv`` (per-frame status, transform,
+metrics and time; a frame that did not register is a ``failed`` row with its reason) and
+``DIR/overlay.gif`` (the overlay movie; a failed frame shows without a projection, in a red border);
+the four single-frame files then show the last frame that registered, the one a user watching live
+fluoroscopy sees. Everything is written through one
 ``OutputSet``: all files appear together, or none.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -36,8 +38,8 @@ def frame_overlay(pipe, reg, mode: str = "contour") -> np.ndarray:
 
 def _frame_record(reg) -> Dict[str, object]:
     m = np.asarray(reg.matrix)
-    rec: Dict[str, object] = {"frame": reg.frame_index, "method": reg.result.method,
-                              "seconds": round(float(reg.result.seconds), 4)}
+    rec: Dict[str, object] = {"frame": reg.frame_index, "status": "flagged" if reg.result.flagged else "registered",
+                              "method": reg.result.method, "seconds": round(float(reg.result.seconds), 4)}
     for i in range(2):
         for j in range(3):
             rec[f"m{i}{j}"] = float(m[i, j])
@@ -45,13 +47,29 @@ def _frame_record(reg) -> Dict[str, object]:
         rec[k] = float(reg.metrics.get(k, float("nan")))
     rec["fixed_mask"] = reg.fixed_source
     rec["flagged"] = bool(reg.result.flagged)
+    rec["problem"] = ""
     return rec
+
+
+def _failed_record(frame: int, why: str, columns: Sequence[str]) -> Dict[str, object]:
+    rec: Dict[str, object] = {k: None for k in columns}
+    rec.update(frame=int(frame), status="failed", flagged=False, problem=why)
+    return rec
+
+
+def _run_records(results: Sequence, failures: Dict[int, str]) -> List[Dict[str, object]]:
+    """frames.csv: every frame of the run in order, registered or not."""
+    records = {int(r.frame_index): _frame_record(r) for r in results}
+    columns = list(next(iter(records.values())).keys())
+    records.update({int(i): _failed_record(i, why, columns) for i, why in failures.items()})
+    return [records[i] for i in sorted(records)]
 
 
 def write_registration_outputs(out_dir, pipe, results: Sequence, *, mode: str = "contour",
                                inputs: Sequence = (), warnings: Sequence[str] = (),
-                               anonymize: bool = False) -> Dict[str, object]:
+                               anonymize: bool = False, failures: Optional[Dict[int, str]] = None) -> Dict[str, object]:
     """Write the files of one registered frame, or of a run; returns the JSON summary.
+    ``failures``: frames of the run that did not register, with the reason (frames.csv, the movie).
 
     ``anonymize``: the DICOM Secondary Capture without the patient's identity (``export``); the
     other files hold no patient identifiers either way (no names, IDs or UIDs)."""
@@ -78,8 +96,11 @@ def write_registration_outputs(out_dir, pipe, results: Sequence, *, mode: str = 
         "geometry": geom.to_dict(),
         "warnings": all_warnings,
     }
-    if len(results) > 1:
+    failures = dict(failures or {})
+    is_run = len(results) + len(failures) > 1
+    if is_run:
         transform["frames"] = [_frame_record(r) | {"matrix": np.asarray(r.matrix).tolist()} for r in results]
+        transform["failed_frames"] = {str(i): why for i, why in sorted(failures.items())}
     comments = (f"TAVIRegistration {last.result.method} registration, frame {last.frame_index}, "
                 f"Dice {last.metrics.get('dice', float('nan')):.3f} vs {transform['metrics_reference']}. "
                 + ("FLAGGED: low agreement, check before relying on it. " if last.result.flagged else "")
@@ -93,9 +114,12 @@ def write_registration_outputs(out_dir, pipe, results: Sequence, *, mode: str = 
             anonymize=anonymize)))
         if any(r.fixed_source == "given" for r in results):
             outs.add(out / "metrics.csv", csv_writer([_frame_record(r) for r in results]))
-        if len(results) > 1:
-            outs.add(out / "frames.csv", csv_writer([_frame_record(r) for r in results]))
-            movie = [frame_overlay(pipe, r, mode) for r in results]
+        if is_run:
+            outs.add(out / "frames.csv", csv_writer(_run_records(results, failures)))
+            pictures = {int(r.frame_index): frame_overlay(pipe, r, mode) for r in results}
+            for i in failures:  # the frame as it is, in the red border: nothing registered there
+                pictures[int(i)] = mark_flagged(overlay_rgb(pipe.frame(i), np.zeros_like(last.registered_mask)))
+            movie = [pictures[i] for i in sorted(pictures)]
             outs.add(out / "overlay.gif", _gif_writer(movie, getattr(pipe.series, "frame_time_ms", None)))
     times = [float(r.result.seconds) for r in results]
     return {
@@ -107,6 +131,7 @@ def write_registration_outputs(out_dir, pipe, results: Sequence, *, mode: str = 
         "metrics": transform["metrics"],
         "metrics_reference": transform["metrics_reference"],
         "flagged_frames": [int(r.frame_index) for r in results if r.result.flagged],
+        "failed_frames": sorted(int(i) for i in failures),
         "median_seconds_per_frame": float(np.median(times)),
         "warnings": all_warnings,
     }
@@ -130,6 +155,9 @@ def summary_lines(summary: Dict[str, object]) -> List[str]:
     if summary.get("flagged_frames"):
         lines.append("FLAGGED (low agreement, check the overlay before relying on it): frame(s) "
                      + ", ".join(str(f) for f in summary["flagged_frames"]))
+    if summary.get("failed_frames"):
+        lines.append("NOT REGISTERED (see the warnings and frames.csv): frame(s) "
+                     + ", ".join(str(f) for f in summary["failed_frames"]))
     lines.append(f"registered frame(s) {', '.join(str(f) for f in summary['frames'])} with {summary['method']}")
     if m:
         lines.append("agreement with {}: Dice {:.3f}, precision {:.3f}, recall {:.3f}".format(
