@@ -944,6 +944,21 @@ class RegistrationOutcome:
         return list(self.registration.result.flags)
 
 
+class RunOutcome:
+    """What ``TAVIRegistrationLogic.registerRun`` made: the two sequences synchronised with the run's
+    frames (registered projection, affine) and the library's RunRegistration."""
+
+    def __init__(self, maskSequence, transformSequence, run, warnings):
+        self.maskSequence = maskSequence
+        self.transformSequence = transformSequence
+        self.run = run  # TAVIRegistrationLib.pipeline.RunRegistration
+        self.warnings = list(warnings)
+
+    @property
+    def failedFrames(self):
+        return sorted(self.run.failures)
+
+
 class SyntheticCase:
     """The synthetic TAVI case loaded into the scene, with the ground truth it was made from."""
 
@@ -1617,6 +1632,67 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
                                       list(pipeline.warnings) + list(registration.warnings))
         self.lastRegistration = outcome
         return outcome
+
+    def registerRun(self, modelNode, fluoroVolume, roi=None, isocenterNode=None, forceCpu=False, progress=None,
+                    method=None, orthographic=False, overlayOpacity=0.5, showResult=True):
+        """Register every frame of the run (the library pipeline's ``register_run``: each frame warm-started
+        from the last one that registered; a frame that fails is recorded and the run goes on).
+
+        The registered projections and the affines become two sequences in the run's sequence browser,
+        synchronised with its frames, so that playing the run plays the overlay. A frame that did not
+        register holds an empty mask and the identity, with its reason in the data node's
+        ``TAVIRegistration.failed`` attribute. InputError when no frame registered. Returns a RunOutcome.
+        """
+        from TAVIRegistrationLib.errors import InputError
+
+        _, pipeline = self._casePipeline(modelNode, fluoroVolume, None, isocenterNode, orthographic, progress,
+                                         pixels=True)
+        self.ensureTorch(ask=False)
+        browser = self.browserForVolume(fluoroVolume)
+        frames = self.numberOfFrames(fluoroVolume)
+
+        def frameDone(done, total):
+            _report(progress, 0.1 + 0.75 * done / total, "Registered frame %d of %d" % (done, total))
+
+        run = pipeline.register_run(range(frames), roi, method=method, device=self._device(forceCpu),
+                                    progress=frameDone)
+        if not run.registrations:
+            first, why = min(run.failures.items())
+            raise InputError("no frame of the run registered (frame %d: %s)" % (first, why))
+        _report(progress, 0.9, "Writing the registered run")
+        sequences = []
+        for kind in ("registered projection", "registration transform"):
+            sequence = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLSequenceNode", slicer.mrmlScene.GenerateUniqueName("%s %s" % (fluoroVolume.GetName(), kind)))
+            sequence.SetAttribute("TAVIRegistration.role", kind)
+            sequences.append(sequence)
+        maskSequence, transformSequence = sequences
+        frameSequence = browser.GetSequenceNode(fluoroVolume) if browser is not None else None
+        registered = {reg.frame_index: reg for reg in run.registrations}
+        empty = np.zeros(pipeline.project(run.registrations[0].frame_index).projection.mask.shape, np.uint8)
+        volume = transform = None
+        for index in range(frames):
+            reg = registered.get(index)
+            volume = self.updateMaskVolume(volume, reg.registered_mask if reg else empty, fluoroVolume,
+                                           name="frame", colorNodeID=REGISTERED_COLOR_NODE_ID,
+                                           role="registered projection", frameIndex=index)
+            transform = self.setAffineTransform(transform, reg.matrix if reg else np.eye(3), fluoroVolume,
+                                                reg.roi if reg else None)
+            for node in (volume, transform):
+                node.SetAttribute("TAVIRegistration.failed", run.failures.get(index, ""))
+                node.SetAttribute("TAVIRegistration.flagged", "; ".join(reg.result.flags) if reg else "")
+            value = frameSequence.GetNthIndexValue(index) if frameSequence is not None else str(index)
+            maskSequence.SetDataNodeAtValue(volume, value)
+            transformSequence.SetDataNodeAtValue(transform, value)
+        for node in (volume, transform):  # the sequences hold copies
+            slicer.mrmlScene.RemoveNode(node)
+        if browser is not None:
+            for sequence in sequences:
+                browser.AddSynchronizedSequenceNode(sequence)
+            if showResult:
+                self.showOverlay(fluoroVolume, browser.GetProxyNode(maskSequence), overlayOpacity)
+        warnings = list(pipeline.warnings) + run.failure_warnings()
+        return RunOutcome(maskSequence, transformSequence, run, warnings)
 
     # -- export ---------------------------------------------------------------------------------------------
     def exportProjection(self, directory, fluoroVolume=None, result=None, roi=None, captureThreeDView=True):

@@ -338,3 +338,58 @@ def test_register_frame_segmenting_the_demo_frame_equals_the_library_pipeline(mo
         expected = pipeline.register(demo.frame_index, device="cpu")
     assert expected.fixed_source == "segmentation" and expected.valid
     assert_same_registration(outcome, expected)
+
+
+@needs_networks
+def test_register_run_plays_the_overlay_with_the_frames(module, demo, tmp_path):
+    """registerRun over the demo case's three-frame run: the registered projections and the affines are
+    sequences in the run's browser, so that showing frame k shows frame k's result; the results are
+    the library's ``register_run`` on the same inputs, failed frames included."""
+    from DICOMLib import DICOMUtils
+
+    modelNode = slicer.modules.models.logic().AddModel(str(demo.model_path),
+                                                       slicer.vtkMRMLStorageNode.CoordinateSystemLPS)
+    isocenter = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "isocentre")
+    isocenter.AddControlPoint(*[float(c) for c in np.array(demo.isocenter_lps) * [-1.0, -1.0, 1.0]])
+    logic = module.TAVIRegistrationLogic()
+    with DICOMUtils.TemporaryDICOMDatabase(str(tmp_path / "database")):
+        DICOMUtils.importDicom(str(demo.fluoro_path.parent))
+        seriesUID = str(read_fluoro(demo.fluoro_path, load_pixels=False).header.SeriesInstanceUID)
+        volume = slicer.mrmlScene.GetNodeByID(DICOMUtils.loadSeriesByUID([seriesUID])[0])
+        seen = []
+        outcome = logic.registerRun(modelNode, volume, isocenterNode=isocenter, forceCpu=True,
+                                    progress=lambda fraction, message: seen.append(fraction))
+        browser = logic.browserForVolume(volume)
+        with RegistrationPipeline(logic.surfaceModelFromNode(modelNode), read_fluoro(demo.fluoro_path),
+                                  isocenter_lps=demo.isocenter_lps) as pipeline:
+            expected = pipeline.register_run(range(3), device="cpu")
+        assert outcome.failedFrames == sorted(expected.failures) and len(expected.registrations) >= 1
+        assert seen == sorted(seen) and len(seen) >= 3
+        maskProxy = browser.GetProxyNode(outcome.maskSequence)
+        transformProxy = browser.GetProxyNode(outcome.transformSequence)
+        frame = frame_matrix(volume)
+        for reg in expected.registrations:
+            logic.selectFrame(volume, reg.frame_index)
+            np.testing.assert_array_equal(slicer.util.arrayFromVolume(maskProxy)[0], reg.registered_mask)
+            moving = module.roiIjkToRas(frame, reg.roi)
+            np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transformProxy),
+                                       module.rasTransformFromAffine(reg.matrix, frame, moving), atol=1e-6)
+            assert maskProxy.GetAttribute("TAVIRegistration.failed") == ""
+        for index, why in expected.failures.items():
+            logic.selectFrame(volume, index)
+            assert maskProxy.GetAttribute("TAVIRegistration.failed") == why
+            assert not slicer.util.arrayFromVolume(maskProxy).any()
+        logic.close()
+
+
+@needs_networks
+def test_register_run_where_no_frame_registers_is_an_error(case):
+    """The synthetic sample case, whose frames the shipped DRU-Net does not segment usably: every frame
+    fails, registerRun raises one InputError naming the first reason, and adds no sequence."""
+    from TAVIRegistrationLib.errors import InputError
+
+    logic, loaded = case
+    before = len(slicer.util.getNodesByClass("vtkMRMLSequenceNode"))
+    with pytest.raises(InputError, match="no frame of the run registered"):
+        logic.registerRun(loaded.modelNode, loaded.fluoroVolume, isocenterNode=loaded.isocenterNode, forceCpu=True)
+    assert len(slicer.util.getNodesByClass("vtkMRMLSequenceNode")) == before
