@@ -10,6 +10,7 @@ comes from ``Testing/slicer_standin.py``. The Qt panel needs the Slicer applicat
 with ``Testing/run_slicer_selftest.sh``.
 """
 
+import contextlib
 import importlib.util
 import math
 import sys
@@ -313,22 +314,30 @@ def demo(tmp_path_factory):
     return make_demo_case(tmp_path_factory.mktemp("demo"))
 
 
-@needs_networks
-def test_register_frame_segmenting_the_demo_frame_equals_the_library_pipeline(module, demo, tmp_path):
-    """Without a given mask the Logic segments the frame's DICOM pixels: the demo case's model file read
-    by Slicer's models logic (LPS file, RAS node), its run loaded as a sequence, registered by default."""
+@contextlib.contextmanager
+def demo_in_scene(demo, folder):
+    """(model node, isocentre point list, run volume) of the demo case: its LPS .vtk file read by Slicer's
+    models logic into a RAS node, its run imported into a DICOM database and loaded as a sequence."""
     from DICOMLib import DICOMUtils
-    from TAVIRegistrationLib.mesh import load_model
 
     modelNode = slicer.modules.models.logic().AddModel(str(demo.model_path),
                                                        slicer.vtkMRMLStorageNode.CoordinateSystemLPS)
     isocenter = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "isocentre")
     isocenter.AddControlPoint(*[float(c) for c in np.array(demo.isocenter_lps) * [-1.0, -1.0, 1.0]])
-    logic = module.TAVIRegistrationLogic()
-    with DICOMUtils.TemporaryDICOMDatabase(str(tmp_path / "database")):
+    with DICOMUtils.TemporaryDICOMDatabase(str(folder / "database")):
         DICOMUtils.importDicom(str(demo.fluoro_path.parent))
         seriesUID = str(read_fluoro(demo.fluoro_path, load_pixels=False).header.SeriesInstanceUID)
-        volume = slicer.mrmlScene.GetNodeByID(DICOMUtils.loadSeriesByUID([seriesUID])[0])
+        yield modelNode, isocenter, slicer.mrmlScene.GetNodeByID(DICOMUtils.loadSeriesByUID([seriesUID])[0])
+
+
+@needs_networks
+def test_register_frame_segmenting_the_demo_frame_equals_the_library_pipeline(module, demo, tmp_path):
+    """Without a given mask the Logic segments the frame's DICOM pixels: the demo case's model file read
+    by Slicer's models logic (LPS file, RAS node), its run loaded as a sequence, registered by default."""
+    from TAVIRegistrationLib.mesh import load_model
+
+    logic = module.TAVIRegistrationLogic()
+    with demo_in_scene(demo, tmp_path) as (modelNode, isocenter, volume):
         outcome = logic.registerFrame(modelNode, volume, frameIndex=demo.frame_index, isocenterNode=isocenter,
                                       forceCpu=True)
         logic.close()
@@ -345,17 +354,8 @@ def test_register_run_plays_the_overlay_with_the_frames(module, demo, tmp_path):
     """registerRun over the demo case's three-frame run: the registered projections and the affines are
     sequences in the run's browser, so that showing frame k shows frame k's result; the results are
     the library's ``register_run`` on the same inputs, failed frames included."""
-    from DICOMLib import DICOMUtils
-
-    modelNode = slicer.modules.models.logic().AddModel(str(demo.model_path),
-                                                       slicer.vtkMRMLStorageNode.CoordinateSystemLPS)
-    isocenter = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "isocentre")
-    isocenter.AddControlPoint(*[float(c) for c in np.array(demo.isocenter_lps) * [-1.0, -1.0, 1.0]])
     logic = module.TAVIRegistrationLogic()
-    with DICOMUtils.TemporaryDICOMDatabase(str(tmp_path / "database")):
-        DICOMUtils.importDicom(str(demo.fluoro_path.parent))
-        seriesUID = str(read_fluoro(demo.fluoro_path, load_pixels=False).header.SeriesInstanceUID)
-        volume = slicer.mrmlScene.GetNodeByID(DICOMUtils.loadSeriesByUID([seriesUID])[0])
+    with demo_in_scene(demo, tmp_path) as (modelNode, isocenter, volume):
         seen = []
         outcome = logic.registerRun(modelNode, volume, isocenterNode=isocenter, forceCpu=True,
                                     progress=lambda fraction, message: seen.append(fraction))
