@@ -339,7 +339,8 @@ def case_index_version(csv_path) -> Optional[int]:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"cannot read case index {csv_path}: {exc}") from None
     if len(versions) > 1:
-        raise InputError(f"case index {Path(csv_path).name} mixes phantom versions {sorted(versions)}: "
+        raise InputError(f"case index {Path(csv_path).name} mixes phantom versions "
+                         f"{', '.join(str(v or 'none') for v in sorted(versions, key=str))}: "
                          "regenerate it with one version")
     return versions.pop() if versions else None
 
