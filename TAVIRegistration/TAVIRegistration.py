@@ -973,9 +973,8 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
     """
 
-    #: Steps of the data flow this Logic implements. The segmentation and registration issues fill
-    #: ``segmentFrame`` and ``registerFrame`` (below) and set their entry to True: the widget then
-    #: enables their buttons and the self-test's registration-metric test runs.
+    #: Steps of the data flow this Logic implements (``segmentFrame``, ``registerFrame`` below): the
+    #: widget enables the buttons of those set to True, and the self-test's registration test runs.
     IMPLEMENTED_STEPS = {"project": True, "segment": True, "register": True}
 
 

@@ -1,4 +1,4 @@
-"""The bad-input corpus: files a tool used next to a patient must refuse cleanly (issue 7).
+"""The bad-input corpus: files a tool used next to a patient must refuse cleanly.
 
 ``python Testing/bad_input_corpus.py OUT`` writes every case into ``OUT`` (a folder per case) with
 ``OUT/corpus.json``, the list of cases; ``Testing/test_bad_input_corpus.py`` writes it into a

@@ -1,4 +1,4 @@
-"""The command-line contract of `tavireg info` and `tavireg project` (see the guide).
+"""The command-line contract of `tavireg info` and `tavireg project` (docs/conventions.md).
 
 Exit 0 on success; 2 on bad input with exactly one line `error: ...` on stderr and no output file
 left behind; inputs never changed.

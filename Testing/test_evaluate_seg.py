@@ -172,7 +172,7 @@ def test_table_ci_and_goals_from_per_frame(result, setup):
     assert frangi["value"] == pytest.approx(med[ev.METHOD_DRUNET] - med[ev.METHOD_FRANGI], abs=1e-6)
     phantom = ev._index_label(setup["test_index"])
     assert all(g["goal"] == "median DSC >= 0.9" for g in goals if g["dataset"] == phantom)
-    assert "Goals of the issue" in (result / "table.md").read_text()
+    assert "## Goals (DRU-Net" in (result / "table.md").read_text()
 
 
 def test_by_stage_table_from_per_frame(result, setup):

@@ -1,4 +1,4 @@
-"""The C-arm convention, pinned with points a person can check (DICOM PS3.3 C.8.7.5 and the guide).
+"""The C-arm convention, pinned with points a person can check (DICOM PS3.3 C.8.7.5; docs/conventions.md).
 
 LPS: x -> patient left, y -> posterior, z -> head. Images: x = column (right), y = row (down).
 """

@@ -1,4 +1,4 @@
-"""`tavireg register` and `tavireg demo` end to end on a phantom case, and the guide's affine.
+"""`tavireg register` and `tavireg demo` end to end on a phantom case, and the affine M.
 
 The registration networks are trained separately (`tavireg train-seg/train-reg`); these tests use
 the optimisation method (`sitk`) and the ground-truth vessel mask (`--fixed-mask`), so they check

@@ -187,7 +187,7 @@ def test_parameter_count_scales_with_width():
     counts = {c: count_parameters(DRUNet(c)) for c in (4, 8, 16)}
     assert counts[4] < counts[8] < counts[16]
     assert 3.5 < counts[16] / counts[8] < 4.2  # about quadratic in the width
-    assert 7.9e6 < count_parameters(DRUNet(32)) < 8.3e6  # the guide's 8.1 M at 32 channels
+    assert 7.9e6 < count_parameters(DRUNet(32)) < 8.3e6  # 8.1 M parameters at 32 channels
 
 
 def test_torchscript_round_trip_identical(tmp_path):

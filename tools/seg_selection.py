@@ -1,4 +1,4 @@
-"""The DRU-Net selection rule of sessions 8-12 as one command: which candidate network, if any, ships.
+"""The DRU-Net selection rule as one command: which candidate network, if any, ships.
 
     .venv/bin/python tools/seg_selection.py --validation SEED/index.csv \\
         --development PHANTOM/index.csv --real ../shared/data/angios40/train \\

@@ -1,7 +1,7 @@
 """Benchmarks (``tavireg bench``): timings are measured here, never asserted in unit tests.
 
 Each benchmark returns a JSON-serialisable dict with the machine it ran on, so figures reported in
-issues and the README can be reproduced with the same command.
+the documentation can be reproduced with the same command.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def bench_segmentation(sizes: Sequence[int] = SEGMENTATION_SIZES, repeats: int =
 
 #: widths (``--base-channels``) of ``bench_widths``: the shipped 12 and its neighbours
 WIDTHS = (8, 12, 16, 20, 24)
-#: the issue's limits a DRU-Net width must meet: inference of one 256x256 frame (ms) and weight file (MB)
+#: the limits a shipped DRU-Net width must meet: inference of one 256x256 frame (ms) and weight file (MB)
 INFERENCE_GOAL_MS = 100.0
 MODEL_FILE_LIMIT_MB = 10.0
 
@@ -180,7 +180,7 @@ def bench_widths(widths: Sequence[int] = WIDTHS, repeats: int = 30, *, size: int
     TorchScript file's size as ``train-seg`` exports it, the forward pass alone on one ``size`` x
     ``size`` frame (``repeats`` calls), and one training step as ``train-seg --crop`` makes it (AdamW,
     the combined loss, ``batch_size`` random ``crop`` x ``crop`` windows; ``_train_repeats``
-    steps), with whether the width meets the issue's limits (``INFERENCE_GOAL_MS``,
+    steps), with whether the width meets the limits (``INFERENCE_GOAL_MS``,
     ``MODEL_FILE_LIMIT_MB``). ``progress`` is called once per timed or untimed call."""
     import io
 
@@ -266,7 +266,7 @@ def bench_pipeline(data_index=None, n_frames: int = 20, methods: Optional[Sequen
     * ``register``: ``RegistrationPipeline.register`` per method (cnn and cnn+refine only with an
       installed registration network), with the projection and the segmentation already made;
     * ``overlay``: ``report.frame_overlay`` of the registered projection;
-    * ``whole_frame``: segment + register + overlay per method (the issue's 300 ms goal).
+    * ``whole_frame``: segment + register + overlay per method (the project's 300 ms goal).
 
     ``speed_ratio_sitk_over_cnn``: median sitk time / median cnn time, beside each method's median
     Dice against the fixed image (``dice``), when cnn is available; ``register_network_only``: the

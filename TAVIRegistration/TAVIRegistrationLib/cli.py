@@ -433,7 +433,7 @@ def _run_bench(args) -> int:
         with tqdm(total=calls, desc="segmentation", unit="call", file=sys.stderr, disable=None) as bar:
             results["segmentation"] = bench.bench_segmentation(repeats=args.repeats, progress=bar.update)
     if "pipeline" in selected:
-        # --repeats frames (default 30; the issue asks for at least 20) of a generated one-patient phantom
+        # --repeats frames (default 30; at least 20 make a stable median) of a generated one-patient phantom
         if args.repeats < 2:
             raise InputError("the pipeline benchmark needs --repeats of at least 2 frames")
         with tqdm(desc="phantom for pipeline", unit="frame", file=sys.stderr, disable=None) as gen_bar, \
@@ -441,7 +441,7 @@ def _run_bench(args) -> int:
             results["pipeline"] = bench.bench_pipeline(getattr(args, "data", None), n_frames=args.repeats,
                                                        progress=bar.update, generate_progress=gen_bar.update)
         if args.repeats < 20:
-            results["pipeline"]["notes"].append(f"{args.repeats} frames: fewer than the 20 the issue asks for")
+            results["pipeline"]["notes"].append(f"{args.repeats} frames: fewer than the 20 a stable median needs")
     if "widths" in selected:
         widths = bench.WIDTHS if args.widths is None else _floats(args.widths, what="--widths")
         calls = bench.widths_calls(len(widths), args.repeats)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import InputError
 
-DEMO_SEED = 2  # a case on which the current networks register validly (see the issue notes)
+DEMO_SEED = 2  # a case on which the shipped networks register validly
 DEMO_SIZE = 512
 
 

@@ -50,7 +50,7 @@ recall. Rules for the medians:
   precision median only (its Dice and recall, 0, count) and counted as ``n_no_pred``.
 
 Each median DSC comes with a 95 % confidence interval from a bootstrap over **patients** (all frames
-of a drawn patient together; ``median_ci``), and the issue's goals are checked against DRU-Net's
+of a drawn patient together; ``median_ci``), and the project's goals are checked against DRU-Net's
 rows (``check_goals``: phantom indices 0.90 per FoV, image folders 0.75 and above Frangi, the
 latter with the paired interval of the median difference), each verdict saying whether the whole
 interval agrees with the median.
@@ -134,7 +134,7 @@ STAGE_COLUMNS = TABLE_COLUMNS[:2] + ("stage",) + TABLE_COLUMNS[2:]
 CI_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
-#: the issue's goals for DRU-Net's median DSC: each FoV of held-out phantom patients (case indices),
+#: the project's goals for DRU-Net's median DSC: each FoV of held-out phantom patients (case indices),
 #: and real angiograms (image-mask folders), where it must also be above the Frangi baseline
 GOAL_PHANTOM_DICE = 0.90
 GOAL_REAL_DICE = 0.75
@@ -227,9 +227,9 @@ def index_frames(csv_path: Path, split: str, label: Optional[str] = None) -> Tup
         if split in s and len(s) > 1:
             raise InputError(f"case index {csv_path.name}: patient {patient!r} has frames in several splits "
                              f"({', '.join(sorted(x or '(empty)' for x in s))}); the split must be patient-wise")
-    from .phantom import case_index_version
+    from .phantom import rows_version
 
-    return out, {"rows": len(rows), "rows_per_split": per_split, "phantom_version": case_index_version(csv_path)}
+    return out, {"rows": len(rows), "rows_per_split": per_split, "phantom_version": rows_version(rows, csv_path.name)}
 
 
 def _natural_key(s: str):
@@ -621,7 +621,7 @@ def _verdict(value: float, lo: float, hi: float, target: float, strict: bool = F
 
 def check_goals(records: Sequence[Dict[str, Any]], table: Sequence[Dict[str, Any]],
                 kinds: Dict[str, str]) -> List[Dict[str, Any]]:
-    """The issue's goals for DRU-Net, one row per data set and FoV: median DSC >= ``GOAL_PHANTOM_DICE``
+    """The project's goals for DRU-Net, one row per data set and FoV: median DSC >= ``GOAL_PHANTOM_DICE``
     on case indices (held-out phantom patients), >= ``GOAL_REAL_DICE`` on image-mask folders (real
     angiograms) and there also above Frangi (the median difference with its paired patient-bootstrap
     CI: met when the whole CI is above 0). ``kinds``: data set label -> ``DataSet.kind``."""
@@ -656,7 +656,7 @@ def goals_markdown(goals: Sequence[Dict[str, Any]]) -> str:
     """The goal check as a table (empty when there is nothing to check)."""
     if not goals:
         return ""
-    lines = ["", f"## Goals of the issue (DRU-Net; {100 * CI_LEVEL:g} % CI: bootstrap over patients)", "",
+    lines = ["", f"## Goals (DRU-Net; {100 * CI_LEVEL:g} % CI: bootstrap over patients)", "",
              "| data set | FoV | goal | value | CI | verdict |", "| --- | --- | --- | ---: | --- | --- |"]
     for g in goals:
         lo, hi = g["ci"]

@@ -39,7 +39,7 @@ Per frame (rows of ``index.csv`` with ``split == 'test'`` and a non-empty opacif
 
 Outputs (all at once, ``outputs.OutputSet``): ``DIR/per_frame.csv``, ``DIR/table.csv`` and
 ``DIR/table.md`` (per method x FoV, plus ``all``), ``DIR/boxplots.png`` (Fig. 8 style) and
-``DIR/summary.json`` (the table, the issue's goals checked per method, settings, warnings).
+``DIR/summary.json`` (the table, the project's goals checked per method, settings, warnings).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ FOVS = ("upper", "lower", "all")
 #: index.csv columns this command reads
 REQUIRED_COLUMNS = ("patient", "split", "fov", "series", "image", "frame", "mask", "projection_nominal",
                     "case", "opacified_px", "isocenter_lps")
-#: the issue's goals (held-out phantom; stated for ``cnn``, checked here for every method)
+#: the project's goals (held-out phantom; stated for ``cnn``, checked here for every method)
 GOALS = {"median_recall": (">=", 0.95), "median_dice": (">=", 0.85), "median_tre_mm": ("<=", 2.0),
          "success_rate": (">=", 0.95)}
 
@@ -224,6 +224,7 @@ class EvaluationResult:
     skipped_frames: List[Dict[str, object]] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     seconds: float = 0.0
+    phantom_version: Optional[int] = None
 
 
 def _fmt_roi(v) -> str:
@@ -240,7 +241,7 @@ def evaluate_registration(index_csv, methods: Sequence[str] = METHODS, *, fixed:
     from .fluoro import read_fluoro
     from .mesh import load_model
     from .models import installed
-    from .phantom import frame_truth
+    from .phantom import frame_truth, rows_version
     from .pipeline import RegistrationPipeline
     from .registration import registration_window
 
@@ -346,7 +347,8 @@ def evaluate_registration(index_csv, methods: Sequence[str] = METHODS, *, fixed:
     if not records:
         raise InputError("no frame could be evaluated (every eligible frame was skipped)")
     table = summarize(records, run)
-    return EvaluationResult(records, table, run, skipped, warnings, time.perf_counter() - t_start)
+    return EvaluationResult(records, table, run, skipped, warnings, time.perf_counter() - t_start,
+                            rows_version(rows, Path(index_csv).name))
 
 
 def _reference_metrics(proj, roi, truth, window) -> Dict[str, float]:
@@ -519,7 +521,7 @@ OPTIMUM_LABEL = "Dice optimum (reference)"
 
 
 def check_goals(table: Sequence[Dict[str, object]]) -> Dict[str, Dict[str, object]]:
-    """The issue's goals against the ``all`` row of each method: {method: {goal: {value, target, met}}};
+    """The project's goals against the ``all`` row of each method: {method: {goal: {value, target, met}}};
     and under ``OPTIMUM_LABEL`` the same for the Dice optimum reference, i.e. which goals the
     registration loss itself can reach on these frames."""
     out: Dict[str, Dict[str, object]] = {}
@@ -544,7 +546,7 @@ def goals_markdown(goals: Dict[str, Dict[str, object]]) -> str:
     """The goal check as a table: one row per method (and the Dice optimum), one column per goal."""
     names = {"median_recall": "recall", "median_dice": "Dice", "median_tre_mm": "TRE (mm)", "success_rate": "success"}
     head = " | ".join(f"{names.get(k, k)} {op} {t:g}" for k, (op, t) in GOALS.items())
-    lines = ["", "Goals of the issue (held-out phantom, `all` rows); the Dice optimum's row says which of them the "
+    lines = ["", "Goals (held-out phantom, `all` rows); the Dice optimum's row says which of them the "
              "registration loss itself reaches on these frames.", "", f"| | {head} |",
              "| --- |" + " ---: |" * len(GOALS)]
     for method, res in goals.items():
@@ -723,7 +725,6 @@ def run_evaluate_reg(args) -> int:
     from .bench import machine_facts
     from .export import csv_writer
     from .outputs import OutputSet, check_writable_dir
-    from .phantom import case_index_version
 
     methods = parse_methods(getattr(args, "methods", None))
     fixed = getattr(args, "fixed", "truth") or "truth"
@@ -756,7 +757,7 @@ def run_evaluate_reg(args) -> int:
     outputs = {name: str(out / name) for name in ("per_frame.csv", "table.csv", "table.md", "boxplots.png", "summary.json")}
     summary = _json_clean({
         "command": _command_line(args, methods, fixed, max_frames),
-        "data": str(args.data), "phantom_version": case_index_version(args.data), "split": split, "fixed": fixed,
+        "data": str(args.data), "phantom_version": res.phantom_version, "split": split, "fixed": fixed,
         "methods": res.methods,
         "methods_requested": methods, "frames": len({(r["image"], r["frame"]) for r in res.records}),
         "skipped_frames": res.skipped_frames, "success_mm": SUCCESS_MM,

@@ -127,7 +127,7 @@ def _unlink_quietly(path: Path) -> None:
 
 
 def mask_png_writer(mask: np.ndarray) -> Callable[[io.BufferedWriter], None]:
-    """Writer for a binary mask as an 8-bit PNG with values 0/255 (the guide's file convention)."""
+    """Writer for a binary mask as an 8-bit PNG with values 0/255 (the project's file convention)."""
     from PIL import Image
 
     data = (np.asarray(mask) > 0).astype(np.uint8) * 255

@@ -331,18 +331,23 @@ def index_version(row: Dict[str, str]) -> Optional[int]:
     return 1 if (row.get("case") or "").strip() else None
 
 
-def case_index_version(csv_path) -> Optional[int]:
-    """The generator version of a case index (None: not a phantom's; InputError when its rows disagree)."""
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as fh:
-            versions = {index_version(r) for r in csv.DictReader(fh)}
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"cannot read case index {csv_path}: {exc}") from None
+def rows_version(rows, name: str) -> Optional[int]:
+    """The generator version of a case index's rows (None: not a phantom's; InputError when they disagree)."""
+    versions = {index_version(r) for r in rows}
     if len(versions) > 1:
-        raise InputError(f"case index {Path(csv_path).name} mixes phantom versions "
+        raise InputError(f"case index {name} mixes phantom versions "
                          f"{', '.join(str(v or 'none') for v in sorted(versions, key=str))}: "
                          "regenerate it with one version")
     return versions.pop() if versions else None
+
+
+def case_index_version(csv_path) -> Optional[int]:
+    """``rows_version`` of the case index file ``csv_path``."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            return rows_version(csv.DictReader(fh), Path(csv_path).name)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read case index {csv_path}: {exc}") from None
 
 
 def check_one_version(versions: Dict[str, Optional[int]], what: str) -> None:

@@ -46,7 +46,7 @@ class FrameProjection:
 
 @dataclass
 class FrameRegistration:
-    """The registration of one frame: the guide's affine, the registered projection, the masks."""
+    """The registration of one frame: the affine M, the registered projection, the masks."""
 
     frame_index: int
     roi: Roi

@@ -1,7 +1,7 @@
 """The registration step: (moving projection mask, fixed frame mask, ROI) in, affine M out.
 
 Step 5 of the data flow. ``register_pair`` takes plain arrays on the fluoroscopy frame's pixel grid
-and returns a ``RegistrationResult`` whose ``matrix`` is the guide's M: a 3x3 homogeneous matrix
+and returns a ``RegistrationResult`` whose ``matrix`` is the affine M: a 3x3 homogeneous matrix
 from moving-ROI pixel coordinates ((0, 0) = the ROI's top-left pixel) to frame pixel coordinates,
 points as (x = col, y = row), pixel centres at integer coordinates.
 
@@ -17,7 +17,7 @@ Methods (all on identical inputs, so that comparisons are fair):
   starts from the network's affine, or from the identity (``init`` when given) where that already
   agrees better with the frame (a warning says so). (L-BFGS rather than Adam: on synthetic vessel
   trees Adam needed ~100 steps and a tuned learning rate to come within 1 px, L-BFGS reaches 0.4 px
-  in 40 iterations, about 0.1-0.2 s on this CPU when it is not shared);
+  in 40 iterations, about 0.1-0.2 s on a 2-core CPU when it is not shared);
 * ``sitk``: an optimisation-based affine registration of the same window images with SimpleITK
   (the paper's "traditional" alternative): Gaussian-blurred masks, mean squares metric restricted
   to the ROI, regular-step gradient descent, three resolutions (shrink 4, 2, 1).
@@ -202,12 +202,12 @@ def frame_matrix_to_theta(frame_matrix, window: Window) -> np.ndarray:
 
 
 def theta_to_matrix(theta, window: Window, roi: Sequence[int]) -> np.ndarray:
-    """The guide's M (ROI pixels -> frame pixels) of a network theta."""
+    """The affine M (ROI pixels -> frame pixels) of a network theta."""
     return theta_to_frame_matrix(theta, window) @ roi_matrix(roi)
 
 
 def matrix_to_theta(matrix, window: Window, roi: Sequence[int]) -> np.ndarray:
-    """Θ (2x3) of the guide's M."""
+    """Θ (2x3) of the affine M."""
     return frame_matrix_to_theta(_h(matrix) @ np.linalg.inv(roi_matrix(roi)), window)
 
 
@@ -268,7 +268,7 @@ def warp_mask(source: np.ndarray, matrix, out_shape: Sequence[int], threshold: f
     """Render a mask through an affine: uint8 0/1 of ``out_shape``.
 
     ``matrix`` (3x3) maps ``source`` pixel coordinates (x, y) to output pixel coordinates: the ROI
-    crop with the guide's M, or a frame-grid mask with ``M_frame`` (the two give the same picture).
+    crop with the affine M, or a frame-grid mask with ``M_frame`` (the two give the same picture).
     Bilinear interpolation of the 0/1 mask with zeros beyond its edges, then ``>= threshold`` (a
     value within 1e-6 of it counts as reaching it, so that rounding does not decide ties). Only the
     output's part that the source's non-zero bounding box can reach is computed, by
@@ -525,7 +525,7 @@ def _model_size(model, entry) -> int:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class RegistrationResult:
-    """Output of ``register_pair``. ``matrix``: the guide's M (ROI pixels -> frame pixels).
+    """Output of ``register_pair``. ``matrix``: the affine M (ROI pixels -> frame pixels; docs/conventions.md).
 
     When ``valid`` is False (``problems`` says why), ``matrix`` and ``registered_mask`` are kept for
     diagnosis only: front ends show ``message`` and no overlay as if it were a registration.
@@ -655,7 +655,8 @@ def _better_start(roi_only, fixed, roi: Roi, window: Window, init_m: Optional[np
     registration window (the same region for both); None when the result is at least as good."""
     x, y, w, h = roi
     start_m = init_m if init_m is not None else np.eye(3)
-    start_reg = warp_mask(roi_only[y:y + h, x:x + w], start_m @ roi_matrix(roi), fixed.shape)
+    start_reg = roi_only if init_m is None else warp_mask(roi_only[y:y + h, x:x + w], start_m @ roi_matrix(roi),
+                                                          fixed.shape)
     start_metrics = _frame_metrics(start_reg, fixed, start_m, roi, window)
     if metrics["window_dice"] >= start_metrics["window_dice"]:
         return None

@@ -2,7 +2,7 @@
 
 ``DIR/overlay.png``                 the frame with the registered projection drawn over it
 ``DIR/registered_projection.png``   the registered projection as a 0/255 mask on the frame's grid
-``DIR/transform.json``              the guide's 3x3 M (ROI pixels -> frame pixels), ROI, metrics
+``DIR/transform.json``              the 3x3 affine M (ROI pixels -> frame pixels), ROI, metrics
 ``DIR/overlay.dcm``                 the overlay as a DICOM Secondary Capture in the frame's study
 ``DIR/metrics.csv``                 per frame, when the fixed mask was given (ground truth known)
 
