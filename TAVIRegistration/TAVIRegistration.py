@@ -352,7 +352,7 @@ class TAVIRegistration(ScriptedLoadableModule):
 def registerSampleData():
     """Add the synthetic TAVI case to the Sample Data module.
 
-    The case is generated on this computer by the library (``TAVIRegistrationLib.sample_case``: a vessel
+    The case is generated on this computer by the library (``TAVIRegistrationLib.synthetic.sample_case``: a vessel
     model and an XA DICOM run with full C-arm geometry, byte-reproducible and checked against its SHA256
     ``SAMPLE_SHA256``), imported into the DICOM database and loaded, like the self-test does.
     """
@@ -482,10 +482,10 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def _setupRoiEditor(self):
-        """Embed the shared ROI editor (TAVIRegistrationLib.roi_view.RoiEditor, PythonQt) in the panel."""
+        """Embed the shared ROI editor (TAVIRegistrationLib.viewer.roi_view.RoiEditor, PythonQt) in the panel."""
         layout = self.ui.roiEditorFrame.layout()
         try:
-            from TAVIRegistrationLib.roi_view import RoiEditor
+            from TAVIRegistrationLib.viewer.roi_view import RoiEditor
         except Exception as exc:  # shown in the panel and logged: the rest of the module still works
             logging.exception("TAVIRegistration: the ROI editor could not be loaded")
             import qt
@@ -1098,7 +1098,7 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
             return "%s is not available in this version." % step
         if step in STEP_UNAVAILABLE_REASONS:
             try:
-                from TAVIRegistrationLib.models import installed
+                from TAVIRegistrationLib.networks.weights import installed
             except ImportError:  # the Python packages are not installed yet: the step asks for them when run
                 return ""
             if not installed("segmentation"):
@@ -1758,9 +1758,9 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
 
     # -- synthetic case (Sample Data and self-test) --------------------------------------------------------
     def writeSyntheticCase(self, directory, seed=None):
-        """Write the synthetic case's XA run with the library (``TAVIRegistrationLib.sample_case``) and
+        """Write the synthetic case's XA run with the library (``TAVIRegistrationLib.synthetic.sample_case``) and
         check its SHA256. Returns a SyntheticCase without nodes (path, model in LPS, geometries, masks)."""
-        from TAVIRegistrationLib.sample_case import SAMPLE_SEED, SAMPLE_SHA256, write_sample_case
+        from TAVIRegistrationLib.synthetic.sample_case import SAMPLE_SEED, SAMPLE_SHA256, write_sample_case
 
         seed = SAMPLE_SEED if seed is None else seed
         case = write_sample_case(directory, seed=seed)

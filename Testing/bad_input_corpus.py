@@ -61,7 +61,7 @@ def write_valid_inputs(d: Path) -> Dict[str, Path]:
     from TAVIRegistrationLib.mesh import save_model, surface_from_polydata
     from TAVIRegistrationLib.outputs import mask_png_writer
     from TAVIRegistrationLib.projection import render_projection
-    from TAVIRegistrationLib.sample_case import vessel_polydata
+    from TAVIRegistrationLib.synthetic.sample_case import vessel_polydata
 
     d.mkdir(parents=True, exist_ok=True)
     poly = vessel_polydata()
@@ -201,7 +201,7 @@ def _stl_bytes(points: np.ndarray, triangles: np.ndarray) -> bytes:
 def mesh_cases(d: Path, good: Dict[str, Path]) -> List[Case]:
     from vtkmodules.util.numpy_support import vtk_to_numpy
 
-    from TAVIRegistrationLib.sample_case import vessel_polydata
+    from TAVIRegistrationLib.synthetic.sample_case import vessel_polydata
 
     poly = vessel_polydata()
     pts = vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float64)
@@ -313,7 +313,7 @@ def weights_cases(d: Path, good: Dict[str, Path], shipped_models: Optional[Path]
     def a_regnet(path: Path) -> None:
         import torch
 
-        from TAVIRegistrationLib.regnet import RegNet, scaled_channels
+        from TAVIRegistrationLib.networks.regnet import RegNet, scaled_channels
 
         torch.jit.script(RegNet(in_size=64, channels=scaled_channels(0.1), fc=16)).save(str(path))
 

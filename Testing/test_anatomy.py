@@ -12,7 +12,7 @@ import pytest
 vtk = pytest.importorskip("vtk")
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
-from TAVIRegistrationLib.anatomy import (  # noqa: E402
+from TAVIRegistrationLib.synthetic.anatomy import (  # noqa: E402
     ARCH_TYPES,
     CHAINS,
     LANDMARKS,

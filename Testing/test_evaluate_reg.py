@@ -8,29 +8,19 @@ module docstrings), never asserted here.
 import csv
 import json
 import math
-import sys
+
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from TAVIRegistrationLib import cli
-from TAVIRegistrationLib import evaluate_reg as ev
-from TAVIRegistrationLib.errors import InputError
+from TAVIRegistrationLib.evaluation import reg as ev
 
 
 def _run(argv) -> int:
-    """``tavireg evaluate reg ARGV`` through the real command line once evaluate.py registers it;
-    until then the same parser arguments and error handling around ``run_evaluate_reg``."""
-    if any(name == "evaluate" for _, name, _ in cli._REGISTRY):
-        return cli.main(["evaluate", "reg", *argv])
-    parser = cli._Parser(prog="tavireg evaluate reg")
-    ev.add_evaluate_reg_arguments(parser)
-    try:
-        return ev.run_evaluate_reg(parser.parse_args(argv))
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return cli.EXIT_INPUT
+    """``tavireg evaluate reg ARGV`` through the real command line."""
+    return cli.main(["evaluate", "reg", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +167,7 @@ def test_spread_keeps_both_ends():
 
 
 def test_bench_pipeline_tiny_generated_case(tmp_path, monkeypatch):
-    from TAVIRegistrationLib import bench
+    from TAVIRegistrationLib.evaluation import bench
 
     monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path / "no_models"))  # the same result wherever it runs
     res = bench.bench_pipeline(None, n_frames=2, size=128, seed=3, methods=["sitk"])
@@ -198,9 +188,9 @@ def test_bench_pipeline_times_cnn_and_its_network_beside_sitk(tmp_path, monkeypa
     forward pass alone (what of cnn's register stage is the network; the figures are the benchmark's)."""
     import torch
 
-    from TAVIRegistrationLib import bench
-    from TAVIRegistrationLib.models import add_manifest_entry
-    from TAVIRegistrationLib.regnet import RegNet, scaled_channels
+    from TAVIRegistrationLib.evaluation import bench
+    from TAVIRegistrationLib.networks.weights import add_manifest_entry
+    from TAVIRegistrationLib.networks.regnet import RegNet, scaled_channels
 
     models = tmp_path / "models"
     models.mkdir()
@@ -217,7 +207,7 @@ def test_bench_pipeline_times_cnn_and_its_network_beside_sitk(tmp_path, monkeypa
 
 
 def test_agreement_threshold_separates_failures_from_successes():
-    from TAVIRegistrationLib.evaluate_reg import agreement_analysis
+    from TAVIRegistrationLib.evaluation.reg import agreement_analysis
 
     rng = np.random.default_rng(0)
     recs = [{"method": "cnn", "valid": True, "success": True, "fixed_dice": float(d)} for d in rng.uniform(0.7, 0.95, 40)]
@@ -236,8 +226,8 @@ def test_dice_optimum_is_the_refinement_from_the_truth_affine():
     affine, the optimum stays at that affine (TRE ~0) when started there, and returns to it when the
     phantom's affine is off by a shift (the refinement really runs from the given start)."""
     from TAVIRegistrationLib import registration as R
-    from TAVIRegistrationLib import train_reg as TR
-    from TAVIRegistrationLib.phantom import FrameTruth
+    from TAVIRegistrationLib.training import reg as TR
+    from TAVIRegistrationLib.synthetic.phantom import FrameTruth
 
     frame, roi = (256, 256), (60, 40, 130, 150)
     vessel = TR.synthetic_vessel_mask(frame, np.random.default_rng(3))

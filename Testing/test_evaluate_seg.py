@@ -21,8 +21,8 @@ pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:
 from PIL import Image  # noqa: E402
 
 from TAVIRegistrationLib import cli  # noqa: E402
-from TAVIRegistrationLib import evaluate as ev  # noqa: E402
-from TAVIRegistrationLib.train_seg import TrainConfig, train  # noqa: E402
+from TAVIRegistrationLib.evaluation import seg as ev  # noqa: E402
+from TAVIRegistrationLib.training.seg import TrainConfig, train  # noqa: E402
 from vessel_images import write_vessel_folder  # noqa: E402
 
 
@@ -179,7 +179,7 @@ def test_by_stage_table_from_per_frame(result, setup):
     """by_stage.csv splits the phantom's staged frames (its upper FoV) by procedure stage, in procedure
     order, each row the same medians as the main table over that stage's frames of per_frame.csv; frames
     without a stage (lower FoV, the image folder) are in no stage row."""
-    from TAVIRegistrationLib.phantom import STAGES
+    from TAVIRegistrationLib.synthetic.phantom import STAGES
 
     index = _read_csv(setup["test_index"])
     want_stages = {r["stage"] for r in index if r["stage"]}

@@ -14,8 +14,10 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from TAVIRegistrationLib import cli, phantom, xray
-from TAVIRegistrationLib.anatomy import generate_anatomy
+from TAVIRegistrationLib import cli
+
+from TAVIRegistrationLib.synthetic import phantom, xray
+from TAVIRegistrationLib.synthetic.anatomy import generate_anatomy
 from TAVIRegistrationLib.fluoro import read_fluoro
 from TAVIRegistrationLib.geometry import CArmGeometry, project
 from TAVIRegistrationLib.mesh import arrays_from_polydata, load_model, polydata_from_arrays
@@ -237,7 +239,7 @@ def test_tube_path_length_is_exact_for_a_straight_rod():
 def test_contrast_rules_name_the_segments_they_apply_to():
     """Each rule of ContrastModel by exact segment name: the sinuses of Valsalva fill with the root
     (not under the coronary rule, whose names they contain); renal arteries belong to no limb."""
-    from TAVIRegistrationLib.anatomy import SEGMENTS
+    from TAVIRegistrationLib.synthetic.anatomy import SEGMENTS
 
     rules = phantom.contrast_rules()
     assert rules == {

@@ -17,7 +17,7 @@ from PIL import Image
 from TAVIRegistrationLib.cli import main
 from TAVIRegistrationLib.fluoro import read_fluoro, write_fluoro_dicom
 from TAVIRegistrationLib.mesh import load_model
-from TAVIRegistrationLib.phantom import frame_truth
+from TAVIRegistrationLib.synthetic.phantom import frame_truth
 from TAVIRegistrationLib.pipeline import RegistrationPipeline
 from TAVIRegistrationLib.registration import warp_mask
 
@@ -232,9 +232,9 @@ def test_low_agreement_is_flagged_and_shown(frame, tmp_path, capsys, monkeypatch
     makes every registration low-agreement)."""
     import torch
 
-    from TAVIRegistrationLib.models import add_manifest_entry
+    from TAVIRegistrationLib.networks.weights import add_manifest_entry
     from TAVIRegistrationLib.overlay import FLAG_COLOR
-    from TAVIRegistrationLib.regnet import RegNet, scaled_channels
+    from TAVIRegistrationLib.networks.regnet import RegNet, scaled_channels
 
     models = tmp_path / "models"
     models.mkdir()

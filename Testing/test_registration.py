@@ -1,4 +1,4 @@
-"""Registration step, registration CNN and its training (registration.py, regnet.py, train_reg.py).
+"""Registration step, registration CNN and its training (registration, networks.regnet, training.reg).
 
 Conventions under test: M maps moving-ROI pixels (x = col, y = row) to frame pixels; theta is
 torch's affine_grid theta (align_corners=False) on the registration window and never leaves the
@@ -20,11 +20,11 @@ torch = pytest.importorskip("torch")
 
 from TAVIRegistrationLib import registration as R  # noqa: E402
 from TAVIRegistrationLib.errors import InputError  # noqa: E402
-from TAVIRegistrationLib.models import load_manifest, load_model, sha256_file  # noqa: E402
-from TAVIRegistrationLib.regnet import (  # noqa: E402
+from TAVIRegistrationLib.networks.weights import load_manifest, load_network, sha256_file  # noqa: E402
+from TAVIRegistrationLib.networks.regnet import (  # noqa: E402
     CHANNELS, PAPER_POOL_AFTER, RegNet, count_parameters, multiply_adds, scaled_channels, script_model,
 )
-from TAVIRegistrationLib import train_reg as TR  # noqa: E402
+from TAVIRegistrationLib.training import reg as TR  # noqa: E402
 
 FRAME = (256, 256)
 ROI = (60, 40, 130, 150)
@@ -476,7 +476,7 @@ def test_train_checkpoint_resume_export(tmp_path, monkeypatch, vessel):
     assert entry["kind"] == "registration" and entry["architecture"] == "RegNet" and entry["input_size"] == [64, 64]
     assert entry["command"].startswith("tavireg train-reg --data synthetic:5") and "--width 0.125" in entry["command"]
     assert "pooling" in entry["deviations"] and entry["window_margin"] == 0.3 and entry["metrics"]["validation"]
-    module = load_model("registration", device="cpu")
+    module = load_network("registration", device="cpu")
     assert module.architecture == "RegNet"
     _, fixed = _known_case(vessel)
     res = R.register_pair(vessel, fixed, ROI, "cnn", model="reg-test", device="cpu")
@@ -490,7 +490,7 @@ def test_default_network_follows_the_frames_fov(tmp_path, vessel):
     of unknown FoV) get the default one."""
     import shutil
 
-    from TAVIRegistrationLib.models import add_manifest_entry
+    from TAVIRegistrationLib.networks.weights import add_manifest_entry
 
     models = tmp_path / "models"
     TR.train(_config(tmp_path / "run", epochs=1, export="reg-all", export_dir=str(models)))
@@ -510,7 +510,7 @@ def test_default_network_follows_the_frames_fov(tmp_path, vessel):
 def test_manifest_refine_steps_set_the_refinement(tmp_path, vessel):
     """A registration entry's ``refine_steps`` is cnn+refine's default number of L-BFGS iterations
     (0: the CNN's affine unchanged); an explicit ``refine_steps`` overrides it."""
-    from TAVIRegistrationLib.models import add_manifest_entry
+    from TAVIRegistrationLib.networks.weights import add_manifest_entry
 
     models = tmp_path / "models"
     TR.train(_config(tmp_path / "run", epochs=1, export="reg", export_dir=str(models)))
@@ -578,8 +578,8 @@ def test_worker_processes_give_the_same_weights(tmp_path):
 def test_segment_fixed_uses_cached_dru_net_masks_of_the_phantom(phantom_dataset, tmp_path, monkeypatch):
     """--segment-fixed: the phantom frames segmented once by the installed DRU-Net (cached per
     network), used as fixed images; the ROI is the one a user draws around the contrast."""
-    from TAVIRegistrationLib.models import installed
-    from TAVIRegistrationLib.phantom import frame_truth
+    from TAVIRegistrationLib.networks.weights import installed
+    from TAVIRegistrationLib.synthetic.phantom import frame_truth
 
     monkeypatch.setenv("TAVIREG_MODELS_DIR", str(Path(__file__).resolve().parents[1] / "Resources" / "Models"))
     if not installed("segmentation"):

@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("PyQt5")
 pytest.importorskip("pytestqt")
 
-from TAVIRegistrationLib import roi_view as rv  # noqa: E402
+from TAVIRegistrationLib.viewer import roi_view as rv  # noqa: E402
 from TAVIRegistrationLib import overlay  # noqa: E402
-from TAVIRegistrationLib.qt_compat import (  # noqa: E402
+from TAVIRegistrationLib.viewer.qt_compat import (  # noqa: E402
     QT_API, _qimage_via_ppm, inverted, qget, qimage_from_array, qt)
 
 ROWS, COLS = 120, 160

@@ -8,7 +8,7 @@ import numpy as np
 
 from TAVIRegistrationLib.fluoro import read_fluoro
 from TAVIRegistrationLib.pipeline import RegistrationPipeline
-from TAVIRegistrationLib.sample_case import SAMPLE_ANGLES, SAMPLE_SHA256, write_sample_case
+from TAVIRegistrationLib.synthetic.sample_case import SAMPLE_ANGLES, SAMPLE_SHA256, write_sample_case
 
 
 def test_sample_case_is_byte_reproducible_and_matches_its_sha256(tmp_path):

@@ -20,7 +20,7 @@ pytest.importorskip("skimage")
 pytest.importorskip("matplotlib")
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:DeprecationWarning")
 
-from TAVIRegistrationLib.train_seg import TrainConfig, train  # noqa: E402
+from TAVIRegistrationLib.training.seg import TrainConfig, train  # noqa: E402
 from vessel_images import write_vessel_folder  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "seg_selection.py"

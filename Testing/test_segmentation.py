@@ -17,11 +17,11 @@ from PIL import Image  # noqa: E402
 
 from TAVIRegistrationLib import cli  # noqa: E402
 from TAVIRegistrationLib.errors import InputError  # noqa: E402
-from TAVIRegistrationLib.models import (  # noqa: E402
+from TAVIRegistrationLib.networks.weights import (  # noqa: E402
     add_manifest_entry,
     load_manifest,
-    load_model,
-    load_model_with_entry,
+    load_network,
+    load_network_with_entry,
     models_dir,
     pick_device,
     sha256_file,
@@ -36,9 +36,9 @@ from TAVIRegistrationLib.segmentation import (  # noqa: E402
     segment_frame,
     validate_image,
 )
-from TAVIRegistrationLib.segnet import (DRUNet, count_parameters, drunet_parameters, script_model,  # noqa: E402
+from TAVIRegistrationLib.networks.segnet import (DRUNet, count_parameters, drunet_parameters, script_model,  # noqa: E402
                                         state_width, widen_state_dict)
-from TAVIRegistrationLib.train_seg import (  # noqa: E402
+from TAVIRegistrationLib.training.seg import (  # noqa: E402
     TrainConfig,
     Sample,
     augment_batch,
@@ -48,7 +48,7 @@ from TAVIRegistrationLib.train_seg import (  # noqa: E402
     train,
     validation_metrics,
 )
-from TAVIRegistrationLib.training import split_patients  # noqa: E402
+from TAVIRegistrationLib.training.common import split_patients  # noqa: E402
 from vessel_images import vessel_image, write_vessel_folder  # noqa: E402
 
 
@@ -150,16 +150,16 @@ def test_init_narrower_network_is_widened_and_recorded(tiny_models, tmp_path, mo
     entry = load_manifest(tmp_path / "m")[0]
     assert entry["base_channels"] == 4 and "widened from 2 to 4" in entry["init"]["adapted"]
     assert entry["init"]["model"] == "tiny"
-    wide = load_model("wide", device="cpu", directory=tmp_path / "m")
+    wide = load_network("wide", device="cpu", directory=tmp_path / "m")
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(wide(x), load_model("tiny", device="cpu")(x), atol=1e-5)
+        assert torch.allclose(wide(x), load_network("tiny", device="cpu")(x), atol=1e-5)
 
 
 def test_bench_widths_measures_each_width(capsys):
     """``tavireg bench --only widths``: parameters, file size, inference and a training step per width
     (the figures are the benchmark's; here that each is measured and judged against the limits)."""
-    from TAVIRegistrationLib import bench
+    from TAVIRegistrationLib.evaluation import bench
 
     res = bench.bench_widths((2, 3), repeats=3, size=32, crop=32, batch_size=2)
     rows = res["widths"]
@@ -226,23 +226,23 @@ def test_models_dir_env_override(tmp_path, monkeypatch):
 def test_manifest_load_verify_and_refuse(tmp_path, monkeypatch):
     monkeypatch.setenv("TAVIREG_MODELS_DIR", str(tmp_path))
     with pytest.raises(InputError, match="no segmentation network"):
-        load_model("segmentation")
+        load_network("segmentation")
     entry = _register(tmp_path)
     assert entry["sha256"] == sha256_file(tmp_path / "m.pt")
     assert [e["name"] for e in load_manifest()] == ["m"]
-    module = load_model("segmentation", device="cpu")
+    module = load_network("segmentation", device="cpu")
     assert module.base_channels == 2
-    assert load_model_with_entry("m", device="cpu")[1]["name"] == "m"
+    assert load_network_with_entry("m", device="cpu")[1]["name"] == "m"
     with pytest.raises(InputError, match="not in"):
-        load_model("no-such-model")
+        load_network("no-such-model")
 
     data = (tmp_path / "m.pt").read_bytes()
     (tmp_path / "m.pt").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit flipped
     with pytest.raises(InputError, match="does not match its manifest"):
-        load_model("m")
+        load_network("m")
     (tmp_path / "m.pt").unlink()
     with pytest.raises(InputError, match="missing"):
-        load_model("m")
+        load_network("m")
 
 
 def test_manifest_refuses_wrong_architecture_and_bad_json(tmp_path):
@@ -251,14 +251,14 @@ def test_manifest_refuses_wrong_architecture_and_bad_json(tmp_path):
     manifest["models"][0]["base_channels"] = 8
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="base channels"):
-        load_model("w", directory=tmp_path)
+        load_network("w", directory=tmp_path)
     # a TorchScript file of another network
     other = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1)))
     other.save(str(tmp_path / "w.pt"))
     manifest["models"][0]["sha256"] = sha256_file(tmp_path / "w.pt")
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="not a segmentation network"):
-        load_model("w", directory=tmp_path)
+        load_network("w", directory=tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(InputError, match="cannot be read"):
         load_manifest(tmp_path)
@@ -463,7 +463,7 @@ def test_train_checkpoint_resume_export(tiny_models, tmp_path, monkeypatch):
     assert entry["command"].startswith("tavireg train-seg --data ")
     assert entry["input_size"] == [64, 64] and entry["base_channels"] == 2
     assert "upper" in entry["metrics"]["validation"]
-    assert load_model("tiny", device="cpu", directory=directory).base_channels == 2
+    assert load_network("tiny", device="cpu", directory=directory).base_channels == 2
 
     # resume: run 1 of 2 epochs, then continue; the result equals the uninterrupted run
     data = write_vessel_folder(tmp_path / "data", n=5)
@@ -506,7 +506,7 @@ def test_init_fine_tunes_from_a_checkpoint_or_an_installed_model(tiny_models, tm
     # an installed model by its manifest name (hash-checked TorchScript file)
     monkeypatch.setenv("TAVIREG_MODELS_DIR", str(directory))
     train(_config(data, tmp_path / "d", lr=1e-12, init="tiny", export="from-tiny", export_dir=str(tmp_path / "m2")))
-    installed = load_model("tiny", device="cpu").state_dict()
+    installed = load_network("tiny", device="cpu").state_dict()
     assert close_to(_state(tmp_path / "d" / "last.pt"), installed)
     tiny_entry = {e["name"]: e for e in load_manifest(directory)}["tiny"]
     init = load_manifest(tmp_path / "m2")[0]["init"]
@@ -651,7 +651,7 @@ def test_case_index_csv(tmp_path):
 
 def test_training_refuses_phantom_data_sets_of_different_versions(tmp_path):
     """Case indices made by two phantom versions are not mixed in one training (version recorded)."""
-    from TAVIRegistrationLib.train_seg import load_data
+    from TAVIRegistrationLib.training.seg import load_data
 
     rng = np.random.default_rng(8)
     header = "patient,split,fov,image,frame,mask,case,phantom_version"
@@ -820,7 +820,7 @@ def test_cli_segment_and_gradcam(tiny_models, tmp_path, monkeypatch, capsys):
 def test_bench_segmentation_times_the_installed_network(tiny_models, tmp_path, monkeypatch, capsys):
     """``tavireg bench --only segmentation``: segment_frame per frame size and the network alone (the
     figures are the benchmark's; here only that each is measured, and a clear error without a network)."""
-    from TAVIRegistrationLib import bench
+    from TAVIRegistrationLib.evaluation import bench
 
     directory, _ = tiny_models
     res = bench.bench_segmentation(sizes=(40, 96), repeats=3, models_directory=directory)
@@ -1057,7 +1057,7 @@ def test_split_seed_keeps_the_validation_split_across_seeds(tmp_path, capsys):
     ensemble or a soup of seeds) validate on, and never train on, the same patients."""
     from types import SimpleNamespace
 
-    from TAVIRegistrationLib.training import TrainingRun
+    from TAVIRegistrationLib.training.common import TrainingRun
 
     samples = [SimpleNamespace(patient=f"A{i}", source="a", split="") for i in range(20)]
 
@@ -1081,7 +1081,7 @@ def test_split_seed_keeps_the_validation_split_across_seeds(tmp_path, capsys):
 
 
 def test_angios40_folder_loads(shared_data):
-    from TAVIRegistrationLib.train_seg import load_folder
+    from TAVIRegistrationLib.training.seg import load_folder
 
     folder = shared_data / "angios40" / "train"
     if not folder.is_dir():

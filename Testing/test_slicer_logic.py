@@ -31,7 +31,7 @@ import vtk  # noqa: E402
 
 from TAVIRegistrationLib.fluoro import read_fluoro, write_fluoro_dicom  # noqa: E402
 from TAVIRegistrationLib.geometry import CArmGeometry  # noqa: E402
-from TAVIRegistrationLib.models import installed  # noqa: E402
+from TAVIRegistrationLib.networks.weights import installed  # noqa: E402
 from TAVIRegistrationLib.pipeline import RegistrationPipeline  # noqa: E402
 from TAVIRegistrationLib.segmentation import segment_frame  # noqa: E402
 
@@ -309,7 +309,7 @@ def test_parameter_node_holds_the_inputs_and_drives_the_projection(case):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """The demo case: a phantom patient's vessel model (an LPS .vtk file) and its XA runs."""
-    from TAVIRegistrationLib.demo import make_demo_case
+    from TAVIRegistrationLib.synthetic.demo import make_demo_case
 
     return make_demo_case(tmp_path_factory.mktemp("demo"))
 

@@ -25,12 +25,14 @@ from PIL import Image  # noqa: E402
 from vtkmodules.vtkFiltersCore import vtkAppendPolyData, vtkTriangleFilter  # noqa: E402
 from vtkmodules.vtkFiltersSources import vtkCylinderSource, vtkSphereSource  # noqa: E402
 
-from TAVIRegistrationLib import outputs, overlay, viewer  # noqa: E402
+from TAVIRegistrationLib import outputs, overlay  # noqa: E402
+
+from TAVIRegistrationLib.viewer import window as viewer  # noqa: E402
 from TAVIRegistrationLib.fluoro import read_fluoro, write_fluoro_dicom  # noqa: E402
 from TAVIRegistrationLib.geometry import CArmGeometry  # noqa: E402
 from TAVIRegistrationLib.mesh import load_model, save_model  # noqa: E402
 from TAVIRegistrationLib.pipeline import RegistrationPipeline  # noqa: E402
-from TAVIRegistrationLib.qt_compat import qt  # noqa: E402
+from TAVIRegistrationLib.viewer.qt_compat import qt  # noqa: E402
 
 Qt = qt.Qt
 ROWS, COLS = 200, 240          # non-square: a row/column swap would show
@@ -412,7 +414,7 @@ def test_register_needs_a_segmentation_network(window, case, tmp_path, monkeypat
 
 @pytest.fixture(scope="module")
 def demo_case(tmp_path_factory):
-    from TAVIRegistrationLib.demo import make_demo_case
+    from TAVIRegistrationLib.synthetic.demo import make_demo_case
 
     return make_demo_case(tmp_path_factory.mktemp("demo_case"))
 
@@ -420,7 +422,7 @@ def demo_case(tmp_path_factory):
 def test_register_from_the_viewer_matches_the_cli(window, demo_case, tmp_path, monkeypatch, qtbot):
     """Register clicked in the viewer and ``tavireg register`` on the same inputs (model, frame,
     isocentre, ROI, the shipped networks): the same affine and the same registered pixels."""
-    from TAVIRegistrationLib.models import installed
+    from TAVIRegistrationLib.networks.weights import installed
 
     shipped = REPO / "Resources" / "Models"
     monkeypatch.setenv("TAVIREG_MODELS_DIR", str(shipped))
@@ -465,9 +467,9 @@ def test_flagged_registration_is_shown_with_its_flag(window, demo_case, tmp_path
 
     import torch
 
-    from TAVIRegistrationLib.models import add_manifest_entry, find_entry
+    from TAVIRegistrationLib.networks.weights import add_manifest_entry, find_entry
     from TAVIRegistrationLib.overlay import FLAG_COLOR
-    from TAVIRegistrationLib.regnet import RegNet, scaled_channels
+    from TAVIRegistrationLib.networks.regnet import RegNet, scaled_channels
 
     shipped = REPO / "Resources" / "Models"
     monkeypatch.setenv("TAVIREG_MODELS_DIR", str(shipped))
@@ -578,8 +580,8 @@ def test_cli_screenshot_errors_are_one_line(case, tmp_path):
     assert proc.returncode == 2 and "out of range" in proc.stderr and not out.exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("TAVIRegistrationLib.demo") is None,
-                    reason="TAVIRegistrationLib.demo (the demo case) is not in this version yet")
+@pytest.mark.skipif(importlib.util.find_spec("TAVIRegistrationLib.synthetic.demo") is None,
+                    reason="TAVIRegistrationLib.synthetic.demo (the demo case) is not in this version yet")
 def test_cli_demo_screenshot(tmp_path):
     out = tmp_path / "demo.png"
     proc = _gui("--demo", "--screenshot", str(out), cwd=tmp_path)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "TAVIRegistration"))
 
-from TAVIRegistrationLib import phantom  # noqa: E402
+from TAVIRegistrationLib.synthetic import phantom  # noqa: E402
 
 
 def main(argv=None) -> int:

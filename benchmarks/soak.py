@@ -36,7 +36,7 @@ def rss_mb() -> float:
 
 
 def soak(frames: int, method, cycle: int, warmup: int, workdir: Path, progress: bool = True) -> dict:
-    from TAVIRegistrationLib.demo import make_demo_case
+    from TAVIRegistrationLib.synthetic.demo import make_demo_case
     from TAVIRegistrationLib.errors import InputError
     from TAVIRegistrationLib.fluoro import read_fluoro
     from TAVIRegistrationLib.mesh import load_model
@@ -96,7 +96,7 @@ def soak(frames: int, method, cycle: int, warmup: int, workdir: Path, progress: 
 
 
 def main(argv=None) -> int:
-    from TAVIRegistrationLib.bench import machine_facts
+    from TAVIRegistrationLib.evaluation.bench import machine_facts
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=1000)

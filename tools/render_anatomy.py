@@ -19,7 +19,7 @@ os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 import numpy as np  # noqa: E402
 import vtk  # noqa: E402
 
-from TAVIRegistrationLib.anatomy import anatomy_surface, deform_anatomy, generate_anatomy  # noqa: E402
+from TAVIRegistrationLib.synthetic.anatomy import anatomy_surface, deform_anatomy, generate_anatomy  # noqa: E402
 
 
 def _actor(poly, color, opacity=1.0):

@@ -44,8 +44,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "TAVIRegistration"))
 
-from TAVIRegistrationLib import evaluate as ev  # noqa: E402
-from TAVIRegistrationLib import models  # noqa: E402
+from TAVIRegistrationLib.evaluation import seg as ev  # noqa: E402
+from TAVIRegistrationLib.networks import weights  # noqa: E402
 from TAVIRegistrationLib.errors import InputError  # noqa: E402
 
 MEDIANS = ("upper", "lower", "development", "real")
@@ -153,7 +153,7 @@ def evaluate(name: str, models_dir: Optional[Path], data: Dict[str, Any], out: P
     row of the validation phantom, the development index's val rows, the real images). Reused when the
     folder already holds the evaluation of the same weights on the same files (``inputs.sha256``)."""
     folder = out / name
-    entry = models.find_entry(name, models_dir)
+    entry = weights.find_entry(name, models_dir)
     stamp = folder / "inputs.sha256"
     key = f"{entry['sha256']} {data['fingerprint']}"
     if stamp.is_file() and stamp.read_text().strip() == key:
@@ -161,7 +161,7 @@ def evaluate(name: str, models_dir: Optional[Path], data: Dict[str, Any], out: P
     stamp.unlink(missing_ok=True)
     print(f"evaluating {name} (tavireg evaluate seg -> {folder}) ...", file=sys.stderr, flush=True)
     env = dict(os.environ)
-    env[models.ENV_MODELS_DIR] = str(models_dir if models_dir is not None else models.models_dir())
+    env[weights.ENV_MODELS_DIR] = str(models_dir if models_dir is not None else weights.models_dir())
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "TAVIRegistration"),
                                          env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "TAVIRegistrationLib.cli", "evaluate", "seg", "--network", name, "--out", str(folder)]
@@ -210,11 +210,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", action="store_true", help="print selection.json instead of the table")
     args = p.parse_args(argv)
     try:
-        base_entry = models.find_entry(args.baseline, args.baseline_dir)
+        base_entry = weights.find_entry(args.baseline, args.baseline_dir)
         if args.baseline in args.candidate:
             raise InputError(f"{args.baseline} is the baseline; it cannot also be a candidate")
         for c in args.candidate:
-            models.find_entry(c, args.candidates_dir)
+            weights.find_entry(c, args.candidates_dir)
         data = prepare_data(args.validation, args.development, args.real, base_entry, args.out)
         results = {args.baseline: four_medians(evaluate(args.baseline, args.baseline_dir, data, args.out),
                                                    data["labels"])}
@@ -229,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "validation": str(args.validation), "development": str(args.development), "real": str(args.real),
         "frames": data["frames"], "labels": data["labels"], "real_images": data["real_images"]},
         "rule": {"margin": args.margin, "max_drop": args.max_drop, "empty_loss": args.empty_loss}}
-    models.write_json_atomic(args.out / "selection.json", record)
+    weights.write_json_atomic(args.out / "selection.json", record)
     print(json.dumps(record, indent=1) if args.json else report(args.baseline, results, decision))
     return 0
 

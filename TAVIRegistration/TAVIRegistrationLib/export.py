@@ -20,6 +20,7 @@ import io
 import json
 import math
 from datetime import datetime
+from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
@@ -110,6 +111,21 @@ def dicom_writer(ds) -> Callable:
         ds.save_as(fh, enforce_file_format=True)
 
     return write
+
+
+def strict_json(obj):
+    """``obj`` as strict JSON values: NaN and infinity become None, numpy scalars Python numbers, paths text."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return strict_json(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 def json_writer(obj) -> Callable:

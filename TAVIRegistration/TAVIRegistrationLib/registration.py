@@ -149,7 +149,7 @@ class Window:
 
 def default_method(warnings: Optional[List[str]] = None, models_directory=None) -> str:
     """``cnn+refine`` when a registration network is installed, else ``sitk`` (named in ``warnings``)."""
-    from .models import installed
+    from .networks.weights import installed
 
     if installed("registration", models_directory):
         return "cnn+refine"
@@ -491,7 +491,7 @@ def get_model(model=None, device=None, directory=None, fov: Optional[str] = None
     ``models.find_entry``). A module must be a RegNet (``architecture``) with align_corners False."""
     import torch
 
-    from .models import find_entry, load_model_with_entry, models_dir, pick_device
+    from .networks.weights import find_entry, load_network_with_entry, models_dir, pick_device
     from .segmentation import FOVS
 
     dev = torch.device(device) if device is not None else pick_device()
@@ -503,7 +503,7 @@ def get_model(model=None, device=None, directory=None, fov: Optional[str] = None
             raise InputError(f"network {entry['name']!r} is a {entry['kind']} network, not a registration network")
         key = (entry["name"], str(directory or models_dir()), str(dev), str(entry["sha256"]))
         if key not in _MODEL_CACHE:
-            _MODEL_CACHE[key] = load_model_with_entry(entry["name"], dev, directory)
+            _MODEL_CACHE[key] = load_network_with_entry(entry["name"], dev, directory)
         model, entry = _MODEL_CACHE[key]
     arch = getattr(model, "architecture", None)
     if arch != "RegNet":
@@ -712,7 +712,7 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
         if model is not None and not isinstance(model, (str, Path)):
             size = int(getattr(model, "in_size", NET_SIZE))
         elif model is not None:
-            from .models import find_entry
+            from .networks.weights import find_entry
 
             entry = find_entry(str(model), models_directory)
             size = _model_size(None, entry)
@@ -821,7 +821,7 @@ def agreement_threshold(entry: Optional[Dict[str, Any]] = None, models_directory
     ``low_agreement_dice`` (``entry``, else the installed default registration network), chosen on its
     training patients; else ``LOW_AGREEMENT_DICE``."""
     if entry is None or entry.get("kind") != "registration":
-        from .models import find_entry, installed
+        from .networks.weights import find_entry, installed
 
         entry = find_entry("registration", models_directory) if installed("registration", models_directory) else None
     value = (entry or {}).get("low_agreement_dice")

@@ -39,7 +39,6 @@ Torch is imported lazily: importing this module (e.g. to build the CLI's parser)
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -47,7 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import InputError
-from .fluoro import AUTO_FRAME, frame_argument
+from .fluoro import AUTO_FRAME
 
 INPUT_SIZE = (256, 256)
 MIN_SIDE = 32
@@ -232,7 +231,7 @@ def get_model(model=None, device=None, fov: Optional[str] = None, directory=None
     """``(module, entry or None, device)`` from a module, a manifest name or None (the default)."""
     import torch
 
-    from .models import find_entry, load_model_with_entry, models_dir, pick_device
+    from .networks.weights import find_entry, load_network_with_entry, models_dir, pick_device
 
     dev = torch.device(device) if device is not None else pick_device()
     if model is not None and not isinstance(model, (str, Path)):
@@ -241,7 +240,7 @@ def get_model(model=None, device=None, fov: Optional[str] = None, directory=None
     entry = find_entry(name, directory, fov=fov if fov in FOVS else None)
     key = (entry["name"], str(directory or models_dir()), str(dev), str(entry["sha256"]))
     if key not in _MODEL_CACHE:
-        _MODEL_CACHE[key] = load_model_with_entry(entry["name"], dev, directory)
+        _MODEL_CACHE[key] = load_network_with_entry(entry["name"], dev, directory)
     module, entry = _MODEL_CACHE[key]
     if entry["kind"] != "segmentation":
         raise InputError(f"network {entry['name']!r} is a {entry['kind']} network, not a segmentation network")
@@ -452,96 +451,6 @@ def heat_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.
     grey = normalize_intensity(image)[..., None] * 255.0
     blend = (1 - alpha * cam[..., None]) * grey + alpha * cam[..., None] * colorize_map(cam).astype(np.float32)
     return np.clip(blend.round(), 0, 255).astype(np.uint8)
-
-
-# ---------------------------------------------------------------------------------------------
-# command line (the wrappers in cli.py import these lazily)
-# ---------------------------------------------------------------------------------------------
-def _add_common(p) -> None:
-    from .options import add_network_argument
-
-    p.add_argument("image", type=Path, help="PNG/JPEG (8-bit grey) or fluoroscopy DICOM file")
-    p.add_argument("--frame", type=frame_argument, default=None,
-                   help="frame of a multi-frame DICOM (default 0), or 'auto': the one with the most contrast")
-    add_network_argument(p, "manifest name of the DRU-Net weights (default: the installed segmentation network)")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-
-
-def add_segment_parser(sub) -> None:
-    p = sub.add_parser("segment", help="vessel mask of a fluoroscopy frame (DRU-Net)")
-    _add_common(p)
-    p.add_argument("--fov", choices=("upper", "lower", "auto"), default="auto",
-                   help="field of view: upper (aortic root) or lower (iliac/femoral); auto reads the DICOM header")
-    p.add_argument("--threshold", type=float, help="probability threshold (default: the model's, per FoV)")
-    p.add_argument("--out", type=Path, required=True, help="output mask PNG (0/255, the input's size)")
-    p.add_argument("--prob", type=Path, help="also write the vessel probability (0-255 PNG)")
-
-
-def add_gradcam_parser(sub) -> None:
-    p = sub.add_parser("gradcam", help="Grad-CAM attention map of the segmentation network")
-    _add_common(p)
-    p.add_argument("--out", type=Path, required=True, help="output map PNG (8-bit grey, 255 = most attention)")
-    p.add_argument("--overlay", type=Path, help="also write a colour heat map blended on the frame (PNG)")
-
-
-def _print(obj) -> None:
-    import json
-
-    print(json.dumps(obj, indent=2, default=float))
-
-
-def _warn(warnings: Sequence[str]) -> None:
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-
-
-def run_segment(args) -> int:
-    from .models import pick_device
-    from .options import network_from_args
-    from .outputs import OutputSet, image_png_writer, mask_png_writer
-
-    loaded = read_image_file(args.image, args.frame)
-    device = pick_device(requested=args.device)
-    warnings = list(loaded.notes)
-    res = segment_frame(loaded.image, fov=args.fov, model=network_from_args(args, warnings), device=device,
-                        fov_hint=loaded.fov_hint, threshold=args.threshold)
-    warnings += res.warnings
-    with OutputSet(inputs=[args.image]) as outs:
-        outs.add(args.out, mask_png_writer(res.mask))
-        if args.prob is not None:
-            outs.add(args.prob, image_png_writer((res.probability * 255).round().astype(np.uint8)))
-    _warn(warnings)
-    if args.json:
-        _print({
-            "out": str(args.out), "rows": int(res.mask.shape[0]), "cols": int(res.mask.shape[1]),
-            "frame": loaded.frame, "fov_used": res.fov_used, "threshold": res.threshold,
-            "model": res.model_name, "vessel_fraction": float(res.mask.mean()), "device": str(device),
-            "warnings": warnings,
-        })
-    return 0
-
-
-def run_gradcam(args) -> int:
-    from .models import pick_device
-    from .options import network_from_args
-    from .outputs import OutputSet, image_png_writer
-
-    loaded = read_image_file(args.image, args.frame)
-    device = pick_device(requested=args.device)
-    warnings = list(loaded.notes)
-    cam = gradcam(loaded.image, model=network_from_args(args, warnings), device=device)
-    if not cam.any():
-        warnings.append("the Grad-CAM map is zero everywhere: no bottleneck feature supports the vessel prediction")
-    _warn(warnings)
-    with OutputSet(inputs=[args.image]) as outs:
-        outs.add(args.out, image_png_writer((cam * 255).round().astype(np.uint8)))
-        if args.overlay is not None:
-            outs.add(args.overlay, image_png_writer(heat_overlay(loaded.image, cam)))
-    if args.json:
-        _print({"out": str(args.out), "rows": int(cam.shape[0]), "cols": int(cam.shape[1]),
-                "frame": loaded.frame, "device": str(device), "warnings": warnings})
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------

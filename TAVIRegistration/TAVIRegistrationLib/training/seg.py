@@ -78,12 +78,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
-from .segmentation import (FOVS, UNKNOWN_FOV, preprocess, read_image_file, resize_mask, scores_from_counts,
+from ..errors import InputError
+from ..segmentation import (FOVS, UNKNOWN_FOV, preprocess, read_image_file, resize_mask, scores_from_counts,
                            threshold_counts)
-from .training import (TrainingConfig, TrainingRun, add_common_training_arguments, finite_median, natural_key,
-                        pair_of_floats, read_case_index, row_fov_and_frame, run_command)
-from .outputs import read_mask_png
+from ..outputs import read_mask_png
+from .common import TrainingConfig, TrainingRun, finite_median, natural_key, read_case_index, row_fov_and_frame
 
 LOSSES = ("per-fov", "dice", "bce", "combined")
 CHECKPOINT_KIND = "train-seg"
@@ -222,7 +221,7 @@ def _case_frame(path: Path, frame: int, cache: Dict[Path, Any]) -> np.ndarray:
         if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
             cache[path] = ("image", read_image_file(path).image)
         else:
-            from .fluoro import read_fluoro
+            from ..fluoro import read_fluoro
 
             cache[path] = ("dicom", read_fluoro(path))
     kind, obj = cache[path]
@@ -236,7 +235,7 @@ def _case_frame(path: Path, frame: int, cache: Dict[Path, Any]) -> np.ndarray:
 def load_data(config: TrainConfig) -> Tuple[List[Sample], List[Dict[str, Any]]]:
     """All training/validation samples of ``config.data`` and ``config.val_data`` (every sample of the
     latter in validation) and a description of each data set (case indices of one phantom version)."""
-    from .phantom import case_index_version, check_one_version
+    from ..synthetic.phantom import case_index_version, check_one_version
 
     samples: List[Sample] = []
     described = []
@@ -538,7 +537,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     """Train (or resume), checkpoint every epoch, export when asked. Returns a summary dict."""
     import torch
 
-    from .segnet import DRUNet, count_parameters, script_model
+    from ..networks.segnet import DRUNet, count_parameters, script_model
 
     run = TrainingRun(config, CHECKPOINT_KIND, accept_unnamed=True)  # checkpoints before kinds were recorded
     device, log = run.device, run.log
@@ -591,7 +590,7 @@ def widen_init(state: Dict[str, Any], model) -> Tuple[Dict[str, Any], Optional[s
     """``TrainingRun.resume``'s ``adapt_init``: ``--init`` weights narrower than ``--base-channels`` are
     widened without changing what they compute (``segnet.widen_state_dict``); anything else is left
     to ``load_state_dict`` (a wider or different network is refused there)."""
-    from .segnet import state_width, widen_state_dict
+    from ..networks.segnet import state_width, widen_state_dict
 
     try:
         old = state_width(state)
@@ -633,7 +632,7 @@ def _train_epoch(run: TrainingRun, net, opt, train_set: List[Sample], epoch: int
 def manifest_fields(config: TrainConfig, model, ck: Dict[str, Any], fovs_trained: Sequence[str]):
     """The segmentation fields of a manifest entry (``training.TrainingRun.export_with_manifest``):
     ``(fields, metrics, loss)``."""
-    from .segnet import ARCHITECTURE, count_parameters
+    from ..networks.segnet import ARCHITECTURE, count_parameters
 
     metrics = (ck.get("best") or {}).get("metrics") or {}
     thresholds = {k: v["threshold"] for k, v in metrics.items() if k in FOLDER_FOVS}
@@ -653,64 +652,3 @@ def manifest_fields(config: TrainConfig, model, ck: Dict[str, Any], fovs_trained
         "evaluated_at": f"network size {config.size} x {config.size}, thresholds chosen on the validation split",
     }
     return fields, validation, config.loss
-
-
-# ---------------------------------------------------------------------------------------------
-# command line (the wrappers in cli.py import these lazily)
-# ---------------------------------------------------------------------------------------------
-def add_train_seg_parser(sub) -> None:
-    p = sub.add_parser("train-seg", help="train the DRU-Net vessel segmentation and export TorchScript weights")
-    p.add_argument("--data", action="append", required=True, metavar="PATH",
-                   help="folder of N.png + N_gt.png pairs, or a case index CSV (repeatable)")
-    p.add_argument("--base-channels", type=int, default=8, help="network width (8-16 for CPU use)")
-    p.add_argument("--loss", choices=LOSSES, default="per-fov",
-                   help="per-fov: BCE for upper, Dice for lower frames (the paper); or dice, bce, combined")
-    p.add_argument("--folder-fov", choices=FOLDER_FOVS, default="upper",
-                   help="FoV of image/mask folders (default upper); unknown: header-less images, as `segment` "
-                        "treats them, with a threshold of their own chosen on them")
-    p.add_argument("--val-data", action="append", metavar="PATH",
-                   help="a folder or case index that only validates: every frame of it (test rows included) "
-                        "validates, none trains (repeatable)")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="switch augmentation off")
-    p.add_argument("--crop", type=int, default=0, metavar="N",
-                   help="train on random N x N windows of the augmented frames (about (size/N)^2 times faster "
-                        "per step; 0: whole frames); validation always sees whole frames")
-    p.add_argument("--scale-range", type=pair_of_floats, default=TrainConfig.scale_range, metavar="LO,HI",
-                   help="zoom of the random affine augmentation, uniform in LO-HI (default 0.9,1.1; above 1 "
-                        "zooms in, drawing vessels wider than the frames show them)")
-    add_common_training_arguments(p, TrainConfig)
-
-
-def run_train_seg(args) -> int:
-    return run_command(args, TrainConfig, train)
-
-
-def add_pack_seg_parser(sub) -> None:
-    p = sub.add_parser("pack-seg", help="a case index's training frames at the network's size, as a small "
-                                        "portable case index for train-seg (e.g. to train on a GPU machine)")
-    p.add_argument("index", type=Path, metavar="INDEX.csv", help="case index CSV (phantom or your own)")
-    p.add_argument("--out", type=Path, required=True, metavar="NEW.csv",
-                   help="the new case index; its frames go to the folder NEW/ beside it, a record to NEW.csv.json")
-    p.add_argument("--size", type=int, default=TrainConfig.size, help="frame size (default: the network's, 256)")
-    p.add_argument("--format", dest="image_format", choices=("jpeg", "png"), default="jpeg",
-                   help="frames as JPEG (default) or lossless PNG")
-    p.add_argument("--jpeg-quality", type=int, default=PACK_JPEG_QUALITY,
-                   help=f"JPEG quality, 50-100 (default {PACK_JPEG_QUALITY}; 90: files about 45 %% smaller, a mean "
-                        "error about 0.005 larger on the 0-1 scale)")
-    p.add_argument("--all-train", action="store_true",
-                   help="mark every packed row as training (else each keeps its split; test rows are never packed)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run_pack_seg(args) -> int:
-    from .reproduce import command_text
-
-    command = command_text(["tavireg", "pack-seg", args.index, "--out", args.out, "--size", args.size,
-                            "--format", args.image_format]
-                           + (["--jpeg-quality", args.jpeg_quality] if args.image_format == "jpeg" else [])
-                           + (["--all-train"] if args.all_train else []))
-    rec = pack_case_index(args.index, args.out, args.size, args.image_format, args.all_train,
-                          command=command, progress=not args.quiet, jpeg_quality=args.jpeg_quality)
-    print(f"packed {rec['rows']} frames of {args.index.name} ({rec['test_rows_skipped']} test rows left out) "
-          f"at {rec['size']} px to {args.out}")
-    return 0

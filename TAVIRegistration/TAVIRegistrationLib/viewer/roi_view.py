@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from .qt_compat import qt, Signal, qget, inverted, event_pos, enum_int, qimage_from_array
-from .overlay import display_frame, label_contour, mask_contour
+from ..overlay import display_frame, label_contour, mask_contour
 
 __all__ = [
     "HANDLES", "OVERLAY_MODES",

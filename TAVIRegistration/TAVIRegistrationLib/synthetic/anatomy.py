@@ -59,7 +59,7 @@ from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 from scipy.spatial import cKDTree
 
-from .errors import InputError
+from ..errors import InputError
 
 #: Centerline sample spacing (mm) of generated anatomies.
 SAMPLE_SPACING_MM = 0.5

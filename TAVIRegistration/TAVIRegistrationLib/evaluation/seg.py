@@ -63,10 +63,7 @@ worst frame by DRU-Net Dice per data set and FoV, TP yellow, FP magenta, FN cyan
 Frangi side by side) and ``summary.json`` (everything above plus the model,
 its SHA256, the Frangi parameters and thresholds with their training data, the command, timings).
 
-``tavireg evaluate reg`` belongs to ``evaluate_reg.py`` (owned separately): ``_add_reg`` registers
-the sub-command, and its arguments come from ``evaluate_reg.add_evaluate_reg_arguments(parser)``
-when that module exists (keep its top-level imports light: it is imported when the parser is
-built); running it calls ``evaluate_reg.run_evaluate_reg(args)``.
+The registration counterpart is ``evaluation.reg``; both commands are in ``cli.evaluate``.
 
 Heavy imports (torch, skimage, matplotlib) happen inside the functions that need them.
 """
@@ -74,14 +71,8 @@ Heavy imports (torch, skimage, matplotlib) happen inside the functions that need
 from __future__ import annotations
 
 import csv
-import dataclasses
-import importlib
-import importlib.util
 import io
-import json
 import math
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -90,11 +81,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from .errors import InputError
-from .outputs import read_mask_png
-from .reproduce import command_text
-from .segmentation import FOVS, UNKNOWN_FOV, scores_from_counts, threshold_counts
-from .training import row_fov_and_frame
+from ..errors import InputError
+from ..outputs import read_mask_png
+from ..segmentation import FOVS, UNKNOWN_FOV, scores_from_counts, threshold_counts
+from ..training.common import row_fov_and_frame
 
 FOLDER_FOV = "upper"
 INDEX_COLUMNS = ("patient", "split", "fov", "image", "frame", "mask")
@@ -227,7 +217,7 @@ def index_frames(csv_path: Path, split: str, label: Optional[str] = None) -> Tup
         if split in s and len(s) > 1:
             raise InputError(f"case index {csv_path.name}: patient {patient!r} has frames in several splits "
                              f"({', '.join(sorted(x or '(empty)' for x in s))}); the split must be patient-wise")
-    from .phantom import rows_version
+    from ..synthetic.phantom import rows_version
 
     return out, {"rows": len(rows), "rows_per_split": per_split, "phantom_version": rows_version(rows, csv_path.name)}
 
@@ -291,13 +281,13 @@ class FrameReader:
         self._keep = keep
 
     def read(self, ref: FrameRef) -> Tuple[np.ndarray, np.ndarray]:
-        from .segmentation import _is_dicom, read_image_file, validate_image
+        from ..segmentation import _is_dicom, read_image_file, validate_image
 
         if not ref.image.is_file():
             raise InputError(f"{ref.dataset}: image {ref.image} does not exist")
         if _is_dicom(ref.image):
             if ref.image not in self._cache:
-                from .fluoro import read_fluoro
+                from ..fluoro import read_fluoro
 
                 if len(self._cache) >= self._keep:
                     self._cache.pop(next(iter(self._cache)))
@@ -313,7 +303,7 @@ class FrameReader:
 # ---------------------------------------------------------------------------------------------
 def frangi_response(image: np.ndarray, sigmas: Sequence[float] = FRANGI_SIGMAS) -> np.ndarray:
     """Frangi vesselness (dark ridges) of the network's pre-processed image, float32 at 256 x 256."""
-    from .segmentation import preprocess
+    from ..segmentation import preprocess
 
     x, _ = preprocess(image)
     return _frangi(x, sigmas)
@@ -328,7 +318,7 @@ def _frangi(x: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
 
 def frangi_segment(image: np.ndarray, threshold: float, sigmas: Sequence[float] = FRANGI_SIGMAS) -> np.ndarray:
     """Frangi mask (uint8 0/1) at the image's size: the response resized back, ``>= threshold``."""
-    from .segmentation import resize_image
+    from ..segmentation import resize_image
 
     r = resize_image(frangi_response(image, sigmas), np.asarray(image).shape)
     return (r >= float(threshold)).astype(np.uint8)
@@ -348,7 +338,7 @@ def _worker_init() -> None:
 
 def _train_frame_counts(ref: FrameRef, sigma_sets, thresholds, reader: Optional[FrameReader] = None):
     """(counts (n_sets, n_thresholds, 3), ground truth empty) of one training frame at 256 x 256."""
-    from .segmentation import INPUT_SIZE, preprocess, resize_mask
+    from ..segmentation import INPUT_SIZE, preprocess, resize_mask
 
     global _WORKER_READER
     if reader is None:
@@ -418,7 +408,7 @@ def choose_frangi_thresholds(frames: Sequence[FrameRef], reader: Optional[FrameR
         return {"threshold": float(thresholds[k]), "sigmas": list(sigma_sets[j]),
                 "median_dice": float(med[j, k]), "n_frames": int(use.sum()),
                 "n_empty_gt": int((sel & empty_arr).sum()),
-                "median_dice_per_sigma_set": {_sig_label(s): float(med[i].max()) for i, s in enumerate(sigma_sets)}}
+                "median_dice_per_sigma_set": {sigma_label(s): float(med[i].max()) for i, s in enumerate(sigma_sets)}}
 
     per_fov: Dict[str, Any] = {}
     for group in list(FOVS) + ["all"]:
@@ -439,7 +429,7 @@ def choose_frangi_thresholds(frames: Sequence[FrameRef], reader: Optional[FrameR
         chosen[fov], sigmas[fov] = src["threshold"], src["sigmas"]
         if fov not in per_fov:
             warnings.append(f"Frangi: no {fov}-FoV training frames; the {fov} FoV uses the parameters "
-                            f"chosen over all training frames (sigmas {_sig_label(sigmas[fov])}, "
+                            f"chosen over all training frames (sigmas {sigma_label(sigmas[fov])}, "
                             f"threshold {chosen[fov]:.3g})")
     return {"thresholds": chosen, "sigmas": sigmas, "per_fov": per_fov, "per_family": per_family,
             "warnings": warnings}
@@ -459,7 +449,7 @@ def frangi_params_for(chosen: Dict[str, Any], family: str, fov: str) -> Tuple[Di
     return chosen["per_fov"]["all"], "all training data"
 
 
-def _sig_label(sigmas: Sequence[float]) -> str:
+def sigma_label(sigmas: Sequence[float]) -> str:
     return ",".join(f"{v:g}" for v in sigmas)
 
 
@@ -467,7 +457,7 @@ def _sig_label(sigmas: Sequence[float]) -> str:
 # metrics
 # ---------------------------------------------------------------------------------------------
 def frame_record(ref: FrameRef, method: str, pred: np.ndarray, truth: np.ndarray, threshold: float) -> Dict[str, Any]:
-    from .segmentation import overlap_metrics
+    from ..segmentation import overlap_metrics
 
     p, t = np.asarray(pred) > 0, np.asarray(truth) > 0
     m = overlap_metrics(p, t)
@@ -524,7 +514,7 @@ def median_ci(values: Sequence[float], patients: Sequence[str]) -> Tuple[Optiona
 
 def _stage_order(records: Sequence[Dict[str, Any]]) -> List[str]:
     """The stages present (not ""), the phantom's in procedure order, then any others by name."""
-    from .phantom import STAGES
+    from ..synthetic.phantom import STAGES
 
     present = {r.get("stage", "") for r in records} - {""}
     return [s for s in STAGES if s in present] + sorted(present - set(STAGES))
@@ -675,21 +665,6 @@ def stage_markdown(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n## By procedure stage (frames of case indices with a stage)\n\n" + table_markdown(rows)
 
 
-def _clean_json(obj):
-    """NaN/inf become None so that summary.json is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean_json(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return _clean_json(obj.item())
-    return obj
-
-
 # ---------------------------------------------------------------------------------------------
 # figures (matplotlib, Agg)
 # ---------------------------------------------------------------------------------------------
@@ -803,7 +778,7 @@ def samples_png(panels: Sequence[Dict[str, Any]], methods: Sequence[str]) -> byt
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from .overlay import FN_COLOR, FP_COLOR, TP_COLOR
+    from ..overlay import FN_COLOR, FP_COLOR, TP_COLOR
 
     ncol = 1 + len(methods)
     nrow = max(1, len(panels))
@@ -865,7 +840,7 @@ def pool_members(datasets: Sequence[DataSet], label: str) -> List[str]:
         raise InputError(f"--pool needs at least two case indices among --data (got {len(members)})")
     if label in {d.label for d in datasets}:
         raise InputError(f"--pool label {label!r} is already a data set's label")
-    from .phantom import check_one_version
+    from ..synthetic.phantom import check_one_version
 
     check_one_version({d.label: d.info.get("phantom_version") for d in datasets if d.kind == CASE_INDEX},
                       f"--pool {label}")
@@ -893,7 +868,7 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
     Returns ``{"records": per-frame dicts, "table": rows, "samples": panels, "frangi": ..., "model":
     ..., "warnings": [...]}``; nothing is written (see ``run_evaluate_seg``).
     """
-    from .segmentation import get_model, segment_frame, threshold_for
+    from ..segmentation import get_model, segment_frame, threshold_for
 
     warnings: List[str] = []
     t0 = time.perf_counter()
@@ -961,7 +936,7 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
                 p = frangi["params"][ref.dataset][ref.fov]
                 th, sig = p["threshold"], p["sigmas"]
                 rec = frame_record(ref, METHOD_FRANGI, frangi_segment(image, th, sig), truth, th)
-                rec["sigmas"] = _sig_label(sig)
+                rec["sigmas"] = sigma_label(sig)
                 records.append(rec)
             if progress:
                 bar.update(1)
@@ -982,7 +957,7 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
     rec_index = {(r["dataset"], r["frame"], r["method"]): r for r in records}
     methods = [m for m in METHODS if any(r["method"] == m for r in records)]
     panels = []
-    from .overlay import display_frame, overlay_rgb
+    from ..overlay import display_frame, overlay_rgb
 
     for pick in pick_samples(records, order):
         ref = by_name[(pick["dataset"], pick["frame"])]
@@ -1034,217 +1009,3 @@ RULES = [
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
-def add_evaluate_parser(sub) -> None:
-    """``tavireg evaluate {seg,reg}``."""
-    p = sub.add_parser("evaluate", help="held-out evaluation: segmentation (seg) or registration (reg)")
-    subsub = p.add_subparsers(dest="evaluate_what", metavar="WHAT", parser_class=type(p))
-    subsub.required = True
-    _add_seg(subsub)
-    _add_reg(subsub)
-
-
-def _add_seg(subsub) -> None:
-    p = subsub.add_parser(
-        "seg", help="DRU-Net vs a Frangi baseline: DSC/precision/recall table, box plots, TP/FP/FN samples",
-        description="Evaluate vessel segmentation on held-out data: the installed DRU-Net and the Frangi "
-                    "vesselness baseline (threshold chosen on --frangi-train training data only). Case index "
-                    "CSVs: only split == test rows (see --split); image-mask folders: all pairs, FoV upper.")
-    p.add_argument("--data", action="append", required=True, metavar="INDEX.csv|DIR",
-                   help="evaluation data (repeatable): a case index CSV (its test rows) or a folder of "
-                        "N.png + N_gt.png pairs")
-    p.add_argument("--pool", metavar="LABEL",
-                   help="also report the case indices' frames together as one data set LABEL (rows of table.csv "
-                        "and the goal check; each patient still drawn whole by the bootstrap), e.g. every "
-                        "held-out phantom patient")
-    p.add_argument("--split", choices=EVAL_SPLITS, action="append",
-                   help="rows of which split of each case index (default test, the held-out patients; val or "
-                        "train serve choices made on training data; all: every row, for a data set generated "
-                        "only to evaluate on); once for every --data, or once per --data in their order")
-    from .options import add_network_argument
-
-    add_network_argument(p, "manifest name of the DRU-Net weights (default: the installed segmentation network)")
-    p.add_argument("--frangi-train", action="append", default=[], metavar="INDEX.csv|DIR",
-                   help="training data for the Frangi threshold (repeatable): a case index CSV (its train rows) "
-                        "or a folder of N.png + N_gt.png pairs; without it the baseline is skipped")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--max-frames", type=int, metavar="N",
-                   help="evaluate at most N frames per data set (evenly spaced; default all)")
-    p.add_argument("--frangi-max-frames", type=int, metavar="N",
-                   help="use at most N frames per --frangi-train source (evenly spaced; default all)")
-    p.add_argument("--frangi-sigmas", metavar="S1,S2,...",
-                   help="fix the Frangi scales (px at 256 x 256) instead of choosing among "
-                        + "; ".join(_sig_label(s) for s in FRANGI_SIGMA_SETS) + " on the training data")
-    p.add_argument("--workers", type=int, default=1,
-                   help="processes for the Frangi training frames (default 1; the result does not depend on it)")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
-    p.add_argument("--json", action="store_true", help="print summary.json to stdout")
-
-
-def _add_reg(subsub) -> None:
-    """``tavireg evaluate reg``: owned by ``evaluate_reg.py`` (its arguments and its run)."""
-    p = subsub.add_parser("reg", help="registration accuracy on held-out phantom cases (see evaluate_reg)")
-    if importlib.util.find_spec(f"{__package__}.evaluate_reg") is not None:
-        mod = importlib.import_module(".evaluate_reg", __package__)
-        add_args = getattr(mod, "add_evaluate_reg_arguments", None)
-        if add_args is not None:
-            add_args(p)
-
-
-def run_evaluate(args) -> int:
-    what = getattr(args, "evaluate_what", None)
-    if what == "seg":
-        return run_evaluate_seg(args)
-    if what == "reg":
-        if importlib.util.find_spec(f"{__package__}.evaluate_reg") is None:
-            raise InputError("'tavireg evaluate reg' is not available in this version yet")
-        from .evaluate_reg import run_evaluate_reg
-
-        return run_evaluate_reg(args)
-    raise InputError("evaluate needs seg or reg (see 'tavireg evaluate --help')")
-
-
-def run_evaluate_seg(args) -> int:
-    from .models import pick_device
-    from .options import network_from_args
-    from .outputs import OutputSet
-    from .export import csv_writer, json_writer
-
-    if args.workers < 1:
-        raise InputError("--workers must be at least 1")
-    for opt in ("max_frames", "frangi_max_frames"):
-        v = getattr(args, opt)
-        if v is not None and v < 1:
-            raise InputError(f"--{opt.replace('_', '-')} must be at least 1")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
-    device = pick_device(requested=args.device)
-    datasets = [open_dataset(d, split, "--data") for d, split in zip(args.data, data_splits(args))]
-    labels: Dict[str, int] = {}
-    for d in datasets:  # distinct labels even for two folders of the same name
-        n = labels.get(d.label, 0)
-        labels[d.label] = n + 1
-        if n:
-            d.label = f"{d.label}#{n + 1}"
-            d.frames = [dataclasses.replace(f, dataset=d.label) for f in d.frames]
-        d.info["frames_total"] = len(d.frames)
-        d.frames = subsample(d.frames, args.max_frames)
-    train = [open_dataset(d, TRAIN_SPLIT, "--frangi-train") for d in args.frangi_train]
-
-    sigma_sets = FRANGI_SIGMA_SETS
-    if args.frangi_sigmas:
-        try:
-            sig = tuple(float(v) for v in args.frangi_sigmas.replace(" ", "").split(",") if v)
-        except ValueError:
-            raise InputError(f"--frangi-sigmas must be comma-separated numbers, got {args.frangi_sigmas!r}") from None
-        if not sig or not all(0.3 <= v <= 64 for v in sig):
-            raise InputError(f"--frangi-sigmas must be scales between 0.3 and 64 px, got {args.frangi_sigmas!r}")
-        sigma_sets = (sig,)
-    pooled = pool_members(datasets, args.pool) if args.pool is not None else []  # fails before the evaluation
-    option_warnings: List[str] = []
-    args.network = network_from_args(args, option_warnings)
-    res = evaluate_seg(datasets, model=args.network, device=device, frangi_train=train,
-                       frangi_max_frames=args.frangi_max_frames, frangi_sigma_sets=sigma_sets,
-                       workers=args.workers, pool=args.pool)
-    res["warnings"] = option_warnings + res["warnings"]
-    notes = list(RULES)
-    if pooled:
-        notes.append(f"{args.pool}: the frames of every case index above together ({', '.join(pooled)}), "
-                     "patients kept apart.")
-    notes.append(f"DRU-Net model {res['model']['name']} (SHA256 {str(res['model']['sha256'])[:12]}...); thresholds "
-                 + ", ".join(f"{k} {v:.2f}" for k, v in res["model"]["thresholds"].items()) + ".")
-    if res["frangi"]["evaluated"]:
-        notes.append("Frangi training data: " + "; ".join(
-            f"{s['label']} ({s['split_used']}, {s['frames']} frames)" for s in res["frangi"]["training"]) + ".")
-        for ds, per in res["frangi"]["params"].items():
-            for fov, p in per.items():
-                notes.append(f"Frangi on {ds} {fov}: sigmas {_sig_label(p['sigmas'])} px, threshold "
-                             f"{p['threshold']:.3g}, chosen on {p['chosen_on']} ({p['n_frames']} frames, "
-                             f"median DSC {p['median_dice']:.3f} there).")
-    summary = {
-        "command": command_line(args),
-        "data": [{"label": d.label, "path": str(d.path), "kind": d.kind, "frames_evaluated": len(d.frames),
-                  **{k: v for k, v in d.info.items()}} for d in datasets],
-        "rules": RULES,
-        "model": res["model"],
-        "frangi": res["frangi"],
-        "table": res["table"],
-        "goals": res["goals"],
-        "by_stage": res["by_stage"],
-        "samples": [{k: p[k] for k in ("dataset", "fov", "kind", "frame", "ranked_by")} for p in res["samples"]],
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": res["model"]["device"],
-                    "torch_threads": _torch_threads()},
-        "seconds": res["seconds"],
-        "outputs": ["table.csv", "table.md", "per_frame.csv", "boxplots.png", "samples.png", "summary.json"]
-                   + (["by_stage.csv", "by_stage.png"] if res["by_stage"] else []),
-        "warnings": res["warnings"],
-    }
-    summary = _clean_json(summary)
-    inputs = [Path(d) for d in list(args.data) + list(args.frangi_train)]
-    with OutputSet(inputs=inputs) as outs:
-        outs.add(out / "table.csv", csv_writer(res["table"], TABLE_COLUMNS))
-        outs.add(out / "table.md", _bytes_writer(("# Vessel segmentation on held-out data\n\n"
-                                                 + table_markdown(res["table"], notes)
-                                                 + goals_markdown(res["goals"])
-                                                 + stage_markdown(res["by_stage"])).encode()))
-        if res["by_stage"]:
-            outs.add(out / "by_stage.csv", csv_writer(res["by_stage"], STAGE_COLUMNS))
-        outs.add(out / "per_frame.csv", csv_writer(res["records"], PER_FRAME_COLUMNS))
-        outs.add(out / "boxplots.png", _bytes_writer(boxplot_png(res["records"], res["order"])))
-        if res["by_stage"]:
-            outs.add(out / "by_stage.png", _bytes_writer(boxplot_png(res["records"], res["order"], by_stage=True)))
-        outs.add(out / "samples.png", _bytes_writer(samples_png(res["samples"], res["methods"])))
-        outs.add(out / "summary.json", json_writer(summary))
-    for w in res["warnings"]:
-        print(f"warning: {w}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(table_markdown(res["table"]) + goals_markdown(res["goals"]), end="")
-        print(f"written: {out}/" + ", ".join(summary["outputs"]))
-    return 0
-
-
-def data_splits(args) -> List[str]:
-    """The split of each ``--data``: ``--split`` once for all (default test) or once per ``--data``."""
-    splits = list(args.split or [EVAL_SPLIT])
-    if len(splits) == 1:
-        return splits * len(args.data)
-    if len(splits) != len(args.data):
-        raise InputError(f"--split is given {len(splits)} times for {len(args.data)} --data: give it once for all, "
-                         "or once per --data in their order")
-    return splits
-
-
-def command_line(args) -> str:
-    """The command that reproduces this run (from the parsed arguments)."""
-    parts = ["tavireg", "evaluate", "seg"]
-    for d in args.data:
-        parts += ["--data", str(d)]
-    for d in args.frangi_train:
-        parts += ["--frangi-train", str(d)]
-    if args.network != "segmentation":
-        parts += ["--network", str(args.network)]
-    if args.split:
-        for split in args.split:
-            parts += ["--split", split]
-    for opt in ("max_frames", "frangi_max_frames", "frangi_sigmas", "pool"):
-        if getattr(args, opt, None) is not None:
-            parts += ["--" + opt.replace("_", "-"), str(getattr(args, opt))]
-    if args.device != "auto":
-        parts += ["--device", str(args.device)]
-    parts += ["--out", str(args.out)]
-    return command_text(parts)
-
-
-def _bytes_writer(data: bytes) -> Callable:
-    return lambda fh: fh.write(data)
-
-
-def _torch_threads() -> Optional[int]:
-    try:
-        import torch
-
-        return int(torch.get_num_threads())
-    except Exception:  # noqa: BLE001
-        return None

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 DEMO_SEED = 2  # a case on which the shipped networks register validly
 DEMO_SIZE = 512
@@ -74,15 +74,15 @@ def make_demo_case(directory, seed: int = DEMO_SEED, frames: int = 4, size: int 
 
 def run_demo(out_dir, seed: int = DEMO_SEED, method: Optional[str] = None) -> Dict[str, object]:
     """Make the demo case and register it; write pictures, the registration files and report.md."""
-    from .fluoro import read_fluoro
-    from .mesh import load_model
-    from .outputs import OutputSet, check_writable_dir, image_png_writer
-    from .overlay import overlay_rgb
-    from .pipeline import RegistrationPipeline
-    from .evaluate_reg import before_overlap, window_overlap
-    from .models import installed
-    from .registration import default_method
-    from .report import write_registration_outputs
+    from ..fluoro import read_fluoro
+    from ..mesh import load_model
+    from ..outputs import OutputSet, check_writable_dir, image_png_writer
+    from ..overlay import overlay_rgb
+    from ..pipeline import RegistrationPipeline
+    from ..evaluation.reg import before_overlap, window_overlap
+    from ..networks.weights import installed
+    from ..registration import default_method
+    from ..report import write_registration_outputs
 
     out = Path(out_dir)
     check_writable_dir(out)
@@ -145,7 +145,7 @@ def _fmt(v, spec: str = ".3f") -> str:
 
 
 def _report_markdown(r: Dict[str, object], geom, case: DemoCase) -> str:
-    from .geometry import view_label
+    from ..geometry import view_label
 
     lines = [
         "# TAVIRegistration demo",

@@ -60,7 +60,6 @@ entry (kind ``registration``) with the exact command and the validation metrics.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -70,12 +69,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
-from .registration import DEFAULT_MARGIN, NET_SIZE, Window, box_window, crop_window, registration_window
-from .training import (TrainingConfig, TrainingRun, add_common_training_arguments, finite_median, natural_key,
-                        pair_of_floats, read_case_index, run_command)
-from .outputs import read_mask_png
-from .phantom import opacified_roi
+from ..errors import InputError
+from ..registration import DEFAULT_MARGIN, NET_SIZE, Window, box_window, crop_window, registration_window
+from ..outputs import read_mask_png
+from ..synthetic.phantom import opacified_roi
+from .common import TrainingConfig, TrainingRun, finite_median, natural_key, read_case_index
 
 CHECKPOINT_KIND = "train-reg"
 _CSV_COLUMNS = ("patient", "split", "image", "mask", "projection_true", "projection_nominal")
@@ -129,13 +127,13 @@ class RegTrainConfig(TrainingConfig):
 
     def __post_init__(self) -> None:
         if self.pool_after is None:
-            from .regnet import POOL_AFTER
+            from ..networks.regnet import POOL_AFTER
 
             self.pool_after = tuple(POOL_AFTER)
         self.pool_after = tuple(int(p) for p in self.pool_after)
 
     def check(self) -> None:
-        from .regnet import CHANNELS
+        from ..networks.regnet import CHANNELS
 
         if not self.data:
             raise InputError("train-reg needs at least one --data folder, case index CSV or synthetic:COUNT")
@@ -170,7 +168,7 @@ class RegTrainConfig(TrainingConfig):
 
 def build_model(config):
     """The RegNet of a configuration (identity output)."""
-    from .regnet import RegNet, scaled_channels
+    from ..networks.regnet import RegNet, scaled_channels
 
     return RegNet(in_size=config.size, fc=config.fc, pool_before_fc=True, channels=scaled_channels(config.width),
                   pool_after=config.pool_after)
@@ -327,7 +325,7 @@ def _pack(mask: np.ndarray) -> np.ndarray:
 
 
 def _default_roi(mask: np.ndarray) -> Tuple[int, int, int, int]:
-    from .roi import bounding_roi
+    from ..roi import bounding_roi
 
     roi = bounding_roi(mask, margin=0.1, min_size=32)
     if roi is None:
@@ -430,9 +428,9 @@ def load_phantom_index(csv_path: Path, segment_cache: Optional[Path] = None,
 
 def _cached_segmentation(base: Path, r: Dict[str, str], patient: str, cache: Path, series_cache: Dict[str, Any],
                          shape: Tuple[int, int]) -> np.ndarray:
-    from .fluoro import read_fluoro
-    from .outputs import OutputSet, mask_png_writer
-    from .segmentation import segment_frame
+    from ..fluoro import read_fluoro
+    from ..outputs import OutputSet, mask_png_writer
+    from ..segmentation import segment_frame
 
     frame = int(r.get("frame") or 0)
     name = f"{patient}_{Path(r.get('series') or r['image']).stem}_f{frame:03d}.png"
@@ -454,14 +452,14 @@ def _cached_segmentation(base: Path, r: Dict[str, str], patient: str, cache: Pat
 
 def _segmentation_model_key() -> str:
     """``<name>-<sha256[:12]>`` of the installed default segmentation network (InputError if none)."""
-    from .models import find_entry
+    from ..networks.weights import find_entry
 
     entry = find_entry("segmentation")
     return f"{entry['name']}-{str(entry['sha256'])[:12]}"
 
 
 def load_data(config: RegTrainConfig) -> Tuple[List[RegSample], List[Dict[str, Any]]]:
-    from .phantom import case_index_version, check_one_version
+    from ..synthetic.phantom import case_index_version, check_one_version
 
     samples: List[RegSample] = []
     described = []
@@ -624,8 +622,8 @@ def pair_metrics(thetas: np.ndarray, pairs: Sequence[Pair]) -> Dict[str, Any]:
     """Medians over pairs (see the module docstring) and the ROI-corner error in frame pixels."""
     import torch
 
-    from .registration import apply_matrix, corner_error, roi_matrix, theta_to_frame_matrix, warp_images
-    from .segmentation import overlap_metrics
+    from ..registration import apply_matrix, corner_error, roi_matrix, theta_to_frame_matrix, warp_images
+    from ..segmentation import overlap_metrics
 
     dice, prec, rec, dice_clean, corners, centres = [], [], [], [], [], []
     for theta, p in zip(thetas, pairs):
@@ -666,7 +664,7 @@ def train(config: RegTrainConfig) -> Dict[str, Any]:
     """Train (or resume), checkpoint every epoch, export when asked. Returns a summary dict."""
     import torch
 
-    from .regnet import count_parameters, script_model
+    from ..networks.regnet import count_parameters, script_model
 
     run = TrainingRun(config, CHECKPOINT_KIND)
     device, log = run.device, run.log
@@ -731,7 +729,7 @@ def _fmt(v) -> str:
 def _train_epoch(run: TrainingRun, net, opt, train_set: List[RegSample], epoch: int) -> float:
     import torch
 
-    from .registration import pair_loss
+    from ..registration import pair_loss
 
     config, dist = run.config, run.dist
     order = np.random.default_rng([int(config.seed), 31337, epoch]).permutation(config.pairs_per_epoch)
@@ -755,7 +753,7 @@ def _train_epoch(run: TrainingRun, net, opt, train_set: List[RegSample], epoch: 
 def manifest_fields(config: RegTrainConfig, model, ck: Dict[str, Any]):
     """The registration fields of a manifest entry (``training.TrainingRun.export_with_manifest``):
     ``(fields, metrics, loss)``."""
-    from .regnet import ARCHITECTURE, PAPER_POOL_AFTER, POOLED_SIZE, RegNet, count_parameters, multiply_adds
+    from ..networks.regnet import ARCHITECTURE, PAPER_POOL_AFTER, POOLED_SIZE, RegNet, count_parameters, multiply_adds
 
     best = ck.get("best") or {}
     pool = list(model.pool_after)
@@ -789,45 +787,3 @@ def manifest_fields(config: RegTrainConfig, model, ck: Dict[str, Any]):
     loss = ("1 - soft Dice of the STN-warped moving image against the fixed image inside the warped ROI, "
             "mean over a 4-level blur pyramid (registration.pair_loss)")
     return fields, metrics, loss
-
-
-# ---------------------------------------------------------------------------------------------
-# command line (the wrappers in cli.py import these lazily)
-# ---------------------------------------------------------------------------------------------
-def _int_list(text: str) -> Tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def add_train_reg_parser(sub) -> None:
-    p = sub.add_parser("train-reg", help="train the registration CNN (no ground-truth transforms) and export TorchScript")
-    p.add_argument("--data", action="append", required=True, metavar="PATH",
-                   help="folder of vessel masks (*_gt.png, else *.png), phantom case index CSV, or synthetic:COUNT "
-                        "(repeatable)")
-    p.add_argument("--pairs-per-epoch", type=int, default=256, help="random pairs per epoch (default 256)")
-    p.add_argument("--width", type=float, default=1.0, help="filters = Fig. 4's times this (default 1)")
-    p.add_argument("--fc", type=int, default=1024, help="units of the first fully connected layer (default 1024)")
-    p.add_argument("--pool-after", type=_int_list, metavar="N,N,...",
-                   help="convolutions (1-9) followed by 2x2 max-pooling (default 1,3,5,7,9; the paper's 3,5,7,9 "
-                        "is about 4x slower; each pooling added early quarters the work of the layers after it)")
-    p.add_argument("--segment-fixed", action="store_true",
-                   help="segment the phantom index's frames with the installed DRU-Net (cached under OUT/segmentations) "
-                        "and use them as the fixed image of half of those pairs")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
-                   help="registration window margin, a fraction of the ROI's longer side per side (default 0.3)")
-    p.add_argument("--val-pairs", type=int, default=4, help="seeded validation pairs per validation patient")
-    p.add_argument("--sub-roi", type=float, default=0.5, help="probability of a random sub-ROI (default 0.5)")
-    p.add_argument("--corrupt", type=float, default=0.8,
-                   help="probability of DRU-Net-like corruption of the fixed mask (default 0.8)")
-    p.add_argument("--max-rotation", type=float, default=10.0, help="random rotation, +- degrees (default 10)")
-    p.add_argument("--scale-range", type=pair_of_floats, default=(0.85, 1.15), metavar="LO,HI",
-                   help="random scale range (default 0.85,1.15)")
-    p.add_argument("--max-shear", type=float, default=0.05, help="random shear, +- (default 0.05)")
-    p.add_argument("--max-shift", type=float, default=0.2, help="random shift, +- fraction of the window (default 0.2)")
-    add_common_training_arguments(p, RegTrainConfig)
-
-
-def run_train_reg(args) -> int:
-    return run_command(args, RegTrainConfig, train)

@@ -2,7 +2,7 @@
 
 * ``TrainingConfig``: the options every trainer takes (a trainer's config extends it and sets the
   defaults of ``epochs``, ``lr`` and ``size``), their checks, the command line that reproduces a
-  run's weights, ``add_common_training_arguments`` and ``run_command`` for the CLI.
+  run's weights (its options are declared in ``cli.train``).
 * Data sets: ``natural_key``, ``read_case_index`` (the rows of a case index CSV,
   patient-wise split checked), ``split_patients`` (seeded patient-wise validation split) and
   ``split_record``, ``finite_median`` (validation medians).
@@ -23,7 +23,6 @@ manifest fields in. Torch is imported lazily so that building the CLI's parser s
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import re
@@ -35,8 +34,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from .errors import InputError
-from .reproduce import argv_text, command_text
+from ..errors import InputError
+from ..reproduce import argv_text, command_text
 
 CHECKPOINT_FORMAT = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -177,74 +176,6 @@ def _option_text(value) -> str:
     return str(value)
 
 
-def pair_of_floats(text: str) -> Tuple[float, float]:
-    """argparse type of ``LO,HI`` options (``--scale-range``)."""
-    import argparse
-
-    try:
-        a, b = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}") from None
-    return a, b
-
-
-def add_common_training_arguments(p, config_cls) -> None:
-    """The options of ``TrainingConfig`` (defaults from ``config_cls``), ``--quiet`` and ``--json``."""
-    default = {f.name: f.default for f in fields(config_cls)}
-    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints and the training history")
-    p.add_argument("--epochs", type=int, default=default["epochs"],
-                   help="planned epochs (the learning-rate schedule spans them)")
-    p.add_argument("--batch-size", type=int, default=default["batch_size"],
-                   help="global batch size (split across torchrun processes)")
-    p.add_argument("--lr", type=float, default=default["lr"], help="AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=default["weight_decay"], help="AdamW weight decay")
-    p.add_argument("--seed", type=int, default=default["seed"])
-    p.add_argument("--split-seed", type=int,
-                   help="seed of the validation split of data sets without a split of their own (default: --seed); "
-                        "runs that vary only --seed then validate on the same patients")
-    p.add_argument("--size", type=int, default=default["size"], help=f"network input size (default {default['size']})")
-    p.add_argument("--val-fraction", type=float, default=default["val_fraction"],
-                   help="share of patients held out for validation")
-    p.add_argument("--val-fold", metavar="K/N",
-                   help="cross-validation: hold out the K-th of N seeded folds of each data set's patients (those "
-                        "without a split of their own) instead of --val-fraction; N runs with K = 1..N validate "
-                        "on every patient once")
-    p.add_argument("--device", default=default["device"], help="auto (cuda when available), cpu, cuda or cuda:N")
-    p.add_argument("--max-minutes", type=float, help="stop before an epoch that would end after this many minutes")
-    p.add_argument("--stop-epoch", type=int, help="stop after this epoch (keeps the schedule of --epochs)")
-    p.add_argument("--resume", nargs="?", const="last", metavar="CHECKPOINT",
-                   help="continue from OUT/last.pt (or the given checkpoint)")
-    p.add_argument("--init", metavar="CHECKPOINT|MODEL", action="append",
-                   help="start from these weights (fine-tuning) instead of a random initialisation: a checkpoint "
-                        "of this trainer (best.pt, last.pt) or an installed model's manifest name; the optimiser "
-                        "and schedule start afresh, the manifest records the file's SHA256. Repeated: the mean of "
-                        "the networks' weights (a model soup; for networks fine-tuned from one another). With "
-                        "--epochs 0 nothing is trained: the starting weights are validated and exported")
-    p.add_argument("--export", metavar="NAME", help="export the best weights as NAME.pt with a manifest entry")
-    p.add_argument("--export-dir", type=Path, help="where to export (default: Resources/Models or $TAVIREG_MODELS_DIR)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="worker processes preparing batches beside the training process (train-reg; default 0; "
-                        "the batches, and so the weights, are the same for any number)")
-    p.add_argument("--threads", type=int,
-                   help="torch threads of the training process (default: torch's; on a busy 2-core machine 1 "
-                        "is often several times faster than 2)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-
-
-def run_command(args, config_cls, train: Callable[[Any], Dict[str, Any]]) -> int:
-    """A trainer's CLI command: train, then (rank 0, ``--json``) print the summary."""
-    from .models import json_default
-
-    summary = train(config_cls.from_args(args))
-    if args.json and int(os.environ.get("RANK", "0") or 0) == 0:
-        s = dict(summary)
-        if "export" in s:
-            s["export"] = {k: v for k, v in s["export"].items() if k != "entry"}
-        print(json.dumps(s, indent=2, default=json_default))
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------
 # data sets
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +241,7 @@ def read_case_index(csv_path: Path, columns: Sequence[str], missing_hint: str = 
 def row_fov_and_frame(values: Dict[str, str], where: str) -> Tuple[str, int]:
     """A case-index row's FoV (``upper``/``lower``) and frame number (empty = 0); an InputError
     naming ``where`` (e.g. "index.csv line 7") otherwise."""
-    from .segmentation import FOVS
+    from ..segmentation import FOVS
 
     fov = values["fov"].lower()
     if fov not in FOVS:
@@ -420,7 +351,7 @@ def setup_distributed(requested_device: str):
     algorithms (warn only), cuDNN benchmark off, and under torchrun the process group."""
     import torch
 
-    from .models import pick_device
+    from ..networks.weights import pick_device
 
     dist_info = Distributed(int(os.environ.get("WORLD_SIZE", "1") or 1), int(os.environ.get("RANK", "0") or 0),
                             int(os.environ.get("LOCAL_RANK", "0") or 0))
@@ -471,7 +402,7 @@ class Logger:
 # ---------------------------------------------------------------------------------------------
 def save_atomic(obj, path: Path) -> None:
     """``obj`` to ``path`` in one step: JSON for a ``.json`` path, else ``torch.save``."""
-    from .models import write_atomic, write_json_atomic
+    from ..networks.weights import write_atomic, write_json_atomic
 
     if isinstance(obj, (dict, list)) and path.suffix == ".json":
         write_json_atomic(path, obj)
@@ -505,7 +436,7 @@ def history_minutes(history: Sequence[Dict[str, Any]]) -> float:
 
 def save_scripted_atomic(scripted, target_dir: Path, file_name: str) -> Tuple[Path, str]:
     """A scripted module saved as ``target_dir/file_name`` in one step; ``(path, SHA256)``."""
-    from .models import sha256_file, write_atomic
+    from ..networks.weights import sha256_file, write_atomic
 
     digest: List[str] = []
 
@@ -587,7 +518,7 @@ class TrainingRun:
         """``(train, val)`` of ``split_patients``, recorded with the data sets' description for the
         checkpoints; first (before anything is written) the checkpoint to resume from must be
         readable and the output folder writable."""
-        from .outputs import check_writable_dir
+        from ..outputs import check_writable_dir
 
         if self.config.resume:
             self.load_checkpoint(self.resume_path)
@@ -603,7 +534,7 @@ class TrainingRun:
         """The ``--init`` weights (a state dict; the mean of several sources' ``average_states``): each a
         checkpoint of this trainer, or the TorchScript file of an installed model (hash-checked);
         remembered (``describe_init``) for the manifest."""
-        from .models import load_model_with_entry
+        from ..networks.weights import load_network_with_entry
 
         states, records = [], []
         sources = init_sources(self.config.init)
@@ -615,7 +546,7 @@ class TrainingRun:
                 records.append(self.describe_init(source, ck))
             else:
                 records.append(self.describe_init(source))
-                module, _ = load_model_with_entry(source, "cpu")
+                module, _ = load_network_with_entry(source, "cpu")
                 states.append({k: v.detach().clone() for k, v in module.state_dict().items()})
         self.init_record = self.combine_init_records(records)
         return states[0] if len(states) == 1 else average_states(states, sources)
@@ -633,7 +564,7 @@ class TrainingRun:
         weights were made (the command that trained them, the epoch, the minutes and, recursively,
         their own ``init``), so that a network fine-tuned in stages records every stage. ``ck``: the
         checkpoint when it is one (already read)."""
-        from .models import find_entry, models_dir, sha256_file
+        from ..networks.weights import find_entry, models_dir, sha256_file
 
         path = Path(source)
         if path.is_file():
@@ -855,8 +786,8 @@ class TrainingRun:
         """
         import torch
 
-        from .models import add_manifest_entry, models_dir
-        from .outputs import check_writable_dir
+        from ..networks.weights import add_manifest_entry, models_dir
+        from ..outputs import check_writable_dir
 
         config, out_dir = self.config, self.out_dir
         ck = self.load_checkpoint(out_dir / "best.pt" if (out_dir / "best.pt").is_file() else out_dir / "last.pt")

@@ -34,7 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from .errors import InputError
+from ..errors import InputError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -55,7 +55,7 @@ def models_dir() -> Path:
     env = os.environ.get(ENV_MODELS_DIR)
     if env:
         return Path(env).expanduser()
-    pkg = Path(__file__).resolve().parent
+    pkg = Path(__file__).resolve().parents[1]  # the TAVIRegistrationLib folder
     candidates = [pkg.parents[1] / "Resources" / "Models", pkg.parent / "Resources" / "Models"]
     for c in candidates:
         if c.is_dir():
@@ -151,10 +151,10 @@ def verify_entry_file(entry: Dict[str, Any], directory: Optional[Union[str, Path
     return path
 
 
-def load_model_with_entry(name_or_kind: str = "segmentation", device=None,
+def load_network_with_entry(name_or_kind: str = "segmentation", device=None,
                           directory: Optional[Union[str, Path]] = None,
                           fov: Optional[str] = None) -> Tuple[Any, Dict[str, Any]]:
-    """``(scripted module in eval mode on device, manifest entry)``; see ``load_model``."""
+    """``(scripted module in eval mode on device, manifest entry)``; see ``load_network``."""
     import torch
 
     entry = find_entry(name_or_kind, directory, fov=fov)
@@ -172,7 +172,7 @@ def load_model_with_entry(name_or_kind: str = "segmentation", device=None,
     return module, entry
 
 
-def load_model(name_or_kind: str = "segmentation", device=None,
+def load_network(name_or_kind: str = "segmentation", device=None,
                directory: Optional[Union[str, Path]] = None, fov: Optional[str] = None):
     """Load a TorchScript model named in the manifest (or the default one of a kind).
 
@@ -180,7 +180,7 @@ def load_model(name_or_kind: str = "segmentation", device=None,
     the entry; a missing, tampered or wrong file raises InputError. ``device``: a torch device or
     string; default ``pick_device()``.
     """
-    return load_model_with_entry(name_or_kind, device, directory, fov)[0]
+    return load_network_with_entry(name_or_kind, device, directory, fov)[0]
 
 
 def _check_architecture(module, entry: Dict[str, Any], path: Path) -> None:

@@ -92,10 +92,10 @@ def write_sample_case(directory, seed: int = SAMPLE_SEED, rows: int = 256, cols:
     """Write the XA run into ``directory`` (``SAMPLE_FILE``) and return the case with its truth."""
     from pydicom.uid import generate_uid
 
-    from .fluoro import write_fluoro_dicom
-    from .geometry import CArmGeometry
-    from .mesh import surface_from_polydata
-    from .projection import ProjectionRenderer
+    from ..fluoro import write_fluoro_dicom
+    from ..geometry import CArmGeometry
+    from ..mesh import surface_from_polydata
+    from ..projection import ProjectionRenderer
 
     model = surface_from_polydata(vessel_polydata(), space="LPS", units="mm", name="synthetic vessel")
     isocenter = tuple(float(c) for c in model.center + np.array([4.0, -6.0, 10.0]))

@@ -59,8 +59,8 @@ def bench_projection(polydata=None, sizes: Sequence[int] = (512, 1024), repeats:
 
     The angles change between repeats (as between cine frames), so nothing is served from a cache.
     """
-    from .geometry import CArmGeometry
-    from .projection import ProjectionRenderer
+    from ..geometry import CArmGeometry
+    from ..projection import ProjectionRenderer
 
     if polydata is None:
         polydata = dense_sphere(200_000)
@@ -120,8 +120,8 @@ def bench_segmentation(sizes: Sequence[int] = SEGMENTATION_SIZES, repeats: int =
     what it sees. Two untimed calls per size come first (allocation, TorchScript's first runs)."""
     import torch
 
-    from .errors import InputError
-    from .segmentation import _entry_size, get_model, preprocess, segment_frame
+    from ..errors import InputError
+    from ..segmentation import _entry_size, get_model, preprocess, segment_frame
 
     try:
         module, entry, dev = get_model(None, device, None, models_directory)
@@ -186,10 +186,10 @@ def bench_widths(widths: Sequence[int] = WIDTHS, repeats: int = 30, *, size: int
 
     import torch
 
-    from .errors import InputError
-    from .models import pick_device
-    from .segnet import DRUNet, count_parameters, script_model
-    from .train_seg import segmentation_loss
+    from ..errors import InputError
+    from ..networks.weights import pick_device
+    from ..networks.segnet import DRUNet, count_parameters, script_model
+    from ..training.seg import segmentation_loss
 
     if not widths or any(w != int(w) or w < 1 for w in widths):
         raise InputError(f"DRU-Net widths (--widths) must be whole numbers of at least 1, got {list(widths)}")
@@ -277,15 +277,15 @@ def bench_pipeline(data_index=None, n_frames: int = 20, methods: Optional[Sequen
     import tempfile
     from pathlib import Path
 
-    from .errors import InputError
-    from .fluoro import read_fluoro
-    from .mesh import load_model
-    from .models import installed
-    from .phantom import PhantomConfig, frame_truth, generate_dataset
-    from .pipeline import RegistrationPipeline
-    from .projection import ProjectionRenderer
-    from .registration import METHODS
-    from .report import frame_overlay
+    from ..errors import InputError
+    from ..fluoro import read_fluoro
+    from ..mesh import load_model
+    from ..networks.weights import installed
+    from ..synthetic.phantom import PhantomConfig, frame_truth, generate_dataset
+    from ..pipeline import RegistrationPipeline
+    from ..projection import ProjectionRenderer
+    from ..registration import METHODS
+    from ..report import frame_overlay
 
     if int(n_frames) < 2:
         raise InputError(f"the pipeline benchmark needs at least 2 frames, got {n_frames}")
@@ -445,7 +445,7 @@ def bench_pipeline(data_index=None, n_frames: int = 20, methods: Optional[Sequen
     if "cnn" in run_methods:  # how much of cnn's register stage is the network itself
         import torch
 
-        from .registration import _model_size, get_model
+        from ..registration import _model_size, get_model
 
         module, _, dev = get_model(None, None, models_directory)
         size = _model_size(module, None)

@@ -36,10 +36,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import InputError
-from .fluoro import GeometryOverrides
-from .geometry import view_label
-from .overlay import DEFAULT_COLOR
+from ..errors import InputError
+from ..fluoro import GeometryOverrides
+from ..geometry import view_label
+from ..overlay import DEFAULT_COLOR
 from .qt_compat import QT_API, Signal, qget, qt
 from .roi_view import ImageRoiView, RoiEditor
 
@@ -194,18 +194,18 @@ class _CaseData:
 def _build_case(model_path, model, fluoro_path, series, options, frame_index) -> _CaseData:
     """Read what is not read yet, then make the pipeline and project one frame (worker thread)."""
     if model is None and model_path is not None:
-        from .mesh import load_model
+        from ..mesh import load_model
 
         model = load_model(model_path, units=options.units, space=options.space)
     if series is None and fluoro_path is not None:
-        from .fluoro import read_fluoro
+        from ..fluoro import read_fluoro
 
         series = read_fluoro(fluoro_path, **options.geometry.as_kwargs())
     data = _CaseData(model_path, model, fluoro_path, series, options)
     if series is not None:  # an index (checked) or fluoro.AUTO_FRAME
         data.frame_index, data.frame_note = series.resolve_frame(frame_index)
     if model is not None and series is not None:
-        from .pipeline import RegistrationPipeline
+        from ..pipeline import RegistrationPipeline
 
         data.pipeline = RegistrationPipeline(model, series, isocenter_lps=options.isocenter_lps,
                                              orthographic=options.orthographic)
@@ -904,7 +904,7 @@ class ViewerWindow(qt.QMainWindow):
         as ``--frame auto``), found in the worker thread; the status bar and the warnings name it."""
         if self.series is None:
             return
-        from .fluoro import AUTO_FRAME
+        from ..fluoro import AUTO_FRAME
 
         series = self.series
 
@@ -991,7 +991,7 @@ class ViewerWindow(qt.QMainWindow):
         (``roi.validate_roi`` checks it). InputError when unusable; None without projection."""
         if self.frameProjection is None:
             return None
-        from .roi import validate_roi
+        from ..roi import validate_roi
 
         roi = self.roiEditor.roi()
         if roi is None:
@@ -1081,7 +1081,7 @@ class ViewerWindow(qt.QMainWindow):
     def composeOverlay(self):
         """The overlay picture of the current frame, (H, W, 3) uint8, exactly as exported:
         ``overlay.overlay_rgb(frame, mask, mode=..., opacity=...)``; None without a frame."""
-        from . import overlay
+        from .. import overlay
 
         grey = self._currentGrey()
         if grey is None:
@@ -1103,7 +1103,7 @@ class ViewerWindow(qt.QMainWindow):
         if self.series is None:
             return None
         if self._frameGreyIndex != self.frameIndex or self._frameGrey is None:
-            from .overlay import display_frame
+            from ..overlay import display_frame
 
             self._frameGrey = display_frame(self.series.frame(self.frameIndex))
             self._frameGreyIndex = self.frameIndex
@@ -1125,7 +1125,7 @@ class ViewerWindow(qt.QMainWindow):
         """Whether registration can run: the viewer registers to the DRU-Net segmentation of the
         frame, so a segmentation network must be installed (the registration method itself falls
         back to SimpleITK when no registration network is, with a warning)."""
-        from .models import installed
+        from ..networks.weights import installed
 
         return installed("segmentation")
 
@@ -1183,7 +1183,7 @@ class ViewerWindow(qt.QMainWindow):
         """Write ``overlay.png`` (the frame view's picture), ``projection_mask.png`` (0/255 on
         the frame's grid) and ``roi.json`` into ``directory``, all or nothing. Returns the paths
         (empty after an error, which is reported like every other)."""
-        from .outputs import OutputSet, image_png_writer, mask_png_writer
+        from ..outputs import OutputSet, image_png_writer, mask_png_writer
 
         try:
             if self.frameProjection is None:
@@ -1458,7 +1458,7 @@ class ViewerWindow(qt.QMainWindow):
         self.frameView.fit()
 
     def _about(self):
-        from . import __version__
+        from .. import __version__
 
         qt.QMessageBox.about(
             self, "About TAVI Registration",
@@ -1581,11 +1581,8 @@ def run_viewer(model=None, fluoro=None, *, units=None, space=None, isocenter=Non
     demo_roi = None
     with tempfile.TemporaryDirectory(prefix="tavireg-gui-") as tmp:
         if demo:
-            try:
-                from .demo import make_demo_case
-            except ImportError:
-                raise InputError("the demo case is not available in this version "
-                                 "(TAVIRegistrationLib.demo is missing)") from None
+            from ..synthetic.demo import make_demo_case
+
             case = make_demo_case(Path(tmp))
             model, fluoro = case.model_path, case.fluoro_path
             frame = case.frame_index if not frame else frame
@@ -1617,7 +1614,7 @@ def run_viewer(model=None, fluoro=None, *, units=None, space=None, isocenter=Non
 
 
 def _write_screenshot(window, path: Path, frame, inputs) -> int:
-    from .outputs import OutputSet
+    from ..outputs import OutputSet
 
     if not window.waitIdle(300):
         raise RuntimeError("the case took more than 5 minutes to open")

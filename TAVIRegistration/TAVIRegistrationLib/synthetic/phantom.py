@@ -48,7 +48,6 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,8 +56,8 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import InputError
-from .geometry import CArmGeometry, project
+from ..errors import InputError
+from ..geometry import CArmGeometry, project
 
 if TYPE_CHECKING:  # for annotations only; imported where used (see below)
     from . import xray
@@ -575,7 +574,7 @@ class _Patient:
     def __init__(self, index: int, config: PhantomConfig, folder: Path):
         from . import xray
         from .anatomy import anatomy_surface, deform_anatomy, generate_anatomy, lumen_field
-        from .mesh import load_model, model_file_writer
+        from ..mesh import load_model, model_file_writer
 
         self.index = index
         self.name = patient_name(index)
@@ -653,8 +652,8 @@ def _generate_patient(index: int, config: PhantomConfig, folder: Path,
     """Generate one patient into ``folder`` (created); returns its index rows and case summary."""
     from . import xray
     from scipy import ndimage
-    from .fluoro import write_fluoro_dicom
-    from .projection import ProjectionRenderer
+    from ..fluoro import write_fluoro_dicom
+    from ..projection import ProjectionRenderer
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(exist_ok=True)
@@ -959,8 +958,8 @@ def generate_dataset(config: PhantomConfig, progress=None) -> dict:
     """Generate ``config.patients`` patients into ``config.out``; returns a summary.
 
     ``progress``: optional callable(n) called with the number of frames just finished."""
-    from .outputs import OutputSet, check_writable_dir
-    from .projection import probe_rendering
+    from ..outputs import OutputSet, check_writable_dir
+    from ..projection import probe_rendering
 
     config.validate()
     out = Path(config.out)
@@ -1047,7 +1046,7 @@ def default_real_dir() -> Optional[Path]:
     """``../shared/data/angios40`` beside the checkout (or ``TAVIREG_SHARED_DATA``), if there."""
     env = os.environ.get("TAVIREG_SHARED_DATA")
     cands = [Path(env) / "angios40"] if env else []
-    cands.append(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "angios40")
+    cands.append(Path(__file__).resolve().parents[3].parent / "shared" / "data" / "angios40")
     for c in cands:
         if c.is_dir():
             return c
@@ -1069,7 +1068,7 @@ def contact_sheet(out: Path, rows: List[dict], real_dir: Optional[Path], seed: i
     from scipy import ndimage
     from PIL import Image
 
-    from .fluoro import read_fluoro
+    from ..fluoro import read_fluoro
 
     rng = np.random.default_rng(seed + 99)
     tiles_rows = []
@@ -1115,46 +1114,6 @@ def contact_sheet(out: Path, rows: List[dict], real_dir: Optional[Path], seed: i
 # =============================================================================================
 # command line
 # =============================================================================================
-def add_phantom_parser(sub) -> None:
-    p = sub.add_parser("phantom", help="generate synthetic TAVI cases (model, XA DICOM frames, ground truth)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--patients", type=int, default=10, help="number of patients (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same data")
-    p.add_argument("--frames-per-patient", type=int, default=100, help="frames per patient (default 100)")
-    p.add_argument("--workers", type=int, default=0, help="parallel processes (default: min(2, CPUs))")
-    p.add_argument("--size", type=int, help="force square frames of this many pixels (default: clinical 512/1024)")
-    p.add_argument("--contact-sheet", action="store_true",
-                   help="also write contact_sheet.png (samples next to real angiograms)")
-    p.add_argument("--real-dir", type=Path,
-                   help="real angiograms for the contact sheet (default: ../shared/data/angios40 if present)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data set in --out")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-
-
-def run_phantom(args) -> int:
-    from tqdm import tqdm
-
-    real = args.real_dir
-    if args.contact_sheet and real is None:
-        real = default_real_dir()
-    if real is not None and not Path(real).is_dir():
-        raise InputError(f"--real-dir {real} is not a folder")
-    cfg = PhantomConfig(out=args.out, patients=args.patients, seed=args.seed,
-                        frames_per_patient=args.frames_per_patient, workers=args.workers,
-                        contact_sheet=args.contact_sheet, real_dir=real, size=args.size,
-                        overwrite=args.overwrite)
-    cfg.validate()
-    total = cfg.patients * cfg.frames_per_patient
-    with tqdm(total=total, desc="phantom", unit="frame", file=sys.stderr, disable=None) as bar:
-        summary = generate_dataset(cfg, progress=bar.update)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(f"{summary['frames']} frames of {summary['patients']} patients in {summary['seconds']} s "
-              f"-> {summary['out']} (split: " + ", ".join(f"{k} {len(v)}" for k, v in summary['split'].items()) + ")")
-    return 0
-
-
 # =============================================================================================
 # ground truth of one frame, for evaluation and the demo
 # =============================================================================================

@@ -40,7 +40,7 @@ from scipy import ndimage
 from scipy.fft import irfft2, next_fast_len, rfft2
 from scipy.interpolate import CubicSpline
 
-from .geometry import CArmGeometry, projection_matrix
+from ..geometry import CArmGeometry, projection_matrix
 
 #: Largest work-grid side: 1024-pixel frames are formed on 512 and upsampled (then noise at 1024).
 MAX_WORK_PIXELS = 512

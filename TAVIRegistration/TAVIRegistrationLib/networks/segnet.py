@@ -20,7 +20,7 @@ from it instead of training them from scratch.
 
 This module is pure torch: it knows no files, no DICOM and no intensity scaling. The network is
 TorchScript-scriptable; the scripted module keeps ``architecture``, ``base_channels``,
-``in_channels``, ``out_channels`` and ``depth`` as attributes (``models.load_model`` checks them
+``in_channels``, ``out_channels`` and ``depth`` as attributes (``weights.load_network`` checks them
 against the manifest) and exports ``forward_with_features`` (logits + bottleneck features) for
 Grad-CAM. (No ``from __future__ import annotations`` here: TorchScript reads the class
 annotations.)

@@ -47,9 +47,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +55,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 METHODS = ("cnn", "cnn+refine", "sitk")  # = registration.METHODS (kept light: no torch import here)
 FIXED_SOURCES = ("truth", "segmentation")
@@ -106,7 +104,7 @@ def window_overlap(pred: np.ndarray, truth_mask: np.ndarray, window) -> Dict[str
     cut to the window (vessels outside it were never shown to the registration); the prediction is
     taken whole. This is the demo's "Dice vs ground truth".
     """
-    from .segmentation import overlap_metrics
+    from ..segmentation import overlap_metrics
 
     inside = box_mask(np.shape(truth_mask), window.x0, window.y0, window.side, window.side)
     return overlap_metrics(pred, (np.asarray(truth_mask) > 0) & (inside > 0))
@@ -122,7 +120,7 @@ def truth_affine_overlap(projection_mask: np.ndarray, roi: Sequence[int], truth,
     """``window_overlap`` of the ROI's projection moved by the phantom's own affine (the least-squares
     2D affine from the nominal to the true projection): what the best global affine would reach, the
     reference for a registration (the deformation makes it imperfect)."""
-    from .registration import roi_matrix, warp_mask
+    from ..registration import roi_matrix, warp_mask
 
     x, y, w, h = (int(v) for v in roi)
     crop = (np.asarray(projection_mask)[y:y + h, x:x + w] > 0).astype(np.uint8)
@@ -202,7 +200,7 @@ def parse_methods(text: Optional[str]) -> List[str]:
 def available_methods(methods: Sequence[str], warnings: List[str], models_directory=None) -> List[str]:
     """The methods that can run here; a network method without an installed network is skipped
     (named in ``warnings``)."""
-    from .models import installed
+    from ..networks.weights import installed
 
     out = []
     for m in methods:
@@ -238,12 +236,12 @@ def evaluate_registration(index_csv, methods: Sequence[str] = METHODS, *, fixed:
                           models_directory=None, device=None) -> EvaluationResult:
     """Register every eligible frame with every available method and measure it (see the module
     docstring). InputError on unusable input (no eligible frame, no method can run, ...)."""
-    from .fluoro import read_fluoro
-    from .mesh import load_model
-    from .models import installed
-    from .phantom import frame_truth, rows_version
-    from .pipeline import RegistrationPipeline
-    from .registration import registration_window
+    from ..fluoro import read_fluoro
+    from ..mesh import load_model
+    from ..networks.weights import installed
+    from ..synthetic.phantom import frame_truth, rows_version
+    from ..pipeline import RegistrationPipeline
+    from ..registration import registration_window
 
     t_start = time.perf_counter()
     if fixed not in FIXED_SOURCES:
@@ -363,7 +361,7 @@ def _reference_metrics(proj, roi, truth, window) -> Dict[str, float]:
 @functools.lru_cache(maxsize=1)
 def _identity_network():
     """A small untrained RegNet: it outputs the identity (its last layer starts so)."""
-    from .regnet import RegNet, scaled_channels
+    from ..networks.regnet import RegNet, scaled_channels
 
     return RegNet(channels=scaled_channels(0.125), fc=16).eval()
 
@@ -374,7 +372,7 @@ def optimum_near_truth(proj, fixed_mask, roi, truth, n_landmarks: int) -> Dict[s
     affine, so that the refinement alone moves it to the nearest optimum of the registration loss
     against ``fixed_mask`` (window margin ``registration.DEFAULT_MARGIN``). Its overlap with the
     ground-truth mask, TRE and success; NaN values when the refinement refuses the pair."""
-    from .registration import register_pair
+    from ..registration import register_pair
 
     nan = float("nan")
     try:
@@ -604,20 +602,6 @@ def table_markdown(table: Sequence[Dict[str, object]], fixed: str = "truth", spl
     return "\n".join(lines) + "\n"
 
 
-def _json_clean(obj):
-    if isinstance(obj, dict):
-        return {k: _json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_clean(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 # =============================================================================================
 # box plots (the paper's Fig. 8, plus the TRE)
 # =============================================================================================
@@ -688,115 +672,3 @@ def boxplot_png(records: Sequence[Dict[str, object]], methods: Sequence[str], fi
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
-
-
-# =============================================================================================
-# command line (``tavireg evaluate reg``; the parser lives in evaluate.py)
-# =============================================================================================
-def add_evaluate_reg_arguments(p) -> None:
-    if not getattr(p, "description", None):
-        p.description = (
-            "Registration accuracy on held-out phantom patients (rows of split 'test' with contrast): per method, "
-            "Dice/precision/recall of the registered projection vs the ground-truth vessel mask inside the "
-            "registration window, the mean landmark error (TRE, mm at the isocentre) and the success rate "
-            f"(TRE < {SUCCESS_MM:g} mm). ROI: the one a user would draw (FrameTruth.user_roi). Writes per_frame.csv, "
-            "table.csv, table.md, boxplots.png and summary.json.")
-    p.add_argument("--data", type=Path, required=True, metavar="INDEX.csv",
-                   help="index.csv of a tavireg phantom data set (rows of split 'test' are evaluated)")
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help="comma-separated registration methods (default: cnn,cnn+refine,sitk; one whose network "
-                   "is not installed is skipped with a warning)")
-    p.add_argument("--fixed", choices=FIXED_SOURCES, default="truth",
-                   help="fixed image: the ground-truth vessel mask (default) or the DRU-Net segmentation")
-    p.add_argument("--max-frames", type=int, metavar="N",
-                   help="evaluate at most N frames, evenly spread over the split (default: all)")
-    p.add_argument("--split", choices=("test", "val", "train", "all"), default="test",
-                   help="rows of which split (default test, the held-out patients; train/val serve choices made on "
-                        "training data, such as the low-agreement threshold; all: every row, for a data set "
-                        "generated only to validate or test on)")
-    p.add_argument("--device", default="auto", help="for the networks: auto (cuda when available), cpu, cuda or cuda:N")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-
-
-def run_evaluate_reg(args) -> int:
-    from tqdm import tqdm
-
-    from .bench import machine_facts
-    from .export import csv_writer
-    from .outputs import OutputSet, check_writable_dir
-
-    methods = parse_methods(getattr(args, "methods", None))
-    fixed = getattr(args, "fixed", "truth") or "truth"
-    max_frames = getattr(args, "max_frames", None)
-    split = getattr(args, "split", "test") or "test"
-    if max_frames is not None and max_frames < 1:
-        raise InputError(f"--max-frames must be at least 1, got {max_frames}")
-    load_index(args.data)  # bad input fails before the output folder is made
-    device = None
-    if any(m != "sitk" for m in methods) or fixed == "segmentation":
-        from .models import pick_device
-
-        device = pick_device(requested=getattr(args, "device", "auto"))
-    out = Path(args.out)
-    check_writable_dir(out)
-    with tqdm(total=0, desc="evaluate reg", unit="registration", file=sys.stderr, disable=None) as bar:
-        def on_total(n):
-            bar.total = n
-            bar.refresh()
-
-        res = evaluate_registration(args.data, methods, fixed=fixed, max_frames=max_frames, split=split,
-                                    progress=bar.update, on_total=on_total, device=device)
-    goals = check_goals(res.table)
-    if split == "test":  # how the installed threshold does on held-out patients
-        from .registration import agreement_threshold
-
-        agreement = agreement_analysis(res.records, agreement_threshold()[0])
-    else:  # the threshold to choose on training patients
-        agreement = agreement_analysis(res.records)
-    outputs = {name: str(out / name) for name in ("per_frame.csv", "table.csv", "table.md", "boxplots.png", "summary.json")}
-    summary = _json_clean({
-        "command": _command_line(args, methods, fixed, max_frames),
-        "data": str(args.data), "phantom_version": res.phantom_version, "split": split, "fixed": fixed,
-        "methods": res.methods,
-        "methods_requested": methods, "frames": len({(r["image"], r["frame"]) for r in res.records}),
-        "skipped_frames": res.skipped_frames, "success_mm": SUCCESS_MM,
-        "roi": "FrameTruth.user_roi(): around the contrast-filled part of the model, grown by 8 %",
-        "table": res.table, "goals": goals, "low_agreement": agreement, "seconds": round(res.seconds, 1), "machine": machine_facts(),
-        "outputs": outputs, "warnings": res.warnings,
-    })
-    md = ("# Registration evaluation\n\n" + table_markdown(res.table, fixed, split) + goals_markdown(goals)
-          + agreement_markdown(agreement, split)
-          + "\n![box plots](boxplots.png)\n")
-    png = boxplot_png(res.records, res.methods, fixed, split)
-    with OutputSet(inputs=[args.data]) as outs:
-        outs.add(out / "per_frame.csv", csv_writer(res.records, PER_FRAME_COLUMNS))
-        outs.add(out / "table.csv", csv_writer(res.table, TABLE_COLUMNS))
-        outs.add(out / "table.md", lambda fh: fh.write(md.encode()))
-        outs.add(out / "boxplots.png", lambda fh: fh.write(png))
-        outs.add(out / "summary.json", lambda fh: fh.write((json.dumps(summary, indent=2) + "\n").encode()))
-    for w in res.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    if getattr(args, "json", False):
-        print(json.dumps(summary, indent=2))
-    else:
-        print(table_markdown(res.table, fixed, split), end="")
-        print(f"outputs in {out}")
-    return 0
-
-
-def _command_line(args, methods, fixed, max_frames) -> str:
-    """The command that reproduces this run."""
-    from .reproduce import command_text
-
-    parts = ["tavireg", "evaluate", "reg", "--data", str(args.data), "--methods", ",".join(methods), "--fixed", fixed]
-    if max_frames is not None:
-        parts += ["--max-frames", str(max_frames)]
-    if getattr(args, "split", "test") not in (None, "test"):
-        parts += ["--split", str(args.split)]
-    if getattr(args, "device", "auto") not in (None, "auto"):
-        parts += ["--device", str(args.device)]
-    parts += ["--out", str(args.out)]
-    if getattr(args, "json", False):
-        parts.append("--json")
-    return command_text(parts)

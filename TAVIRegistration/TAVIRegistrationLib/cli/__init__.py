@@ -1,0 +1,77 @@
+"""The ``tavireg`` command line: a thin front end over the library.
+
+Contract (docs/conventions.md): exit status 0 on success; 2 on bad input or usage with one line
+``error: ...`` on stderr and no traceback; 1 on an internal failure. Every fallback a step takes is
+printed as ``warning: ...`` on stderr (and listed in ``--json`` output). Outputs are written
+atomically (``outputs.OutputSet``): a failed run leaves no partial file and never touches an input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from typing import Callable, Dict, Optional, Sequence
+
+from ..errors import InputError
+from .common import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, Parser  # noqa: F401 - the exit codes are the contract
+
+#: every command: (name, module of this package, the function adding its parser, the function running it);
+#: a module is imported when the parser is built
+_REGISTRY = [
+    ("info", "case", "add_info_parser", "run_info"),
+    ("project", "case", "add_project_parser", "run_project"),
+    ("register", "case", "add_register_parser", "run_register"),
+    ("demo", "demo", "add_demo_parser", "run_demo"),
+    ("bench", "bench", "add_bench_parser", "run_bench"),
+    ("phantom", "phantom", "add_phantom_parser", "run_phantom"),
+    ("gui", "case", "add_gui_parser", "run_gui"),
+    ("segment", "segment", "add_segment_parser", "run_segment"),
+    ("gradcam", "segment", "add_gradcam_parser", "run_gradcam"),
+    ("train-seg", "train", "add_train_seg_parser", "run_train_seg"),
+    ("pack-seg", "train", "add_pack_seg_parser", "run_pack_seg"),
+    ("train-reg", "train", "add_train_reg_parser", "run_train_reg"),
+    ("evaluate", "evaluate", "add_evaluate_parser", "run_evaluate"),
+]
+
+_COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = Parser(
+        prog="tavireg",
+        description="Register a pre-operative CTA vessel model to TAVI fluoroscopy.",
+    )
+    parser.add_argument("--version", action="version", version=f"tavireg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for name, module_name, add, run in _REGISTRY:
+        module = importlib.import_module(f".{module_name}", __package__)
+        getattr(module, add)(sub)
+        _COMMANDS[name] = getattr(module, run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return _COMMANDS[args.command](args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence of a clinical tool
+        if os.environ.get("TAVIREG_DEBUG"):
+            traceback.print_exc()
+        msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+        print(f"internal error: {msg} (set TAVIREG_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL

@@ -1,0 +1,123 @@
+"""``tavireg bench``: speed of projection, segmentation and the whole pipeline (``evaluation.bench``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+from .common import EXIT_OK, floats, print_json
+
+
+BENCHMARKS = ("projection", "segmentation", "pipeline", "widths")
+DEFAULT_BENCHMARKS = ("projection", "segmentation", "pipeline")
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measure timings on this machine (medians over repeats)")
+    p.add_argument("--only", choices=BENCHMARKS, action="append", help="run only this benchmark (repeatable)")
+    p.add_argument("--model", type=Path, help="mesh for the projection benchmark (default: a 200k-triangle sphere)")
+    p.add_argument("--repeats", type=int, default=30, help="timed repeats per measurement (default 30)")
+    p.add_argument("--widths", help="DRU-Net widths (--base-channels) for --only widths (default 8,12,16,20,24)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def run_bench(args) -> int:
+    from tqdm import tqdm
+
+    from ..evaluation import bench
+
+    def _print_pipeline_bench(res) -> None:
+        def line(label, s):
+            if isinstance(s, dict):
+                print(f"  {label:>22}: median {s['median_ms']:.1f} ms, p90 {s['p90_ms']:.1f} ms (n={s['n']})")
+            else:
+                print(f"  {label:>22}: {s if s is not None else 'n/a'}")
+
+        print(f"pipeline: {res['frames']} frames ({', '.join(res['frame_sizes'])}) of {res['data']}; "
+              f"fixed image: {res['fixed_image']}")
+        for stage, s in res["stages"].items():
+            if stage == "register":
+                for m, sm in s.items():
+                    line(f"register {m}", sm)
+                if res.get("register_network_only"):
+                    line(f"cnn network {res['register_network_only']['input']}", res["register_network_only"])
+            else:
+                line(stage, s)
+        for m, s in res["whole_frame"].items():
+            line(f"whole frame {m}", s)
+        print(f"  {'median Dice vs fixed':>22}: " + ", ".join(f"{m} {v:.3f}" for m, v in res["dice"].items() if v is not None))
+        if res.get("speed_ratio_sitk_over_cnn") is not None:
+            print(f"  {'sitk / cnn time':>22}: {res['speed_ratio_sitk_over_cnn']:.1f}x")
+        for n in res.get("notes", []):
+            print(f"  note: {n}")
+
+    def _print_widths_bench(res) -> None:
+        lim = res["limits"]
+        print(f"DRU-Net widths on {res['device']}: network alone on one {res['inference_input']} frame, one training "
+              f"step on {res['train_step_input']} crops; limits {lim['inference_ms']:.0f} ms, {lim['file_mb']:.0f} MB; "
+              f"machine {res['machine']}")
+        for r in res["widths"]:
+            ok = "meets both limits" if r["meets_inference_goal"] and r["meets_file_limit"] else ", ".join(
+                what for what, met in (("over the time limit", r["meets_inference_goal"]),
+                                       ("over the file limit", r["meets_file_limit"])) if not met)
+            print(f"  width {r['base_channels']:>3}: {r['parameters'] / 1e6:.2f} M parameters, {r['file_mb']:.1f} MB; "
+                  f"inference median {r['inference']['median_ms']:.1f} ms (p90 {r['inference']['p90_ms']:.1f}); "
+                  f"training step {r['train_step']['median_ms']:.0f} ms ({r['train_frames_per_s']:.1f} crops/s); {ok}")
+
+    if args.repeats < 1:
+        raise InputError("--repeats must be at least 1")
+    results = {}
+    selected = args.only or list(DEFAULT_BENCHMARKS)
+    if "projection" in selected:
+        polydata = None
+        if args.model is not None:
+            from ..mesh import load_model
+
+            polydata = load_model(args.model).polydata
+        sizes = (512, 1024)
+        with tqdm(total=len(sizes) * (args.repeats + 2), desc="projection", unit="render",
+                  file=sys.stderr, disable=None) as bar:
+            results["projection"] = bench.bench_projection(polydata, sizes, args.repeats, progress=bar.update)
+    if "segmentation" in selected:
+        calls = (len(bench.SEGMENTATION_SIZES) + 1) * (args.repeats + 2)  # each size, then the network alone
+        with tqdm(total=calls, desc="segmentation", unit="call", file=sys.stderr, disable=None) as bar:
+            results["segmentation"] = bench.bench_segmentation(repeats=args.repeats, progress=bar.update)
+    if "pipeline" in selected:
+        # --repeats frames (default 30; at least 20 make a stable median) of a generated one-patient phantom
+        if args.repeats < 2:
+            raise InputError("the pipeline benchmark needs --repeats of at least 2 frames")
+        with tqdm(desc="phantom for pipeline", unit="frame", file=sys.stderr, disable=None) as gen_bar, \
+                tqdm(total=args.repeats, desc="pipeline", unit="frame", file=sys.stderr, disable=None) as bar:
+            results["pipeline"] = bench.bench_pipeline(getattr(args, "data", None), n_frames=args.repeats,
+                                                       progress=bar.update, generate_progress=gen_bar.update)
+        if args.repeats < 20:
+            results["pipeline"]["notes"].append(f"{args.repeats} frames: fewer than the 20 a stable median needs")
+    if "widths" in selected:
+        widths = bench.WIDTHS if args.widths is None else floats(args.widths, what="--widths")
+        calls = bench.widths_calls(len(widths), args.repeats)
+        with tqdm(total=calls, desc="widths", unit="call", file=sys.stderr, disable=None) as bar:
+            results["widths"] = bench.bench_widths(widths, args.repeats, progress=bar.update)
+    if args.json:
+        print_json(results)
+        return EXIT_OK
+    for name, res in results.items():
+        if name == "pipeline":
+            _print_pipeline_bench(res)
+            continue
+        if name == "widths":
+            _print_widths_bench(res)
+            continue
+        if name == "segmentation":
+            print(f"segmentation: {res['model']} on {res['device']} (segment_frame per frame size), machine {res['machine']}")
+        else:
+            print(f"{name}: {res.get('triangles', '')} triangles, machine {res['machine']}")
+        rows = dict(res["sizes"])
+        if "network_only" in res:
+            rows[f"network alone, {res['network_only']['input']}"] = res["network_only"]
+        for size, summary in rows.items():
+            label = size if not size.isdigit() else f"{size}x{size}"
+            print(f"  {label}: median {summary['median_ms']:.1f} ms, p90 {summary['p90_ms']:.1f} ms (n={summary['n']})")
+    return EXIT_OK
+
+

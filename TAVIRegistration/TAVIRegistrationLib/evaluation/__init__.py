@@ -1,0 +1,2 @@
+"""Evaluation on held-out data and benchmarks: segmentation (``seg``), registration (``reg``) and speed
+(``bench``)."""

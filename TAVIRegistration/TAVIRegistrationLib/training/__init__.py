@@ -1,0 +1,2 @@
+"""Training of the networks: what every trainer shares (``common``), the DRU-Net (``seg``) and the
+registration CNN (``reg``)."""
