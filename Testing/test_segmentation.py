@@ -156,11 +156,21 @@ def test_init_narrower_network_is_widened_and_recorded(tiny_models, tmp_path, mo
         assert torch.allclose(wide(x), load_network("tiny", device="cpu")(x), atol=1e-5)
 
 
-def test_bench_widths_measures_each_width(capsys):
-    """``tavireg bench --only widths``: parameters, file size, inference and a training step per width
-    (the figures are the benchmark's; here that each is measured and judged against the limits)."""
-    from TAVIRegistrationLib.evaluation import bench
+def _load_tool(name: str):
+    """A script of ``tools/`` as a module."""
+    import importlib.util
 
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_widths_measures_each_width(capsys):
+    """``tools/bench_widths.py``: parameters, file size, inference and a training step per width
+    (the figures are the benchmark's; here that each is measured and judged against the limits)."""
+    bench = _load_tool("bench_widths")
     res = bench.bench_widths((2, 3), repeats=3, size=32, crop=32, batch_size=2)
     rows = res["widths"]
     assert [r["base_channels"] for r in rows] == [2, 3]
@@ -172,13 +182,13 @@ def test_bench_widths_measures_each_width(capsys):
         assert r["meets_inference_goal"] == (r["inference"]["median_ms"] <= bench.INFERENCE_GOAL_MS)
         assert r["meets_file_limit"] == (r["file_mb"] <= bench.MODEL_FILE_LIMIT_MB)
         assert r["train_frames_per_s"] == pytest.approx(2 / (r["train_step"]["median_ms"] / 1000))
-    assert cli.main(["bench", "--only", "widths", "--widths", "2", "--repeats", "1", "--json"]) == 0
+    assert bench.main(["--widths", "2", "--repeats", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert list(out) == ["widths"] and out["widths"]["widths"][0]["parameters"] == drunet_parameters(2)
-    assert cli.main(["bench", "--only", "widths", "--widths", "2", "--repeats", "1"]) == 0
+    assert out["benchmark"] == "widths" and out["widths"][0]["parameters"] == drunet_parameters(2)
+    assert bench.main(["--widths", "2", "--repeats", "1"]) == 0
     assert "width   2:" in capsys.readouterr().out
     for bad in ("0", "2.5", "x"):
-        assert cli.main(["bench", "--only", "widths", "--widths", bad, "--repeats", "1"]) == 2
+        assert bench.main(["--widths", bad, "--repeats", "1"]) == 2
         err = capsys.readouterr().err
         assert "--widths" in err and len(err.strip().splitlines()) == 1
 
@@ -726,15 +736,21 @@ def _write_case_index(folder: Path, rng) -> Path:
     return folder / "cases.csv"
 
 
-def test_pack_seg_writes_a_small_case_index_that_trains_like_the_source(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def pack_seg():
+    """``tools/pack_seg.py``: a case index packed for carrying."""
+    return _load_tool("pack_seg")
+
+
+def test_pack_seg_writes_a_small_case_index_that_trains_like_the_source(tmp_path, capsys, pack_seg):
     src = _write_case_index(tmp_path, np.random.default_rng(8))
     out = tmp_path / "packed"
     out.mkdir()
-    assert cli.main(["pack-seg", str(src), "--out", str(out / "small.csv"), "--size", "64", "--quiet"]) == 0
+    assert pack_seg.main([str(src), "--out", str(out / "small.csv"), "--size", "64", "--quiet"]) == 0
     assert "packed 6 frames" in capsys.readouterr().out
     record = json.loads((out / "small.csv.json").read_text())
     assert record["rows"] == 6 and record["test_rows_skipped"] == 2 and record["jpeg_quality"] == 97
-    assert record["command"].startswith("tavireg pack-seg ") and "--size 64" in record["command"]
+    assert record["command"].startswith("python tools/pack_seg.py ") and "--size 64" in record["command"]
     assert sorted(p.name for p in out.iterdir()) == ["small", "small.csv", "small.csv.json"]  # no partial left
     with Image.open(next((out / "small").glob("*.jpg"))) as im:
         assert im.format == "JPEG" and im.mode == "L" and im.size == (64, 64)
@@ -752,14 +768,14 @@ def test_pack_seg_writes_a_small_case_index_that_trains_like_the_source(tmp_path
         # read back, it is normalised once more (its own percentiles): the same picture, re-stretched
         assert np.corrcoef(a.image.ravel().astype(np.float64), b.image.ravel().astype(np.float64))[0, 1] > 0.99
 
-    assert cli.main(["pack-seg", str(src), "--out", str(out / "all.csv"), "--size", "64", "--all-train",
+    assert pack_seg.main([str(src), "--out", str(out / "all.csv"), "--size", "64", "--all-train",
                      "--format", "png", "--quiet"]) == 0
     all_train, _ = load_case_index(out / "all.csv", 64)
     assert {s.split for s in all_train} == {"train"} and next((out / "all").glob("*.png"))
     assert "--jpeg-quality" not in json.loads((out / "all.csv.json").read_text())["command"]
 
     # a lower JPEG quality: the same rows in smaller files, recorded in the record and its command
-    assert cli.main(["pack-seg", str(src), "--out", str(out / "q60.csv"), "--size", "64", "--jpeg-quality", "60",
+    assert pack_seg.main([str(src), "--out", str(out / "q60.csv"), "--size", "64", "--jpeg-quality", "60",
                      "--quiet"]) == 0
     record60 = json.loads((out / "q60.csv.json").read_text())
     assert record60["jpeg_quality"] == 60 and "--jpeg-quality 60" in record60["command"]
@@ -771,28 +787,28 @@ def test_pack_seg_writes_a_small_case_index_that_trains_like_the_source(tmp_path
     assert all(np.array_equal(a.mask, b.mask) for a, b in zip(packed, low))
 
 
-def test_pack_seg_refuses_bad_input_and_leaves_nothing_behind(tmp_path, capsys):
+def test_pack_seg_refuses_bad_input_and_leaves_nothing_behind(tmp_path, capsys, pack_seg):
     src = _write_case_index(tmp_path, np.random.default_rng(9))
     out = tmp_path / "packed"
     out.mkdir()
-    assert cli.main(["pack-seg", str(src), "--out", str(out / "a.csv"), "--size", "64", "--quiet"]) == 0
+    assert pack_seg.main([str(src), "--out", str(out / "a.csv"), "--size", "64", "--quiet"]) == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
     bad_calls = [
-        ["pack-seg", str(src), "--out", str(out / "a.csv")],  # exists
-        ["pack-seg", str(tmp_path / "missing.csv"), "--out", str(out / "b.csv")],
-        ["pack-seg", str(src), "--out", str(out / "b.txt")],
-        ["pack-seg", str(src), "--out", str(out / "b.csv"), "--size", "50"],
-        ["pack-seg", str(src), "--out", str(tmp_path / "nowhere" / "b.csv")],
-        ["pack-seg", str(src), "--out", str(out / "b.csv"), "--jpeg-quality", "101"],
-        ["pack-seg", str(src), "--out", str(out / "b.csv"), "--jpeg-quality", "20"],
+        [str(src), "--out", str(out / "a.csv")],  # exists
+        [str(tmp_path / "missing.csv"), "--out", str(out / "b.csv")],
+        [str(src), "--out", str(out / "b.txt")],
+        [str(src), "--out", str(out / "b.csv"), "--size", "50"],
+        [str(src), "--out", str(tmp_path / "nowhere" / "b.csv")],
+        [str(src), "--out", str(out / "b.csv"), "--jpeg-quality", "101"],
+        [str(src), "--out", str(out / "b.csv"), "--jpeg-quality", "20"],
     ]
     for argv in bad_calls:
-        assert cli.main(argv + ["--quiet"]) == 2, argv
+        assert pack_seg.main(argv + ["--quiet"]) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1
     (tmp_path / "p2_1_gt.png").unlink()  # fails on the fourth row, after three were written
-    assert cli.main(["pack-seg", str(src), "--out", str(out / "c.csv"), "--size", "64", "--quiet"]) == 2
+    assert pack_seg.main([str(src), "--out", str(out / "c.csv"), "--size", "64", "--quiet"]) == 2
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in out.iterdir()) == ["a", "a.csv", "a.csv.json"]
 

@@ -31,7 +31,6 @@ _REGISTRY = [
     ("segment", "segment", "add_segment_parser", "run_segment"),
     ("gradcam", "segment", "add_gradcam_parser", "run_gradcam"),
     ("train-seg", "train", "add_train_seg_parser", "run_train_seg"),
-    ("pack-seg", "train", "add_pack_seg_parser", "run_pack_seg"),
     ("train-reg", "train", "add_train_reg_parser", "run_train_reg"),
     ("evaluate", "evaluate", "add_evaluate_parser", "run_evaluate"),
 ]

@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from .common import EXIT_OK, floats, print_json
+from .common import EXIT_OK, print_json
 
 
-BENCHMARKS = ("projection", "segmentation", "pipeline", "widths")
-DEFAULT_BENCHMARKS = ("projection", "segmentation", "pipeline")
+BENCHMARKS = ("projection", "segmentation", "pipeline")
 
 
 def add_bench_parser(sub) -> None:
@@ -18,7 +17,6 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--only", choices=BENCHMARKS, action="append", help="run only this benchmark (repeatable)")
     p.add_argument("--model", type=Path, help="mesh for the projection benchmark (default: a 200k-triangle sphere)")
     p.add_argument("--repeats", type=int, default=30, help="timed repeats per measurement (default 30)")
-    p.add_argument("--widths", help="DRU-Net widths (--base-channels) for --only widths (default 8,12,16,20,24)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
@@ -52,23 +50,10 @@ def run_bench(args) -> int:
         for n in res.get("notes", []):
             print(f"  note: {n}")
 
-    def _print_widths_bench(res) -> None:
-        lim = res["limits"]
-        print(f"DRU-Net widths on {res['device']}: network alone on one {res['inference_input']} frame, one training "
-              f"step on {res['train_step_input']} crops; limits {lim['inference_ms']:.0f} ms, {lim['file_mb']:.0f} MB; "
-              f"machine {res['machine']}")
-        for r in res["widths"]:
-            ok = "meets both limits" if r["meets_inference_goal"] and r["meets_file_limit"] else ", ".join(
-                what for what, met in (("over the time limit", r["meets_inference_goal"]),
-                                       ("over the file limit", r["meets_file_limit"])) if not met)
-            print(f"  width {r['base_channels']:>3}: {r['parameters'] / 1e6:.2f} M parameters, {r['file_mb']:.1f} MB; "
-                  f"inference median {r['inference']['median_ms']:.1f} ms (p90 {r['inference']['p90_ms']:.1f}); "
-                  f"training step {r['train_step']['median_ms']:.0f} ms ({r['train_frames_per_s']:.1f} crops/s); {ok}")
-
     if args.repeats < 1:
         raise InputError("--repeats must be at least 1")
     results = {}
-    selected = args.only or list(DEFAULT_BENCHMARKS)
+    selected = args.only or list(BENCHMARKS)
     if "projection" in selected:
         polydata = None
         if args.model is not None:
@@ -93,20 +78,12 @@ def run_bench(args) -> int:
                                                        progress=bar.update, generate_progress=gen_bar.update)
         if args.repeats < 20:
             results["pipeline"]["notes"].append(f"{args.repeats} frames: fewer than the 20 a stable median needs")
-    if "widths" in selected:
-        widths = bench.WIDTHS if args.widths is None else floats(args.widths, what="--widths")
-        calls = bench.widths_calls(len(widths), args.repeats)
-        with tqdm(total=calls, desc="widths", unit="call", file=sys.stderr, disable=None) as bar:
-            results["widths"] = bench.bench_widths(widths, args.repeats, progress=bar.update)
     if args.json:
         print_json(results)
         return EXIT_OK
     for name, res in results.items():
         if name == "pipeline":
             _print_pipeline_bench(res)
-            continue
-        if name == "widths":
-            _print_widths_bench(res)
             continue
         if name == "segmentation":
             print(f"segmentation: {res['model']} on {res['device']} (segment_frame per frame size), machine {res['machine']}")

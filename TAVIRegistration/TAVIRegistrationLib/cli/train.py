@@ -1,4 +1,4 @@
-"""``tavireg train-seg``, ``train-reg`` and ``pack-seg``: the trainers' options (the training itself is in
+"""``tavireg train-seg`` and ``train-reg``: the trainers' options (the training itself is in
 ``training``; ``TrainingConfig.from_args`` turns the options into a configuration)."""
 
 from __future__ import annotations
@@ -105,37 +105,6 @@ def add_train_seg_parser(sub) -> None:
 
 def run_train_seg(args) -> int:
     return run_command(args, seg_training.TrainConfig, seg_training.train)
-
-
-def add_pack_seg_parser(sub) -> None:
-    p = sub.add_parser("pack-seg", help="a case index's training frames at the network's size, as a small "
-                                        "portable case index for train-seg (e.g. to train on a GPU machine)")
-    p.add_argument("index", type=Path, metavar="INDEX.csv", help="case index CSV (phantom or your own)")
-    p.add_argument("--out", type=Path, required=True, metavar="NEW.csv",
-                   help="the new case index; its frames go to the folder NEW/ beside it, a record to NEW.csv.json")
-    p.add_argument("--size", type=int, default=seg_training.TrainConfig.size, help="frame size (default: the network's, 256)")
-    p.add_argument("--format", dest="image_format", choices=("jpeg", "png"), default="jpeg",
-                   help="frames as JPEG (default) or lossless PNG")
-    p.add_argument("--jpeg-quality", type=int, default=seg_training.PACK_JPEG_QUALITY,
-                   help=f"JPEG quality, 50-100 (default {seg_training.PACK_JPEG_QUALITY}; 90: files about 45 %% smaller, a mean "
-                        "error about 0.005 larger on the 0-1 scale)")
-    p.add_argument("--all-train", action="store_true",
-                   help="mark every packed row as training (else each keeps its split; test rows are never packed)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run_pack_seg(args) -> int:
-    from ..reproduce import command_text
-
-    command = command_text(["tavireg", "pack-seg", args.index, "--out", args.out, "--size", args.size,
-                            "--format", args.image_format]
-                           + (["--jpeg-quality", args.jpeg_quality] if args.image_format == "jpeg" else [])
-                           + (["--all-train"] if args.all_train else []))
-    rec = seg_training.pack_case_index(args.index, args.out, args.size, args.image_format, args.all_train,
-                          command=command, progress=not args.quiet, jpeg_quality=args.jpeg_quality)
-    print(f"packed {rec['rows']} frames of {args.index.name} ({rec['test_rows_skipped']} test rows left out) "
-          f"at {rec['size']} px to {args.out}")
-    return 0
 
 
 def _int_list(text: str) -> Tuple[int, ...]:

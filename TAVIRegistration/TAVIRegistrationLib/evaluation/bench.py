@@ -43,7 +43,7 @@ def dense_sphere(n_triangles: int):
     return s.GetOutput()
 
 
-def _summary(samples: List[float]) -> Dict[str, float]:
+def timing_summary(samples: List[float]) -> Dict[str, float]:
     ms = [1000.0 * s for s in samples]
     return {
         "median_ms": statistics.median(ms),
@@ -85,11 +85,11 @@ def bench_projection(polydata=None, sizes: Sequence[int] = (512, 1024), repeats:
                 if progress is not None:
                     progress()
             assert proj.mask.any()
-            result["sizes"][str(size)] = _summary(times)
+            result["sizes"][str(size)] = timing_summary(times)
     return result
 
 
-def _time_calls(call, repeats: int, dev, progress=None) -> List[float]:
+def time_calls(call, repeats: int, dev, progress=None) -> List[float]:
     """Seconds of ``repeats`` calls after two untimed ones (allocation, TorchScript's first runs);
     on a GPU each call is waited for."""
     import torch
@@ -147,105 +147,17 @@ def bench_segmentation(sizes: Sequence[int] = SEGMENTATION_SIZES, repeats: int =
 
     for size in sizes:
         frame = smooth_frame(size)
-        result["sizes"][str(size)] = _summary(_time_calls(lambda: segment(frame), repeats, dev, progress))
+        result["sizes"][str(size)] = timing_summary(time_calls(lambda: segment(frame), repeats, dev, progress))
     x = torch.from_numpy(preprocess(smooth_frame(max(in_size)), in_size)[0])[None, None].to(dev)
     with torch.inference_mode():
-        net = _time_calls(lambda: module(x), repeats, dev, progress)
-    result["network_only"] = {"input": f"{in_size[1]}x{in_size[0]}", **_summary(net)}
+        net = time_calls(lambda: module(x), repeats, dev, progress)
+    result["network_only"] = {"input": f"{in_size[1]}x{in_size[0]}", **timing_summary(net)}
     return result
 
 
-#: widths (``--base-channels``) of ``bench_widths``: the shipped 12 and its neighbours
-WIDTHS = (8, 12, 16, 20, 24)
-#: the limits a shipped DRU-Net width must meet: inference of one 256x256 frame (ms) and weight file (MB)
-INFERENCE_GOAL_MS = 100.0
-MODEL_FILE_LIMIT_MB = 10.0
-
-
-def _train_repeats(repeats: int) -> int:
-    """Timed training steps per width of ``bench_widths`` (a step costs 10-20 inferences)."""
-    return max(2, repeats // 3)
-
-
-def widths_calls(n_widths: int, repeats: int) -> int:
-    """How many times ``bench_widths`` calls ``progress`` (timed and untimed calls, for a progress bar)."""
-    return n_widths * (repeats + 2 + _train_repeats(repeats) + 2)
-
-
-def bench_widths(widths: Sequence[int] = WIDTHS, repeats: int = 30, *, size: int = 256, crop: int = 192,
-                 batch_size: int = 8, device=None, progress=None) -> Dict[str, object]:
-    """What a DRU-Net width costs, for choosing the width of a new network before training it.
-
-    Per width (untrained weights: the time does not depend on their values): parameters, the
-    TorchScript file's size as ``train-seg`` exports it, the forward pass alone on one ``size`` x
-    ``size`` frame (``repeats`` calls), and one training step as ``train-seg --crop`` makes it (AdamW,
-    the combined loss, ``batch_size`` random ``crop`` x ``crop`` windows; ``_train_repeats``
-    steps), with whether the width meets the limits (``INFERENCE_GOAL_MS``,
-    ``MODEL_FILE_LIMIT_MB``). ``progress`` is called once per timed or untimed call."""
-    import io
-
-    import torch
-
-    from ..errors import InputError
-    from ..networks.weights import pick_device
-    from ..networks.segnet import DRUNet, count_parameters, script_model
-    from ..training.seg import segmentation_loss
-
-    if not widths or any(w != int(w) or w < 1 for w in widths):
-        raise InputError(f"DRU-Net widths (--widths) must be whole numbers of at least 1, got {list(widths)}")
-    widths = [int(w) for w in widths]
-    if size < 16 or size % 16 or crop < 16 or crop % 16:
-        raise InputError(f"the frame and crop sizes must be multiples of 16 (four poolings), got {size} and {crop}")
-    dev = torch.device(device) if device is not None else pick_device()
-    gen = torch.Generator().manual_seed(0)
-    frame = torch.rand(1, 1, size, size, generator=gen).to(dev)
-    batch = torch.rand(batch_size, 1, crop, crop, generator=gen).to(dev)
-    target = (torch.rand(batch_size, 1, crop, crop, generator=gen) > 0.9).float().to(dev)
-    lower = torch.zeros(batch_size, dtype=torch.bool, device=dev)
-    rows = []
-    for w in widths:
-        torch.manual_seed(0)
-        net = DRUNet(base_channels=w)
-        scripted = script_model(net)
-        buf = io.BytesIO()
-        torch.jit.save(scripted, buf)
-        scripted = scripted.to(dev)
-        with torch.inference_mode():
-            infer = _summary(_time_calls(lambda: scripted(frame), repeats, dev, progress))
-        net = net.to(dev).train()
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-4)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            segmentation_loss(net(batch), target, lower, "combined").backward()
-            opt.step()
-
-        train = _summary(_time_calls(step, _train_repeats(repeats), dev, progress))
-        file_mb = buf.getbuffer().nbytes / 1e6
-        rows.append({
-            "base_channels": w,
-            "parameters": count_parameters(net),
-            "file_mb": file_mb,
-            "inference": infer,
-            "train_step": train,
-            "train_frames_per_s": batch_size / (train["median_ms"] / 1000.0),
-            "meets_inference_goal": infer["median_ms"] <= INFERENCE_GOAL_MS,
-            "meets_file_limit": file_mb <= MODEL_FILE_LIMIT_MB,
-        })
-    return {
-        "benchmark": "widths",
-        "device": str(dev),
-        "machine": {**machine_facts(), "torch_threads": torch.get_num_threads()},
-        "inference_input": f"{size}x{size}",
-        "train_step_input": f"{batch_size} x {crop}x{crop}",
-        "limits": {"inference_ms": INFERENCE_GOAL_MS, "file_mb": MODEL_FILE_LIMIT_MB},
-        "widths": rows,
-    }
-
-
 def _stats(samples: List[float]):
-    """``_summary`` of the samples, or None when there are none."""
-    return _summary(samples) if samples else None
+    """``timing_summary`` of the samples, or None when there are none."""
+    return timing_summary(samples) if samples else None
 
 
 def bench_pipeline(data_index=None, n_frames: int = 20, methods: Optional[Sequence[str]] = None, *,
@@ -452,7 +364,7 @@ def bench_pipeline(data_index=None, n_frames: int = 20, methods: Optional[Sequen
         x = torch.rand((1, 2, size, size), generator=torch.Generator().manual_seed(0)).to(dev)
         with torch.inference_mode():
             result["register_network_only"] = {"input": f"{size}x{size}",
-                                               **_summary(_time_calls(lambda: module(x), 20, dev))}
+                                               **timing_summary(time_calls(lambda: module(x), 20, dev))}
     if t_gen is not None:
         result["phantom_seconds"] = round(t_gen, 1)
     if load_before is not None:  # other jobs on the cores inflate every figure: say so

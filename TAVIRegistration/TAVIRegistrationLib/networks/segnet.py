@@ -14,7 +14,7 @@ Image-Guided Endovascular Interventions"), with the width as a parameter:
 * a 1x1 convolution to one channel of logits (apply a sigmoid for the vessel probability).
 
 Width: 32 base channels is 8.1 M parameters (too slow to train on a 2-core CPU); the shipped
-network uses 8-16 (see ``count_parameters`` and ``tavireg bench --only widths``). A trained network
+network uses 8-16 (see ``count_parameters`` and ``tools/bench_widths.py``). A trained network
 can be widened without changing its output (``widen_state_dict``), to fine-tune more channels
 from it instead of training them from scratch.
 

@@ -69,9 +69,7 @@ parser stays cheap.
 
 from __future__ import annotations
 
-import csv
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -182,7 +180,7 @@ def load_folder(folder: Path, size: int, fov: str) -> List[Sample]:
     return out
 
 
-def _case_rows(csv_path: Path, size: int, include_test: bool = False):
+def case_rows(csv_path: Path, size: int, include_test: bool = False):
     """The non-``test`` rows (every row with ``include_test``) of a case index, each read and
     pre-processed at ``size``.
 
@@ -206,7 +204,7 @@ def _case_rows(csv_path: Path, size: int, include_test: bool = False):
 def load_case_index(csv_path: Path, size: int, include_test: bool = False) -> Tuple[List[Sample], int]:
     """Rows of a case index CSV (not the ``test`` ones, unless ``include_test``); returns (samples,
     number of test rows)."""
-    rows, _, skipped = _case_rows(csv_path, size, include_test)
+    rows, _, skipped = case_rows(csv_path, size, include_test)
     samples = [Sample(x.astype(np.float16), m, row.patient, fov, str(csv_path), row.split, name)
                for row, fov, x, m, name in rows]
     return samples, skipped
@@ -265,103 +263,6 @@ def load_data(config: TrainConfig) -> Tuple[List[Sample], List[Dict[str, Any]]]:
     check_one_version({r["path"]: r["phantom_version"] for r in described if "phantom_version" in r},
                       "--data/--val-data")
     return samples, described
-
-
-#: JPEG quality of ``pack_case_index``'s frames (errors of about one grey level, well below the
-#: training noise augmentation; files about 20 % smaller than PNG)
-PACK_JPEG_QUALITY = 97
-
-
-def pack_case_index(csv_path: Path, out_csv: Path, size: int = 256, image_format: str = "jpeg",
-                    all_train: bool = False, command: str = "", progress: bool = False,
-                    jpeg_quality: int = PACK_JPEG_QUALITY) -> Dict[str, Any]:
-    """The training rows of a case index, pre-processed at the network's size, as a new case index.
-
-    ``train-seg`` keeps every frame at ``size`` anyway; this writes that form (8-bit grey images of
-    ``segmentation.preprocess``'s output, 0/255 masks at the same size) to ``out_csv`` and a folder
-    of the same name beside it, so a data set of DICOM runs (a gigabyte for ten phantom patients)
-    travels to a GPU machine as a few tens of megabytes. ``test`` rows are not packed (``evaluate``
-    reads the original frames). ``all_train`` marks every packed row ``train`` (a data set used
-    only to train); else each row keeps its split. ``out_csv.json`` records the source (path and
-    SHA256), the options and ``command``. Nothing is left behind on failure; an existing output is
-    refused. ``jpeg_quality`` (50-100) trades size for fidelity: 90 makes the files about 45 % smaller
-    than 97 for a mean error of about 0.005 more on the 0-1 scale. Returns that record.
-    """
-    import hashlib
-    import json
-    import os
-    import shutil
-    import tempfile
-
-    from PIL import Image
-
-    csv_path, out_csv = Path(csv_path), Path(out_csv)
-    if image_format not in ("jpeg", "png"):
-        raise InputError(f"--format must be jpeg or png, got {image_format!r}")
-    if not 50 <= int(jpeg_quality) <= 100:
-        raise InputError(f"--jpeg-quality must be 50-100, got {jpeg_quality}")
-    check_size(size)
-    if not csv_path.is_file():
-        raise InputError(f"case index {csv_path} does not exist")
-    if out_csv.suffix.lower() != ".csv":
-        raise InputError(f"--out must name a .csv file, got {out_csv.name}")
-    folder, record_path = out_csv.with_suffix(""), out_csv.with_name(out_csv.name + ".json")
-    for p in (out_csv, folder, record_path):
-        if p.exists():
-            raise InputError(f"{p} already exists; choose another --out")
-    if not out_csv.parent.is_dir():
-        raise InputError(f"folder {out_csv.parent} does not exist")
-    rows, n_rows, skipped = _case_rows(csv_path, size)
-    if n_rows == 0:
-        raise InputError(f"{csv_path.name} has no rows to pack (only test rows)")
-    ext = "jpg" if image_format == "jpeg" else "png"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_csv.stem}.", suffix=".part", dir=out_csv.parent))
-    try:
-        frames = tmp / folder.name
-        frames.mkdir()
-        lines = [["patient", "split", "fov", "image", "frame", "mask"]]
-        if progress:
-            from tqdm import tqdm
-
-            rows = tqdm(rows, total=n_rows, desc="pack", unit="frame", file=sys.stderr, dynamic_ncols=True)
-        for i, (row, fov, x, m, _) in enumerate(rows):
-            image_name, mask_name = f"{folder.name}/{i:05d}.{ext}", f"{folder.name}/{i:05d}_mask.png"
-            grey = Image.fromarray(np.round(x * 255.0).astype(np.uint8))
-            if ext == "jpg":
-                grey.save(tmp / image_name, quality=int(jpeg_quality))
-            else:
-                grey.save(tmp / image_name, optimize=True)
-            Image.fromarray((m * 255).astype(np.uint8)).save(tmp / mask_name, optimize=True)
-            lines.append([row.values["patient"], "train" if all_train else row.split, fov, image_name, "",
-                          mask_name])
-        with open(tmp / out_csv.name, "w", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerows(lines)
-        record = {
-            "source": str(csv_path.resolve()),
-            "source_sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest(),
-            "rows": n_rows,
-            "test_rows_skipped": skipped,
-            "size": size,
-            "format": image_format,
-            "jpeg_quality": int(jpeg_quality) if image_format == "jpeg" else None,
-            "all_train": all_train,
-            "preprocessing": "segmentation.preprocess at size x size, then round(255 x) as 8-bit grey",
-            "command": command,
-        }
-        (tmp / record_path.name).write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(tmp / folder.name, folder)
-        os.replace(tmp / record_path.name, record_path)
-        os.replace(tmp / out_csv.name, out_csv)  # last: the index appears only when all it names is there
-    except BaseException:
-        for p in (folder, record_path):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            elif p.exists():
-                p.unlink()
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return record
 
 
 # ---------------------------------------------------------------------------------------------
