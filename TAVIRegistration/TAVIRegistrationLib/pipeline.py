@@ -1,9 +1,11 @@
 """The pipeline object shared by the three front ends (CLI, Qt viewer, Slicer Logic).
 
 It holds one case (a surface model and a fluoroscopy series) and runs the steps of the data flow on
-a frame: geometry, projection, region of interest, and the moving image cropped from it. Later
-steps (segmentation, registration, warp, overlay) plug in here, so that every front end runs the
-very same code on the same inputs.
+a frame: geometry, projection, region of interest, segmentation and registration, so that every
+front end runs the very same code on the same inputs. A run of frames (``iter_run``,
+``register_run``) renders the projection once per distinct C-arm geometry (a static run: once),
+segments its frames in batches ahead of the registration, warm-starts each frame's registration
+from the last one that registered, and keeps nothing of a frame once it is handed on.
 
 Front ends convert their own inputs (files, MRML nodes) into ``SurfaceModel`` / ``FluoroSeries``
 and call these methods; nothing here knows about files beyond what the step modules read.
@@ -12,7 +14,10 @@ and call these methods; nothing here knows about files beyond what the step modu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import dataclasses
+import time
 
 import numpy as np
 
@@ -74,6 +79,21 @@ class FrameRegistration:
 
 
 @dataclass
+class RunFrame:
+    """One frame of a registered run: its registration (None when it failed), why it failed, and the
+    seconds its stages took (``segment`` is its share of the batch it was segmented in)."""
+
+    index: int
+    registration: Optional[FrameRegistration]
+    failure: Optional[str]
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def registered(self) -> bool:
+        return self.registration is not None
+
+
+@dataclass
 class RunRegistration:
     """A run registered frame by frame: the frames that registered, and why the others did not."""
 
@@ -102,6 +122,7 @@ class RegistrationPipeline:
         self.isocenter_lps = tuple(float(c) for c in isocenter_lps)
         self._renderer: Optional[ProjectionRenderer] = None
         self._projections: Dict[int, FrameProjection] = {}
+        self._renders: Dict[CArmGeometry, FrameProjection] = {}  # one render per distinct geometry
         self._segmentations: Dict[tuple, object] = {}
 
     # -- frames and geometry ------------------------------------------------------------------
@@ -117,20 +138,26 @@ class RegistrationPipeline:
 
     # -- projection ---------------------------------------------------------------------------
     def project(self, index: int) -> FrameProjection:
-        """The model's projection under frame ``index``'s geometry (cached per frame)."""
+        """The model's projection under frame ``index``'s geometry (rendered once per distinct
+        geometry: the frames of a static run share one)."""
         if index not in self._projections:
             geom = self.geometry(index)
-            if self._renderer is None:
-                self._renderer = ProjectionRenderer(self.model.polydata)
-            proj = self._renderer.render(geom, orthographic=self.orthographic, with_depth=True)
-            if proj.area_px == 0:
-                hint = getattr(self.model, "extent_problem", "")
-                raise InputError(
-                    f"frame {index}: the model projects entirely outside the detector; check the "
-                    "isocentre, the model's space (LPS/RAS) and units" + (f" ({hint})" if hint else "")
-                )
-            self._projections[index] = FrameProjection(index, geom, proj, bounding_roi(proj.mask))
+            if geom not in self._renders:
+                self._renders[geom] = self._render(index, geom)
+            self._projections[index] = dataclasses.replace(self._renders[geom], frame_index=index)
         return self._projections[index]
+
+    def _render(self, index: int, geom: CArmGeometry) -> FrameProjection:
+        if self._renderer is None:
+            self._renderer = ProjectionRenderer(self.model.polydata)
+        proj = self._renderer.render(geom, orthographic=self.orthographic, with_depth=True)
+        if proj.area_px == 0:
+            hint = getattr(self.model, "extent_problem", "")
+            raise InputError(
+                f"frame {index}: the model projects entirely outside the detector; check the "
+                "isocentre, the model's space (LPS/RAS) and units" + (f" ({hint})" if hint else "")
+            )
+        return FrameProjection(index, geom, proj, bounding_roi(proj.mask))
 
     def moving_image(self, index: int, roi: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, Roi]:
         """The projection cropped to the ROI (default: around the whole projection).
@@ -159,11 +186,30 @@ class RegistrationPipeline:
         """The DRU-Net vessel mask of frame ``index`` (cached per frame and FoV)."""
         from .segmentation import segment_frame
 
-        key = (index, fov, model if isinstance(model, (str, type(None))) else id(model))
+        key = self._segmentation_key(index, fov, model)
         if key not in self._segmentations:
             self._segmentations[key] = segment_frame(self.frame(index), fov=fov, model=model,
                                                      device=device, fov_hint=self.fov())
         return self._segmentations[key]
+
+    @staticmethod
+    def _segmentation_key(index: int, fov: str, model) -> tuple:
+        return (index, fov, model if isinstance(model, (str, type(None))) else id(model))
+
+    def segment_ahead(self, frames: Sequence[int], fov: str = "auto", model=None, device=None,
+                      batch_size: int = 8) -> float:
+        """Segment ``frames`` in batches into the cache ``segment`` and ``register`` read (frames already
+        there are skipped); returns the seconds it took."""
+        from .segmentation import segment_frames
+
+        start = time.perf_counter()
+        todo = [i for i in frames if self._segmentation_key(i, fov, model) not in self._segmentations]
+        if todo:
+            results = segment_frames([self.frame(i) for i in todo], fov=fov, model=model, device=device,
+                                     fov_hint=self.fov(), batch_size=batch_size)
+            for i, res in zip(todo, results):
+                self._segmentations[self._segmentation_key(i, fov, model)] = res
+        return time.perf_counter() - start
 
     # -- registration --------------------------------------------------------------------------
     def register(self, index: int, roi: Optional[Sequence[int]] = None, *, fixed_mask: Optional[np.ndarray] = None,
@@ -206,38 +252,77 @@ class RegistrationPipeline:
         warnings.extend(result.warnings)
         return FrameRegistration(index, roi, fp, fixed, fixed_source, result, warnings)
 
+    def iter_run(self, frames: Sequence[int], roi: Optional[Sequence[int]] = None, *,
+                 method: Optional[str] = None, fov: str = "auto", device=None, fixed_masks=None,
+                 batch_size: int = 8) -> Iterator[RunFrame]:
+        """Register the frames of a run one after another, yielding a ``RunFrame`` for each as soon as
+        it is done (a run streams: nothing of a frame is kept here once it is yielded).
+
+        Each frame is warm-started from the last frame that registered (the first from scratch); a
+        frame that fails (no vessel found, a degenerate affine) is yielded with its reason and the run
+        goes on from the last good affine. Frames are segmented ``batch_size`` at a time ahead of their
+        registration (unless ``fixed_masks``, a function of the frame index, gives their masks)."""
+        frames = [int(i) for i in frames]
+        init = None
+        for start in range(0, len(frames), batch_size):
+            chunk = frames[start:start + batch_size]
+            seg_s = 0.0
+            if fixed_masks is None:
+                try:
+                    seg_s = self.segment_ahead(chunk, fov=fov, device=device, batch_size=batch_size) / len(chunk)
+                except InputError:
+                    pass  # each frame then fails on its own, with its own message, below
+            for index in chunk:
+                t0 = time.perf_counter()
+                frame = self._register_run_frame(index, roi, method, init, fov, device,
+                                                 None if fixed_masks is None else fixed_masks(index))
+                frame.seconds = {"segment": seg_s, "register": time.perf_counter() - t0}
+                if frame.registered:
+                    init = frame.registration.result.frame_matrix
+                self.forget(index, keep_projection=True)
+                yield frame
+
+    def _register_run_frame(self, index, roi, method, init, fov, device, fixed_mask) -> RunFrame:
+        try:
+            reg = self.register(index, roi, method=method, init=init, fov=fov, device=device, fixed_mask=fixed_mask)
+        except InputError as exc:
+            return RunFrame(index, None, str(exc))
+        if not reg.valid:
+            return RunFrame(index, None, reg.result.message)
+        return RunFrame(index, reg, None)
+
     def register_run(self, frames: Sequence[int], roi: Optional[Sequence[int]] = None, *,
                      method: Optional[str] = None, fov: str = "auto", device=None,
-                     progress=None) -> "RunRegistration":
-        """Register frames of a run one after another, each warm-started from the last frame that
-        registered (the first from scratch). A frame that fails (no vessel found, a degenerate
-        affine) is recorded with its reason and the run goes on from the last good affine.
-        ``progress(done, total)`` is called after each frame."""
+                     progress=None, cancelled=None) -> "RunRegistration":
+        """``iter_run`` collected: every registration that succeeded and the reason of every failure.
+        ``progress(done, total)`` is called after each frame; ``cancelled()`` (optional), checked
+        after each frame, stops the run when it returns True (the frames done so far are kept)."""
         run = RunRegistration()
-        init = None
-        for done, index in enumerate(frames, start=1):
-            try:
-                reg = self.register(index, roi, method=method, init=init, fov=fov, device=device)
-            except InputError as exc:
-                run.failures[int(index)] = str(exc)
+        frames = list(frames)
+        for done, frame in enumerate(self.iter_run(frames, roi, method=method, fov=fov, device=device), start=1):
+            if frame.registered:
+                run.registrations.append(frame.registration)
             else:
-                if reg.valid:
-                    run.registrations.append(reg)
-                    init = reg.result.frame_matrix
-                else:
-                    run.failures[int(index)] = reg.result.message
+                run.failures[frame.index] = frame.failure
             if progress is not None:
                 progress(done, len(frames))
+            if cancelled is not None and cancelled():
+                break
         return run
 
-    def forget(self, index: Optional[int] = None) -> None:
+    def forget(self, index: Optional[int] = None, keep_projection: bool = False) -> None:
         """Drop the cached projection and segmentations of frame ``index`` (all frames when None):
-        what a long session does to bound its memory, or when a frame's pixels were replaced."""
+        what a long session does to bound its memory, or when a frame's pixels were replaced.
+        ``keep_projection``: only the segmentations (the run's projection is shared by its frames)."""
         if index is None:
             self._projections.clear()
+            self._renders.clear()
             self._segmentations.clear()
             return
-        self._projections.pop(index, None)
+        if not keep_projection:
+            fp = self._projections.pop(index, None)
+            if fp is not None and not any(p.geometry == fp.geometry for p in self._projections.values()):
+                self._renders.pop(fp.geometry, None)
         for key in [k for k in self._segmentations if k[0] == index]:
             del self._segmentations[key]
 
@@ -246,6 +331,7 @@ class RegistrationPipeline:
             self._renderer.close()
             self._renderer = None
         self._projections.clear()
+        self._renders.clear()
         self._segmentations.clear()
 
     def __enter__(self) -> "RegistrationPipeline":

@@ -279,29 +279,41 @@ def segment_frame(image, fov: str = "auto", model=None, device=None, *, fov_hint
     FoV read from a header (see ``fov_from_header``), used by ``fov='auto'``. ``device``: default
     cuda when available, else cpu.
     """
+    return segment_frames([image], fov, model, device, fov_hint=fov_hint, threshold=threshold,
+                          input_size=input_size, models_directory=models_directory)[0]
+
+
+def segment_frames(images: Sequence, fov: str = "auto", model=None, device=None, *, fov_hint: Optional[str] = None,
+                   threshold: Optional[float] = None, input_size=None, models_directory=None,
+                   batch_size: int = 8) -> List[SegmentationResult]:
+    """``segment_frame`` for several frames of one run (one FoV), ``batch_size`` at a time through the
+    network: what a run registration does ahead of its frames. One result per image, in order."""
     import torch
 
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
     warnings: List[str] = []
-    arr = validate_image(image)
+    arrays = [validate_image(image) for image in images]
     fov_used = _resolve_fov(fov, fov_hint, warnings)
     module, entry, dev = get_model(model, device, fov_used, models_directory)
     size = _entry_size(entry, input_size)
-    x, w = preprocess(arr, size)
-    warnings.extend(w)
-    with torch.inference_mode():
-        t = torch.from_numpy(x)[None, None].to(dev)
-        logits = module(t).float()
-        logits = resize_image(logits, arr.shape)
-        prob = torch.sigmoid(logits)[0, 0].cpu().numpy().astype(np.float32)
     if threshold is None:
         threshold = threshold_for(entry, fov_used)
     elif not 0.0 < float(threshold) < 1.0:
         raise InputError(f"threshold must lie between 0 and 1, got {threshold}")
-    mask = (prob >= float(threshold)).astype(np.uint8)
-    return SegmentationResult(
-        mask=mask, probability=prob, fov_used=fov_used, threshold=float(threshold),
-        model_name=entry["name"] if entry else None, warnings=warnings,
-    )
+    results: List[SegmentationResult] = []
+    for start in range(0, len(arrays), batch_size):
+        batch = arrays[start:start + batch_size]
+        inputs = [preprocess(arr, size) for arr in batch]
+        with torch.inference_mode():
+            logits = module(torch.from_numpy(np.stack([x for x, _ in inputs]))[:, None].to(dev)).float()
+            for k, arr in enumerate(batch):
+                prob = torch.sigmoid(resize_image(logits[k:k + 1], arr.shape))[0, 0].cpu().numpy().astype(np.float32)
+                results.append(SegmentationResult(
+                    mask=(prob >= float(threshold)).astype(np.uint8), probability=prob, fov_used=fov_used,
+                    threshold=float(threshold), model_name=entry["name"] if entry else None,
+                    warnings=warnings + inputs[k][1]))
+    return results
 
 
 def gradcam(image, model=None, device=None, *, input_size=None, models_directory=None) -> np.ndarray:

@@ -9,7 +9,9 @@ from ..errors import InputError
 from .common import EXIT_OK, print_json
 
 
-BENCHMARKS = ("projection", "segmentation", "pipeline")
+#: what ``tavireg bench`` runs without --only; ``run`` (a registered run, minutes) when named
+DEFAULT_BENCHMARKS = ("projection", "segmentation", "pipeline")
+BENCHMARKS = DEFAULT_BENCHMARKS + ("run",)
 
 
 def add_bench_parser(sub) -> None:
@@ -17,6 +19,10 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--only", choices=BENCHMARKS, action="append", help="run only this benchmark (repeatable)")
     p.add_argument("--model", type=Path, help="mesh for the projection benchmark (default: a 200k-triangle sphere)")
     p.add_argument("--repeats", type=int, default=30, help="timed repeats per measurement (default 30)")
+    p.add_argument("--run-frames", type=int, default=60,
+                   help="frames of the registered run of --only run (default 60)")
+    p.add_argument("--plot", type=Path, metavar="PNG",
+                   help="with --only run: also write its frames-per-second chart to this PNG")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
@@ -53,7 +59,7 @@ def run_bench(args) -> int:
     if args.repeats < 1:
         raise InputError("--repeats must be at least 1")
     results = {}
-    selected = args.only or list(BENCHMARKS)
+    selected = args.only or list(DEFAULT_BENCHMARKS)
     if "projection" in selected:
         polydata = None
         if args.model is not None:
@@ -78,12 +84,19 @@ def run_bench(args) -> int:
                                                        progress=bar.update, generate_progress=gen_bar.update)
         if args.repeats < 20:
             results["pipeline"]["notes"].append(f"{args.repeats} frames: fewer than the 20 a stable median needs")
+    if "run" in selected:
+        _bench_run(args, bench, results)
+    elif args.plot is not None:
+        raise InputError("--plot is the chart of --only run")
     if args.json:
         print_json(results)
         return EXIT_OK
     for name, res in results.items():
         if name == "pipeline":
             _print_pipeline_bench(res)
+            continue
+        if name == "run":
+            _print_run_bench(res)
             continue
         if name == "segmentation":
             print(f"segmentation: {res['model']} on {res['device']} (segment_frame per frame size), machine {res['machine']}")
@@ -98,3 +111,36 @@ def run_bench(args) -> int:
     return EXIT_OK
 
 
+
+
+def _bench_run(args, bench, results) -> None:
+    """``--only run``: the registered run at 512 and 1024 px (and its chart with ``--plot``)."""
+    from tqdm import tqdm
+
+    from ..outputs import OutputSet
+
+    if args.run_frames < 2:
+        raise InputError("--run-frames must be at least 2")
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise InputError(f"--plot must name a .png file, got {args.plot.name}")
+    total = 2 * len(bench.RUN_SIZES) * 2 * args.run_frames
+    with tqdm(total=total, desc="run", unit="frame", file=sys.stderr, disable=None) as bar:
+        results["run"] = bench.bench_run(n_frames=args.run_frames, progress=bar.update)
+    if args.plot is not None:
+        png = bench.run_plot_png(results["run"])
+        with OutputSet() as outs:
+            outs.add(args.plot, lambda fh: fh.write(png))
+
+
+def _print_run_bench(res) -> None:
+    def num(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    print(f"run: {res['frames']} frames on {res['device']}, machine {res['machine']}")
+    for size, entry in res["sizes"].items():
+        for method, m in entry["methods"].items():
+            stages = ", ".join(f"{k} {v:.0f}" for k, v in m["run_stages_ms"].items())
+            print(f"  {size} px {method:>10}: {m['run_fps']:.1f} frames/s ({stages} ms); one frame at a time "
+                  f"{m['single_fps']:.1f} frames/s; median Dice {num(m['median_dice_run'], '.3f')} (one at a time "
+                  f"{num(m['median_dice_single'], '.3f')}); drift {num(m['drift_px'], '.2f')} px; "
+                  f"failed {m['failed_frames']}")

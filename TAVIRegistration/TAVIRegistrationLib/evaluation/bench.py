@@ -376,3 +376,183 @@ def bench_pipeline(data_index=None, n_frames: int = 20, methods: Optional[Sequen
     except ImportError:  # pragma: no cover
         pass
     return result
+
+
+#: detector sizes and frames of ``bench_run``
+RUN_SIZES = (512, 1024)
+RUN_FRAMES = 60
+#: the rates a run must reach on a 2-core CPU at 512 px: the fluoroscope's with ``cnn``, a third of it
+#: with the default method
+RUN_GOALS_FPS = {"cnn": 15.0, "cnn+refine": 5.0}
+
+
+def noisy_run(series, frame_index: int, n_frames: int, noise: float = 3.0, seed: int = 0):
+    """A static run of ``n_frames``: frame ``frame_index`` of ``series`` repeated with uniform pixel
+    noise of +-``noise`` grey levels (every frame its own draw), under that frame's geometry."""
+    import dataclasses
+
+    rng = np.random.default_rng(seed)
+    frame = series.frame(frame_index)
+    frames = np.stack([frame + rng.uniform(-noise, noise, frame.shape).astype(np.float32)
+                       for _ in range(n_frames)])
+    return dataclasses.replace(series, frames=frames, n_frames=n_frames,
+                               geometries=[series.geometry(frame_index)] * n_frames)
+
+
+def _window_dice(registered: np.ndarray, truth: np.ndarray) -> float:
+    inter = float(np.logical_and(registered > 0, truth > 0).sum())
+    total = float((registered > 0).sum() + (truth > 0).sum())
+    return 2.0 * inter / total if total else float("nan")
+
+
+def _run_path(pipe, frames, roi, method, device, truth_mask, overlay):
+    """The run pipeline: ``iter_run`` (one render, batched segmentation, warm starts) and an overlay
+    per frame. Returns (seconds per frame, per-stage seconds, Dice to the truth, corners, failures)."""
+    stages = {"segment": [], "register": [], "overlay": []}
+    dice, corners, failed = [], [], 0
+    start = time.perf_counter()
+    for fr in pipe.iter_run(frames, roi, method=method, device=device):
+        t0 = time.perf_counter()
+        if fr.registered:
+            overlay(pipe, fr.registration)
+            dice.append(_window_dice(fr.registration.registered_mask, truth_mask))
+            corners.append(_roi_corners(fr.registration.matrix, roi))
+        else:
+            failed += 1
+        stages["overlay"].append(time.perf_counter() - t0)
+        stages["segment"].append(fr.seconds["segment"])
+        stages["register"].append(fr.seconds["register"])
+    total = time.perf_counter() - start
+    return total / len(frames), stages, dice, corners, failed
+
+
+def _single_path(pipe, frames, roi, method, device, truth_mask, overlay):
+    """One frame at a time, as a front end registering frame by frame does: every frame projected,
+    segmented alone, registered from the previous frame's affine and drawn."""
+    stages = {"project": [], "segment": [], "register": [], "overlay": []}
+    dice, init = [], None
+    start = time.perf_counter()
+    for i in frames:
+        pipe.forget()
+        t0 = time.perf_counter()
+        pipe.project(i)
+        t1 = time.perf_counter()
+        pipe.segment(i, device=device)
+        t2 = time.perf_counter()
+        try:
+            reg = pipe.register(i, roi, method=method, init=init, device=device)
+        except Exception:  # noqa: BLE001 - a failed frame is counted, the run goes on
+            reg = None
+        t3 = time.perf_counter()
+        if reg is not None and reg.valid:
+            overlay(pipe, reg)
+            dice.append(_window_dice(reg.registered_mask, truth_mask))
+            init = reg.result.frame_matrix
+        t4 = time.perf_counter()
+        for name, a, b in (("project", t0, t1), ("segment", t1, t2), ("register", t2, t3), ("overlay", t3, t4)):
+            stages[name].append(b - a)
+    return (time.perf_counter() - start) / len(frames), stages, dice
+
+
+def _roi_corners(matrix: np.ndarray, roi) -> np.ndarray:
+    x, y, w, h = roi
+    pts = np.array([[x, x + w, x, x + w], [y, y, y + h, y + h], [1.0, 1.0, 1.0, 1.0]])
+    return (np.asarray(matrix) @ pts)[:2].T
+
+
+def bench_run(sizes: Sequence[int] = RUN_SIZES, n_frames: int = RUN_FRAMES, methods: Sequence[str] = ("cnn", "cnn+refine"),
+              *, device=None, progress=None, workdir=None) -> Dict[str, object]:
+    """Frames per second of a registered run, per detector size and method: the run pipeline
+    (``RegistrationPipeline.iter_run``) against one frame at a time in the same process, with the
+    seconds of each stage, the median Dice of the registered projection to the truth (both paths),
+    and the warm start's drift (the largest distance of a ROI corner from the first frame's, px).
+
+    The run is the demo case's frame at each size (``synthetic.demo``) repeated ``n_frames`` times
+    with +-3 grey levels of noise (``noisy_run``); ``progress`` is called once per frame of each path."""
+    import tempfile
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..fluoro import read_fluoro
+    from ..mesh import load_model
+    from ..networks.weights import installed, pick_device
+    from ..pipeline import RegistrationPipeline
+    from ..report import frame_overlay
+    from ..synthetic.demo import make_demo_case
+
+    if int(n_frames) < 2:
+        raise InputError(f"the run benchmark needs at least 2 frames, got {n_frames}")
+    if not installed("segmentation") or not installed("registration"):
+        raise InputError("the run benchmark needs the installed segmentation and registration networks")
+    dev = pick_device(requested=device or "auto")
+    results: Dict[str, object] = {"benchmark": "run", "frames": int(n_frames), "device": str(dev),
+                                  "machine": machine_facts(), "goals_fps_512": RUN_GOALS_FPS, "sizes": {}}
+    with tempfile.TemporaryDirectory(prefix="tavireg-bench-run-") as tmp:
+        for size in sizes:
+            case = make_demo_case(Path(workdir or tmp) / f"demo{size}", size=int(size))
+            truth = case.truth()
+            roi = truth.user_roi()
+            series = noisy_run(read_fluoro(case.fluoro_path), case.frame_index, int(n_frames))
+            model = load_model(case.model_path)
+            per_method = {}
+            for method in methods:
+                with RegistrationPipeline(model, series, isocenter_lps=case.isocenter_lps) as pipe:
+                    pipe.project(0)  # the renderer started and the networks loaded outside the timing
+                    pipe.register(0, roi, method=method, device=dev)
+                    pipe.forget()
+                    run_s, run_stages, run_dice, corners, failed = _run_path(
+                        pipe, range(int(n_frames)), roi, method, dev, truth.mask, frame_overlay)
+                    if progress is not None:
+                        progress(int(n_frames))
+                    one_s, one_stages, one_dice = _single_path(
+                        pipe, range(int(n_frames)), roi, method, dev, truth.mask, frame_overlay)
+                    if progress is not None:
+                        progress(int(n_frames))
+                drift = float(max(np.abs(c - corners[0]).max() for c in corners)) if corners else None
+                per_method[method] = {
+                    "run_fps": 1.0 / run_s, "single_fps": 1.0 / one_s, "speedup": one_s / run_s,
+                    "run_stages_ms": {k: 1000.0 * statistics.median(v) for k, v in run_stages.items()},
+                    "single_stages_ms": {k: 1000.0 * statistics.median(v) for k, v in one_stages.items()},
+                    "median_dice_run": statistics.median(run_dice) if run_dice else None,
+                    "median_dice_single": statistics.median(one_dice) if one_dice else None,
+                    "failed_frames": failed,
+                    "drift_px": drift,
+                }
+            results["sizes"][str(size)] = {"rows": int(series.rows), "cols": int(series.cols), "roi": list(roi),
+                                           "methods": per_method}
+    return results
+
+
+def run_plot_png(res: Dict[str, object]) -> bytes:
+    """Bar chart of ``bench_run``: frames per second per size and method, run pipeline beside one frame
+    at a time, with the goals as lines."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, run, single = [], [], []
+    for size, entry in res["sizes"].items():
+        for method, m in entry["methods"].items():
+            labels.append(f"{method}\n{size} px")
+            run.append(m["run_fps"])
+            single.append(m["single_fps"])
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(labels), 3.6), dpi=110)
+    xs = np.arange(len(labels))
+    ax.bar(xs - 0.2, single, 0.4, label="one frame at a time", color="#9e9e9e")
+    ax.bar(xs + 0.2, run, 0.4, label="run pipeline", color="#1f77b4")
+    for method, goal in res.get("goals_fps_512", {}).items():
+        ax.axhline(goal, ls="--", lw=1, color="#d62728" if method == "cnn" else "#ff7f0e",
+                   label=f"goal {method} at 512 px: {goal:g} fps")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels)
+    ax.set_ylabel("frames per second")
+    ax.set_title(f"Registered run of {res['frames']} frames on {res['device']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
