@@ -895,7 +895,7 @@ class ProjectionResult:
     """What ``TAVIRegistrationLogic.renderProjection`` made: the volume node and the library's result."""
 
     def __init__(self, volumeNode, frameProjection, frameIndex, warnings, cameraNode, dicomPath, fluoroVolumeID,
-                 modelName):
+                 modelName, isocenterSource="model centre", modelUnits=None, modelSpace=None):
         self.volumeNode = volumeNode
         self.frameProjection = frameProjection  # TAVIRegistrationLib.pipeline.FrameProjection
         self.frameIndex = frameIndex
@@ -904,6 +904,9 @@ class ProjectionResult:
         self.dicomPath = dicomPath
         self.fluoroVolumeID = fluoroVolumeID
         self.modelName = modelName
+        self.isocenterSource = isocenterSource  # "given" (the point list) or "model centre"
+        self.modelUnits = modelUnits
+        self.modelSpace = modelSpace
 
     @property
     def geometry(self):
@@ -1380,7 +1383,10 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         if showResult:
             self.showOverlay(fluoroVolume, projectionVolume, overlayOpacity)
         result = ProjectionResult(projectionVolume, frameProjection, int(frameIndex), pipeline.warnings, camera,
-                                  self.dicomFileForVolume(fluoroVolume), fluoroVolume.GetID(), modelNode.GetName())
+                                  self.dicomFileForVolume(fluoroVolume), fluoroVolume.GetID(), modelNode.GetName(),
+                                  isocenterSource="given" if isocenterNode is not None else "model centre",
+                                  modelUnits=getattr(pipeline.model, "units_used", None),
+                                  modelSpace=getattr(pipeline.model, "space_used", None))
         self.lastProjection = result
         return result
 
@@ -1695,13 +1701,14 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
 
     # -- export ---------------------------------------------------------------------------------------------
     def exportProjection(self, directory, fluoroVolume=None, result=None, roi=None, captureThreeDView=True):
-        """Write projection.png (0/255 on the frame's grid), overlay.png, projection.json (and view3d.png).
+        """Write the library's projection export (``TAVIRegistrationLib.export.ProjectionExport``:
+        projection.png, 0/255 on the frame's grid, overlay.png and projection.json) and view3d.png.
 
         All files appear together or not at all (the library's OutputSet). Returns their paths.
         """
         from TAVIRegistrationLib.errors import InputError
-        from TAVIRegistrationLib.outputs import OutputSet, image_png_writer, mask_png_writer
-        from TAVIRegistrationLib.overlay import overlay_rgb
+        from TAVIRegistrationLib.export import ProjectionExport
+        from TAVIRegistrationLib.outputs import OutputSet
 
         result = result or self.lastProjection
         if result is None:
@@ -1713,28 +1720,15 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         directory = pathlib.Path(directory)
         if not directory.is_absolute():
             raise InputError("choose an output folder (absolute path), not %s" % directory)
-        projection = result.frameProjection.projection
-        frame = self.frameArray(fluoroVolume, result.frameIndex)
-        picture = overlay_rgb(frame, projection.mask, mode="contour")
-        roi = self.validRoi(roi, projection.mask.shape) or result.frameProjection.default_roi
-        summary = {
-            "frame": result.frameIndex,
-            "dicom_file": result.dicomPath,
-            "model": result.modelName,
-            "geometry": result.geometry.to_dict(),
-            "orthographic": bool(projection.orthographic),
-            "projection_matrix": np.asarray(projection.matrix).tolist(),
-            "area_px": int(projection.area_px),
-            "roi": list(roi) if roi else None,
-            "warnings": list(result.warnings),
-        }
+        roi = self.validRoi(roi, result.frameProjection.projection.mask.shape)
+        export = ProjectionExport(
+            frame=self.frameArray(fluoroVolume, result.frameIndex), frame_projection=result.frameProjection,
+            fluoro=result.dicomPath, model=result.modelName, roi=roi,
+            roi_source="drawn" if roi is not None else "default", isocenter_source=result.isocenterSource,
+            model_units=result.modelUnits, model_space=result.modelSpace, warnings=result.warnings)
         threeDView = self._captureThreeDView() if captureThreeDView else None
-        written = []
         with OutputSet(inputs=[pathlib.Path(result.dicomPath)]) as outputs:
-            written.append(outputs.add(directory / "projection.png", mask_png_writer(projection.mask)))
-            written.append(outputs.add(directory / "overlay.png", image_png_writer(picture)))
-            written.append(outputs.add(directory / "projection.json",
-                                       lambda fh: fh.write(json.dumps(summary, indent=2).encode("utf-8"))))
+            written = export.add_to(outputs, directory)
             if threeDView is not None:
                 written.append(outputs.add(directory / "view3d.png", lambda fh: fh.write(threeDView)))
         return written

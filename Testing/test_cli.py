@@ -199,6 +199,30 @@ def test_project_from_fluoro_matches_the_library(case, tmp_path, capsys):
     assert d.shape == png.shape and d[png == 0].max() == 0 and d[png > 0].min() > 0
 
 
+def test_project_export_writes_the_projection_export(case, tmp_path, capsys):
+    _, model, fluoro = case
+    out = tmp_path / "export"
+    code, _, err = run(["project", "--model", model, "--fluoro", fluoro, "--isocenter", "0,0,0",
+                        "--out", tmp_path / "proj.png", "--export", out], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == ["overlay.png", "projection.json", "projection.png"]
+    assert np.array_equal(np.array(Image.open(out / "projection.png")), np.array(Image.open(tmp_path / "proj.png")))
+    assert np.array(Image.open(out / "overlay.png")).shape == (192, 160, 3)
+    record = json.loads((out / "projection.json").read_text())
+    assert record["format"] == 1 and record["frame"] == 0 and record["registered"] is False
+    assert record["isocenter_source"] == "given" and record["roi_source"] == "default"
+    assert record["area_px"] == int((np.array(Image.open(out / "projection.png")) > 0).sum())
+
+
+def test_project_export_needs_the_frame(case, tmp_path, capsys):
+    _, model, _ = case
+    code, _, err = run(["project", "--model", model, "--primary", 25, "--secondary", -10, "--sid", 1050,
+                        "--sod", 780, "--spacing", 0.3, "--rows", 192, "--cols", 160,
+                        "--out", tmp_path / "p.png", "--export", tmp_path / "export"], capsys)
+    assert_input_error(code, err)
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "export").exists()
+
+
 def test_project_manual_geometry_equals_fluoro_geometry(case, tmp_path, capsys):
     _, model, fluoro = case
     a, b = tmp_path / "a.png", tmp_path / "b.png"

@@ -233,8 +233,54 @@ def test_export_projection_writes_the_projection_and_its_summary(case, tmp_path)
     exported = np.asarray(Image.open(tmp_path / "export" / "projection.png"))
     np.testing.assert_array_equal(exported, result.frameProjection.projection.mask * 255)
     summary = json.loads((tmp_path / "export" / "projection.json").read_text())
-    assert summary["frame"] == 0 and summary["roi"] == [10, 20, 120, 100]
+    assert summary["format"] == 1 and summary["registered"] is False
+    assert summary["frame"] == 0 and summary["roi"] == [10, 20, 120, 100] and summary["roi_source"] == "drawn"
     assert summary["geometry"]["primary_angle_deg"] == pytest.approx(30.0)
+    assert summary["isocenter_source"] == "given"
+
+
+def test_the_three_front_ends_write_one_projection_export(case, tmp_path, capsys):
+    """The Slicer Logic's Export, the Qt viewer's File > Export and ``tavireg project --export`` on the
+    same case write the same files with the same JSON keys (``export.ProjectionExport``)."""
+    import json
+    import os
+
+    pytest.importorskip("PyQt5")
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from TAVIRegistrationLib.cli import main
+    from TAVIRegistrationLib.export import PROJECTION_FILES
+    from TAVIRegistrationLib.mesh import save_model
+    from TAVIRegistrationLib.viewer import window as viewer
+    from TAVIRegistrationLib.viewer.qt_compat import qt
+
+    logic, loaded = case
+    logic.renderProjection(loaded.modelNode, loaded.fluoroVolume, frameIndex=0, isocenterNode=loaded.isocenterNode)
+    logic.exportProjection(str(tmp_path / "slicer"), captureThreeDView=False)
+
+    model = save_model(loaded.modelLps.polydata, tmp_path / "model.vtk")
+    iso = tuple(float(c) for c in loaded.isocenterLps)
+    assert main(["project", "--model", str(model), "--fluoro", loaded.dicomPath, "--frame", "0",
+                 "--isocenter=" + ",".join(repr(c) for c in iso), "--out", str(tmp_path / "cli.png"),
+                 "--export", str(tmp_path / "cli")]) == 0, capsys.readouterr().err
+
+    app = qt.QApplication.instance() or qt.QApplication(["test"])
+    window = viewer.ViewerWindow(interactive=False)
+    try:
+        window.openCase(model, loaded.dicomPath, viewer.CaseOptions(isocenter_lps=iso), frame=0)
+        assert window.waitIdle(120) and window.frameProjection is not None, window.errors
+        assert window.exportTo(tmp_path / "viewer"), window.errors
+    finally:
+        window.close()
+        app.processEvents()
+
+    records = {}
+    for front_end in ("slicer", "cli", "viewer"):
+        assert sorted(os.listdir(tmp_path / front_end)) == sorted(PROJECTION_FILES), front_end
+        records[front_end] = json.loads((tmp_path / front_end / "projection.json").read_text())
+        assert records[front_end]["format"] == 1 and records[front_end]["frame"] == 0
+    keys = {front_end: sorted(record) for front_end, record in records.items()}
+    assert keys["slicer"] == keys["cli"] == keys["viewer"]
+    assert sorted(records["slicer"]["overlay"]) == sorted(records["cli"]["overlay"]) == sorted(records["viewer"]["overlay"])
 
 
 # ------------------------------------------------------------------------------------------------

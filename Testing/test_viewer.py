@@ -440,7 +440,7 @@ def test_register_from_the_viewer_matches_the_cli(window, demo_case, tmp_path, m
     assert window.waitIdle(300)
     assert window.registration is not None, window.errors
     assert window.exportTo(tmp_path / "viewer")
-    assert json.loads((tmp_path / "viewer" / "roi.json").read_text())["registered"] is True
+    assert json.loads((tmp_path / "viewer" / "projection.json").read_text())["registered"] is True
 
     env = dict(os.environ, TAVIREG_MODELS_DIR=str(shipped))
     proc = subprocess.run([sys.executable, "-m", "TAVIRegistrationLib.cli", "register", "--model",
@@ -452,7 +452,7 @@ def test_register_from_the_viewer_matches_the_cli(window, demo_case, tmp_path, m
     transform = json.loads((tmp_path / "cli" / "transform.json").read_text())
     np.testing.assert_allclose(np.asarray(transform["matrix"]), window.registration.matrix, atol=1e-6)
     cli_mask = outputs.read_mask_png(tmp_path / "cli" / "registered_projection.png")
-    viewer_mask = outputs.read_mask_png(tmp_path / "viewer" / "projection_mask.png")
+    viewer_mask = outputs.read_mask_png(tmp_path / "viewer" / "projection.png")
     assert cli_mask.any()
     np.testing.assert_array_equal(viewer_mask, cli_mask)
     # the registration's own warnings (e.g. the method's fallback) are listed with the case's
@@ -504,12 +504,13 @@ def test_export_writes_all_three_files(window, case, tmp_path):
     window.setRoi((30, 40, 90, 80))
     out = tmp_path / "export"
     paths = window.exportTo(out)
-    assert sorted(p.name for p in paths) == ["overlay.png", "projection_mask.png", "roi.json"]
-    assert sorted(os.listdir(out)) == ["overlay.png", "projection_mask.png", "roi.json"]  # no temp files
+    assert sorted(p.name for p in paths) == ["overlay.png", "projection.json", "projection.png"]
+    assert sorted(os.listdir(out)) == ["overlay.png", "projection.json", "projection.png"]  # no temp files
     np.testing.assert_array_equal(np.asarray(Image.open(out / "overlay.png")), window.frameOverlay())
-    png_mask = np.asarray(Image.open(out / "projection_mask.png"))
+    png_mask = np.asarray(Image.open(out / "projection.png"))
     np.testing.assert_array_equal(png_mask, window.frameProjection.projection.mask * 255)
-    record = json.loads((out / "roi.json").read_text())
+    record = json.loads((out / "projection.json").read_text())
+    assert record["format"] == 1
     assert record["roi"] == [30, 40, 90, 80] and record["roi_source"] == "drawn"
     assert record["frame"] == 0 and record["registered"] is False
     assert record["geometry"]["primary_angle_deg"] == 30.0
@@ -538,7 +539,7 @@ def test_export_action_asks_for_a_folder(window, case, tmp_path, monkeypatch):
     open_case(window, case)
     monkeypatch.setattr(qt.QFileDialog, "getExistingDirectory", staticmethod(lambda *a: str(tmp_path)))
     window.exportAction.trigger()
-    assert (tmp_path / "overlay.png").is_file() and (tmp_path / "roi.json").is_file()
+    assert (tmp_path / "overlay.png").is_file() and (tmp_path / "projection.json").is_file()
 
 
 # ----------------------------------------------------------------------------------- command line

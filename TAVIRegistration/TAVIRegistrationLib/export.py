@@ -1,6 +1,9 @@
 """Exports of a registration: the overlay as a DICOM Secondary Capture in the frame's study, and
 the transform / metrics files. Writers return ``writer(fh)`` callables for ``outputs.OutputSet``.
 
+``ProjectionExport`` is the projection export of every front end (the Slicer module's Export, the
+viewer's File > Export and ``tavireg project --export``): ``PROJECTION_FILES`` with one JSON layout.
+
 The Secondary Capture copies only the identifiers it needs from the fluoroscopy header (patient
 and study identity, so that it files into the same study: ``STUDY_ATTRIBUTES``, nothing else) and
 gets new series and instance UIDs; it references the source frame in SourceImageSequence.
@@ -21,11 +24,13 @@ import json
 import math
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import __version__
+from . import __version__, outputs
+from .overlay import DEFAULT_COLOR
 
 SECONDARY_CAPTURE_UID = "1.2.840.10008.5.1.4.1.1.7"
 #: patient and study attributes copied from the source so the overlay files into the same study
@@ -152,3 +157,98 @@ def csv_writer(rows: Sequence[Dict[str, object]], columns: Optional[Iterable[str
         w.writerow({k: csv_value(r.get(k)) for k in cols})
     data = buf.getvalue().encode()
     return lambda fh: fh.write(data)
+
+
+# ----------------------------------------------------------------------------------------------
+# The projection export (Slicer module, viewer, ``tavireg project --export``)
+# ----------------------------------------------------------------------------------------------
+
+#: the files of a projection export, the same in every front end
+PROJECTION_FILES = ("projection.png", "overlay.png", "projection.json")
+#: the layout of projection.json (its "format" key)
+PROJECTION_FORMAT = 1
+
+
+def projection_overlay(frame: np.ndarray, mask: np.ndarray, *, mode: str = "contour", opacity: float = 0.6,
+                       color=DEFAULT_COLOR, flagged: bool = False) -> np.ndarray:
+    """The frame with ``mask`` drawn over it (``overlay.overlay_rgb``), with the red border of a flagged
+    (low-agreement) registration when ``flagged``: (H, W, 3) uint8."""
+    from .overlay import mark_flagged, overlay_rgb
+
+    rgb = overlay_rgb(frame, mask, mode=mode, opacity=opacity, color=color)
+    return mark_flagged(rgb) if flagged else rgb
+
+
+@dataclass
+class ProjectionExport:
+    """One frame's projection as every front end exports it (``PROJECTION_FILES``):
+
+    ``projection.png``: the mask drawn (the projection under the frame's geometry, or the registered
+    projection when ``registration`` is given), 0/255 on the frame's grid; ``overlay.png``: the frame with
+    that mask drawn (``projection_overlay``); ``projection.json``: ``record()``.
+
+    ``frame`` holds the frame's pixels (any grey type), ``frame_projection`` the pipeline's
+    FrameProjection, ``roi`` the region of interest (default: the frame's) and ``roi_source`` 'drawn' or
+    'default'; ``fluoro`` and ``model`` name the inputs (paths or node names).
+    """
+
+    frame: np.ndarray
+    frame_projection: Any
+    fluoro: Optional[str] = None
+    model: Optional[str] = None
+    roi: Optional[Sequence[int]] = None
+    roi_source: str = "default"
+    isocenter_source: str = "model centre"
+    model_units: Optional[str] = None
+    model_space: Optional[str] = None
+    mode: str = "contour"
+    opacity: float = 0.6
+    color: Tuple[int, int, int] = DEFAULT_COLOR
+    registration: Any = None
+    warnings: Sequence[str] = ()
+
+    def mask(self) -> np.ndarray:
+        """The mask drawn: the registered projection once registered, else the projection."""
+        if self.registration is not None:
+            return np.asarray(self.registration.registered_mask)
+        return self.frame_projection.projection.mask
+
+    def overlay(self) -> np.ndarray:
+        """The overlay picture, (H, W, 3) uint8."""
+        flagged = self.registration is not None and bool(self.registration.result.flagged)
+        return projection_overlay(self.frame, self.mask(), mode=self.mode, opacity=self.opacity,
+                                  color=self.color, flagged=flagged)
+
+    def record(self) -> Dict[str, Any]:
+        """What projection.json holds (strict JSON values)."""
+        fp = self.frame_projection
+        projection = fp.projection
+        roi = self.roi if self.roi is not None else fp.default_roi
+        registered = self.registration is not None
+        return strict_json({
+            "format": PROJECTION_FORMAT,
+            "frame": int(fp.frame_index),
+            "fluoro": str(self.fluoro) if self.fluoro is not None else None,
+            "model": str(self.model) if self.model is not None else None,
+            "model_units": self.model_units,
+            "model_space": self.model_space,
+            "geometry": fp.geometry.to_dict(),
+            "orthographic": bool(projection.orthographic),
+            "projection_matrix": np.asarray(projection.matrix).tolist(),
+            "area_px": int(projection.area_px),
+            "roi": [int(v) for v in roi] if roi is not None else None,
+            "roi_source": self.roi_source,
+            "isocenter_lps": [float(c) for c in fp.geometry.isocenter_lps],
+            "isocenter_source": self.isocenter_source,
+            "overlay": {"mode": self.mode, "opacity": float(self.opacity), "color": list(self.color),
+                        "mask": "registered" if registered else "projection"},
+            "registered": registered,
+            "warnings": list(self.warnings),
+        })
+
+    def add_to(self, outs, directory) -> List[Path]:
+        """Add the three files to ``outs`` (an ``outputs.OutputSet``) in ``directory``; their paths."""
+        directory = Path(directory)
+        writers = (outputs.mask_png_writer(self.mask()), outputs.image_png_writer(self.overlay()),
+                   json_writer(self.record()))
+        return [outs.add(directory / name, writer) for name, writer in zip(PROJECTION_FILES, writers)]

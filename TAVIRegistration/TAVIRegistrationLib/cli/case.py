@@ -56,6 +56,8 @@ def add_project_parser(sub) -> None:
     g.add_argument("--cols", type=int, help="image columns")
     p.add_argument("--out", type=Path, required=True, help="output PNG (0/255 mask at the frame's size)")
     p.add_argument("--depth", type=Path, help="also write a depth picture (near = bright) to this PNG")
+    p.add_argument("--export", type=Path, metavar="DIR", help="also write the projection export to this folder "
+                   "(projection.png, overlay.png over the frame, projection.json; needs --fluoro)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
@@ -63,6 +65,8 @@ def run_project(args) -> int:
     from ..outputs import OutputSet, image_png_writer, mask_png_writer
     from ..projection import render_projection
 
+    if args.export is not None and args.fluoro is None:
+        raise InputError("--export draws the projection over the frame: it needs --fluoro")
     warnings: List[str] = []
     geom, _ = geometry_from_args(args, warnings)
     model = load_model_from_args(args, warnings)
@@ -76,6 +80,8 @@ def run_project(args) -> int:
         outs.add(args.out, mask_png_writer(proj.mask))
         if args.depth is not None:
             outs.add(args.depth, image_png_writer(proj.depth_display()))
+        if args.export is not None:
+            _projection_export(args, model, geom, proj, warnings).add_to(outs, args.export)
     emit_warnings(warnings)
     if args.json:
         print_json({
@@ -87,6 +93,21 @@ def run_project(args) -> int:
             "warnings": warnings,
         })
     return EXIT_OK
+
+
+def _projection_export(args, model, geom, proj, warnings: List[str]):
+    """The projection export of ``tavireg project --export`` (``export.ProjectionExport``): the frame of
+    --fluoro with the projection drawn, the default ROI."""
+    from ..export import ProjectionExport
+    from ..fluoro import read_fluoro
+    from ..pipeline import FrameProjection
+    from ..roi import bounding_roi
+
+    frame = read_fluoro(args.fluoro, **geometry_overrides_from_args(args).as_kwargs()).frame(args.frame)
+    return ProjectionExport(
+        frame=frame, frame_projection=FrameProjection(args.frame, geom, proj, bounding_roi(proj.mask)),
+        fluoro=args.fluoro, model=args.model, isocenter_source="given" if args.isocenter else "model centre",
+        model_units=model.units_used, model_space=model.space_used, warnings=warnings)
 
 
 def add_gui_parser(sub) -> None:

@@ -1,2 +1,3 @@
-"""The Qt front end: the viewer window (``window``), the ROI editor it shares with the Slicer module
-(``roi_view``) and the Qt binding shim (``qt_compat``)."""
+"""The Qt front end: the viewer window (``window``) and the parts it composes (``widgets``, ``facts``,
+``jobs``, ``case``, ``loading``, ``registering``, ``exporting``), the ROI editor it shares with the Slicer
+module (``roi_view``) and the Qt binding shim (``qt_compat``)."""

@@ -306,19 +306,7 @@ class ImageRoiView(qt.QGraphicsView):
         super().__init__(parent)
         self._scene = qt.QGraphicsScene(self)
         self.setScene(self._scene)
-        self.setBackgroundBrush(qt.QBrush(qt.QColor(18, 18, 20)))
-        self.setFrameShape(qt.QFrame.NoFrame)
-        self.setHorizontalScrollBarPolicy(qt.Qt.ScrollBarAlwaysOff)
-        self.setVerticalScrollBarPolicy(qt.Qt.ScrollBarAlwaysOff)
-        self.setTransformationAnchor(qt.QGraphicsView.NoAnchor)
-        self.setResizeAnchor(qt.QGraphicsView.NoAnchor)
-        self.setDragMode(qt.QGraphicsView.NoDrag)
-        self.setViewportUpdateMode(qt.QGraphicsView.FullViewportUpdate)
-        self.setFocusPolicy(qt.Qt.StrongFocus)
-        self.setMouseTracking(True)
-        self.viewport().setMouseTracking(True)
-        self.setMinimumSize(160, 120)
-        self.setSizePolicy(qt.QSizePolicy.Expanding, qt.QSizePolicy.Expanding)
+        self._configureView()
 
         self._source = None       # the array given to setImage (for cursor values)
         self._display = None      # (H, W) uint8 or (H, W, 3) uint8 after windowing
@@ -335,31 +323,53 @@ class ImageRoiView(qt.QGraphicsView):
         self._drag = None
         self._spaceHeld = False
 
-        self._pixItem = qt.QGraphicsPixmapItem()
-        self._pixItem.setZValue(0)
-        self._scene.addItem(self._pixItem)
+        self._buildItems()
+        self._updateRoiItems()
+
+    def _configureView(self):
+        """Dark, frameless, no scroll bars, no automatic anchoring (zoom and pan are done here)."""
+        self.setBackgroundBrush(qt.QBrush(qt.QColor(18, 18, 20)))
+        self.setFrameShape(qt.QFrame.NoFrame)
+        self.setHorizontalScrollBarPolicy(qt.Qt.ScrollBarAlwaysOff)
+        self.setVerticalScrollBarPolicy(qt.Qt.ScrollBarAlwaysOff)
+        self.setTransformationAnchor(qt.QGraphicsView.NoAnchor)
+        self.setResizeAnchor(qt.QGraphicsView.NoAnchor)
+        self.setDragMode(qt.QGraphicsView.NoDrag)
+        self.setViewportUpdateMode(qt.QGraphicsView.FullViewportUpdate)
+        self.setFocusPolicy(qt.Qt.StrongFocus)
+        self.setMouseTracking(True)
+        self.viewport().setMouseTracking(True)
+        self.setMinimumSize(160, 120)
+        self.setSizePolicy(qt.QSizePolicy.Expanding, qt.QSizePolicy.Expanding)
+
+    def _addItem(self, item, z):
+        item.setZValue(z)
+        self._scene.addItem(item)
+        return item
+
+    def _buildItems(self):
+        """The scene's items, bottom to top: the picture, the shade outside the ROI, the ROI's
+        shadow and outline, its 8 handles (a constant size on screen)."""
+        self._pixItem = self._addItem(qt.QGraphicsPixmapItem(), 0)
 
         self._shadeItem = qt.QGraphicsPathItem()
         self._shadeItem.setBrush(qt.QBrush(qt.QColor(0, 0, 0, 90)))
         self._shadeItem.setPen(qt.QPen(qt.Qt.NoPen))
-        self._shadeItem.setZValue(1)
-        self._scene.addItem(self._shadeItem)
+        self._addItem(self._shadeItem, 1)
 
         under = qt.QPen(qt.QColor(0, 0, 0, 200))
         under.setWidthF(3.0)
         under.setCosmetic(True)
         self._roiShadow = qt.QGraphicsRectItem()
         self._roiShadow.setPen(under)
-        self._roiShadow.setZValue(2)
-        self._scene.addItem(self._roiShadow)
+        self._addItem(self._roiShadow, 2)
 
         pen = qt.QPen(qt.QColor(*self.ROI_COLOR))
         pen.setWidthF(1.5)
         pen.setCosmetic(True)
         self._roiItem = qt.QGraphicsRectItem()
         self._roiItem.setPen(pen)
-        self._roiItem.setZValue(3)
-        self._scene.addItem(self._roiItem)
+        self._addItem(self._roiItem, 3)
 
         s = float(self.HANDLE_SIZE)
         handlePen = qt.QPen(qt.QColor(40, 40, 40))
@@ -370,10 +380,7 @@ class ImageRoiView(qt.QGraphicsView):
             item.setFlag(qt.QGraphicsItem.ItemIgnoresTransformations, True)
             item.setBrush(qt.QBrush(qt.QColor(255, 255, 255)))
             item.setPen(handlePen)
-            item.setZValue(4)
-            self._scene.addItem(item)
-            self._handleItems[name] = item
-        self._updateRoiItems()
+            self._handleItems[name] = self._addItem(item, 4)
 
     # ------------------------------------------------------------------ image and overlays
     def setImage(self, image, window=None):
@@ -834,7 +841,22 @@ class RoiEditor(qt.QWidget):
         controls.setColumnStretch(3, 1)
         controls.setColumnStretch(5, 1)
         layout.addLayout(controls)
+        self._buildRoiFields(controls)
+        self._buildOverlayControls(controls)
+        layout.addLayout(self._buildStatusRow())
 
+        self.view.roiChanged.connect(self._onViewRoiChanged)
+        self.view.roiEditingFinished.connect(self._onViewEditingFinished)
+        self.view.cursorMoved.connect(self._onCursorMoved)
+        self.view.zoomChanged.connect(lambda *args: self._updateInfo())
+        self._cursor = None
+        self._updateOpacityLabel()
+        self._updateEnabled()
+        self._syncSpinBoxes()
+        self._updateInfo()
+
+    def _buildRoiFields(self, controls):
+        """Rows 0 and 1 of the grid: the ROI's x, y, w, h spin boxes and Clear."""
         self.spinBoxes = {}
         fields = (("x", 0, 2, "Left column of the ROI (image pixels)"),
                   ("y", 0, 4, "Top row of the ROI (image pixels)"),
@@ -869,7 +891,8 @@ class RoiEditor(qt.QWidget):
         controls.setColumnMinimumWidth(6, 6)
         controls.addWidget(self.clearButton, 0, 7)
 
-        # overlay controls
+    def _buildOverlayControls(self, controls):
+        """Row 2 of the grid: Fill/Contour and the opacity slider."""
         self.overlayLabel = qt.QLabel("Overlay")
         controls.addWidget(self.overlayLabel, 2, 0)
         overlayRow = qt.QHBoxLayout()
@@ -905,7 +928,8 @@ class RoiEditor(qt.QWidget):
         overlayRow.addWidget(self.opacityValueLabel)
         controls.addLayout(overlayRow, 2, 2, 1, 6)
 
-        # status line: image size, zoom, pixel under the cursor; Fit
+    def _buildStatusRow(self):
+        """The status line: image size, zoom, pixel under the cursor; Fit."""
         statusRow = qt.QHBoxLayout()
         statusRow.setContentsMargins(6, 0, 6, 6)
         self.infoLabel = qt.QLabel()
@@ -917,17 +941,7 @@ class RoiEditor(qt.QWidget):
         self.fitButton.setToolTip("Fit the whole image to the view (F)")
         self.fitButton.clicked.connect(lambda *args: self.view.fit())
         statusRow.addWidget(self.fitButton)
-        layout.addLayout(statusRow)
-
-        self.view.roiChanged.connect(self._onViewRoiChanged)
-        self.view.roiEditingFinished.connect(self._onViewEditingFinished)
-        self.view.cursorMoved.connect(self._onCursorMoved)
-        self.view.zoomChanged.connect(lambda *args: self._updateInfo())
-        self._cursor = None
-        self._updateOpacityLabel()
-        self._updateEnabled()
-        self._syncSpinBoxes()
-        self._updateInfo()
+        return statusRow
 
     # ---------------------------------------------------------------- public API (delegates)
     def setImage(self, image, window=None):
