@@ -5,7 +5,6 @@ Under the offscreen platform a drag is simulated by sending QMouseEvents to the 
 (``qtbot.mouseMove`` during a press delivers none), as in ``test_roi_view.py``.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -224,6 +223,9 @@ def test_inline_mode_for_3d_slicer(qtbot, case, boxes):
     assert not w.isBusy() and w.frameProjection.frame_index == 2     # done on return
     series, mask = library_mask(case, 2)
     np.testing.assert_array_equal(w.frameOverlay(), overlay.overlay_rgb(series.frame(2), mask))
+    for index in (0, 1, 2):  # every frame change renders at once, not only the first
+        w.setFrame(index)
+        assert not w.isBusy() and w.frameProjection is not None and w.frameProjection.frame_index == index
     w.openFluoro(case.bad)
     assert len(boxes.shown) == 1 and w.fluoroPath == case.fluoro
     w.close()
@@ -460,6 +462,54 @@ def test_register_from_the_viewer_matches_the_cli(window, demo_case, tmp_path, m
         assert w in window.warnings()
 
 
+def test_register_run_then_play_shows_each_frame_with_its_registration(window, demo_case, monkeypatch, qtbot):
+    """Register run registers every frame (as the pipeline's ``register_run`` does on the same inputs);
+    stepping or playing the run then shows each frame with its own registered projection."""
+    from TAVIRegistrationLib.fluoro import read_fluoro
+    from TAVIRegistrationLib.networks.weights import installed
+
+    shipped = REPO / "Resources" / "Models"
+    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(shipped))
+    if not installed("segmentation"):
+        pytest.skip("no segmentation network shipped in Resources/Models")
+    iso = demo_case.isocenter_lps
+    window.openCase(demo_case.model_path, demo_case.fluoro_path, options=viewer.CaseOptions(isocenter_lps=iso),
+                    frame=demo_case.frame_index)
+    assert window.waitIdle(60) and window.frameProjection is not None, window.errors
+    roi = demo_case.truth().user_roi()
+    window.setRoi(roi)
+    assert window.registerRunAction.isEnabled() and window.playAction.isEnabled()
+    window.registerRunAction.trigger()
+    assert window.waitIdle(300) and window.run is not None, window.errors
+    n = window.series.n_frames
+    assert len(window.run.registrations) + len(window.run.failures) == n
+
+    with RegistrationPipeline(load_model(demo_case.model_path), read_fluoro(demo_case.fluoro_path),
+                              isocenter_lps=iso) as pipe:
+        expected = pipe.register_run(range(n), tuple(roi), device="cpu")
+    assert sorted(expected.failures) == sorted(window.run.failures)
+    by_frame = {r.frame_index: r for r in expected.registrations}
+    for index in range(n):
+        window.setFrame(index)
+        assert window.waitIdle(60)
+        if index in by_frame:
+            np.testing.assert_allclose(window.registration.matrix, by_frame[index].matrix, atol=1e-6)
+            np.testing.assert_array_equal(window.overlayMask(), by_frame[index].registered_mask)
+        else:
+            assert window.registration is None and any(f"frame {index} not registered" in w for w in window.warnings())
+
+    start = window.frameIndex
+    window.playAction.trigger()
+    assert window.playing()
+    qtbot.waitUntil(lambda: window.frameIndex != start, timeout=5000)
+    window.playAction.trigger()
+    assert not window.playing()
+    # drawing a new ROI forgets the run
+    window.setRoi((roi[0] + 4, roi[1] + 4, roi[2] - 8, roi[3] - 8))
+    window.roiEditor.roiEditingFinished.emit(window.roi())
+    assert window.run is None and window.registration is None
+
+
 def test_flagged_registration_is_shown_with_its_flag(window, demo_case, tmp_path, monkeypatch, qtbot):
     """A low-agreement registration (threshold 0.99 here) is shown with a red border, the flag in the
     status bar and in the warnings panel."""
@@ -581,8 +631,6 @@ def test_cli_screenshot_errors_are_one_line(case, tmp_path):
     assert proc.returncode == 2 and "out of range" in proc.stderr and not out.exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("TAVIRegistrationLib.synthetic.demo") is None,
-                    reason="TAVIRegistrationLib.synthetic.demo (the demo case) is not in this version yet")
 def test_cli_demo_screenshot(tmp_path):
     out = tmp_path / "demo.png"
     proc = _gui("--demo", "--screenshot", str(out), cwd=tmp_path)

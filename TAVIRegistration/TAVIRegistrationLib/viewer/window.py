@@ -45,7 +45,7 @@ from .facts import CaseDetails, case_rows, geometry_facts, roi_rows
 from .jobs import JobQueue, quietly
 from .loading import CaseLoader
 from .qt_compat import qt, Signal
-from .registering import REGISTER_UNAVAILABLE_TIP, Registrar, registration_available
+from .registering import REGISTER_UNAVAILABLE_TIP, Player, Registrar, registration_available
 from .widgets import FrameBar, FrameBox, Panel, projection_panel, small, style_icon
 
 __all__ = [
@@ -96,6 +96,8 @@ class ViewerWindow(qt.QMainWindow):
         self.frameProjection = None
         self.projectionError: Optional[str] = None
         self.registration = None
+        self.run = None                   # pipeline.RunRegistration of Register run, or None
+        self._runByFrame: Dict[int, object] = {}
         self._roiSource = "default"       # 'default' (the frame's), 'drawn' (user), 'cleared'
         self._drawnRoi = None             # the user's ROI, kept from frame to frame
         self._syncingRoi = False
@@ -108,6 +110,7 @@ class ViewerWindow(qt.QMainWindow):
         self.jobs = JobQueue(self, threaded=threaded, on_busy=self._updateBusy, on_error=self.reportError)
         self.loader = CaseLoader(self)
         self.registrar = Registrar(self)
+        self.player = Player(self)
         self.exporter = Exporter(self)
         app = qt.QApplication.instance()
         if app is not None:   # never leave a running QThread behind, even without closeEvent
@@ -156,6 +159,12 @@ class ViewerWindow(qt.QMainWindow):
         self.quitAction = self._action("&Quit", self.close, "Ctrl+Q")
         self.registerAction = self._action(
             "&Register", self.register, "Ctrl+R", REGISTER_UNAVAILABLE_TIP, "SP_MediaPlay")
+        self.registerRunAction = self._action(
+            "Register r&un", self.registerRun, "Ctrl+Shift+R", REGISTER_UNAVAILABLE_TIP, "SP_MediaSeekForward")
+        self.playAction = self._action("&Play", lambda: self.setPlaying(self.playAction.isChecked()), "Space",
+                                       "Play the run (with the registered overlay after Register run)",
+                                       "SP_MediaPlay")
+        self.playAction.setCheckable(True)
         self.fitAction = self._action("&Fit images", self._fitViews, "F",
                                       "Fit both images to their views")
         self.aboutAction = self._action("&About", self._about)
@@ -170,6 +179,8 @@ class ViewerWindow(qt.QMainWindow):
         self.viewMenu.addAction(self.fitAction)
         regMenu = bar.addMenu("&Registration")
         regMenu.addAction(self.registerAction)
+        regMenu.addAction(self.registerRunAction)
+        self.viewMenu.addAction(self.playAction)
         helpMenu = bar.addMenu("&Help")
         helpMenu.addAction(self.aboutAction)
 
@@ -183,6 +194,8 @@ class ViewerWindow(qt.QMainWindow):
             tb.addAction(a)
         tb.addSeparator()
         tb.addAction(self.registerAction)
+        tb.addAction(self.registerRunAction)
+        tb.addAction(self.playAction)
         tb.addAction(self.exportAction)
         self.addToolBar(tb)
         self.toolBar = tb
@@ -339,6 +352,8 @@ class ViewerWindow(qt.QMainWindow):
         self.options = data.options
         self.pipeline = data.pipeline
         self.registration = None
+        self.setPlaying(False)
+        self.run, self._runByFrame = None, {}
         self.frameIndex = data.frame_index
         self.frameNote = data.frame_note
         self.frameProjection = data.projection
@@ -384,7 +399,9 @@ class ViewerWindow(qt.QMainWindow):
             return
         self.frameIndex = index
         self.frameNote = None
-        self.registration = None
+        self.registration = self._runByFrame.get(index)
+        if self.run is not None and index in self.run.failures:
+            self.statusBar().showMessage(f"frame {index} not registered: {self.run.failures[index]}", 4000)
         if self.pipeline is None:
             self.refreshAll()
             return
@@ -397,10 +414,12 @@ class ViewerWindow(qt.QMainWindow):
         if self.pipeline is None or self._projectionJob is not None:
             return   # when the running one ends, its handler asks again for the current frame
         pipeline, index = self.pipeline, self.frameIndex
-        self._projectionJob = self.jobs.submit(
+        job = self.jobs.submit(
             f"Rendering frame {index}", lambda: pipeline.project(index),
             lambda fp: self._onProjection(pipeline, index, fp, None),
             on_error=lambda exc: self._onProjection(pipeline, index, None, exc), busy=False)
+        if job is not None and job.id in self.jobs.pending:  # not already done (jobs run inline unthreaded)
+            self._projectionJob = job
 
     def _onProjection(self, pipeline, index, fp, exc):
         """A projection job ended with ``fp`` or ``exc``: show it, or ask for the frame shown now."""
@@ -475,8 +494,9 @@ class ViewerWindow(qt.QMainWindow):
     def _onRoiEditingFinished(self, roi):
         self._roiSource = "drawn" if roi is not None else "cleared"
         self._drawnRoi = roi
-        if self.registration is not None:
+        if self.registration is not None or self.run is not None:
             self.registration = None
+            self.run, self._runByFrame = None, {}
             self._updateFrameView()
         self._updateRoiFacts()
         self._updateActions()
@@ -556,6 +576,25 @@ class ViewerWindow(qt.QMainWindow):
         """Whether registration can run (a segmentation network installed: ``registering``)."""
         return registration_available()
 
+    def registerRun(self):
+        """Register every frame of the run (see :meth:`.registering.Registrar.registerRun`)."""
+        self.registrar.registerRun()
+
+    def setRun(self, run):
+        """Show a registered run (``pipeline.RunRegistration``; None forgets it): each frame with its
+        registration as it is shown or played."""
+        self.run = run
+        self._runByFrame = {r.frame_index: r for r in run.registrations} if run is not None else {}
+        self.registration = self._runByFrame.get(self.frameIndex)
+        self.refreshAll()
+
+    def setPlaying(self, on: bool):
+        """Play (or stop) the run at its frame rate."""
+        self.player.setPlaying(on)
+
+    def playing(self) -> bool:
+        return self.player.playing()
+
     def register(self):
         """Register the projection ROI to the current frame in the worker thread (``Registrar``)."""
         self.registrar.register()
@@ -579,6 +618,8 @@ class ViewerWindow(qt.QMainWindow):
             out = list(self.pipeline.warnings) + ([self.frameNote] if self.frameNote else [])
             if self.registration is not None:
                 out.extend(w for w in self.registration.warnings if w not in out)
+            if self.run is not None:
+                out.extend(self.run.failure_warnings())
             return out
         out = [self.frameNote] if self.frameNote else []
         for obj in (self.model, self.series):
@@ -756,6 +797,7 @@ class ViewerWindow(qt.QMainWindow):
         wait for it, and stop the thread."""
         if self.jobs.closed:
             return
+        self.player.setPlaying(False)
         pipeline = self.pipeline
         self.jobs.close(lambda: quietly(pipeline.close) if pipeline is not None else None)
 
