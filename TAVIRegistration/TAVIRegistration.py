@@ -472,6 +472,7 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.renderProjectionButton.connect("clicked(bool)", self.onRenderProjectionButton)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
+        self.ui.registerRunButton.connect("clicked(bool)", self.onRegisterRunButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.frameSlider.connect("valueChanged(int)", self.onFrameSliderChanged)
@@ -595,9 +596,11 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         tips = {
             "segment": (self.ui.segmentButton, "Segment the vessels in the current frame (DRU-Net)"),
             "register": (self.ui.registerButton, "Register the projection's ROI to the frame (affine CNN)"),
+            "register run": (self.ui.registerRunButton, "Register every frame of the run; the sequence browser "
+                                                        "then plays the registered overlay"),
         }
         for step, (button, tip) in tips.items():
-            reason = self.logic.stepAvailability(step)
+            reason = self.logic.stepAvailability(step.split()[0])
             button.toolTip = reason if reason else tip
         torchSteps = [s for s in ("segment", "register") if self.logic.stepAvailable(s)]
         self.ui.forceCpuCheckBox.enabled = bool(torchSteps)
@@ -624,6 +627,8 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.enabled = (self.logic.stepAvailable("segment") and bool(pn and pn.fluoroVolume)
                                          and idle)
         self.ui.registerButton.enabled = self.logic.stepAvailable("register") and ready and hasProjection and idle
+        self.ui.registerRunButton.enabled = (self.ui.registerButton.enabled
+                                             and self.logic.numberOfFrames(pn.fluoroVolume) > 1)
 
     def _setStatus(self, text):
         self.ui.statusLabel.text = text
@@ -863,6 +868,23 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "DRU-Net segmentation" if outcome.registration.fixed_source == "segmentation" else "given mask")]
         lines = ["FLAGGED: %s" % f for f in outcome.flags] + lines
         lines += ["Warning: %s" % w for w in outcome.warnings if w not in outcome.flags]
+        self._setStatus("\n".join(lines))
+
+    def onRegisterRunButton(self):
+        pn = self._parameterNode
+        if not self._ensureTorch():
+            return
+        outcome = self._run("Run registration", lambda progress: self.logic.registerRun(
+            pn.model, pn.fluoroVolume, roi=self.logic.validRoi(pn.roi, None), isocenterNode=pn.isocenter,
+            forceCpu=pn.forceCpu, orthographic=pn.orthographic, overlayOpacity=pn.overlayOpacity,
+            progress=progress))
+        if outcome is None:
+            return
+        run = outcome.run
+        n = len(run.registrations) + len(run.failures)
+        lines = ["Run registration: %d of %d frames registered; play the run in the sequence browser to see "
+                 "the overlay follow the frames." % (len(run.registrations), n)]
+        lines += ["Warning: %s" % w for w in outcome.warnings]
         self._setStatus("\n".join(lines))
 
     def onExportButton(self):

@@ -439,3 +439,24 @@ def test_register_run_where_no_frame_registers_is_an_error(case):
     with pytest.raises(InputError, match="no frame of the run registered"):
         logic.registerRun(loaded.modelNode, loaded.fluoroVolume, isocenterNode=loaded.isocenterNode, forceCpu=True)
     assert len(slicer.util.getNodesByClass("vtkMRMLSequenceNode")) == before
+
+
+@needs_networks
+def test_cancelling_a_run_registration_adds_nothing(module, demo, tmp_path):
+    """Cancel (the progress callback raising OperationCancelled, as the panel's Cancel button makes it)
+    stops registerRun after the frame in progress; no sequence is added to the scene."""
+    logic = module.TAVIRegistrationLogic()
+    with demo_in_scene(demo, tmp_path) as (modelNode, isocenter, volume):
+        before = len(slicer.util.getNodesByClass("vtkMRMLSequenceNode"))
+        messages = []
+
+        def progress(fraction, message):
+            messages.append(message)
+            if message.startswith("Registered frame 1 "):
+                raise module.OperationCancelled(message)
+
+        with pytest.raises(module.OperationCancelled):
+            logic.registerRun(modelNode, volume, isocenterNode=isocenter, forceCpu=True, progress=progress)
+        assert not any(m.startswith("Registered frame 2 ") for m in messages)
+        assert len(slicer.util.getNodesByClass("vtkMRMLSequenceNode")) == before
+        logic.close()
