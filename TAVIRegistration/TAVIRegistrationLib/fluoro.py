@@ -942,13 +942,43 @@ def _single(ds, tag: int, frame: Optional[int], enhanced: bool) -> Optional[floa
 def _geometries(
     ds, name: str, pix: dict, enhanced: bool, motion: Optional[str], ov: dict, notes: List[str]
 ) -> List[CArmGeometry]:
+    """Each frame's CArmGeometry from the file's tags and the caller's overrides ``ov``; the
+    fallbacks used are appended to ``notes``."""
     n, rows, cols = pix["frames"], pix["rows"], pix["cols"]
 
     # Does anything vary per frame? Only Enhanced per-frame groups or DYNAMIC increments.
     per_frame_enhanced = enhanced and _value(_element(ds, _T_PER_FRAME)) is not None
-    frame_ids = range(n) if per_frame_enhanced else [0]
+    primaries, secondaries = _run_angles(ds, name, n, per_frame_enhanced, enhanced, motion, ov, notes)
 
-    # --- angles ---
+    # distances and spacing are constant over the run except in Enhanced per-frame groups
+    dist_frames = list(range(n)) if per_frame_enhanced else [0]
+    sids, sods, spacings = [], [], []
+    seen_notes = set()
+    for i in dist_frames:
+        local: List[str] = []
+        sid, sod, spacing = _frame_distances(ds, name, i, enhanced, rows, cols, ov, local)
+        for t in local:
+            if t not in seen_notes:
+                seen_notes.add(t)
+                notes.append(t)
+        sids.append(sid)
+        sods.append(sod)
+        spacings.append(spacing)
+    return _frame_geometries(name, n, rows, cols, primaries, secondaries, sids, sods, spacings)
+
+
+def _run_angles(
+    ds,
+    name: str,
+    n: int,
+    per_frame_enhanced: bool,
+    enhanced: bool,
+    motion: Optional[str],
+    ov: dict,
+    notes: List[str],
+) -> Tuple[List[float], List[float]]:
+    """Primary and secondary angles: one per frame where they vary, else a single value each."""
+    frame_ids = range(n) if per_frame_enhanced else [0]
     prim_file: List[Optional[float]] = []
     sec_file: List[Optional[float]] = []
     for i in frame_ids:
@@ -963,50 +993,55 @@ def _geometries(
     secondaries = _angles(
         sec_file, ov["secondary"], "secondary angle", _T_SECONDARY, name, notes, "CRA positive, CAU negative"
     )
+    return primaries, secondaries
 
-    # --- distances and spacing (constant over the run except in Enhanced per-frame groups) ---
-    dist_frames = list(range(n)) if per_frame_enhanced else [0]
-    sids, sods, spacings = [], [], []
-    seen_notes = set()
 
-    def note(text: str) -> None:
-        if text not in seen_notes:
-            seen_notes.add(text)
-            notes.append(text)
+def _frame_distances(
+    ds, name: str, i: int, enhanced: bool, rows: int, cols: int, ov: dict, notes: List[str]
+) -> Tuple[float, float, Tuple[float, float]]:
+    """(SID, SOD, detector spacing) of frame ``i``; InputError where one cannot be found."""
+    sid_file = _single(ds, _T_SID, i, enhanced)
+    sid = _resolve(sid_file, ov["sid"], "SID", _T_SID, notes)
+    if sid is None:
+        raise InputError(f"{name} has no {_tag_label(_T_SID)} (SID); supply the SID in mm")
 
-    for i in dist_frames:
-        local: List[str] = []
-        sid_file = _single(ds, _T_SID, i, enhanced)
-        sid = _resolve(sid_file, ov["sid"], "SID", _T_SID, local)
-        if sid is None:
-            raise InputError(f"{name} has no {_tag_label(_T_SID)} (SID); supply the SID in mm")
-
-        sod_file = _single(ds, _T_SOD, i, enhanced)
-        if sod_file is None and enhanced:
-            sod_file = _single(ds, _T_SOD_ISO, i, enhanced)
-        if sod_file is None and ov["sod"] is None:
-            emf = _single(ds, _T_EMF, i, enhanced)
-            if emf is not None and emf > 0:
-                base_sid = sid_file if sid_file is not None else sid
-                sod = base_sid / emf
-                local.append(
-                    f"SOD missing ({_tag_label(_T_SOD)}): computed as SID / {_tag_label(_T_EMF)} = "
-                    f"{_fmt(base_sid)} / {_fmt(emf)} = {sod:.1f} mm"
-                )
-            else:
-                raise InputError(
-                    f"{name} has no {_tag_label(_T_SOD)} (SOD, source to isocentre) and no "
-                    f"{_tag_label(_T_EMF)}; supply the SOD in mm"
-                )
+    sod_file = _single(ds, _T_SOD, i, enhanced)
+    if sod_file is None and enhanced:
+        sod_file = _single(ds, _T_SOD_ISO, i, enhanced)
+    if sod_file is None and ov["sod"] is None:
+        emf = _single(ds, _T_EMF, i, enhanced)
+        if emf is not None and emf > 0:
+            base_sid = sid_file if sid_file is not None else sid
+            sod = base_sid / emf
+            notes.append(
+                f"SOD missing ({_tag_label(_T_SOD)}): computed as SID / {_tag_label(_T_EMF)} = "
+                f"{_fmt(base_sid)} / {_fmt(emf)} = {sod:.1f} mm"
+            )
         else:
-            sod = _resolve(sod_file, ov["sod"], "SOD", _T_SOD, local)
+            raise InputError(
+                f"{name} has no {_tag_label(_T_SOD)} (SOD, source to isocentre) and no "
+                f"{_tag_label(_T_EMF)}; supply the SOD in mm"
+            )
+    else:
+        sod = _resolve(sod_file, ov["sod"], "SOD", _T_SOD, notes)
 
-        spacing = _spacing(ds, i, enhanced, rows, cols, ov["spacing"], name, local)
-        for t in local:
-            note(t)
-        sids.append(sid)
-        sods.append(sod)
-        spacings.append(spacing)
+    spacing = _spacing(ds, i, enhanced, rows, cols, ov["spacing"], name, notes)
+    return sid, sod, spacing
+
+
+def _frame_geometries(
+    name: str,
+    n: int,
+    rows: int,
+    cols: int,
+    primaries: list,
+    secondaries: list,
+    sids: list,
+    sods: list,
+    spacings: list,
+) -> List[CArmGeometry]:
+    """One CArmGeometry per frame (frames with the same values share one); each list holds one
+    value per frame or a single value for all."""
 
     def pick(values: list, i: int):
         return values[i] if len(values) > 1 else values[0]
@@ -1306,21 +1341,53 @@ def write_fluoro_dicom(
     are removed before writing, to build broken files in tests. ``rescale`` = (slope, intercept).
     Returns the written pydicom Dataset. The file is written in place (callers handle atomicity).
     """
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.tag import Tag
-    from pydicom.uid import UID, generate_uid
-
     modality = str(modality).upper()
     if modality not in ("XA", "RF"):
         raise InputError(f"modality must be XA or RF, got {modality!r}")
+    ts = _writer_syntax(transfer_syntax)
+    arr = _writer_frames(frames, geometry)
+    bits_allocated, bits_stored = _writer_bits(arr, bits_stored)
+    if ts == _SYNTAX_ALIASES["jpeg-baseline"] and bits_allocated != 8:
+        raise InputError("JPEG baseline holds 8-bit frames only; use jpeg-lossless for 16-bit data")
+    photometric = str(photometric).upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise InputError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
+    angles = _writer_angles(geometry, per_frame_geometry, arr.shape[0])
+
+    # fixed UID and date/time (both optional) make the file byte-reproducible, e.g. for the phantom
+    now = content_datetime or datetime.now()
+    ds = _new_dataset(modality, sop_instance_uid)
+    _write_patient_study(
+        ds, modality, now, patient_name, patient_id, study_instance_uid, series_instance_uid, series_description
+    )
+    _write_general_image(ds, geometry, modality)
+    _write_positioner(ds, geometry, angles, intensifier_size_mm)
+    _write_image_pixel(ds, arr.shape, photometric, bits_allocated, bits_stored, rescale)
+    _write_cine(ds, arr.shape[0], frame_time_ms)
+    _write_pixel_data(ds, arr, ts, bits_allocated, bits_stored, jpeg_quality)
+    _omit_tags(ds, omit_tags)
+
+    with _pywarnings.catch_warnings():
+        _pywarnings.simplefilter("ignore")
+        ds.save_as(str(path), enforce_file_format=True)
+    return ds
+
+
+def _writer_syntax(transfer_syntax: str):
+    """The transfer syntax UID an alias or UID names; InputError for one this writer cannot write."""
+    from pydicom.uid import UID
+
     ts_text = _SYNTAX_ALIASES.get(str(transfer_syntax).lower(), str(transfer_syntax))
     if ts_text not in _SYNTAX_ALIASES.values():
         raise InputError(
             f"transfer syntax {transfer_syntax!r} is not one this writer supports "
             f"({', '.join(sorted(set(_SYNTAX_ALIASES) - {'jpeg-ll'}))})"
         )
-    ts = UID(ts_text)
+    return UID(ts_text)
+
+
+def _writer_frames(frames: np.ndarray, geometry: CArmGeometry) -> np.ndarray:
+    """``frames`` as a checked (n, rows, cols) uint8/uint16 array matching ``geometry``'s detector."""
     arr = np.asarray(frames)
     if arr.ndim == 2:
         arr = arr[None]
@@ -1328,54 +1395,66 @@ def write_fluoro_dicom(
         raise InputError(f"frames must be (rows, cols) or (n, rows, cols), got shape {arr.shape}")
     if arr.dtype not in (np.uint8, np.uint16):
         raise InputError(f"frames must be uint8 or uint16, got {arr.dtype}")
-    n, rows, cols = arr.shape
+    _, rows, cols = arr.shape
     if not isinstance(geometry, CArmGeometry):
         raise InputError("geometry must be a CArmGeometry")
     if (geometry.rows, geometry.cols) != (rows, cols):
         raise InputError(
             f"geometry is for {geometry.rows} x {geometry.cols} but the frames are {rows} x {cols}"
         )
+    return arr
+
+
+def _writer_bits(arr: np.ndarray, bits_stored: Optional[int]) -> Tuple[int, int]:
+    """(BitsAllocated, BitsStored) for ``arr``; BitsStored chosen from the values when None."""
     bits_allocated = 8 if arr.dtype == np.uint8 else 16
     max_value = int(arr.max())
     if bits_stored is None:
         bits_stored = 8 if bits_allocated == 8 else next(b for b in (10, 12, 16) if max_value < (1 << b))
     if not 1 <= bits_stored <= bits_allocated or max_value >= (1 << bits_stored):
         raise InputError(f"bits_stored {bits_stored} cannot hold {arr.dtype} values up to {max_value}")
-    if ts == _SYNTAX_ALIASES["jpeg-baseline"] and bits_allocated != 8:
-        raise InputError("JPEG baseline holds 8-bit frames only; use jpeg-lossless for 16-bit data")
-    photometric = str(photometric).upper()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise InputError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
+    return bits_allocated, bits_stored
 
-    # Per-frame angles -> base + offsets relative to the first frame (PS3.3 C.8.7.5.1.3).
-    angles = None
-    if per_frame_geometry is not None:
-        if len(per_frame_geometry) != n:
-            raise InputError(f"per_frame_geometry has {len(per_frame_geometry)} entries for {n} frames")
-        angles = []
-        for g in per_frame_geometry:
-            if isinstance(g, CArmGeometry):
-                same = (g.sid_mm, g.sod_mm, g.pixel_spacing_mm, g.rows, g.cols) == (
-                    geometry.sid_mm,
-                    geometry.sod_mm,
-                    geometry.pixel_spacing_mm,
-                    geometry.rows,
-                    geometry.cols,
+
+def _writer_angles(
+    geometry: CArmGeometry,
+    per_frame_geometry: Optional[Sequence[Union[CArmGeometry, Tuple[float, float]]]],
+    n: int,
+) -> List[Tuple[float, float]]:
+    """(primary, secondary) angles of each of the ``n`` frames; ``geometry``'s for all without
+    ``per_frame_geometry``."""
+    if per_frame_geometry is None:
+        return [(geometry.primary_angle_deg, geometry.secondary_angle_deg)] * n
+    if len(per_frame_geometry) != n:
+        raise InputError(f"per_frame_geometry has {len(per_frame_geometry)} entries for {n} frames")
+    angles = []
+    for g in per_frame_geometry:
+        if isinstance(g, CArmGeometry):
+            same = (g.sid_mm, g.sod_mm, g.pixel_spacing_mm, g.rows, g.cols) == (
+                geometry.sid_mm,
+                geometry.sod_mm,
+                geometry.pixel_spacing_mm,
+                geometry.rows,
+                geometry.cols,
+            )
+            if not same:
+                raise InputError(
+                    "XA/RF images hold one SID, SOD and spacing per run: per-frame geometries may differ in angles only"
                 )
-                if not same:
-                    raise InputError(
-                        "XA/RF images hold one SID, SOD and spacing per run: per-frame geometries may differ in angles only"
-                    )
-                angles.append((g.primary_angle_deg, g.secondary_angle_deg))
-            else:
-                p, s = g
-                angles.append((float(p), float(s)))
-    if angles is None:
-        angles = [(geometry.primary_angle_deg, geometry.secondary_angle_deg)] * n
-    base_p, base_s = angles[0]
+            angles.append((g.primary_angle_deg, g.secondary_angle_deg))
+        else:
+            p, s = g
+            angles.append((float(p), float(s)))
+    return angles
 
-    # fixed UID and date/time (both optional) make the file byte-reproducible, e.g. for the phantom
-    now = content_datetime or datetime.now()
+
+def _new_dataset(modality: str, sop_instance_uid: Optional[str]):
+    """An empty Dataset with its file meta (explicit little endian until the pixels are encoded)
+    and the SOP Common UIDs of an XA or RF image."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID, generate_uid
+
     sop_class = XA_SOP_CLASS_UID if modality == "XA" else RF_SOP_CLASS_UID
     sop_instance = sop_instance_uid or generate_uid()
     ds = pydicom.Dataset()
@@ -1383,11 +1462,25 @@ def write_fluoro_dicom(
     ds.file_meta.MediaStorageSOPClassUID = sop_class
     ds.file_meta.MediaStorageSOPInstanceUID = sop_instance
     ds.file_meta.TransferSyntaxUID = UID(_SYNTAX_ALIASES["explicit"])
-
-    # SOP Common, Patient, General Study/Series/Equipment/Image
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_instance
+    return ds
+
+
+def _write_patient_study(
+    ds,
+    modality: str,
+    now: datetime,
+    patient_name: str,
+    patient_id: str,
+    study_instance_uid: Optional[str],
+    series_instance_uid: Optional[str],
+    series_description: str,
+) -> None:
+    """Patient, General Study and General Series / Equipment modules (new UIDs where None)."""
+    from pydicom.uid import generate_uid
+
     ds.PatientName = patient_name
     ds.PatientID = patient_id
     ds.PatientBirthDate = ""
@@ -1403,34 +1496,53 @@ def write_fluoro_dicom(
     ds.SeriesNumber = 1
     ds.SeriesDescription = series_description
     ds.Manufacturer = "TAVIRegistration"
+
+
+def _write_general_image(ds, geometry: CArmGeometry, modality: str) -> None:
+    """General Image and X-Ray Image / Acquisition modules."""
     ds.InstanceNumber = 1
     u, v, _ = geometry.axes()  # column and row directions of frame 0 in LPS
     ds.PatientOrientation = [_orientation_letters(u), _orientation_letters(v)]
     ds.ImageType = ["DERIVED", "PRIMARY", "SINGLE A"]
     ds.BurnedInAnnotation = "NO"
-
-    # X-Ray Image / Acquisition
     ds.PixelIntensityRelationship = "LIN"
     ds.KVP = ""
     ds.RadiationSetting = "GR" if modality == "XA" else "SC"
 
-    # XA Positioner (also written for RF: C-arm RF systems use the same patient-based angles)
+
+def _write_positioner(
+    ds, geometry: CArmGeometry, angles: List[Tuple[float, float]], intensifier_size_mm: Optional[float]
+) -> None:
+    """XA Positioner module: distances, detector spacing, frame 0's angles and, for a DYNAMIC run,
+    every frame's offset from them (PS3.3 C.8.7.5.1.3). Also written for RF: C-arm RF systems use
+    the same patient-based angles."""
     ds.DistanceSourceToDetector = format_ds(geometry.sid_mm)
     ds.DistanceSourceToPatient = format_ds(geometry.sod_mm)
     ds.EstimatedRadiographicMagnificationFactor = format_ds(geometry.sid_mm / geometry.sod_mm)
     ds.ImagerPixelSpacing = [format_ds(s) for s in geometry.pixel_spacing_mm]
     if intensifier_size_mm is not None:
         ds.IntensifierSize = format_ds(intensifier_size_mm)
+    base_p, base_s = angles[0]
     ds.PositionerPrimaryAngle = format_ds(base_p)
     ds.PositionerSecondaryAngle = format_ds(base_s)
     dynamic = any(a != angles[0] for a in angles)
-    if n > 1 or dynamic:
+    if len(angles) > 1 or dynamic:
         ds.PositionerMotion = "DYNAMIC" if dynamic else "STATIC"
     if dynamic:
         ds.PositionerPrimaryAngleIncrement = [format_ds(p - base_p) for p, _ in angles]
         ds.PositionerSecondaryAngleIncrement = [format_ds(s - base_s) for _, s in angles]
 
-    # Image Pixel
+
+def _write_image_pixel(
+    ds,
+    shape: Tuple[int, int, int],
+    photometric: str,
+    bits_allocated: int,
+    bits_stored: int,
+    rescale: Optional[Tuple[float, float]],
+) -> None:
+    """Image Pixel module and, with ``rescale`` = (slope, intercept), the Modality LUT."""
+    _, rows, cols = shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
     ds.Rows = rows
@@ -1444,7 +1556,12 @@ def write_fluoro_dicom(
         ds.RescaleIntercept = format_ds(rescale[1])
         ds.RescaleType = "US"
 
-    # Multi-frame and Cine
+
+def _write_cine(ds, n: int, frame_time_ms: Optional[float]) -> None:
+    """Multi-frame and Cine modules of an ``n``-frame run (15 frames/s by default); a single frame
+    gets FrameTime only when one is given."""
+    from pydicom.tag import Tag
+
     if n > 1:
         ft = 1000.0 / 15.0 if frame_time_ms is None else float(frame_time_ms)
         if not ft > 0:
@@ -1456,7 +1573,12 @@ def write_fluoro_dicom(
     elif frame_time_ms is not None:
         ds.FrameTime = format_ds(frame_time_ms)
 
-    # Pixel data
+
+def _write_pixel_data(
+    ds, arr: np.ndarray, ts, bits_allocated: int, bits_stored: int, jpeg_quality: int
+) -> None:
+    """PixelData of ``arr`` in transfer syntax ``ts`` (native, RLE or encapsulated JPEG), with the
+    file meta's TransferSyntaxUID and the lossy-compression attributes to match."""
     native = np.ascontiguousarray(arr.astype("<u2" if bits_allocated == 16 else np.uint8))
     ds.PixelData = native.tobytes()
     ds["PixelData"].VR = "OW" if bits_allocated == 16 else "OB"
@@ -1483,17 +1605,17 @@ def write_fluoro_dicom(
         ds["PixelData"].is_undefined_length = True
         ds.file_meta.TransferSyntaxUID = ts
 
+
+def _omit_tags(ds, omit_tags: Iterable[Union[str, int, Tuple[int, int]]]) -> None:
+    """Remove ``omit_tags`` (keywords or tags) from the dataset or its file meta, where present."""
+    from pydicom.tag import Tag
+
     for item in omit_tags:
         tag = Tag(item)
         if tag in ds:
             del ds[tag]
         elif tag in ds.file_meta:
             del ds.file_meta[tag]
-
-    with _pywarnings.catch_warnings():
-        _pywarnings.simplefilter("ignore")
-        ds.save_as(str(path), enforce_file_format=True)
-    return ds
 
 
 def _orientation_letters(direction: np.ndarray) -> str:

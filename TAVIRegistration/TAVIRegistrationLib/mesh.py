@@ -795,6 +795,29 @@ def labelmap_to_surface(
     import SimpleITK as sitk
 
     path = Path(path)
+    image = _read_labelmap(path)
+    array = sitk.GetArrayViewFromImage(image)  # (k, j, i)
+    mask, chosen = _label_mask(array, label, path.name)
+    index_to_lps = _index_to_lps(image, path.name)
+
+    surface = transform_polydata(_mask_surface(_padded_crop(mask)), index_to_lps)
+    if smoothing:
+        surface = _smoothed(surface)
+
+    polydata = _finish_surface(surface, path.name)
+    what = "all non-zero voxels" if label is None else f"label {chosen}"
+    model = SurfaceModel(
+        polydata=polydata, path=str(path), units_used="mm", space_used="LPS",
+        warnings=[], units_source="image", space_source="image",
+    )
+    _check_extent(model, f"{path.name} ({what})")
+    return model
+
+
+def _read_labelmap(path: Path):
+    """The SimpleITK image of a labelmap file; InputError unless it is a 3D single-component volume."""
+    import SimpleITK as sitk
+
     _check_input_file(path)
     try:
         image = sitk.ReadImage(str(path))
@@ -812,22 +835,28 @@ def labelmap_to_surface(
             f"{path.name} is a {image.GetDimension()}D image of size {'x'.join(map(str, size))}: "
             "a labelmap must be a 3D volume"
         )
-    array = sitk.GetArrayViewFromImage(image)  # (k, j, i)
-    mask, chosen = _label_mask(array, label, path.name)
+    return image
 
+
+def _index_to_lps(image, name: str) -> np.ndarray:
+    """The 4x4 matrix from (i, j, k) voxel indices to LPS mm (direction, spacing and origin)."""
     spacing = np.array(image.GetSpacing(), dtype=np.float64)
     direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     origin = np.array(image.GetOrigin(), dtype=np.float64)
     if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
-        raise InputError(f"{path.name} has invalid voxel spacing {tuple(spacing)}")
+        raise InputError(f"{name} has invalid voxel spacing {tuple(spacing)}")
     if not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < 1e-6:
-        raise InputError(f"{path.name} has a degenerate direction matrix")
+        raise InputError(f"{name} has a degenerate direction matrix")
     index_to_lps = np.eye(4)
     index_to_lps[:3, :3] = direction @ np.diag(spacing)
     index_to_lps[:3, 3] = origin
+    return index_to_lps
 
-    # crop to the labelled voxels, then one voxel of background all round closes the surface at
-    # the image border; the crop offset (in i, j, k) goes into the VTK image origin
+
+def _padded_crop(mask: np.ndarray) -> vtkImageData:
+    """The mask cropped to its labelled voxels with one voxel of background all round (which
+    closes the surface at the image border), as a VTK image whose origin is the crop offset in
+    (i, j, k) voxel indices."""
     lows = []
     slices = []
     for axis in range(3):
@@ -843,7 +872,11 @@ def labelmap_to_surface(
     vtk_image.SetSpacing(1.0, 1.0, 1.0)
     scalars = numpy_support.numpy_to_vtk(padded.ravel(order="C"), deep=True)
     vtk_image.GetPointData().SetScalars(scalars)
+    return vtk_image
 
+
+def _mask_surface(vtk_image: vtkImageData) -> vtkPolyData:
+    """The discrete flying-edges surface of the value-1 voxels, in the image's index coordinates."""
     fe = vtkDiscreteFlyingEdges3D()
     fe.SetInputData(vtk_image)
     fe.SetValue(0, 1.0)
@@ -852,29 +885,22 @@ def labelmap_to_surface(
     fe.ComputeScalarsOff()
     with _VTKMessages(fe):
         fe.Update()
-    surface = transform_polydata(fe.GetOutput(), index_to_lps)
+    return fe.GetOutput()
 
-    if smoothing:
-        smoother = vtkWindowedSincPolyDataFilter()
-        smoother.SetInputData(surface)
-        smoother.SetNumberOfIterations(15)
-        smoother.SetPassBand(0.1)
-        smoother.BoundarySmoothingOff()
-        smoother.FeatureEdgeSmoothingOff()
-        smoother.NonManifoldSmoothingOn()
-        smoother.NormalizeCoordinatesOn()
-        with _VTKMessages(smoother):
-            smoother.Update()
-        surface = smoother.GetOutput()
 
-    polydata = _finish_surface(surface, path.name)
-    what = "all non-zero voxels" if label is None else f"label {chosen}"
-    model = SurfaceModel(
-        polydata=polydata, path=str(path), units_used="mm", space_used="LPS",
-        warnings=[], units_source="image", space_source="image",
-    )
-    _check_extent(model, f"{path.name} ({what})")
-    return model
+def _smoothed(surface: vtkPolyData) -> vtkPolyData:
+    """``surface`` after 15 windowed-sinc smoothing iterations (pass band 0.1)."""
+    smoother = vtkWindowedSincPolyDataFilter()
+    smoother.SetInputData(surface)
+    smoother.SetNumberOfIterations(15)
+    smoother.SetPassBand(0.1)
+    smoother.BoundarySmoothingOff()
+    smoother.FeatureEdgeSmoothingOff()
+    smoother.NonManifoldSmoothingOn()
+    smoother.NormalizeCoordinatesOn()
+    with _VTKMessages(smoother):
+        smoother.Update()
+    return smoother.GetOutput()
 
 
 def _first_itk_line(message: str) -> str:

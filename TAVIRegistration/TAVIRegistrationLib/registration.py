@@ -699,15 +699,67 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     below the start's (the identity, or ``init``) is replaced by the start, with a warning (off only
     for references that must show the loss's own optimum).
     """
-    import torch
-
     if method not in METHODS:
         raise InputError(f"registration method must be one of {', '.join(METHODS)}, got {method!r}")
+    module, entry, dev, size = _method_network(method, model, device, models_directory, fov)
+    margin, passes, refine_steps = _manifest_settings(entry, margin, passes, refine_steps)
+    t0 = time.perf_counter()
+    roi_only, fixed, roi, window, mov_w, fix_w, box_w = prepare_pair(moving_frame_mask, fixed_mask, roi, margin, size)
+    warnings: List[str] = []
+    init_m, theta_init = _initial_affine(init, window)
+
+    if method == "sitk":
+        theta = sitk_register(mov_w, fix_w, box_w, theta_init, **(sitk_options or {}))
+    else:
+        th, th0, net_inputs = _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes)
+        if method == "cnn+refine" and refine_steps > 0:
+            if size != REFINE_SIZE:
+                net_inputs = _window_tensors(roi_only, fixed, roi, window, REFINE_SIZE, dev)
+            th = _refined_theta(th, th0, net_inputs, refine_steps, warnings)
+        theta = th[0].detach().cpu().double().numpy()
+    frame_matrix, problems = _checked_frame_matrix(theta, window, roi)
+    seconds = time.perf_counter() - t0
+    matrix = frame_matrix @ roi_matrix(roi)
+    flags: List[str] = []
+    if np.all(np.isfinite(frame_matrix)):
+        x, y, w, h = roi
+        registered = warp_mask(roi_only[y:y + h, x:x + w], matrix, fixed.shape)  # as the front ends draw it
+        metrics = _frame_metrics(registered, fixed, frame_matrix, roi, window)
+        if not problems and keep_better_start:
+            kept = _better_start(roi_only, fixed, roi, window, init_m, metrics, method)
+            if kept is not None:
+                frame_matrix, registered, metrics, note = kept
+                matrix = frame_matrix @ roi_matrix(roi)
+                warnings.append(note)
+        if not problems:
+            if not (registered & fixed).any():
+                problems.append("the registered projection does not overlap the frame's vessels at all")
+            else:
+                flag = _low_agreement_flag(metrics, entry, models_directory)
+                if flag is not None:
+                    flags.append(flag)
+                    warnings.extend(flags)
+    else:
+        registered = np.zeros_like(fixed)
+        metrics = {}
+    return RegistrationResult(
+        matrix=matrix, frame_matrix=frame_matrix, method=method, seconds=seconds, metrics=metrics, roi=roi,
+        window=window, registered_mask=registered, problems=problems, warnings=warnings, flags=flags,
+        model_name=entry["name"] if entry else None, input_size=size,
+    )
+
+
+def _method_network(method: str, model, device, models_directory, fov: Optional[str]):
+    """``(module, manifest entry, torch device, input size)`` of a registration method: the loaded
+    network for cnn and cnn+refine; for sitk no module, the CPU and the size of the network
+    ``model`` names, if any, so that comparisons use identical inputs."""
+    import torch
+
     entry = None
     if method != "sitk":
         module, entry, dev = get_model(model, device, models_directory, fov)
         size = _model_size(module, entry)
-    else:  # the network's input size when one is named, so that comparisons use identical inputs
+    else:
         module, dev, size = None, torch.device("cpu"), NET_SIZE
         if model is not None and not isinstance(model, (str, Path)):
             size = int(getattr(model, "in_size", NET_SIZE))
@@ -716,6 +768,12 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
 
             entry = find_entry(str(model), models_directory)
             size = _model_size(None, entry)
+    return module, entry, dev, size
+
+
+def _manifest_settings(entry: Optional[Dict[str, Any]], margin, passes, refine_steps):
+    """``(margin, passes, refine_steps)``: the caller's values, else the manifest entry's, else the
+    built-in defaults; InputError when out of range."""
     if margin is None:
         margin = float((entry or {}).get("window_margin", DEFAULT_MARGIN))
     if passes is None:
@@ -726,94 +784,95 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
         raise InputError(f"refine steps must be >= 0, got {refine_steps}")
     if not 1 <= int(passes) <= 10:
         raise InputError(f"CNN passes must lie in 1-10, got {passes}")
-    t0 = time.perf_counter()
-    roi_only, fixed, roi, window, mov_w, fix_w, box_w = prepare_pair(moving_frame_mask, fixed_mask, roi, margin, size)
-    warnings: List[str] = []
-    theta_init = None
-    if init is not None:
-        init_m = _h(init)
-        if init_m.shape != (3, 3):
-            raise InputError("init must be a 3x3 frame affine")
-        bad = check_affine(init_m)
-        if bad:
-            raise InputError("the initial affine is unusable: " + "; ".join(bad))
-        theta_init = frame_matrix_to_theta(init_m, window)
+    return margin, passes, refine_steps
 
-    if method == "sitk":
-        theta = sitk_register(mov_w, fix_w, box_w, theta_init, **(sitk_options or {}))
-    else:
-        with torch.no_grad():
-            mv = torch.from_numpy(mov_w)[None, None].to(dev)
-            fx = torch.from_numpy(fix_w)[None, None].to(dev)
-            bx = torch.from_numpy(box_w)[None, None].to(dev)
-            th0 = None
-            if theta_init is not None:
-                th0 = torch.as_tensor(theta_init, dtype=torch.float32, device=dev)[None]
-            was_training = bool(getattr(module, "training", False))
-            if was_training:  # (eval() walks every submodule: skipped when already in eval mode)
-                module.eval()
-            try:
-                th = th0
-                for _ in range(int(passes)):  # each pass: Θ = Θ_so_far · Θ_net(moving warped by Θ_so_far)
-                    net_in = warp_images(th, mv) if th is not None else mv
-                    step = module(torch.cat([net_in, fx], dim=1)).float()
-                    th = step if th is None else _compose_thetas(th, step)
-            finally:
-                if was_training:
-                    module.train()
-        if method == "cnn+refine" and refine_steps > 0:
-            if size != REFINE_SIZE:
-                mv, fx, bx = (torch.from_numpy(a)[None, None].to(dev) for a in (
-                    crop_window(roi_only, window, REFINE_SIZE), crop_window(fixed, window, REFINE_SIZE),
-                    box_window(roi, window, REFINE_SIZE)))
-            start = th0 if th0 is not None else th.new_tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
-            with torch.no_grad():  # start from the network's affine unless the plain start scores better
-                if float(pair_loss(start, mv, fx, bx)) < float(pair_loss(th, mv, fx, bx)):
-                    th = start
-                    warnings.append("refinement started from the " + ("initial affine" if th0 is not None else "identity")
-                                    + ": it agreed better with the frame than the network's affine")
-            with torch.enable_grad():
-                th = refine_theta(th, mv, fx, bx, steps=refine_steps)
-        theta = th[0].detach().cpu().double().numpy()
+
+def _initial_affine(init, window: Window) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """``(3x3 frame affine, its Θ on the window)`` of ``init``, or (None, None) without one;
+    InputError when it is unusable."""
+    if init is None:
+        return None, None
+    init_m = _h(init)
+    if init_m.shape != (3, 3):
+        raise InputError("init must be a 3x3 frame affine")
+    bad = check_affine(init_m)
+    if bad:
+        raise InputError("the initial affine is unusable: " + "; ".join(bad))
+    return init_m, frame_matrix_to_theta(init_m, window)
+
+
+def _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes):
+    """``(Θ, start Θ or None, (moving, fixed, box) tensors)`` of ``passes`` network passes: each
+    pass sets Θ = Θ_so_far · Θ_net(moving warped by Θ_so_far), starting from ``theta_init``."""
+    import torch
+
+    with torch.no_grad():
+        mv = torch.from_numpy(mov_w)[None, None].to(dev)
+        fx = torch.from_numpy(fix_w)[None, None].to(dev)
+        bx = torch.from_numpy(box_w)[None, None].to(dev)
+        th0 = None
+        if theta_init is not None:
+            th0 = torch.as_tensor(theta_init, dtype=torch.float32, device=dev)[None]
+        was_training = bool(getattr(module, "training", False))
+        if was_training:  # (eval() walks every submodule: skipped when already in eval mode)
+            module.eval()
+        try:
+            th = th0
+            for _ in range(int(passes)):
+                net_in = warp_images(th, mv) if th is not None else mv
+                step = module(torch.cat([net_in, fx], dim=1)).float()
+                th = step if th is None else _compose_thetas(th, step)
+        finally:
+            if was_training:
+                module.train()
+    return th, th0, (mv, fx, bx)
+
+
+def _window_tensors(roi_only, fixed, roi: Roi, window: Window, size: int, dev):
+    """(moving, fixed, ROI box) cropped to the window at ``size`` pixels, as (1, 1, size, size) tensors."""
+    import torch
+
+    return tuple(torch.from_numpy(a)[None, None].to(dev) for a in (
+        crop_window(roi_only, window, size), crop_window(fixed, window, size), box_window(roi, window, size)))
+
+
+def _refined_theta(th, th0, inputs, refine_steps: int, warnings: List[str]):
+    """Θ after ``refine_steps`` L-BFGS iterations on ``inputs`` (moving, fixed, box), started from
+    the network's Θ unless the plain start (``th0`` or the identity) scores better (then named in
+    ``warnings``)."""
+    import torch
+
+    mv, fx, bx = inputs
+    start = th0 if th0 is not None else th.new_tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    with torch.no_grad():
+        if float(pair_loss(start, mv, fx, bx)) < float(pair_loss(th, mv, fx, bx)):
+            th = start
+            warnings.append("refinement started from the " + ("initial affine" if th0 is not None else "identity")
+                            + ": it agreed better with the frame than the network's affine")
+    with torch.enable_grad():
+        return refine_theta(th, mv, fx, bx, steps=refine_steps)
+
+
+def _checked_frame_matrix(theta, window: Window, roi: Roi) -> Tuple[np.ndarray, List[str]]:
+    """``(frame matrix, problems)`` of a window Θ: a NaN matrix when it cannot be converted, and
+    what makes the affine unusable (empty = usable)."""
     try:
         frame_matrix = theta_to_frame_matrix(theta, window)
     except RegistrationFailed as exc:
-        frame_matrix = np.full((3, 3), np.nan)
-        problems = [str(exc).replace(f"{exc.__class__.__name__}: ", "")]
-    else:
-        problems = check_affine(frame_matrix, window, roi)
-    seconds = time.perf_counter() - t0
-    matrix = frame_matrix @ roi_matrix(roi)
-    flags: List[str] = []
-    if np.all(np.isfinite(frame_matrix)):
-        x, y, w, h = roi
-        registered = warp_mask(roi_only[y:y + h, x:x + w], matrix, fixed.shape)  # as the front ends draw it
-        metrics = _frame_metrics(registered, fixed, frame_matrix, roi, window)
-        if not problems and keep_better_start:
-            kept = _better_start(roi_only, fixed, roi, window, init_m if init is not None else None, metrics, method)
-            if kept is not None:
-                frame_matrix, registered, metrics, note = kept
-                matrix = frame_matrix @ roi_matrix(roi)
-                warnings.append(note)
-        if not problems:
-            if not (registered & fixed).any():
-                problems.append("the registered projection does not overlap the frame's vessels at all")
-            else:
-                threshold, source = agreement_threshold(entry, models_directory)
-                if metrics["dice"] < threshold:
-                    # three decimals: thresholds lie near 0.94, where two would print 'Dice 0.94 ... below 0.94'
-                    flags.append(f"LOW AGREEMENT: Dice {metrics['dice']:.3f} between the registered projection and "
-                                 f"the frame's vessels inside the ROI, below {threshold:.3f} ({source}); check the "
-                                 "overlay before relying on it")
-                    warnings.extend(flags)
-    else:
-        registered = np.zeros_like(fixed)
-        metrics = {}
-    return RegistrationResult(
-        matrix=matrix, frame_matrix=frame_matrix, method=method, seconds=seconds, metrics=metrics, roi=roi,
-        window=window, registered_mask=registered, problems=problems, warnings=warnings, flags=flags,
-        model_name=entry["name"] if entry else None, input_size=size,
-    )
+        return np.full((3, 3), np.nan), [str(exc).replace(f"{exc.__class__.__name__}: ", "")]
+    return frame_matrix, check_affine(frame_matrix, window, roi)
+
+
+def _low_agreement_flag(metrics: Dict[str, float], entry: Optional[Dict[str, Any]],
+                        models_directory) -> Optional[str]:
+    """The LOW AGREEMENT flag when the Dice inside the ROI is below the agreement threshold, else None."""
+    threshold, source = agreement_threshold(entry, models_directory)
+    if metrics["dice"] < threshold:
+        # three decimals: thresholds lie near 0.94, where two would print 'Dice 0.94 ... below 0.94'
+        return (f"LOW AGREEMENT: Dice {metrics['dice']:.3f} between the registered projection and "
+                f"the frame's vessels inside the ROI, below {threshold:.3f} ({source}); check the "
+                "overlay before relying on it")
+    return None
 
 
 def agreement_threshold(entry: Optional[Dict[str, Any]] = None, models_directory=None) -> Tuple[float, str]:

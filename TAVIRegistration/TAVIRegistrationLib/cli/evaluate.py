@@ -79,9 +79,34 @@ def run_evaluate(args) -> int:
 def run_evaluate_seg(args) -> int:
     from ..networks.weights import pick_device
     from .common import network_from_args
-    from ..outputs import OutputSet
-    from ..export import csv_writer, json_writer
 
+    out = _checked_seg_options(args)
+    device = pick_device(requested=args.device)
+    datasets = _seg_datasets(args)
+    train = [seg_eval.open_dataset(d, seg_eval.TRAIN_SPLIT, "--frangi-train") for d in args.frangi_train]
+    sigma_sets = _frangi_sigma_sets(args.frangi_sigmas)
+    pooled = seg_eval.pool_members(datasets, args.pool) if args.pool is not None else []  # fails before the evaluation
+    option_warnings: List[str] = []
+    args.network = network_from_args(args, option_warnings)
+    res = seg_eval.evaluate_seg(datasets, model=args.network, device=device, frangi_train=train,
+                       frangi_max_frames=args.frangi_max_frames, frangi_sigma_sets=sigma_sets,
+                       workers=args.workers, pool=args.pool)
+    res["warnings"] = option_warnings + res["warnings"]
+    notes = _seg_notes(args, res, pooled)
+    summary = strict_json(_seg_summary(args, datasets, res))
+    _write_seg_outputs(args, out, res, notes, summary)
+    for w in res["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(seg_eval.table_markdown(res["table"]) + seg_eval.goals_markdown(res["goals"]), end="")
+        print(f"written: {out}/" + ", ".join(summary["outputs"]))
+    return 0
+
+
+def _checked_seg_options(args) -> Path:
+    """The ``--out`` folder, after checking the numeric options; InputError when one is unusable."""
     if args.workers < 1:
         raise InputError("--workers must be at least 1")
     for opt in ("max_frames", "frangi_max_frames"):
@@ -91,10 +116,15 @@ def run_evaluate_seg(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
-    device = pick_device(requested=args.device)
+    return out
+
+
+def _seg_datasets(args) -> List[seg_eval.DataSet]:
+    """The ``--data`` sets, each with a distinct label (even two folders of the same name) and at
+    most ``--max-frames`` frames."""
     datasets = [seg_eval.open_dataset(d, split, "--data") for d, split in zip(args.data, data_splits(args))]
     labels: Dict[str, int] = {}
-    for d in datasets:  # distinct labels even for two folders of the same name
+    for d in datasets:
         n = labels.get(d.label, 0)
         labels[d.label] = n + 1
         if n:
@@ -102,24 +132,25 @@ def run_evaluate_seg(args) -> int:
             d.frames = [dataclasses.replace(f, dataset=d.label) for f in d.frames]
         d.info["frames_total"] = len(d.frames)
         d.frames = seg_eval.subsample(d.frames, args.max_frames)
-    train = [seg_eval.open_dataset(d, seg_eval.TRAIN_SPLIT, "--frangi-train") for d in args.frangi_train]
+    return datasets
 
-    sigma_sets = seg_eval.FRANGI_SIGMA_SETS
-    if args.frangi_sigmas:
-        try:
-            sig = tuple(float(v) for v in args.frangi_sigmas.replace(" ", "").split(",") if v)
-        except ValueError:
-            raise InputError(f"--frangi-sigmas must be comma-separated numbers, got {args.frangi_sigmas!r}") from None
-        if not sig or not all(0.3 <= v <= 64 for v in sig):
-            raise InputError(f"--frangi-sigmas must be scales between 0.3 and 64 px, got {args.frangi_sigmas!r}")
-        sigma_sets = (sig,)
-    pooled = seg_eval.pool_members(datasets, args.pool) if args.pool is not None else []  # fails before the evaluation
-    option_warnings: List[str] = []
-    args.network = network_from_args(args, option_warnings)
-    res = seg_eval.evaluate_seg(datasets, model=args.network, device=device, frangi_train=train,
-                       frangi_max_frames=args.frangi_max_frames, frangi_sigma_sets=sigma_sets,
-                       workers=args.workers, pool=args.pool)
-    res["warnings"] = option_warnings + res["warnings"]
+
+def _frangi_sigma_sets(text: Optional[str]):
+    """The Frangi scale sets to choose among: the one ``--frangi-sigmas`` fixes, else all of
+    ``FRANGI_SIGMA_SETS``."""
+    if not text:
+        return seg_eval.FRANGI_SIGMA_SETS
+    try:
+        sig = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise InputError(f"--frangi-sigmas must be comma-separated numbers, got {text!r}") from None
+    if not sig or not all(0.3 <= v <= 64 for v in sig):
+        raise InputError(f"--frangi-sigmas must be scales between 0.3 and 64 px, got {text!r}")
+    return (sig,)
+
+
+def _seg_notes(args, res: dict, pooled: List[str]) -> List[str]:
+    """The notes under the table of ``table.md``: the rules, the pool, the model and the Frangi parameters."""
     notes = list(seg_eval.RULES)
     if pooled:
         notes.append(f"{args.pool}: the frames of every case index above together ({', '.join(pooled)}), "
@@ -134,7 +165,12 @@ def run_evaluate_seg(args) -> int:
                 notes.append(f"Frangi on {ds} {fov}: sigmas {seg_eval.sigma_label(p['sigmas'])} px, threshold "
                              f"{p['threshold']:.3g}, chosen on {p['chosen_on']} ({p['n_frames']} frames, "
                              f"median DSC {p['median_dice']:.3f} there).")
-    summary = {
+    return notes
+
+
+def _seg_summary(args, datasets, res: dict) -> dict:
+    """``summary.json`` of ``tavireg evaluate seg`` (before ``strict_json``)."""
+    return {
         "command": command_line(args),
         "data": [{"label": d.label, "path": str(d.path), "kind": d.kind, "frames_evaluated": len(d.frames),
                   **{k: v for k, v in d.info.items()}} for d in datasets],
@@ -152,7 +188,13 @@ def run_evaluate_seg(args) -> int:
                    + (["by_stage.csv", "by_stage.png"] if res["by_stage"] else []),
         "warnings": res["warnings"],
     }
-    summary = strict_json(summary)
+
+
+def _write_seg_outputs(args, out: Path, res: dict, notes: List[str], summary: dict) -> None:
+    """Every output file of ``tavireg evaluate seg`` into ``out``, all or nothing (``OutputSet``)."""
+    from ..export import csv_writer, json_writer
+    from ..outputs import OutputSet
+
     inputs = [Path(d) for d in list(args.data) + list(args.frangi_train)]
     with OutputSet(inputs=inputs) as outs:
         outs.add(out / "table.csv", csv_writer(res["table"], seg_eval.TABLE_COLUMNS))
@@ -168,14 +210,6 @@ def run_evaluate_seg(args) -> int:
             outs.add(out / "by_stage.png", _bytes_writer(seg_eval.boxplot_png(res["records"], res["order"], by_stage=True)))
         outs.add(out / "samples.png", _bytes_writer(seg_eval.samples_png(res["samples"], res["methods"])))
         outs.add(out / "summary.json", json_writer(summary))
-    for w in res["warnings"]:
-        print(f"warning: {w}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(seg_eval.table_markdown(res["table"]) + seg_eval.goals_markdown(res["goals"]), end="")
-        print(f"written: {out}/" + ", ".join(summary["outputs"]))
-    return 0
 
 
 def data_splits(args) -> List[str]:

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -56,6 +55,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
+from .tables import (
+    figure_png, filled_boxplot, finite, goal_cell, goal_check, markdown_table, mean_of, median_of, number_cell,
+    percent_cell,
+)
 
 METHODS = ("cnn", "cnn+refine", "sitk")  # = registration.METHODS (kept light: no torch import here)
 FIXED_SOURCES = ("truth", "segmentation")
@@ -238,30 +241,13 @@ def evaluate_registration(index_csv, methods: Sequence[str] = METHODS, *, fixed:
     docstring). InputError on unusable input (no eligible frame, no method can run, ...)."""
     from ..fluoro import read_fluoro
     from ..mesh import load_model
-    from ..networks.weights import installed
-    from ..synthetic.phantom import frame_truth, rows_version
+    from ..synthetic.phantom import rows_version
     from ..pipeline import RegistrationPipeline
-    from ..registration import registration_window
 
     t_start = time.perf_counter()
-    if fixed not in FIXED_SOURCES:
-        raise InputError(f"--fixed must be one of {', '.join(FIXED_SOURCES)}, got {fixed!r}")
-    if max_frames is not None and int(max_frames) < 1:
-        raise InputError(f"--max-frames must be at least 1, got {max_frames}")
     warnings: List[str] = []
-    root, rows = load_index(index_csv)
-    chosen = eligible_rows(rows, split)
-    if not chosen:
-        raise InputError(f"{index_csv} has no frame of split '{split}' with a contrast-filled vessel mask")
-    if fixed == "segmentation" and not installed("segmentation", models_directory):
-        raise InputError("--fixed segmentation needs an installed segmentation network (none in the models folder)")
-    run = available_methods(methods, warnings, models_directory)
-    if not run:
-        raise InputError("no requested method can run here (" + "; ".join(warnings) + ")")
-    n_all = len(chosen)
-    chosen = spread(chosen, None if max_frames is None else int(max_frames))
-    if len(chosen) < n_all:
-        warnings.append(f"--max-frames: {len(chosen)} of {n_all} eligible frames, evenly spread over the split")
+    root, rows, chosen, run = _frames_and_methods(index_csv, methods, fixed, max_frames, split, models_directory,
+                                                  warnings)
     if on_total is not None:
         on_total(len(chosen) * len(run))
 
@@ -282,61 +268,7 @@ def evaluate_registration(index_csv, methods: Sequence[str] = METHODS, *, fixed:
         iso_lps = tuple(float(v) for v in iso.split(";"))
         with RegistrationPipeline(model, series, isocenter_lps=iso_lps) as pipe:
             for r in group:
-                i = int(r["frame"])
-                base = {"patient": r["patient"], "fov": r["fov"], "series": r["series"], "image": r["image"],
-                        "frame": i, "fixed": fixed}
-                truth = frame_truth(root, r)
-                roi = truth.user_roi()
-                if roi is None or not truth.mask.any():
-                    skipped.append(base | {"reason": "no contrast-filled part of the model in the frame"})
-                    if progress is not None:
-                        progress(len(run))
-                    continue
-                tre0, n_lm = mean_tre_mm(truth, np.eye(3), roi)
-                tre_ref, _ = mean_tre_mm(truth, truth.affine, roi)
-                fixed_mask, seg_s = truth.mask, float("nan")
-                try:
-                    proj = pipe.project(i).projection.mask
-                    if fixed == "segmentation":
-                        t0 = time.perf_counter()
-                        seg = pipe.segment(i, device=device)
-                        seg_s = time.perf_counter() - t0
-                        fixed_mask = None  # the pipeline segments (cached)
-                        if not seg.mask.any():
-                            raise InputError("the segmentation is empty")
-                    optimum = optimum_near_truth(proj, truth.mask if fixed == "truth" else seg.mask, roi, truth, n_lm)
-                except InputError as exc:
-                    for m in run:
-                        records.append(_failed_record(base, m, roi, str(exc), truth, tre0, n_lm, seg_s))
-                    if progress is not None:
-                        progress(len(run))
-                    continue
-                for m in run:
-                    try:
-                        reg = pipe.register(i, roi, fixed_mask=fixed_mask, method=m, device=device)
-                    except InputError as exc:
-                        rec = _failed_record(base, m, roi, str(exc), truth, tre0, n_lm, seg_s)
-                        rec.update(_reference_metrics(proj, roi, truth, registration_window(roi)), tre_truth_affine_mm=tre_ref,
-                                   **optimum)
-                        records.append(rec)
-                    else:
-                        res = reg.result
-                        after = window_overlap(res.registered_mask, truth.mask, res.window)
-                        tre, _ = mean_tre_mm(truth, res.frame_matrix, roi)
-                        valid = bool(res.valid)
-                        records.append(base | {
-                            "method": m, "roi": _fmt_roi(roi), "window": _fmt_roi((res.window.x0, res.window.y0, res.window.side)),
-                            "dice": after["dice"], "precision": after["precision"], "recall": after["recall"],
-                            **_reference_metrics(proj, roi, truth, res.window),
-                            "fixed_dice": float(res.metrics.get("dice", float("nan"))),
-                            "tre_mm": tre, "tre_before_mm": tre0, "tre_truth_affine_mm": tre_ref, **optimum,
-                            "n_landmarks": n_lm,
-                            "success": _success(valid, tre, n_lm), "seconds": float(res.seconds),
-                            "segment_seconds": seg_s, "valid": valid, "problems": "; ".join(res.problems),
-                            "warnings": "; ".join(reg.warnings),
-                        })
-                    if progress is not None:
-                        progress(1)
+                _evaluate_frame(pipe, root, r, run, fixed, device, progress, records, skipped)
             for w in pipe.warnings:  # the model's and the file's fallbacks, once each
                 if w not in warnings:
                     warnings.append(w)
@@ -347,6 +279,105 @@ def evaluate_registration(index_csv, methods: Sequence[str] = METHODS, *, fixed:
     table = summarize(records, run)
     return EvaluationResult(records, table, run, skipped, warnings, time.perf_counter() - t_start,
                             rows_version(rows, Path(index_csv).name))
+
+
+def _frames_and_methods(index_csv, methods: Sequence[str], fixed: str, max_frames: Optional[int], split: str,
+                        models_directory, warnings: List[str]):
+    """``(data root, every index row, the frames to evaluate, the methods that can run)`` of a
+    request; InputError when it is unusable. Skipped methods and a ``--max-frames`` subset are named
+    in ``warnings``."""
+    from ..networks.weights import installed
+
+    if fixed not in FIXED_SOURCES:
+        raise InputError(f"--fixed must be one of {', '.join(FIXED_SOURCES)}, got {fixed!r}")
+    if max_frames is not None and int(max_frames) < 1:
+        raise InputError(f"--max-frames must be at least 1, got {max_frames}")
+    root, rows = load_index(index_csv)
+    chosen = eligible_rows(rows, split)
+    if not chosen:
+        raise InputError(f"{index_csv} has no frame of split '{split}' with a contrast-filled vessel mask")
+    if fixed == "segmentation" and not installed("segmentation", models_directory):
+        raise InputError("--fixed segmentation needs an installed segmentation network (none in the models folder)")
+    run = available_methods(methods, warnings, models_directory)
+    if not run:
+        raise InputError("no requested method can run here (" + "; ".join(warnings) + ")")
+    n_all = len(chosen)
+    chosen = spread(chosen, None if max_frames is None else int(max_frames))
+    if len(chosen) < n_all:
+        warnings.append(f"--max-frames: {len(chosen)} of {n_all} eligible frames, evenly spread over the split")
+    return root, rows, chosen, run
+
+
+def _evaluate_frame(pipe, root: Path, r: Dict[str, str], run: Sequence[str], fixed: str, device,
+                    progress: Optional[Callable[[int], None]], records: List[Dict[str, object]],
+                    skipped: List[Dict[str, object]]) -> None:
+    """Every method of ``run`` on the frame of index row ``r``: one record per method appended to
+    ``records`` (a failed one when the frame's inputs are unusable), or the frame to ``skipped``
+    when no contrast-filled part of the model is in it."""
+    from ..registration import registration_window
+    from ..synthetic.phantom import frame_truth
+
+    i = int(r["frame"])
+    base = {"patient": r["patient"], "fov": r["fov"], "series": r["series"], "image": r["image"],
+            "frame": i, "fixed": fixed}
+    truth = frame_truth(root, r)
+    roi = truth.user_roi()
+    if roi is None or not truth.mask.any():
+        skipped.append(base | {"reason": "no contrast-filled part of the model in the frame"})
+        if progress is not None:
+            progress(len(run))
+        return
+    tre0, n_lm = mean_tre_mm(truth, np.eye(3), roi)
+    tre_ref, _ = mean_tre_mm(truth, truth.affine, roi)
+    fixed_mask, seg_s = truth.mask, float("nan")
+    try:
+        proj = pipe.project(i).projection.mask
+        if fixed == "segmentation":
+            t0 = time.perf_counter()
+            seg = pipe.segment(i, device=device)
+            seg_s = time.perf_counter() - t0
+            fixed_mask = None  # the pipeline segments (cached)
+            if not seg.mask.any():
+                raise InputError("the segmentation is empty")
+        optimum = optimum_near_truth(proj, truth.mask if fixed == "truth" else seg.mask, roi, truth, n_lm)
+    except InputError as exc:
+        for m in run:
+            records.append(_failed_record(base, m, roi, str(exc), truth, tre0, n_lm, seg_s))
+        if progress is not None:
+            progress(len(run))
+        return
+    for m in run:
+        try:
+            reg = pipe.register(i, roi, fixed_mask=fixed_mask, method=m, device=device)
+        except InputError as exc:
+            rec = _failed_record(base, m, roi, str(exc), truth, tre0, n_lm, seg_s)
+            rec.update(_reference_metrics(proj, roi, truth, registration_window(roi)), tre_truth_affine_mm=tre_ref,
+                       **optimum)
+            records.append(rec)
+        else:
+            records.append(_registered_record(base, m, roi, reg, proj, truth, tre0, tre_ref, n_lm, optimum, seg_s))
+        if progress is not None:
+            progress(1)
+
+
+def _registered_record(base, method, roi, reg, proj, truth, tre0, tre_ref, n_lm, optimum,
+                       seg_s) -> Dict[str, object]:
+    """The per-frame record of one registration (``reg``: the pipeline's output for ``method``)."""
+    res = reg.result
+    after = window_overlap(res.registered_mask, truth.mask, res.window)
+    tre, _ = mean_tre_mm(truth, res.frame_matrix, roi)
+    valid = bool(res.valid)
+    return base | {
+        "method": method, "roi": _fmt_roi(roi), "window": _fmt_roi((res.window.x0, res.window.y0, res.window.side)),
+        "dice": after["dice"], "precision": after["precision"], "recall": after["recall"],
+        **_reference_metrics(proj, roi, truth, res.window),
+        "fixed_dice": float(res.metrics.get("dice", float("nan"))),
+        "tre_mm": tre, "tre_before_mm": tre0, "tre_truth_affine_mm": tre_ref, **optimum,
+        "n_landmarks": n_lm,
+        "success": _success(valid, tre, n_lm), "seconds": float(res.seconds),
+        "segment_seconds": seg_s, "valid": valid, "problems": "; ".join(res.problems),
+        "warnings": "; ".join(reg.warnings),
+    }
 
 
 def _reference_metrics(proj, roi, truth, window) -> Dict[str, float]:
@@ -408,18 +439,16 @@ def _failed_record(base, method, roi, message, truth, tre0, n_lm, seg_s) -> Dict
 # tables
 # =============================================================================================
 def _values(recs, key) -> np.ndarray:
-    v = np.array([float(r[key]) if r.get(key) is not None else np.nan for r in recs], float)
-    return v[np.isfinite(v)]
+    """The finite values of column ``key`` of the records."""
+    return finite(r.get(key) for r in recs)
 
 
 def _median(recs, key) -> Optional[float]:
-    v = _values(recs, key)
-    return float(np.median(v)) if v.size else None
+    return median_of(r.get(key) for r in recs)
 
 
 def _mean(recs, key) -> Optional[float]:
-    v = _values(recs, key)
-    return float(np.mean(v)) if v.size else None
+    return mean_of(r.get(key) for r in recs)
 
 
 def summarize(records: Sequence[Dict[str, object]], methods: Sequence[str]) -> List[Dict[str, object]]:
@@ -500,16 +529,12 @@ def agreement_markdown(agreement: Dict[str, Dict[str, object]], split: str) -> s
         return ""
     head = ("\nLow-agreement flag (Dice against the fixed mask below the threshold), " +
             ("threshold chosen on this split (Youden's J):" if split != "test" else
-             "the installed threshold on these held-out frames:") + "\n\n"
-            "| method | threshold | failures flagged | successes flagged | n success | n failure |\n"
-            "| --- | ---: | ---: | ---: | ---: | ---: |\n")
-    rows = "".join(f"| {m} | {a['threshold']:.3f} | {_pct(a['failures_flagged'])} | {_pct(a['successes_flagged'])} "
-                   f"| {a['n_success']} | {a['n_failure']} |\n" for m, a in agreement.items())
-    return head + rows
-
-
-def _pct(v) -> str:
-    return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.0f} %"
+             "the installed threshold on these held-out frames:") + "\n\n")
+    lines = markdown_table(
+        ("method", "threshold", "failures flagged", "successes flagged", "n success", "n failure"), "lrrrrr",
+        ((m, f"{a['threshold']:.3f}", percent_cell(a["failures_flagged"], 0), percent_cell(a["successes_flagged"], 0),
+          a["n_success"], a["n_failure"]) for m, a in agreement.items()))
+    return head + "".join(line + "\n" for line in lines)
 
 
 #: the goals' figures of the Dice optimum reference, by goal (the reference is the same for every method)
@@ -525,12 +550,7 @@ def check_goals(table: Sequence[Dict[str, object]]) -> Dict[str, Dict[str, objec
     out: Dict[str, Dict[str, object]] = {}
 
     def check(row, keys):
-        res = {}
-        for key, (op, target) in GOALS.items():
-            v = row.get(keys.get(key, key))
-            met = None if v is None else (v >= target if op == ">=" else v <= target)
-            res[key] = {"value": v, "target": f"{op} {target:g}", "met": met}
-        return res
+        return {key: goal_check(row.get(keys.get(key, key)), op, target) for key, (op, target) in GOALS.items()}
 
     rows = [row for row in table if row["fov"] == "all"]
     for row in rows:
@@ -543,25 +563,18 @@ def check_goals(table: Sequence[Dict[str, object]]) -> Dict[str, Dict[str, objec
 def goals_markdown(goals: Dict[str, Dict[str, object]]) -> str:
     """The goal check as a table: one row per method (and the Dice optimum), one column per goal."""
     names = {"median_recall": "recall", "median_dice": "Dice", "median_tre_mm": "TRE (mm)", "success_rate": "success"}
-    head = " | ".join(f"{names.get(k, k)} {op} {t:g}" for k, (op, t) in GOALS.items())
-    lines = ["", "Goals (held-out phantom, `all` rows); the Dice optimum's row says which of them the "
-             "registration loss itself reaches on these frames.", "", f"| | {head} |",
-             "| --- |" + " ---: |" * len(GOALS)]
+    header = [""] + [f"{names.get(k, k)} {op} {t:g}" for k, (op, t) in GOALS.items()]
+    rows = []
     for method, res in goals.items():
-        cells = []
+        cells = [method]
         for key in GOALS:
             g = res[key]
-            v = g["value"]
-            text = "n/a" if v is None else (f"{100 * v:.1f} %" if key == "success_rate" else f"{v:.4g}")
-            cells.append(text + ("" if g["met"] is None else (" (met)" if g["met"] else " (not met)")))
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(v, spec: str) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return format(v, spec)
+            text = percent_cell(g["value"]) if key == "success_rate" else number_cell(g["value"], ".4g")
+            cells.append(goal_cell(text, g["met"]))
+        rows.append(cells)
+    lines = ["", "Goals (held-out phantom, `all` rows); the Dice optimum's row says which of them the "
+             "registration loss itself reaches on these frames.", ""]
+    return "\n".join(lines + markdown_table(header, "l" + "r" * len(GOALS), rows)) + "\n"
 
 
 def _patients_label(split: str) -> str:
@@ -581,25 +594,25 @@ def table_markdown(table: Sequence[Dict[str, object]], fixed: str = "truth", spl
         "perfect minimiser of that loss returns there; a method far below it fails by itself, a frame where "
         "the optimum fails too fails by the loss.",
         "",
-        "| method | FoV | n | invalid | Dice | precision | recall | Dice before | Dice truth affine | Dice optimum "
-        "| TRE median (mm) | TRE mean (mm) | TRE before (mm) | TRE truth affine (mm) | TRE optimum (mm) | success "
-        "| success optimum | time (ms) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: |",
     ]
+    header = ("method", "FoV", "n", "invalid", "Dice", "precision", "recall", "Dice before", "Dice truth affine",
+              "Dice optimum", "TRE median (mm)", "TRE mean (mm)", "TRE before (mm)", "TRE truth affine (mm)",
+              "TRE optimum (mm)", "success", "success optimum", "time (ms)")
+    rows = []
     for r in table:
-        sr, so = r["success_rate"], r["success_rate_optimum"]
-        lines.append(
-            f"| {r['method']} | {r['fov']} | {r['n']} | {r['n_invalid']} | {_cell(r['median_dice'], '.3f')} | "
-            f"{_cell(r['median_precision'], '.3f')} | {_cell(r['median_recall'], '.3f')} | "
-            f"{_cell(r['median_dice_before'], '.3f')} | {_cell(r['median_dice_truth_affine'], '.3f')} | "
-            f"{_cell(r['median_dice_optimum'], '.3f')} | "
-            f"{_cell(r['median_tre_mm'], '.2f')} | {_cell(r['mean_tre_mm'], '.2f')} | "
-            f"{_cell(r['median_tre_before_mm'], '.2f')} | {_cell(r['median_tre_truth_affine_mm'], '.2f')} | "
-            f"{_cell(r['median_tre_optimum_mm'], '.2f')} | "
-            f"{'n/a' if sr is None else f'{100 * sr:.1f} %'} (n={r['n_tre']}) | "
-            f"{'n/a' if so is None else f'{100 * so:.1f} %'} | {_cell(r['median_ms'], '.0f')} |")
-    return "\n".join(lines) + "\n"
+        rows.append([r["method"], r["fov"], r["n"], r["n_invalid"]]
+                    + [number_cell(r[k], ".3f") for k in _TABLE_DICE_KEYS]
+                    + [number_cell(r[k], ".2f") for k in _TABLE_TRE_KEYS]
+                    + [f"{percent_cell(r['success_rate'])} (n={r['n_tre']})", percent_cell(r["success_rate_optimum"]),
+                       number_cell(r["median_ms"], ".0f")])
+    return "\n".join(lines + markdown_table(header, "ll" + "r" * 16, rows)) + "\n"
+
+
+#: the Dice and TRE columns of ``table_markdown``, in its order
+_TABLE_DICE_KEYS = ("median_dice", "median_precision", "median_recall", "median_dice_before",
+                    "median_dice_truth_affine", "median_dice_optimum")
+_TABLE_TRE_KEYS = ("median_tre_mm", "mean_tre_mm", "median_tre_before_mm", "median_tre_truth_affine_mm",
+                   "median_tre_optimum_mm")
 
 
 # =============================================================================================
@@ -636,13 +649,7 @@ def boxplot_png(records: Sequence[Dict[str, object]], methods: Sequence[str], fi
                 data.append(v if v.size else np.array([np.nan]))
                 pos.append(fi * (len(groups) + 1) + gi)
                 colors.append(palette[gi % len(palette)])
-        bp = ax.boxplot(data, positions=pos, widths=0.7, patch_artist=True, showfliers=True,
-                        flierprops={"markersize": 3})
-        for patch, c in zip(bp["boxes"], colors):
-            patch.set_facecolor(c)
-            patch.set_alpha(0.8)
-        for med in bp["medians"]:
-            med.set_color("black")
+        filled_boxplot(ax, data, pos, colors, 0.7, 0.8, flierprops={"markersize": 3})
         centers = [fi * (len(groups) + 1) + (len(groups) - 1) / 2 for fi in range(len(fovs))]
         ax.set_xticks(centers)
         ax.set_xticklabels([f"{f} FoV (n={len({(r['image'], r['frame']) for r in records if r['fov'] == f})})"
@@ -669,6 +676,4 @@ def boxplot_png(records: Sequence[Dict[str, object]], methods: Sequence[str], fi
     fig.suptitle(f"Registration vs ground truth, {_patients_label(split)} (fixed image: {ref}); "
                  f"dashed: {SUCCESS_MM:g} mm; n\u2191: errors above the axis", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return figure_png(fig)

@@ -71,13 +71,11 @@ Heavy imports (torch, skimage, matplotlib) happen inside the functions that need
 from __future__ import annotations
 
 import csv
-import io
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -85,6 +83,7 @@ from ..errors import InputError
 from ..outputs import read_mask_png
 from ..segmentation import FOVS, UNKNOWN_FOV, scores_from_counts, threshold_counts
 from ..training.common import row_fov_and_frame
+from .tables import figure_png, filled_boxplot, finite, markdown_table, number_cell, percentile_of, reaches
 
 FOLDER_FOV = "upper"
 INDEX_COLUMNS = ("patient", "split", "fov", "image", "frame", "mask")
@@ -368,31 +367,8 @@ def choose_frangi_thresholds(frames: Sequence[FrameRef], reader: Optional[FrameR
     sigma_sets = [tuple(float(v) for v in s) for s in sigma_sets]
     if not sigma_sets:
         raise InputError("no Frangi scale set to choose from")
-    counts: List[np.ndarray] = []
     fovs: List[str] = [ref.fov for ref in frames]
-    empty: List[bool] = []
-    if workers > 1 and len(frames) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        from functools import partial
-
-        # spawn, not fork: the parent has torch's thread pools running
-        with ProcessPoolExecutor(max_workers=int(workers), mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_init) as pool:
-            job = partial(_train_frame_counts, sigma_sets=sigma_sets, thresholds=thresholds)
-            chunk = max(1, min(16, len(frames) // (4 * int(workers))))  # neighbours share a series file
-            for c, e in pool.map(job, frames, chunksize=chunk):
-                counts.append(c)
-                empty.append(e)
-                if progress is not None:
-                    progress()
-    else:
-        for ref in frames:
-            c, e = _train_frame_counts(ref, sigma_sets, thresholds, reader)
-            counts.append(c)
-            empty.append(e)
-            if progress is not None:
-                progress()
+    counts, empty = _training_counts(frames, reader, sigma_sets, thresholds, progress, workers)
     if not counts:
         raise InputError("--frangi-train gives no training frames")
     dice = scores_from_counts(np.stack(counts))[0]  # (n_frames, n_sigma_sets, n_thresholds)
@@ -400,15 +376,7 @@ def choose_frangi_thresholds(frames: Sequence[FrameRef], reader: Optional[FrameR
     fam_arr = np.array([ref.family for ref in frames])
 
     def best(sel: np.ndarray) -> Optional[Dict[str, Any]]:
-        use = sel & ~empty_arr
-        if not use.any():
-            return None
-        med = np.median(dice[use], axis=0)  # (n_sigma_sets, n_thresholds)
-        j, k = np.unravel_index(int(np.argmax(med)), med.shape)  # first maximum: earlier set, lower threshold
-        return {"threshold": float(thresholds[k]), "sigmas": list(sigma_sets[j]),
-                "median_dice": float(med[j, k]), "n_frames": int(use.sum()),
-                "n_empty_gt": int((sel & empty_arr).sum()),
-                "median_dice_per_sigma_set": {sigma_label(s): float(med[i].max()) for i, s in enumerate(sigma_sets)}}
+        return _best_frangi(dice, sel, empty_arr, sigma_sets, thresholds)
 
     per_fov: Dict[str, Any] = {}
     for group in list(FOVS) + ["all"]:
@@ -433,6 +401,53 @@ def choose_frangi_thresholds(frames: Sequence[FrameRef], reader: Optional[FrameR
                             f"threshold {chosen[fov]:.3g})")
     return {"thresholds": chosen, "sigmas": sigmas, "per_fov": per_fov, "per_family": per_family,
             "warnings": warnings}
+
+
+def _training_counts(frames: Sequence[FrameRef], reader: FrameReader, sigma_sets, thresholds,
+                     progress: Optional[Callable[[], None]], workers: int) -> Tuple[List[np.ndarray], List[bool]]:
+    """``_train_frame_counts`` of every training frame, in their order (in ``workers`` processes
+    when more than one): the counts and whether each frame's ground truth is empty."""
+    counts: List[np.ndarray] = []
+    empty: List[bool] = []
+    if workers > 1 and len(frames) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        # spawn, not fork: the parent has torch's thread pools running
+        with ProcessPoolExecutor(max_workers=int(workers), mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_init) as pool:
+            job = partial(_train_frame_counts, sigma_sets=sigma_sets, thresholds=thresholds)
+            chunk = max(1, min(16, len(frames) // (4 * int(workers))))  # neighbours share a series file
+            for c, e in pool.map(job, frames, chunksize=chunk):
+                counts.append(c)
+                empty.append(e)
+                if progress is not None:
+                    progress()
+    else:
+        for ref in frames:
+            c, e = _train_frame_counts(ref, sigma_sets, thresholds, reader)
+            counts.append(c)
+            empty.append(e)
+            if progress is not None:
+                progress()
+    return counts, empty
+
+
+def _best_frangi(dice: np.ndarray, sel: np.ndarray, empty: np.ndarray, sigma_sets, thresholds
+                 ) -> Optional[Dict[str, Any]]:
+    """The scale set and threshold with the best median Dice over the selected frames (``sel``)
+    whose ground truth is not ``empty``; the first maximum (earlier set, lower threshold). None when
+    no such frame is selected."""
+    use = sel & ~empty
+    if not use.any():
+        return None
+    med = np.median(dice[use], axis=0)  # (n_sigma_sets, n_thresholds)
+    j, k = np.unravel_index(int(np.argmax(med)), med.shape)  # first maximum: earlier set, lower threshold
+    return {"threshold": float(thresholds[k]), "sigmas": list(sigma_sets[j]),
+            "median_dice": float(med[j, k]), "n_frames": int(use.sum()),
+            "n_empty_gt": int((sel & empty).sum()),
+            "median_dice_per_sigma_set": {sigma_label(s): float(med[i].max()) for i, s in enumerate(sigma_sets)}}
 
 
 def frangi_params_for(chosen: Dict[str, Any], family: str, fov: str) -> Tuple[Dict[str, Any], str]:
@@ -470,16 +485,6 @@ def frame_record(ref: FrameRef, method: str, pred: np.ndarray, truth: np.ndarray
         "dice": float(m["dice"]), "precision": float(m["precision"]), "recall": float(m["recall"]),
         "empty_gt": bool(empty), "threshold": float(threshold),
     }
-
-
-def _finite(values: Iterable[float]) -> np.ndarray:
-    v = np.asarray(list(values), float)
-    return v[np.isfinite(v)]
-
-
-def _q(values: Iterable[float], q: float) -> Optional[float]:
-    v = _finite(values)
-    return float(np.percentile(v, q)) if v.size else None
 
 
 def bootstrap_medians(values: np.ndarray, patients: Sequence[str], resamples: int = BOOTSTRAP_RESAMPLES,
@@ -550,12 +555,12 @@ def _summary_row(grp: Sequence[Dict[str, Any]], ds: str, fov: str, method: str,
         "n": len(used), "n_patients": len({r["patient"] for r in used}), "n_empty_gt": len(empty),
         "empty_gt_clean": sum(1 for r in empty if r["pred_px"] == 0),
         "n_no_pred": sum(1 for r in used if r["pred_px"] == 0),
-        "median_dice": _q((r["dice"] for r in used), 50),
-        "dice_q1": _q((r["dice"] for r in used), 25),
-        "dice_q3": _q((r["dice"] for r in used), 75),
+        "median_dice": percentile_of((r["dice"] for r in used), 50),
+        "dice_q1": percentile_of((r["dice"] for r in used), 25),
+        "dice_q3": percentile_of((r["dice"] for r in used), 75),
         "dice_ci_low": ci[0], "dice_ci_high": ci[1],
-        "median_precision": _q((r["precision"] for r in used), 50),
-        "median_recall": _q((r["recall"] for r in used), 50),
+        "median_precision": percentile_of((r["precision"] for r in used), 50),
+        "median_recall": percentile_of((r["recall"] for r in used), 50),
         "threshold": ths[0] if len(ths) == 1 else None,
         "sigmas": grp[0].get("sigmas", ""),
     })
@@ -563,50 +568,42 @@ def _summary_row(grp: Sequence[Dict[str, Any]], ds: str, fov: str, method: str,
 
 
 def _fmt(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def _fmt_th(v) -> str:
-    return "-" if v is None else f"{v:.3g}"
+    """A figure of the tables with ``digits`` decimals; ``-`` when missing."""
+    return number_cell(v, f".{digits}f", "-")
 
 
 def table_markdown(rows: Sequence[Dict[str, Any]], notes: Sequence[str] = ()) -> str:
     """The table as markdown; a stage column when the rows are ``summarise(..., by_stage=True)``'s."""
     staged = any("stage" in r for r in rows)
-    head = (f"| data set | FoV |{' stage |' if staged else ''} method | n | DSC median [IQR] | "
-            f"{100 * CI_LEVEL:g} % CI (patients) | precision | recall | threshold (sigmas, px) | empty GT (clean) | "
-            "no prediction |")
-    lines = [head, "| " + " | ".join(["---"] * (12 if staged else 11)) + " |"]
-    for r in rows:
-        dsc = (f"{_fmt(r['median_dice'])} [{_fmt(r['dice_q1'], 2)}-{_fmt(r['dice_q3'], 2)}]"
-               if r["median_dice"] is not None else "-")
-        ci = (f"{_fmt(r['dice_ci_low'])}-{_fmt(r['dice_ci_high'])} ({r['n_patients']})"
-              if r.get("dice_ci_low") is not None else "-")
-        lines.append(
-            f"| {r['dataset']} | {r['fov']} |{' ' + r['stage'] + ' |' if staged else ''} {r['method']} | {r['n']} | "
-            f"{dsc} | {ci} | {_fmt(r['median_precision'])} | "
-            f"{_fmt(r['median_recall'])} | {_fmt_th(r['threshold'])}{' (' + r['sigmas'] + ')' if r.get('sigmas') else ''} | "
-            f"{r['n_empty_gt']} ({r['empty_gt_clean']}) | "
-            f"{r['n_no_pred']} |")
+    header = (["data set", "FoV"] + (["stage"] if staged else [])
+              + ["method", "n", "DSC median [IQR]", f"{100 * CI_LEVEL:g} % CI (patients)", "precision", "recall",
+                 "threshold (sigmas, px)", "empty GT (clean)", "no prediction"])
+    lines = markdown_table(header, "l" * len(header), (_table_cells(r, staged) for r in rows))
     if notes:
         lines.append("")
         lines.extend(f"- {n}" for n in notes)
     return "\n".join(lines) + "\n"
 
 
+def _table_cells(r: Dict[str, Any], staged: bool) -> List[str]:
+    """The cells of one row of ``table_markdown``."""
+    dsc = (f"{_fmt(r['median_dice'])} [{_fmt(r['dice_q1'], 2)}-{_fmt(r['dice_q3'], 2)}]"
+           if r["median_dice"] is not None else "-")
+    ci = (f"{_fmt(r['dice_ci_low'])}-{_fmt(r['dice_ci_high'])} ({r['n_patients']})"
+          if r.get("dice_ci_low") is not None else "-")
+    threshold = number_cell(r["threshold"], ".3g", "-") + (f" ({r['sigmas']})" if r.get("sigmas") else "")
+    return ([r["dataset"], r["fov"]] + ([r["stage"]] if staged else [])
+            + [r["method"], r["n"], dsc, ci, _fmt(r["median_precision"]), _fmt(r["median_recall"]), threshold,
+               f"{r['n_empty_gt']} ({r['empty_gt_clean']})", r["n_no_pred"]])
+
+
 def _verdict(value: float, lo: float, hi: float, target: float, strict: bool = False) -> str:
     """Whether a median reaches ``target`` (is above it when ``strict``), and whether its confidence
     interval agrees."""
-    def reaches(v: float) -> bool:
-        return v > target if strict else v >= target
-
-    if reaches(value):
-        return "met" if reaches(lo) else "met by the median, not by the whole CI"
-    return "not met by the median, CI reaches it" if reaches(hi) else "not met"
+    op = ">" if strict else ">="
+    if reaches(value, op, target):
+        return "met" if reaches(lo, op, target) else "met by the median, not by the whole CI"
+    return "not met by the median, CI reaches it" if reaches(hi, op, target) else "not met"
 
 
 def check_goals(records: Sequence[Dict[str, Any]], table: Sequence[Dict[str, Any]],
@@ -646,16 +643,16 @@ def goals_markdown(goals: Sequence[Dict[str, Any]]) -> str:
     """The goal check as a table (empty when there is nothing to check)."""
     if not goals:
         return ""
-    lines = ["", f"## Goals (DRU-Net; {100 * CI_LEVEL:g} % CI: bootstrap over patients)", "",
-             "| data set | FoV | goal | value | CI | verdict |", "| --- | --- | --- | ---: | --- | --- |"]
+    rows = []
     for g in goals:
         lo, hi = g["ci"]
         if "Frangi" in g["goal"]:  # a difference: signed
             value, ci = f"{g['value']:+.3f}", f"{lo:+.3f} to {hi:+.3f}"
         else:
             value, ci = f"{g['value']:.3f}", f"{lo:.3f}-{hi:.3f}"
-        lines.append(f"| {g['dataset']} | {g['fov']} | {g['goal']} | {value} | {ci} | {g['verdict']} |")
-    return "\n".join(lines) + "\n"
+        rows.append((g["dataset"], g["fov"], g["goal"], value, ci, g["verdict"]))
+    lines = ["", f"## Goals (DRU-Net; {100 * CI_LEVEL:g} % CI: bootstrap over patients)", ""]
+    return "\n".join(lines + markdown_table(("data set", "FoV", "goal", "value", "CI", "verdict"), "lllrll", rows)) + "\n"
 
 
 def stage_markdown(rows: Sequence[Dict[str, Any]]) -> str:
@@ -669,15 +666,6 @@ def stage_markdown(rows: Sequence[Dict[str, Any]]) -> str:
 # figures (matplotlib, Agg)
 # ---------------------------------------------------------------------------------------------
 _METHOD_COLOURS = {METHOD_DRUNET: "#1f77b4", METHOD_FRANGI: "#ff7f0e"}
-
-
-def _figure_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def boxplot_png(records: Sequence[Dict[str, Any]], order: Sequence[str], by_stage: bool = False) -> bytes:
@@ -707,16 +695,13 @@ def boxplot_png(records: Sequence[Dict[str, Any]], order: Sequence[str], by_stag
         for j, method in enumerate(methods):
             data, pos = [], []
             for g, grp in enumerate(groups):
-                vals = _finite(r[key] for r in records if members(r, *grp) and r["method"] == method
-                               and not r["empty_gt"])
+                vals = finite(r[key] for r in records if members(r, *grp) and r["method"] == method
+                              and not r["empty_gt"])
                 data.append(vals if vals.size else np.array([np.nan]))
                 pos.append(g + (j - (len(methods) - 1) / 2) * width)
-            bp = ax.boxplot(data, positions=pos, widths=width * 0.85, patch_artist=True, showfliers=True,
-                            flierprops={"marker": ".", "markersize": 3, "alpha": 0.5},
-                            medianprops={"color": "black", "linewidth": 1.5})
-            for box in bp["boxes"]:
-                box.set_facecolor(_METHOD_COLOURS.get(method, "grey"))
-                box.set_alpha(0.75)
+            filled_boxplot(ax, data, pos, [_METHOD_COLOURS.get(method, "grey")] * len(data), width * 0.85, 0.75,
+                           flierprops={"marker": ".", "markersize": 3, "alpha": 0.5},
+                           medianprops={"color": "black", "linewidth": 1.5})
         ax.set_title(title)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xticks(range(len(groups)))
@@ -734,7 +719,7 @@ def boxplot_png(records: Sequence[Dict[str, Any]], order: Sequence[str], by_stag
                  + " (frames with an empty ground truth excluded)", fontsize=10,
                  x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.965 if by_stage else 0.93))
-    return _figure_png(fig)
+    return figure_png(fig, dpi=100)
 
 
 def _thumb(rgb: np.ndarray, side: int = _THUMB) -> np.ndarray:
@@ -807,7 +792,7 @@ def samples_png(panels: Sequence[Dict[str, Any]], methods: Sequence[str]) -> byt
                ((TP_COLOR, "true positive"), (FP_COLOR, "false positive"), (FN_COLOR, "false negative"))]
     fig.legend(handles=handles, loc="upper center", ncol=3, frameon=False, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (cell * nrow + 0.6)))
-    return _figure_png(fig)
+    return figure_png(fig, dpi=100)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -868,14 +853,9 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
     Returns ``{"records": per-frame dicts, "table": rows, "samples": panels, "frangi": ..., "model":
     ..., "warnings": [...]}``; nothing is written (see ``run_evaluate_seg``).
     """
-    from ..segmentation import get_model, segment_frame, threshold_for
-
     warnings: List[str] = []
     t0 = time.perf_counter()
-    _module, entry, dev = get_model(model, device, None, models_directory)  # fails fast: no model installed
-    model_info = {"name": entry["name"] if entry else None, "sha256": (entry or {}).get("sha256"),
-                  "file": (entry or {}).get("file"),
-                  "thresholds": {f: threshold_for(entry, f) for f in FOVS + (UNKNOWN_FOV,)}, "device": str(dev)}
+    model_info, dev = _segmentation_model(model, device, models_directory)  # fails fast: no model installed
     evaluated = [f for d in datasets for f in d.frames]
     reader = FrameReader()
 
@@ -884,44 +864,94 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
                               "candidate_thresholds": "logspace(-5, 0, 101)",
                               "image": "segmentation.preprocess (percentile normalisation, 256 x 256)"}
     if frangi_train:
-        train_frames: List[FrameRef] = []
-        sources = []
-        for d in frangi_train:
-            fr = subsample(d.frames, frangi_max_frames)
-            _check_no_overlap(fr, evaluated)
-            train_frames.extend(fr)
-            sources.append({"path": str(d.path), "label": d.label, "kind": d.kind,
-                            "split_used": d.info.get("split_used", "all pairs"), "frames": len(fr)})
-        t1 = time.perf_counter()
-        with _bar(len(train_frames), "Frangi threshold (train)") as bar:
-            chosen = choose_frangi_thresholds(train_frames, reader, frangi_sigma_sets,
-                                              progress=(lambda: bar.update(1)) if progress else None,
-                                              workers=workers)
-        fam_labels: Dict[str, List[str]] = {}
-        for d, src in zip(frangi_train, sources):
-            for fam in sorted({f.family for f in d.frames}):
-                fam_labels.setdefault(fam, []).append(f"{d.label} ({src['split_used']})")
-        params: Dict[str, Dict[str, Any]] = {}
-        for d in datasets:
-            for fov in sorted({f.fov for f in d.frames}, key=FOVS.index):
-                fams = sorted({f.family for f in d.frames})
-                p, how = frangi_params_for(chosen, fams[0] if len(fams) == 1 else "", fov)
-                trained_on = (", ".join(fam_labels.get(fams[0], [])) if how == "same data set"
-                              else "every --frangi-train source")
-                params.setdefault(d.label, {})[fov] = dict(p, chosen_on=f"{how}: {trained_on}, {fov} FoV")
-        frangi.update({"evaluated": True, "params": params,
-                       "pooled_per_fov": {"thresholds": chosen["thresholds"], "sigmas": chosen["sigmas"],
-                                          "per_fov": chosen["per_fov"]},
-                       "per_training_data_set": {", ".join(fam_labels.get(k, [k])): v
-                                                 for k, v in chosen["per_family"].items()},
-                       "training": sources, "seconds": round(time.perf_counter() - t1, 1)})
+        frangi.update(_train_frangi(datasets, evaluated, reader, frangi_train, frangi_max_frames, frangi_sigma_sets,
+                                    progress, workers))
     else:
         warnings.append("no --frangi-train given: the Frangi baseline is not evaluated (its threshold must be "
                         "chosen on training data, never on the test data)")
 
+    t2 = time.perf_counter()
+    records, models_used = _evaluate_frames(evaluated, reader, frangi, model, dev, models_directory, progress,
+                                            warnings)
+    eval_seconds = time.perf_counter() - t2
+    model_info["models_used"] = sorted(str(m) for m in models_used)
+
+    order = [d.label for d in datasets]
+    table = summarise(records, order)
+    kinds = {d.label: d.kind for d in datasets}
+    if pool:
+        table += summarise(pooled_records(records, datasets, pool), [pool])
+        kinds[pool] = CASE_INDEX
+    by_stage = summarise(records, order, by_stage=True) if any(f.stage for f in evaluated) else []
+    goals = check_goals(records, table, kinds)
+    methods = [m for m in METHODS if any(r["method"] == m for r in records)]
+    panels = _sample_panels(records, order, evaluated, methods, reader, frangi, model, dev, models_directory)
+
+    return {"records": records, "table": table, "by_stage": by_stage, "goals": goals, "samples": panels, "methods": methods, "order": order,
+            "frangi": frangi, "model": model_info, "warnings": warnings,
+            "seconds": {"total": round(time.perf_counter() - t0, 1), "evaluation": round(eval_seconds, 1),
+                        "per_frame_all_methods": round(eval_seconds / max(1, len(evaluated)), 3)}}
+
+
+def _segmentation_model(model: str, device, models_directory) -> Tuple[Dict[str, Any], Any]:
+    """``(what summary.json says of the DRU-Net model, the torch device)``; InputError when no model
+    is installed."""
+    from ..segmentation import get_model, threshold_for
+
+    _module, entry, dev = get_model(model, device, None, models_directory)
+    model_info = {"name": entry["name"] if entry else None, "sha256": (entry or {}).get("sha256"),
+                  "file": (entry or {}).get("file"),
+                  "thresholds": {f: threshold_for(entry, f) for f in FOVS + (UNKNOWN_FOV,)}, "device": str(dev)}
+    return model_info, dev
+
+
+def _train_frangi(datasets: Sequence[DataSet], evaluated: Sequence[FrameRef], reader: FrameReader,
+                  frangi_train: Sequence[DataSet], frangi_max_frames: Optional[int],
+                  frangi_sigma_sets: Sequence[Sequence[float]], progress: bool, workers: int) -> Dict[str, Any]:
+    """The Frangi parameters chosen on ``frangi_train`` (``choose_frangi_thresholds``) and, per
+    evaluated data set and FoV, the ones it uses with the training data they come from: the
+    ``frangi`` entries of ``evaluate_seg``'s result. InputError when the training data overlap the
+    evaluated data."""
+    train_frames: List[FrameRef] = []
+    sources = []
+    for d in frangi_train:
+        fr = subsample(d.frames, frangi_max_frames)
+        _check_no_overlap(fr, evaluated)
+        train_frames.extend(fr)
+        sources.append({"path": str(d.path), "label": d.label, "kind": d.kind,
+                        "split_used": d.info.get("split_used", "all pairs"), "frames": len(fr)})
+    t1 = time.perf_counter()
+    with _bar(len(train_frames), "Frangi threshold (train)") as bar:
+        chosen = choose_frangi_thresholds(train_frames, reader, frangi_sigma_sets,
+                                          progress=(lambda: bar.update(1)) if progress else None,
+                                          workers=workers)
+    fam_labels: Dict[str, List[str]] = {}
+    for d, src in zip(frangi_train, sources):
+        for fam in sorted({f.family for f in d.frames}):
+            fam_labels.setdefault(fam, []).append(f"{d.label} ({src['split_used']})")
+    params: Dict[str, Dict[str, Any]] = {}
+    for d in datasets:
+        for fov in sorted({f.fov for f in d.frames}, key=FOVS.index):
+            fams = sorted({f.family for f in d.frames})
+            p, how = frangi_params_for(chosen, fams[0] if len(fams) == 1 else "", fov)
+            trained_on = (", ".join(fam_labels.get(fams[0], [])) if how == "same data set"
+                          else "every --frangi-train source")
+            params.setdefault(d.label, {})[fov] = dict(p, chosen_on=f"{how}: {trained_on}, {fov} FoV")
+    return {"evaluated": True, "params": params,
+            "pooled_per_fov": {"thresholds": chosen["thresholds"], "sigmas": chosen["sigmas"],
+                               "per_fov": chosen["per_fov"]},
+            "per_training_data_set": {", ".join(fam_labels.get(k, [k])): v for k, v in chosen["per_family"].items()},
+            "training": sources, "seconds": round(time.perf_counter() - t1, 1)}
+
+
+def _evaluate_frames(evaluated: Sequence[FrameRef], reader: FrameReader, frangi: Dict[str, Any], model: str, dev,
+                     models_directory, progress: bool, warnings: List[str]) -> Tuple[List[Dict[str, Any]], set]:
+    """``(per-frame records, the DRU-Net models used)``: DRU-Net, and Frangi when trained, on every
+    evaluated frame; the segmentation's warnings are added to ``warnings`` once each."""
+    from ..segmentation import segment_frame
+
     records: List[Dict[str, Any]] = []
     models_used: set = set()
-    t2 = time.perf_counter()
     with _bar(len(evaluated), "evaluate") as bar:
         for ref in evaluated:
             image, truth = reader.read(ref)
@@ -940,25 +970,21 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
                 records.append(rec)
             if progress:
                 bar.update(1)
-    eval_seconds = time.perf_counter() - t2
-    model_info["models_used"] = sorted(str(m) for m in models_used)
+    return records, models_used
 
-    order = [d.label for d in datasets]
-    table = summarise(records, order)
-    kinds = {d.label: d.kind for d in datasets}
-    if pool:
-        table += summarise(pooled_records(records, datasets, pool), [pool])
-        kinds[pool] = CASE_INDEX
-    by_stage = summarise(records, order, by_stage=True) if any(f.stage for f in evaluated) else []
-    goals = check_goals(records, table, kinds)
 
-    # sample pictures: read the picked frames again (cheaper than keeping every frame in memory)
+def _sample_panels(records: Sequence[Dict[str, Any]], order: Sequence[str], evaluated: Sequence[FrameRef],
+                   methods: Sequence[str], reader: FrameReader, frangi: Dict[str, Any], model: str, dev,
+                   models_directory) -> List[Dict[str, Any]]:
+    """The sample pictures (``pick_samples``): each picked frame as a thumbnail and each method's
+    TP/FP/FN overlay with its record. The frames are read and segmented again (cheaper than keeping
+    every frame in memory)."""
+    from ..overlay import display_frame, overlay_rgb
+    from ..segmentation import segment_frame
+
     by_name = {(f.dataset, f.name): f for f in evaluated}
     rec_index = {(r["dataset"], r["frame"], r["method"]): r for r in records}
-    methods = [m for m in METHODS if any(r["method"] == m for r in records)]
     panels = []
-    from ..overlay import display_frame, overlay_rgb
-
     for pick in pick_samples(records, order):
         ref = by_name[(pick["dataset"], pick["frame"])]
         image, truth = reader.read(ref)
@@ -974,11 +1000,7 @@ def evaluate_seg(datasets: Sequence[DataSet], *, model: str = "segmentation", de
             rgb = overlay_rgb(grey, mask, reference=truth, mode="fill", opacity=0.55)
             panel["overlays"][m] = (_thumb(rgb), rec_index[(ref.dataset, ref.name, m)])
         panels.append(panel)
-
-    return {"records": records, "table": table, "by_stage": by_stage, "goals": goals, "samples": panels, "methods": methods, "order": order,
-            "frangi": frangi, "model": model_info, "warnings": warnings,
-            "seconds": {"total": round(time.perf_counter() - t0, 1), "evaluation": round(eval_seconds, 1),
-                        "per_frame_all_methods": round(eval_seconds / max(1, len(evaluated)), 3)}}
+    return panels
 
 
 RULES = [
