@@ -214,14 +214,15 @@ class RegistrationPipeline:
     # -- registration --------------------------------------------------------------------------
     def register(self, index: int, roi: Optional[Sequence[int]] = None, *, fixed_mask: Optional[np.ndarray] = None,
                  method: Optional[str] = None, init: Optional[np.ndarray] = None, fov: str = "auto",
-                 seg_model=None, reg_model=None, device=None) -> "FrameRegistration":
+                 seg_model=None, reg_model=None, device=None, hold: float = 0.0) -> "FrameRegistration":
         """Register the model's projection (inside ``roi``) to frame ``index``.
 
         ``fixed_mask``: the frame's vessel mask when known (skips segmentation); else the DRU-Net
         segmentation. ``method``: cnn, cnn+refine or sitk (default: ``registration.default_method``).
         ``init``: a frame-grid affine to start from (the previous cine frame's
-        ``frame_matrix``). A degenerate or failed result is returned with ``valid`` False and the
-        reasons in ``problems``: front ends must not show its overlay as if it were valid.
+        ``frame_matrix``); ``hold``: see ``registration.register_pair``. A degenerate or failed result
+        is returned with ``valid`` False and the reasons in ``problems``: front ends must not show its
+        overlay as if it were valid.
         """
         from .registration import default_method, register_pair
 
@@ -248,7 +249,7 @@ class RegistrationPipeline:
             raise InputError(f"frame {index}: {what}; nothing to register to: pick a frame with contrast (the "
                              "one with the most contrast medium), or give the frame's vessel mask")
         result = register_pair(fp.projection.mask, fixed, roi, method=method, model=reg_model,
-                               init=init, device=device, fov=frame_fov)
+                               init=init, device=device, fov=frame_fov, hold=hold)
         warnings.extend(result.warnings)
         return FrameRegistration(index, roi, fp, fixed, fixed_source, result, warnings)
 
@@ -260,7 +261,8 @@ class RegistrationPipeline:
 
         Each frame is warm-started from the last frame that registered (the first from scratch); a
         frame that fails (no vessel found, a degenerate affine) is yielded with its reason and the run
-        goes on from the last good affine. Frames are segmented ``batch_size`` at a time ahead of their
+        goes on from the last good affine; a frame that does not gain more than ``RUN_HOLD_DICE`` over it
+        keeps it (a static run does not creep). Frames are segmented ``batch_size`` at a time ahead of their
         registration (unless ``fixed_masks``, a function of the frame index, gives their masks)."""
         frames = [int(i) for i in frames]
         init = None
@@ -283,8 +285,11 @@ class RegistrationPipeline:
                 yield frame
 
     def _register_run_frame(self, index, roi, method, init, fov, device, fixed_mask) -> RunFrame:
+        from .registration import RUN_HOLD_DICE
+
         try:
-            reg = self.register(index, roi, method=method, init=init, fov=fov, device=device, fixed_mask=fixed_mask)
+            reg = self.register(index, roi, method=method, init=init, fov=fov, device=device, fixed_mask=fixed_mask,
+                                hold=RUN_HOLD_DICE)
         except InputError as exc:
             return RunFrame(index, None, str(exc))
         if not reg.valid:

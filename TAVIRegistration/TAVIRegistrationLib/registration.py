@@ -83,6 +83,9 @@ ALIGN_CORNERS = False
 DEFAULT_MARGIN = 0.3
 NET_SIZE = 256
 DEFAULT_REFINE_STEPS = 40
+#: a cine frame whose registration gains no more than this in window Dice over the previous frame's
+#: affine keeps that affine (``register_pair(hold=...)``): noise does not make a static run creep
+RUN_HOLD_DICE = 0.005
 #: the refinement works on window images of this size whatever the network's input size
 REFINE_SIZE = 256
 #: check_affine limits
@@ -649,17 +652,22 @@ def _frame_metrics(registered: np.ndarray, fixed: np.ndarray, frame_matrix: np.n
 
 
 def _better_start(roi_only, fixed, roi: Roi, window: Window, init_m: Optional[np.ndarray],
-                  metrics: Dict[str, float], method: str):
-    """``(frame matrix, registered mask, metrics, warning)`` of the start (the identity, or ``init_m``)
-    when it agrees better with ``fixed`` than the result of ``metrics`` by Dice over the whole
-    registration window (the same region for both); None when the result is at least as good."""
+                  metrics: Dict[str, float], method: str, hold: float = 0.0):
+    """``(frame matrix, registered mask, metrics, warning or None)`` of the start (the identity, or
+    ``init_m``) when the result of ``metrics`` does not agree better with ``fixed`` by more than
+    ``hold`` in Dice over the whole registration window (the same region for both); None when it
+    does. The warning says so when the result agrees less than the start; a result that gains less
+    than ``hold`` is a frame that did not move, and the start is kept without one."""
     x, y, w, h = roi
     start_m = init_m if init_m is not None else np.eye(3)
     start_reg = roi_only if init_m is None else warp_mask(roi_only[y:y + h, x:x + w], start_m @ roi_matrix(roi),
                                                           fixed.shape)
     start_metrics = _frame_metrics(start_reg, fixed, start_m, roi, window)
-    if metrics["window_dice"] >= start_metrics["window_dice"]:
+    if metrics["window_dice"] > start_metrics["window_dice"] + hold or (
+            hold == 0.0 and metrics["window_dice"] == start_metrics["window_dice"]):
         return None
+    if metrics["window_dice"] >= start_metrics["window_dice"]:
+        return start_m, start_reg, start_metrics, None
     start = "initial affine" if init_m is not None else "unregistered projection"
     note = (f"the {method} result agreed less with the frame's vessels than the {start} (Dice "
             f"{metrics['window_dice']:.3f} < {start_metrics['window_dice']:.3f} over the registration window): "
@@ -679,7 +687,8 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
                   init=None, refine_steps: Optional[int] = None, device=None,
                   margin: Optional[float] = None, models_directory=None,
                   sitk_options: Optional[Dict[str, Any]] = None, passes: Optional[int] = None,
-                  fov: Optional[str] = None, keep_better_start: bool = True) -> RegistrationResult:
+                  fov: Optional[str] = None, keep_better_start: bool = True,
+                  hold: float = 0.0) -> RegistrationResult:
     """Register the model's projection (inside ``roi``) to the frame's vessel mask.
 
     ``moving_frame_mask``: the projection mask on the frame's pixel grid (everything outside ``roi``
@@ -697,7 +706,9 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     the model's ``refine_steps`` from the manifest, else ``DEFAULT_REFINE_STEPS``).
     ``keep_better_start``: a result whose Dice with the fixed mask over the registration window is
     below the start's (the identity, or ``init``) is replaced by the start, with a warning (off only
-    for references that must show the loss's own optimum).
+    for references that must show the loss's own optimum). ``hold``: with ``init``, the start is also
+    kept (silently) when the result improves that Dice by no more than ``hold``: a cine frame that
+    did not move keeps the last affine instead of creeping away from it (``RUN_HOLD_DICE``).
     """
     if method not in METHODS:
         raise InputError(f"registration method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -726,11 +737,13 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
         registered = warp_mask(roi_only[y:y + h, x:x + w], matrix, fixed.shape)  # as the front ends draw it
         metrics = _frame_metrics(registered, fixed, frame_matrix, roi, window)
         if not problems and keep_better_start:
-            kept = _better_start(roi_only, fixed, roi, window, init_m, metrics, method)
+            kept = _better_start(roi_only, fixed, roi, window, init_m, metrics, method,
+                                 hold if init_m is not None else 0.0)
             if kept is not None:
                 frame_matrix, registered, metrics, note = kept
                 matrix = frame_matrix @ roi_matrix(roi)
-                warnings.append(note)
+                if note is not None:
+                    warnings.append(note)
         if not problems:
             if not (registered & fixed).any():
                 problems.append("the registered projection does not overlap the frame's vessels at all")

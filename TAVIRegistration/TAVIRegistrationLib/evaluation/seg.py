@@ -1026,8 +1026,3 @@ RULES = [
     "frames (frames of one patient are not independent; an angios40 image is its own patient). With few patients "
     "the interval is wide or degenerate: it says how far the data can carry a claim, not more.",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# command line
-# ---------------------------------------------------------------------------------------------
