@@ -160,6 +160,173 @@ def _stats(samples: List[float]):
     return timing_summary(samples) if samples else None
 
 
+class _PipelineSamples:
+    """The per-frame samples of ``bench_pipeline`` (seconds; Dice; invalid results per method)."""
+
+    def __init__(self, methods: Sequence[str]):
+        self.methods = list(methods)
+        self.times: Dict[str, List[float]] = {k: [] for k in ("read", "project", "project_first", "segment",
+                                                              "overlay")}
+        self.register = {m: [] for m in methods}
+        self.whole = {m: [] for m in methods}
+        self.dice = {m: [] for m in methods}
+        self.invalid = {m: 0 for m in methods}
+        self.sizes: set = set()
+        self.frames = 0
+        self.notes: List[str] = []
+
+    def add(self, frame: Dict[str, object]) -> None:
+        t = frame["seconds"]
+        self.times["read"].append(t["read"])
+        self.times["project_first" if frame["cold"] else "project"].append(t["project"])
+        if t["segment"] is not None:
+            self.times["segment"].append(t["segment"])
+        self.times["overlay"].append(t["overlay"])
+        for m, reg in frame["registrations"].items():
+            self.register[m].append(t["register"][m])
+            self.whole[m].append((t["segment"] or 0.0) + t["register"][m] + t["overlay"])
+            self.dice[m].append(float(reg.metrics.get("dice", float("nan"))))
+            self.invalid[m] += int(not reg.valid)
+        self.sizes.add(frame["size"])
+        self.frames += 1
+
+
+def _pipeline_data(data_index, n_frames: int, size, seed: int, generate_progress):
+    """``(index path, source label, phantom seconds or None, temporary folder or None)``: the given
+    phantom index, or a one-patient phantom generated for the benchmark."""
+    import tempfile
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..synthetic.phantom import PhantomConfig, generate_dataset
+
+    if data_index is not None:
+        data_index = Path(data_index)
+        if not data_index.is_file():
+            raise InputError(f"data index {data_index} does not exist")
+        return data_index, str(data_index), None, None
+    tmp = tempfile.TemporaryDirectory(prefix="tavireg-bench-")
+    t0 = time.perf_counter()
+    cfg = PhantomConfig(out=Path(tmp.name) / "data", patients=1, seed=int(seed),
+                        frames_per_patient=n_frames + n_frames // 2 + 2, size=size, workers=1, overwrite=True)
+    try:
+        generate_dataset(cfg, progress=generate_progress)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    source = f"generated phantom (1 patient, seed {seed}, {'clinical 512/1024' if size is None else size} px)"
+    return Path(tmp.name) / "data" / "index.csv", source, time.perf_counter() - t0, tmp
+
+
+def _pipeline_groups(data_index, n_frames: int) -> Dict[tuple, List[Dict[str, str]]]:
+    """The index rows with contrast, ``n_frames`` (and a few spare) evenly spread in index order,
+    grouped by (case, image, isocentre) so that a patient's model and renderer serve its frames in turn."""
+    import csv
+
+    with open(data_index, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("mask") and int(float(r.get("opacified_px") or 0)) > 0]
+    if len(rows) > n_frames + 2:
+        idx = np.unique(np.round(np.linspace(0, len(rows) - 1, n_frames + 2)).astype(int))
+        rows = [rows[k] for k in idx]
+    groups: Dict[tuple, List[Dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault((r["case"], r["image"], r["isocenter_lps"]), []).append(r)
+    return groups
+
+
+def _measure_frame(pipe, renderer, image_path, i: int, truth, roi, methods, main: str, seg_ready: bool,
+                   cold: bool) -> Dict[str, object]:
+    """One frame of ``bench_pipeline``: each stage timed (InputError when a step refuses the frame)."""
+    from ..fluoro import read_fluoro
+    from ..report import frame_overlay
+
+    t0 = time.perf_counter()
+    read_fluoro(image_path).frame(i)
+    t_read = time.perf_counter() - t0
+    # the projection step as the pipeline runs it, on one renderer per model (a viewer keeps its
+    # renderer from frame to frame; its first render is reported apart as project_first)
+    t0 = time.perf_counter()
+    renderer.render(pipe.geometry(i), orthographic=pipe.orthographic, with_depth=True)
+    t_proj = time.perf_counter() - t0
+    pipe.project(i)  # the pipeline's own (untimed) projection for the steps below
+    t_seg, fixed = None, truth.mask
+    if seg_ready:
+        t0 = time.perf_counter()
+        fixed = pipe.segment(i).mask
+        t_seg = time.perf_counter() - t0
+    regs, t_reg = {}, {}
+    for m in methods:
+        t0 = time.perf_counter()
+        regs[m] = pipe.register(i, roi, fixed_mask=fixed, method=m)
+        t_reg[m] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    frame_overlay(pipe, regs[main])
+    t_over = time.perf_counter() - t0
+    return {"seconds": {"read": t_read, "project": t_proj, "segment": t_seg, "register": t_reg, "overlay": t_over},
+            "registrations": regs, "cold": cold, "size": f"{truth.mask.shape[1]}x{truth.mask.shape[0]}"}
+
+
+def _measure_frames(data_index, n_frames: int, methods, main: str, seg_ready: bool, progress) -> _PipelineSamples:
+    """Every stage of ``n_frames`` frames of the index, one patient's model and renderer at a time."""
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..fluoro import read_fluoro
+    from ..mesh import load_model
+    from ..pipeline import RegistrationPipeline
+    from ..projection import ProjectionRenderer
+    from ..synthetic.phantom import frame_truth
+
+    root = Path(data_index).parent
+    samples = _PipelineSamples(methods)
+    current, renderer, warm = None, None, False
+    try:
+        for (case, image, iso), group in _pipeline_groups(data_index, n_frames).items():
+            if samples.frames >= n_frames:
+                break
+            if case != current:
+                if renderer is not None:
+                    renderer.close()
+                model = load_model(root / Path(case).parent / "model.vtk")
+                current, renderer, warm = case, ProjectionRenderer(model.polydata), False
+            with RegistrationPipeline(model, read_fluoro(root / image),
+                                      isocenter_lps=tuple(float(v) for v in iso.split(";"))) as pipe:
+                for r in group:
+                    if samples.frames >= n_frames:
+                        break
+                    truth = frame_truth(root, r)
+                    roi = truth.user_roi()
+                    if roi is None:
+                        continue
+                    try:
+                        frame = _measure_frame(pipe, renderer, root / image, int(r["frame"]), truth, roi, methods,
+                                               main, seg_ready, cold=not warm)
+                    except InputError as exc:  # e.g. an empty segmentation: no latency sample
+                        samples.notes.append(f"{image} frame {r['frame']}: {exc}")
+                        continue
+                    warm = True
+                    samples.add(frame)
+                    if progress is not None:
+                        progress()
+    finally:
+        if renderer is not None:
+            renderer.close()
+    return samples
+
+
+def _register_network_only(models_directory) -> Dict[str, object]:
+    """The registration network's forward pass alone at its input size."""
+    import torch
+
+    from ..registration import _model_size, get_model
+
+    module, _, dev = get_model(None, None, models_directory)
+    size = _model_size(module, None)
+    x = torch.rand((1, 2, size, size), generator=torch.Generator().manual_seed(0)).to(dev)
+    with torch.inference_mode():
+        return {"input": f"{size}x{size}", **timing_summary(time_calls(lambda: module(x), 20, dev))}
+
+
 def bench_pipeline(data_index=None, n_frames: int = 20, methods: Optional[Sequence[str]] = None, *,
                    size: Optional[int] = None, seed: int = 0, progress=None, generate_progress=None,
                    models_directory=None) -> Dict[str, object]:
@@ -185,24 +352,13 @@ def bench_pipeline(data_index=None, n_frames: int = 20, methods: Optional[Sequen
     registration network's forward pass alone at its input size (the rest of cnn's register stage
     is cropping, resizing, drawing the registered mask and its overlap figures).
     """
-    import csv
-    import tempfile
-    from pathlib import Path
-
     from ..errors import InputError
-    from ..fluoro import read_fluoro
-    from ..mesh import load_model
     from ..networks.weights import installed
-    from ..synthetic.phantom import PhantomConfig, frame_truth, generate_dataset
-    from ..pipeline import RegistrationPipeline
-    from ..projection import ProjectionRenderer
     from ..registration import METHODS
-    from ..report import frame_overlay
 
     if int(n_frames) < 2:
         raise InputError(f"the pipeline benchmark needs at least 2 frames, got {n_frames}")
     n_frames = int(n_frames)
-    notes: List[str] = []
     seg_ready = installed("segmentation", models_directory)
     reg_ready = installed("registration", models_directory)
     wanted = list(methods) if methods else list(METHODS)
@@ -211,162 +367,23 @@ def bench_pipeline(data_index=None, n_frames: int = 20, methods: Optional[Sequen
     if not run_methods:
         raise InputError("no registration method can run here (no registration network is installed)")
     main = "cnn" if "cnn" in run_methods else run_methods[0]
-    tmp = None
-    t_gen = None
-    model_cache: Dict[str, tuple] = {}  # one patient's (model, renderer) at a time
-    warm: set = set()  # ids of renderers that have rendered once
+    data_index, source, t_gen, tmp = _pipeline_data(data_index, n_frames, size, seed, generate_progress)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     try:
-        if data_index is None:
-            tmp = tempfile.TemporaryDirectory(prefix="tavireg-bench-")
-            t0 = time.perf_counter()
-            cfg = PhantomConfig(out=Path(tmp.name) / "data", patients=1, seed=int(seed),
-                                frames_per_patient=n_frames + n_frames // 2 + 2, size=size, workers=1,
-                                overwrite=True)
-            generate_dataset(cfg, progress=generate_progress)
-            t_gen = time.perf_counter() - t0
-            data_index = Path(tmp.name) / "data" / "index.csv"
-            source = f"generated phantom (1 patient, seed {seed}, {'clinical 512/1024' if size is None else size} px)"
-        else:
-            source = str(data_index)
-        data_index = Path(data_index)
-        if not data_index.is_file():
-            raise InputError(f"data index {data_index} does not exist")
-        root = data_index.parent
-        with open(data_index, newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("mask") and int(float(r.get("opacified_px") or 0)) > 0]
-        if len(rows) > n_frames + 2:  # evenly spread (in index order), a few spare for skipped frames
-            idx = np.unique(np.round(np.linspace(0, len(rows) - 1, n_frames + 2)).astype(int))
-            rows = [rows[k] for k in idx]
-        load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-        times: Dict[str, List[float]] = {k: [] for k in ("read", "project", "project_first", "segment", "overlay")}
-        reg_times: Dict[str, List[float]] = {m: [] for m in run_methods}
-        whole: Dict[str, List[float]] = {m: [] for m in run_methods}
-        dice: Dict[str, List[float]] = {m: [] for m in run_methods}
-        invalid: Dict[str, int] = {m: 0 for m in run_methods}
-        frames_done = 0
-        sizes = set()
-        groups: Dict[tuple, List[Dict[str, str]]] = {}
-        for r in rows:
-            groups.setdefault((r["case"], r["image"], r["isocenter_lps"]), []).append(r)
-        for (case, image, iso), group in groups.items():
-            if frames_done >= n_frames:
-                break
-            if case not in model_cache:
-                for _, old in model_cache.values():
-                    old.close()
-                model_cache.clear()
-                warm.clear()
-                model = load_model(root / Path(case).parent / "model.vtk")
-                model_cache[case] = (model, ProjectionRenderer(model.polydata))
-            model, renderer = model_cache[case]
-            series = read_fluoro(root / image)
-            with RegistrationPipeline(model, series,
-                                      isocenter_lps=tuple(float(v) for v in iso.split(";"))) as pipe:
-                for r in group:
-                    if frames_done >= n_frames:
-                        break
-                    i = int(r["frame"])
-                    truth = frame_truth(root, r)
-                    roi = truth.user_roi()
-                    if roi is None:
-                        continue
-                    try:
-                        t0 = time.perf_counter()
-                        read_fluoro(root / image).frame(i)
-                        t_read = time.perf_counter() - t0
-                        # the projection step as the pipeline runs it, on one renderer per model
-                        # (a viewer keeps its renderer from frame to frame; its first render is
-                        # reported apart as project_first)
-                        cold = id(renderer) not in warm
-                        t0 = time.perf_counter()
-                        renderer.render(pipe.geometry(i), orthographic=pipe.orthographic, with_depth=True)
-                        t_proj = time.perf_counter() - t0
-                        warm.add(id(renderer))
-                        pipe.project(i)  # the pipeline's own (untimed) projection for the steps below
-                        t_seg = 0.0
-                        fixed = truth.mask
-                        if seg_ready:
-                            t0 = time.perf_counter()
-                            fixed = pipe.segment(i).mask
-                            t_seg = time.perf_counter() - t0
-                        regs, t_reg = {}, {}
-                        for m in run_methods:
-                            t0 = time.perf_counter()
-                            regs[m] = pipe.register(i, roi, fixed_mask=fixed, method=m)
-                            t_reg[m] = time.perf_counter() - t0
-                        t0 = time.perf_counter()
-                        frame_overlay(pipe, regs[main])
-                        t_over = time.perf_counter() - t0
-                    except InputError as exc:  # e.g. an empty segmentation: no latency sample
-                        notes.append(f"{image} frame {i}: {exc}")
-                        continue
-                    times["read"].append(t_read)
-                    (times["project_first"] if cold else times["project"]).append(t_proj)
-                    if seg_ready:
-                        times["segment"].append(t_seg)
-                    times["overlay"].append(t_over)
-                    for m in run_methods:
-                        reg_times[m].append(t_reg[m])
-                        whole[m].append(t_seg + t_reg[m] + t_over)
-                        dice[m].append(float(regs[m].metrics.get("dice", float("nan"))))
-                        invalid[m] += int(not regs[m].valid)
-                    sizes.add(f"{truth.mask.shape[1]}x{truth.mask.shape[0]}")
-                    frames_done += 1
-                    if progress is not None:
-                        progress()
-        if frames_done < 2:
-            raise InputError(f"only {frames_done} frame(s) with a contrast-filled vessel could be measured")
-        if frames_done < n_frames:
-            notes.append(f"only {frames_done} of the {n_frames} frames asked for could be measured")
+        samples = _measure_frames(data_index, n_frames, run_methods, main, seg_ready, progress)
     finally:
-        for _, old in model_cache.values():
-            old.close()
         if tmp is not None:
             tmp.cleanup()
-
-    def ms(v):
-        return None if v is None else v["median_ms"]
-
-    stages: Dict[str, object] = {
-        "read": _stats(times["read"]),
-        "project": _stats(times["project"]),
-        "project_first": _stats(times["project_first"]),
-        "segment": _stats(times["segment"]) if seg_ready else "skipped: no network",
-        "register": {**{m: _stats(reg_times[m]) for m in run_methods}, **skipped_methods},
-        "overlay": _stats(times["overlay"]),
-    }
-    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
-    result: Dict[str, object] = {
-        "benchmark": "pipeline",
-        "data": source,
-        "frames": frames_done,
-        "frame_sizes": sorted(sizes),
-        "fixed_image": "DRU-Net segmentation" if seg_ready else "phantom ground-truth mask (no segmentation network)",
-        "machine": machine_facts(),
-        "stages": stages,
-        "whole_frame": {m: _stats(whole[m]) for m in run_methods},
-        "whole_frame_stages": "segment + register + overlay" if seg_ready else "register + overlay (segment skipped)",
-        "dice": {m: float(np.nanmedian(dice[m])) if np.isfinite(dice[m]).any() else None for m in run_methods},
-        "dice_reference": "median Dice of the registered projection against the fixed image (inside the ROI footprint)",
-        "invalid": invalid,
-        "speed_ratio_sitk_over_cnn": None,
-        "notes": notes,
-    }
-    if "cnn" in run_methods and "sitk" in run_methods:
-        result["speed_ratio_sitk_over_cnn"] = ms(stages["register"]["sitk"]) / ms(stages["register"]["cnn"])
+    if samples.frames < 2:
+        raise InputError(f"only {samples.frames} frame(s) with a contrast-filled vessel could be measured")
+    if samples.frames < n_frames:
+        samples.notes.append(f"only {samples.frames} of the {n_frames} frames asked for could be measured")
+    result = _pipeline_result(samples, source, seg_ready, skipped_methods)
     if "cnn" in run_methods:  # how much of cnn's register stage is the network itself
-        import torch
-
-        from ..registration import _model_size, get_model
-
-        module, _, dev = get_model(None, None, models_directory)
-        size = _model_size(module, None)
-        x = torch.rand((1, 2, size, size), generator=torch.Generator().manual_seed(0)).to(dev)
-        with torch.inference_mode():
-            result["register_network_only"] = {"input": f"{size}x{size}",
-                                               **timing_summary(time_calls(lambda: module(x), 20, dev))}
+        result["register_network_only"] = _register_network_only(models_directory)
     if t_gen is not None:
         result["phantom_seconds"] = round(t_gen, 1)
+    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     if load_before is not None:  # other jobs on the cores inflate every figure: say so
         result["machine"]["load_average_1min_before_after"] = [round(load_before[0], 2), round(load_after[0], 2)]
     try:
@@ -375,6 +392,40 @@ def bench_pipeline(data_index=None, n_frames: int = 20, methods: Optional[Sequen
         result["machine"]["torch_threads"] = torch.get_num_threads()
     except ImportError:  # pragma: no cover
         pass
+    return result
+
+
+def _pipeline_result(samples: _PipelineSamples, source: str, seg_ready: bool, skipped_methods) -> Dict[str, object]:
+    """``bench_pipeline``'s figures from its samples."""
+    methods = samples.methods
+    stages: Dict[str, object] = {
+        "read": _stats(samples.times["read"]),
+        "project": _stats(samples.times["project"]),
+        "project_first": _stats(samples.times["project_first"]),
+        "segment": _stats(samples.times["segment"]) if seg_ready else "skipped: no network",
+        "register": {**{m: _stats(samples.register[m]) for m in methods}, **skipped_methods},
+        "overlay": _stats(samples.times["overlay"]),
+    }
+    result: Dict[str, object] = {
+        "benchmark": "pipeline",
+        "data": source,
+        "frames": samples.frames,
+        "frame_sizes": sorted(samples.sizes),
+        "fixed_image": "DRU-Net segmentation" if seg_ready else "phantom ground-truth mask (no segmentation network)",
+        "machine": machine_facts(),
+        "stages": stages,
+        "whole_frame": {m: _stats(samples.whole[m]) for m in methods},
+        "whole_frame_stages": "segment + register + overlay" if seg_ready else "register + overlay (segment skipped)",
+        "dice": {m: float(np.nanmedian(samples.dice[m])) if np.isfinite(samples.dice[m]).any() else None
+                 for m in methods},
+        "dice_reference": "median Dice of the registered projection against the fixed image (inside the ROI footprint)",
+        "invalid": samples.invalid,
+        "speed_ratio_sitk_over_cnn": None,
+        "notes": samples.notes,
+    }
+    if "cnn" in methods and "sitk" in methods:
+        result["speed_ratio_sitk_over_cnn"] = (stages["register"]["sitk"]["median_ms"]
+                                               / stages["register"]["cnn"]["median_ms"])
     return result
 
 
