@@ -454,13 +454,92 @@ def generate_anatomy(seed: SeedLike, **overrides) -> Anatomy:
     """
     rng, seed_int = _rng(seed)
     P = _draw_params(rng, overrides)
-    noise = np.random.default_rng(P["noise_seed"])
-    C: Dict[str, np.ndarray] = {}
-    R: Dict[str, np.ndarray] = {}
-    L: Dict[str, np.ndarray] = {}
-    ez = np.array([0.0, 0.0, 1.0])
+    tree = _Tree(np.random.default_rng(P["noise_seed"]))
+    n, e_ant, e_left = _root_frame(P)
+    aorta = _build_aorta(P, n, tree.noise)
+    i_bct, i_isthmus = _arch_branches(P, aorta, tree)
+    _renal_stubs(P, aorta, tree)
+    _split_aorta(aorta, i_bct, i_isthmus, tree)
+    sinus_dirs = _sinuses(P, n, e_ant, e_left, tree)
+    _coronary_stubs(P, aorta, n, sinus_dirs, tree)
+    B = aorta.points[-1].copy()
+    for side, sgn in (("left", 1.0), ("right", -1.0)):
+        _iliofemoral_axis(P, side, sgn, B, tree)
+    _aorta_landmarks(aorta, B, tree)
+    P["arch_type_measured_drop_mm"] = float(aorta.points[aorta.arch_apex, 2] - aorta.points[i_bct, 2])
+    return tree.anatomy(P, seed_int)
 
-    # --- aortic root frame ----------------------------------------------------------------
+
+class _Tree:
+    """A vessel tree under construction: centerlines, radii and landmarks by name, and the noise
+    stream of its smooth random perturbations."""
+
+    def __init__(self, noise: np.random.Generator):
+        self.noise = noise
+        self.centerlines: Dict[str, np.ndarray] = {}
+        self.radii: Dict[str, np.ndarray] = {}
+        self.landmarks: Dict[str, np.ndarray] = {}
+
+    def jitter(self) -> np.ndarray:
+        """A small random direction offset (three fixed draws from the noise stream)."""
+        return self.noise.uniform(-0.12, 0.12, size=3)
+
+    def stub(self, origin, d0, d1, length, radius, name, parent, landmark=None) -> np.ndarray:
+        """A branch stub from ``origin`` (inside the parent lumen), leaving along d0 and turning to
+        d1, cut ``length`` mm (along the branch) beyond the point where it leaves the parent lumen
+        (the union of the spheres of ``parent`` = (points, radii)); that point is the landmark."""
+        origin = np.asarray(origin, float)
+        ppts, prad = parent
+        total = float(prad.max()) + length + 20.0
+        pts = _hermite(origin, d0, origin + total * _unit(d1), d1, n=1600, scale=0.6)
+        pts, _ = _resample(pts, SAMPLE_SPACING_MM)
+        near = np.linalg.norm(ppts - origin, axis=1) < total + prad
+        outside = np.min(np.linalg.norm(pts[:, None, :] - ppts[near][None], axis=2)
+                         - prad[near][None], axis=1) >= 0.0
+        if not outside.any():
+            raise RuntimeError(f"branch {name} does not leave its parent vessel")
+        i_exit = int(np.argmax(outside))
+        sb = _arclength(pts)
+        pts = pts[: int(np.searchsorted(sb, sb[i_exit] + length)) + 1]
+        self.centerlines[name] = pts
+        self.radii[name] = np.full(len(pts), float(radius))
+        if landmark is not None:
+            self.landmarks[landmark] = pts[i_exit].copy()
+        return pts
+
+    def anatomy(self, P: dict, seed: Optional[int]) -> Anatomy:
+        """The finished Anatomy: segments in ``SEGMENTS`` order, landmarks in ``LANDMARKS`` order."""
+        L = {k: self.landmarks[k] for k in LANDMARKS}
+        C = {k: self.centerlines[k] for k in SEGMENTS}
+        R = {k: self.radii[k] for k in SEGMENTS}
+        return Anatomy(centerlines=C, radii=R, landmarks=L, params=_jsonable(P), seed=seed)
+
+
+@dataclass
+class _Aorta:
+    """The aorta from the LVOT to the bifurcation as one resampled centerline with its radii,
+    arclength and the sample indices of its key points."""
+
+    points: np.ndarray
+    radii: np.ndarray
+    s: np.ndarray
+    i_stj: int
+    i_asc_top: int
+    i_desc_top: int
+    i_hiatus: int
+    i_renal: int
+    arch_apex: int
+    z_renal: float
+
+    def step_along(self, i0: int, dist: float) -> int:
+        """Index of the sample ``dist`` mm further along than sample ``i0`` (clamped at the end)."""
+        j = int(np.searchsorted(self.s, self.s[i0] + dist))
+        return min(j, len(self.s) - 1)
+
+
+def _root_frame(P: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Annulus normal ``n`` and the unit directions ``e_ant``, ``e_left`` in the annulus plane
+    (anterior and toward the patient's left); records ``root_azimuth_deg`` in ``P``."""
     # annulus normal: angle th from the head-foot axis; its anterior part makes the coplanar
     # view at primary 0 caudal by coplanar_ap_caudal_deg (tan = -n_y / n_z), the rest points right
     th = math.radians(P["root_angulation_deg"])
@@ -473,15 +552,37 @@ def generate_anatomy(seed: SeedLike, **overrides) -> Anatomy:
     e_left = np.cross(n, e_ant)  # completes the frame; check it points toward patient left
     if e_left[0] < 0:
         e_left = -e_left
-    A = np.zeros(3)
-    h_stj = P["sinus_height_mm"]
-    stj = A + h_stj * n
-    ra, rs, rstj = P["annulus_radius_mm"], P["sinus_radius_mm"], P["stj_radius_mm"]
-    rasc, rarch = P["ascending_radius_mm"], P["arch_radius_mm"]
+    return n, e_ant, e_left
 
-    # --- ascending aorta and arch ---------------------------------------------------------
+
+def _build_aorta(P: dict, n: np.ndarray, noise: np.random.Generator) -> _Aorta:
+    """The aorta: root, ascending aorta, arch and descending/abdominal aorta joined into one
+    centerline, shaped (``_shape_aorta``) and given its radius profile."""
+    root_pts, asc_pts, asc_top, u_up = _ascending_aorta(P, n)
+    arch_pts, desc_top = _aortic_arch(P, asc_top, u_up)
+    desc_pts, desc_idx, z_renal = _descending_aorta(P, desc_top)
+    points = np.concatenate([root_pts, asc_pts[1:], arch_pts[1:], desc_pts[1:]])
+    i_stj = len(root_pts) - 1
+    i_asc_top = i_stj + len(asc_pts) - 1
+    i_desc_top = i_asc_top + len(arch_pts) - 1
+    i_hiatus = i_desc_top + desc_idx[2]
+    i_renal = i_desc_top + desc_idx[3]
+    points, track = _shape_aorta(P, points, [i_stj, i_asc_top, i_desc_top, i_hiatus, i_renal], noise)
+    i_stj, i_asc_top, i_desc_top, i_hiatus, i_renal = track
+    s = _arclength(points)
+    arch_apex = i_asc_top + int(np.argmax(points[i_asc_top:i_desc_top + 1, 2]))
+    radii = _aorta_radii(P, s, track, arch_apex)
+    return _Aorta(points, radii, s, i_stj, i_asc_top, i_desc_top, i_hiatus, i_renal, arch_apex, z_renal)
+
+
+def _ascending_aorta(P: dict, n: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The root (LVOT to STJ along the annulus normal) and the ascending aorta: straight along the
+    root axis, a circular bend of bounded radius, then (nearly) straight up. Returns (root points,
+    ascending points, the ascending aorta's top, its unit upward direction)."""
+    ez = np.array([0.0, 0.0, 1.0])
+    A = np.zeros(3)
+    stj = A + P["sinus_height_mm"] * n
     root_pts = _line(A - LVOT_MM * n, stj, 0.1)
-    # straight along the root axis, a circular bend of bounded radius, then (nearly) straight up
     asc_mid = stj + P["ascending_axis_length_mm"] * n
     lean = math.radians(P["ascending_lean_deg"])
     u_up = _unit(ez + math.tan(lean) * _unit([-1.0, -0.3, 0.0]))
@@ -499,6 +600,14 @@ def generate_anatomy(seed: SeedLike, **overrides) -> Anatomy:
     up_len = max(stj[2] + P["ascending_rise_mm"] - arc[-1, 2], 10.0) / u_up[2]
     asc_top = arc[-1] + up_len * u_up
     asc_pts = np.concatenate([_line(stj, asc_mid, 0.1)[:-1], arc[:-1], _line(arc[-1], asc_top, 0.1)])
+    return root_pts, asc_pts, asc_top, u_up
+
+
+def _aortic_arch(P: dict, asc_top: np.ndarray, u_up: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The arch from the top of the ascending aorta to the top of the descending aorta (left of
+    the body midline, which is set here from the ascending aorta unless given); returns (arch
+    points, descending top)."""
+    ez = np.array([0.0, 0.0, 1.0])
     if P["midline_x_mm"] is None:
         P["midline_x_mm"] = float(np.clip(asc_top[0] + P["ascending_right_of_midline_mm"], -20.0, 0.0))
     mid_x = P["midline_x_mm"]
@@ -512,8 +621,14 @@ def generate_anatomy(seed: SeedLike, **overrides) -> Anatomy:
     arch_pts = asc_top * (1 - w1) + desc_top * w1 + (b * np.sin(phi))[:, None] * ez
     # start along the ascending direction (the lean), fading into the planar arch
     arch_pts += (np.sin(phi) * np.exp(-3.0 * phi))[:, None] * (b * (u_up - ez))
+    return arch_pts, desc_top
 
-    # --- descending and abdominal aorta -----------------------------------------------------
+
+def _descending_aorta(P: dict, desc_top: np.ndarray) -> Tuple[np.ndarray, List[int], float]:
+    """The descending and abdominal aorta down to the bifurcation (a spline through the hiatus
+    and the renal level); returns (points, sample indices of the control points, renal height)."""
+    ez = np.array([0.0, 0.0, 1.0])
+    mid_x = P["midline_x_mm"]
     z_bif = -P["bifurcation_depth_mm"]
     z_renal = z_bif + P["renal_height_mm"]
     z_hiatus = z_renal + P["hiatus_height_mm"]
@@ -529,34 +644,38 @@ def generate_anatomy(seed: SeedLike, **overrides) -> Anatomy:
         [mid_x + P["bifurcation_dx_mm"], y_bif, z_bif],
     ]
     desc_pts, desc_idx = _spline(ctrl, -ez, [0.0, -0.15, -1.0])
+    return desc_pts, desc_idx, z_renal
 
-    aorta = np.concatenate([root_pts, asc_pts[1:], arch_pts[1:], desc_pts[1:]])
-    i_stj = len(root_pts) - 1
-    i_asc_top = i_stj + len(asc_pts) - 1
-    i_desc_top = i_asc_top + len(arch_pts) - 1
-    i_hiatus = i_desc_top + desc_idx[2]
-    i_renal = i_desc_top + desc_idx[3]
-    aorta, (i_stj, i_asc_top, i_desc_top, i_hiatus, i_renal) = _resample(
-        aorta, SAMPLE_SPACING_MM, [i_stj, i_asc_top, i_desc_top, i_hiatus, i_renal])
+
+def _shape_aorta(P: dict, points: np.ndarray, track: List[int],
+                 noise: np.random.Generator) -> Tuple[np.ndarray, List[int]]:
+    """Resample the joined aorta, smooth the joints of its pieces and add tortuosity; returns the
+    points and the new indices of ``track`` (STJ, ascending top, descending top, hiatus, renal)."""
+    aorta, track = _resample(points, SAMPLE_SPACING_MM, track)
     # smooth the joints of the pieces (bounded curvature); the root stays straight and exact and
     # the bifurcation stays in place
+    i_stj = track[0]
     s = _arclength(aorta)
     smooth = gaussian_filter1d(aorta, 8.0 / SAMPLE_SPACING_MM, axis=0, mode="nearest")
     blend = _ramp(s, s[i_stj], s[i_stj] + 15.0) * _ramp(s, s[-1], s[-1] - 40.0)
     aorta = aorta + blend[:, None] * (smooth - aorta)
-    aorta, (i_stj, i_asc_top, i_desc_top, i_hiatus, i_renal) = _resample(
-        aorta, SAMPLE_SPACING_MM, [i_stj, i_asc_top, i_desc_top, i_hiatus, i_renal])
+    aorta, track = _resample(aorta, SAMPLE_SPACING_MM, track)
     s = _arclength(aorta)
     amp = 1.0 + 5.0 * P["aortic_tortuosity"]
     # tortuosity of the descending/abdominal aorta; the arch and the bifurcation stay in place
+    i_desc_top = track[2]
     window = _ramp(s, s[i_desc_top] + 10.0, s[i_desc_top] + 70.0) * _ramp(s, s[-1], s[-1] - 30.0)
     aorta = _perturb(aorta, noise, amp, (90.0, 220.0), window)
-    aorta, (i_stj, i_asc_top, i_desc_top, i_hiatus, i_renal) = _resample(
-        aorta, SAMPLE_SPACING_MM, [i_stj, i_asc_top, i_desc_top, i_hiatus, i_renal])
-    s = _arclength(aorta)
+    return _resample(aorta, SAMPLE_SPACING_MM, track)
+
+
+def _aorta_radii(P: dict, s: np.ndarray, track: Sequence[int], arch_apex: int) -> np.ndarray:
+    """Lumen radius along the aorta (arclength ``s``): annulus, STJ, ascending, arch, descending
+    and bifurcation radii blended smoothly; the root (up to the STJ) is kept exact."""
+    i_stj, i_asc_top, i_desc_top, i_hiatus, i_renal = track
+    ra, rstj = P["annulus_radius_mm"], P["stj_radius_mm"]
+    rasc, rarch = P["ascending_radius_mm"], P["arch_radius_mm"]
     i_ann = int(round(LVOT_MM / SAMPLE_SPACING_MM))
-    A = np.zeros(3)  # aorta[i_ann] up to round-off: the root is a straight line through it
-    arch_apex = i_asc_top + int(np.argmax(aorta[i_asc_top:i_desc_top + 1, 2]))
     r_desc, r_bif = P["descending_radius_mm"], P["bifurcation_radius_mm"]
     r_aorta = _profile(
         s,
@@ -567,199 +686,210 @@ def generate_anatomy(seed: SeedLike, **overrides) -> Anatomy:
     # keep the root exact (no smoothing across the annulus)
     root_mask = s <= s[i_stj]
     r_aorta[root_mask] = np.interp(s[root_mask], [0.0, s[i_ann], s[i_stj]], [ra, ra, rstj])
+    return r_aorta
 
-    # --- arch branches --------------------------------------------------------------------
-    z_top = aorta[arch_apex, 2]
-    cand = np.arange(i_stj + 10, arch_apex + 1)
-    below = cand[aorta[cand, 2] <= z_top - P["arch_branch_drop_mm"]]
-    i_bct = int(below[-1]) if len(below) else int(arch_apex)
 
-    def step_along(i0: int, dist: float) -> int:
-        j = int(np.searchsorted(s, s[i0] + dist))
-        return min(j, len(s) - 1)
+def _outer_side(tangents: np.ndarray, curvature: np.ndarray, i: int) -> np.ndarray:
+    """Unit direction at sample ``i`` perpendicular to the curve, away from its centre of
+    curvature (upward where the curve is straight)."""
+    k = curvature[i]
+    out = -k if np.linalg.norm(k) > 1e-6 else np.array([0.0, 0.0, 1.0])
+    out = out - (out @ tangents[i]) * tangents[i]
+    return _unit(out)
 
+
+def _arch_branches(P: dict, aorta: _Aorta, tree: _Tree) -> Tuple[int, int]:
+    """Brachiocephalic trunk, left common carotid and left subclavian stubs from the outer side of
+    the arch; returns the aorta sample indices of the arch's start (brachiocephalic origin) and end
+    (isthmus, 20 mm beyond the left subclavian)."""
+    pts = aorta.points
+    z_top = pts[aorta.arch_apex, 2]
+    cand = np.arange(aorta.i_stj + 10, aorta.arch_apex + 1)
+    below = cand[pts[cand, 2] <= z_top - P["arch_branch_drop_mm"]]
+    i_bct = int(below[-1]) if len(below) else int(aorta.arch_apex)
     r_bct = P["brachiocephalic_radius_mm"]
     r_lcc = P["left_common_carotid_radius_mm"]
     r_lsa = P["left_subclavian_radius_mm"]
-    i_lcc = step_along(i_bct, r_bct + r_lcc + P["carotid_gap_mm"])
-    i_lsa = step_along(i_lcc, r_lcc + r_lsa + P["subclavian_gap_mm"])
-    t_aorta = _tangents(aorta)
+    i_lcc = aorta.step_along(i_bct, r_bct + r_lcc + P["carotid_gap_mm"])
+    i_lsa = aorta.step_along(i_lcc, r_lcc + r_lsa + P["subclavian_gap_mm"])
+    t_aorta = _tangents(pts)
     curv = np.gradient(t_aorta, axis=0)
-
-    def outer(i: int) -> np.ndarray:
-        k = curv[i]
-        out = -k if np.linalg.norm(k) > 1e-6 else ez
-        out = out - (out @ t_aorta[i]) * t_aorta[i]
-        return _unit(out)
-
-    def stub(origin, d0, d1, length, radius, name, parent, landmark=None):
-        """A branch stub from ``origin`` (inside the parent lumen), leaving along d0 and turning to
-        d1, cut ``length`` mm (along the branch) beyond the point where it leaves the parent lumen
-        (the union of the spheres of ``parent`` = (points, radii)); that point is the landmark."""
-        origin = np.asarray(origin, float)
-        ppts, prad = parent
-        total = float(prad.max()) + length + 20.0
-        pts = _hermite(origin, d0, origin + total * _unit(d1), d1, n=1600, scale=0.6)
-        pts, _ = _resample(pts, SAMPLE_SPACING_MM)
-        near = np.linalg.norm(ppts - origin, axis=1) < total + prad
-        outside = np.min(np.linalg.norm(pts[:, None, :] - ppts[near][None], axis=2)
-                         - prad[near][None], axis=1) >= 0.0
-        if not outside.any():
-            raise RuntimeError(f"branch {name} does not leave its parent vessel")
-        i_exit = int(np.argmax(outside))
-        sb = _arclength(pts)
-        pts = pts[: int(np.searchsorted(sb, sb[i_exit] + length)) + 1]
-        C[name] = pts
-        R[name] = np.full(len(pts), float(radius))
-        if landmark is not None:
-            L[landmark] = pts[i_exit].copy()
-        return pts
-
-    jitter = lambda: noise.uniform(-0.12, 0.12, size=3)  # noqa: E731 (fixed draws)
     for i_o, target, r_b, key, lm in (
         (i_bct, [-0.45, -0.2, 1.0], r_bct, "brachiocephalic", "brachiocephalic_origin"),
         (i_lcc, [0.05, -0.1, 1.0], r_lcc, "left_common_carotid", "left_common_carotid_origin"),
         (i_lsa, [0.45, 0.15, 1.0], r_lsa, "left_subclavian", "left_subclavian_origin"),
     ):
-        d1 = _unit(np.asarray(target) + jitter())
-        d0 = _unit(outer(i_o) + d1)
+        d1 = _unit(np.asarray(target) + tree.jitter())
+        d0 = _unit(_outer_side(t_aorta, curv, i_o) + d1)
         name = "brachiocephalic_trunk" if key == "brachiocephalic" else key
-        stub(aorta[i_o], d0, d1, P[f"{key}_length_mm"], r_b, name, (aorta, r_aorta), lm)
+        tree.stub(pts[i_o], d0, d1, P[f"{key}_length_mm"], r_b, name, (pts, aorta.radii), lm)
+    return i_bct, aorta.step_along(i_lsa, r_lsa + 20.0)
 
-    # --- renal stubs ------------------------------------------------------------------------
+
+def _renal_stubs(P: dict, aorta: _Aorta, tree: _Tree) -> None:
+    """Left and right renal artery stubs from the abdominal aorta near the renal level."""
+    pts = aorta.points
     for side, sgn in (("left", 1.0), ("right", -1.0)):
-        zr = z_renal + P[f"{side}_renal_dz_mm"]
-        seg = np.arange(i_hiatus, len(aorta))
-        i_r = int(seg[np.argmin(np.abs(aorta[seg, 2] - zr))])
-        d = _unit(np.array([sgn, 0.35, -0.15]) + jitter())
-        stub(aorta[i_r], d, d, P[f"{side}_renal_length_mm"], P[f"{side}_renal_radius_mm"],
-             f"{side}_renal", (aorta, r_aorta), f"{side}_renal_origin")
+        zr = aorta.z_renal + P[f"{side}_renal_dz_mm"]
+        seg = np.arange(aorta.i_hiatus, len(pts))
+        i_r = int(seg[np.argmin(np.abs(pts[seg, 2] - zr))])
+        d = _unit(np.array([sgn, 0.35, -0.15]) + tree.jitter())
+        tree.stub(pts[i_r], d, d, P[f"{side}_renal_length_mm"], P[f"{side}_renal_radius_mm"],
+                  f"{side}_renal", (pts, aorta.radii), f"{side}_renal_origin")
 
-    # --- split the aorta into named segments -----------------------------------------------
-    i_isthmus = step_along(i_lsa, r_lsa + 20.0)
-    bounds = [0, i_stj, i_bct, i_isthmus, i_hiatus, len(aorta) - 1]
+
+def _split_aorta(aorta: _Aorta, i_bct: int, i_isthmus: int, tree: _Tree) -> None:
+    """Cut the aorta into the named segments of ``AORTA_SEGMENTS`` (shared end points)."""
+    bounds = [0, aorta.i_stj, i_bct, i_isthmus, aorta.i_hiatus, len(aorta.points) - 1]
     for name, a0, a1 in zip(AORTA_SEGMENTS, bounds[:-1], bounds[1:]):
-        C[name] = aorta[a0:a1 + 1].copy()
-        R[name] = r_aorta[a0:a1 + 1].copy()
+        tree.centerlines[name] = aorta.points[a0:a1 + 1].copy()
+        tree.radii[name] = aorta.radii[a0:a1 + 1].copy()
 
-    # --- sinuses of Valsalva, cusp nadirs, coronary ostia ------------------------------------
+
+def _sinus_outer_radius(P: dict, h):
+    """Outer radius of a sinus (distance of its wall from the root axis) at height ``h`` above the
+    annulus: the root base radius plus a bump that rises quadratically from the annulus (so the
+    swept spheres do not widen the annulus), peaks at the sinus radius half way up, and comes back
+    to the STJ radius just below the STJ."""
+    h_stj = P["sinus_height_mm"]
+    ra, rs, rstj = P["annulus_radius_mm"], P["sinus_radius_mm"], P["stj_radius_mm"]
+    h_pk, h_end = 0.5 * h_stj, h_stj - 0.5
+
+    def base_r(height):
+        return np.interp(height, [0.0, h_stj], [ra, rstj])
+
+    hh = np.asarray(h, dtype=float)
+    x = np.where(hh < h_pk, np.clip(hh / h_pk, 0.0, 1.0),
+                 np.clip((h_end - hh) / (h_end - h_pk), 0.0, 1.0))
+    bump = np.where(x < 0.5, 2 * x * x, 1.0 - 2 * (1.0 - x) ** 2)
+    return base_r(h) + (rs - base_r(h_pk)) * bump
+
+
+def _sinuses(P: dict, n: np.ndarray, e_ant: np.ndarray, e_left: np.ndarray,
+             tree: _Tree) -> Dict[str, np.ndarray]:
+    """The three sinuses of Valsalva (skeletons of the bulges) and the cusp nadirs; returns the
+    unit direction of each sinus from the root axis."""
+    A = np.zeros(3)
+    ra = P["annulus_radius_mm"]
     rot = math.radians(P["sinus_rotation_deg"])
     sinus_dirs = {}
     for name, ang in (("right_coronary", 0.0), ("left_coronary", 120.0), ("noncoronary", -120.0)):
         a = rot + math.radians(ang)
         sinus_dirs[name] = math.cos(a) * e_ant + math.sin(a) * e_left
-    # outer profile of a sinus along the root axis (height h above the annulus)
-    # Outer radius of a sinus (distance of its wall from the root axis) at height h above the
-    # annulus: the root base radius plus a bump that rises quadratically from the annulus (so the
-    # swept spheres do not widen the annulus), peaks at the sinus radius half way up, and comes
-    # back to the STJ radius just below the STJ.
-    h_pk, h_end = 0.5 * h_stj, h_stj - 0.5
-
-    def base_r(h):
-        return np.interp(h, [0.0, h_stj], [ra, rstj])
-
-    def bump(h):
-        h = np.asarray(h, dtype=float)
-        x = np.where(h < h_pk, np.clip(h / h_pk, 0.0, 1.0),
-                     np.clip((h_end - h) / (h_end - h_pk), 0.0, 1.0))
-        return np.where(x < 0.5, 2 * x * x, 1.0 - 2 * (1.0 - x) ** 2)
-
-    def sinus_outer(h):
-        return base_r(h) + (rs - base_r(h_pk)) * bump(h)
-
+    h_end = P["sinus_height_mm"] - 0.5
     hs = np.arange(0.0, h_end + 1e-9, 0.25)
-    Rh = sinus_outer(hs)
+    Rh = _sinus_outer_radius(P, hs)
     rho = 0.45 * Rh
     for name, e in sinus_dirs.items():
         pts = A + hs[:, None] * n + (Rh - rho)[:, None] * e
-        C[f"sinus_{name}"] = pts
-        R[f"sinus_{name}"] = rho.copy()
-        L[f"{name}_cusp_nadir"] = A + ra * e
+        tree.centerlines[f"sinus_{name}"] = pts
+        tree.radii[f"sinus_{name}"] = rho.copy()
+        tree.landmarks[f"{name}_cusp_nadir"] = A + ra * e
+    return sinus_dirs
+
+
+def _coronary_stubs(P: dict, aorta: _Aorta, n: np.ndarray, sinus_dirs: Dict[str, np.ndarray],
+                    tree: _Tree) -> None:
+    """Left main and right coronary stubs from their sinuses at the ostium height."""
+    A = np.zeros(3)
     # the left main runs leftward (and a little anterior and down), the right coronary forward,
     # right and down toward the atrioventricular groove
     course = {"left": np.array([0.7, -0.3, -0.2]), "right": np.array([-0.4, -0.5, -0.3])}
-    root_union = _concatenate([(aorta[: i_stj + 1], r_aorta[: i_stj + 1])]
-                              + [(C[f"sinus_{k}"], R[f"sinus_{k}"]) for k in sinus_dirs])
+    i_stj = aorta.i_stj
+    root_union = _concatenate([(aorta.points[: i_stj + 1], aorta.radii[: i_stj + 1])]
+                              + [(tree.centerlines[f"sinus_{k}"], tree.radii[f"sinus_{k}"])
+                                 for k in sinus_dirs])
     for side in ("left", "right"):
         e = sinus_dirs[f"{side}_coronary"]
         h = P["coronary_ostium_height_mm"]
-        Rw = float(sinus_outer(h))
+        Rw = float(_sinus_outer_radius(P, h))
         origin = A + h * n + 0.3 * Rw * e
-        d1 = _unit(e + course[side] + 0.5 * jitter())
+        d1 = _unit(e + course[side] + 0.5 * tree.jitter())
         if d1 @ e < 0.3:  # keep the stub leaving the sinus wall
             d1 = _unit(d1 + (0.3 - d1 @ e) * 1.5 * e)
-        stub(origin, e, d1, P[f"{side}_coronary_length_mm"], P[f"{side}_coronary_radius_mm"],
-             f"{side}_coronary", root_union, f"{side}_coronary_ostium")
+        tree.stub(origin, e, d1, P[f"{side}_coronary_length_mm"], P[f"{side}_coronary_radius_mm"],
+                  f"{side}_coronary", root_union, f"{side}_coronary_ostium")
 
-    # --- iliofemoral axes --------------------------------------------------------------------
-    B = aorta[-1].copy()
-    for side, sgn in (("left", 1.0), ("right", -1.0)):
-        p = lambda k: P[f"{side}_{k}"]  # noqa: E731
-        g = math.radians(p("iliac_half_angle_deg"))
-        d_cia = _unit([sgn * math.sin(g), noise.uniform(0.1, 0.35), -math.cos(g)])
-        IB = B + p("common_iliac_length_mm") * d_cia
-        IN = np.array([mid_x + sgn * p("inguinal_half_width_mm"), B[1] - p("inguinal_anterior_mm"),
-                       B[2] - p("inguinal_depth_mm")])
-        sag = p("external_iliac_sag_mm")
-        # the external iliac bows laterally over the pelvic brim and reaches the groin steeply,
-        # so that it joins the common femoral with a gentle bend
-        EM = 0.5 * (IB + IN) + np.array([0.25 * (IN[0] - IB[0]), sag, -0.6 * sag - 10.0])
-        d_fem = _unit([-sgn * noise.uniform(0.05, 0.2), noise.uniform(0.05, 0.25), -1.0])
-        END = IN + p("femoral_length_mm") * d_fem
-        dense, idx = _spline([B, IB, EM, IN, END], d_cia, d_fem)
-        chain, idx = _resample(dense, SAMPLE_SPACING_MM, idx)
-        # the femoral bifurcation: common_femoral_length_mm along the vessel below the inguinal point
-        idx = idx[:4] + [idx[3] + int(round(p("common_femoral_length_mm") / SAMPLE_SPACING_MM)),
-                         idx[4]]
-        sc = _arclength(chain)
-        amp = 1.0 + 6.0 * p("iliac_tortuosity")
-        win = _ramp(sc, 5.0, 25.0) * (1.0 - 0.8 * _ramp(sc, sc[idx[3]] - 15.0, sc[idx[3]] + 5.0))
-        chain = _perturb(chain, noise, amp, (60.0, 140.0), win)
-        chain, idx = _resample(chain, SAMPLE_SPACING_MM, idx)
-        chain[0] = B
-        sc = _arclength(chain)
-        r_cia, r_eia = p("common_iliac_radius_mm"), p("external_iliac_radius_mm")
-        r_cfa, r_sfa = p("common_femoral_radius_mm"), p("superficial_femoral_radius_mm")
-        rc = _profile(sc, [0.0, sc[idx[1]], sc[idx[3]], sc[idx[4]], sc[-1]],
-                      [r_cia, 0.5 * (r_cia + r_eia), 0.5 * (r_eia + r_cfa), r_cfa, 0.95 * r_sfa],
-                      sigma_mm=3.0)
-        # smooth start: the common iliac leaves the aorta at the aortic radius's neighbourhood
-        names = iliofemoral_segments(side)
-        cuts = [0, idx[1], idx[3], idx[4], len(chain) - 1]
-        for name, a0, a1 in zip(names, cuts[:-1], cuts[1:]):
-            C[name] = chain[a0:a1 + 1].copy()
-            R[name] = rc[a0:a1 + 1].copy()
-        L[f"{side}_iliac_bifurcation"] = chain[idx[1]].copy()
-        L[f"{side}_inguinal"] = chain[idx[3]].copy()
-        L[f"{side}_femoral_bifurcation"] = chain[idx[4]].copy()
-        L[f"{side}_femoral_end"] = chain[-1].copy()
-        tc = _tangents(chain)
-        # internal iliac: posterior and inferior into the pelvis
-        d = _unit(np.array([0.05 * sgn, 0.75, -0.65]) + jitter())
-        stub(chain[idx[1]], d, d, 30.0, p("internal_iliac_radius_mm"), f"{side}_internal_iliac",
-             (chain, rc))
-        # profunda femoris: posterior-lateral, then down, diverging from the superficial femoral
-        d0 = _unit(np.array([0.6 * sgn, 0.8, -0.3]) + jitter())
-        d0h = _unit(d0 - (d0 @ tc[idx[4]]) * tc[idx[4]])
-        d1 = _unit(0.7 * d0h + tc[idx[4]])
-        stub(chain[idx[4]], d0, d1, 30.0, p("profunda_radius_mm"), f"{side}_profunda_femoris",
-             (chain, rc))
 
-    # --- landmarks on the aorta ------------------------------------------------------------------
-    desc = C["descending_aorta"]
-    L.update({
-        "annulus_center": A.copy(),
-        "sinotubular_junction": aorta[i_stj].copy(),
-        "arch_top": aorta[arch_apex].copy(),
+def _iliofemoral_centerline(P: dict, side: str, sgn: float, B: np.ndarray,
+                            noise: np.random.Generator) -> Tuple[np.ndarray, List[int]]:
+    """Centerline of one iliofemoral axis from the aortic bifurcation ``B`` to the end of the
+    superficial femoral; returns the points and the sample indices of the bifurcation, the iliac
+    bifurcation, the pelvic brim, the inguinal point, the femoral bifurcation and the end."""
+    p = lambda k: P[f"{side}_{k}"]  # noqa: E731
+    mid_x = P["midline_x_mm"]
+    g = math.radians(p("iliac_half_angle_deg"))
+    d_cia = _unit([sgn * math.sin(g), noise.uniform(0.1, 0.35), -math.cos(g)])
+    IB = B + p("common_iliac_length_mm") * d_cia
+    IN = np.array([mid_x + sgn * p("inguinal_half_width_mm"), B[1] - p("inguinal_anterior_mm"),
+                   B[2] - p("inguinal_depth_mm")])
+    sag = p("external_iliac_sag_mm")
+    # the external iliac bows laterally over the pelvic brim and reaches the groin steeply,
+    # so that it joins the common femoral with a gentle bend
+    EM = 0.5 * (IB + IN) + np.array([0.25 * (IN[0] - IB[0]), sag, -0.6 * sag - 10.0])
+    d_fem = _unit([-sgn * noise.uniform(0.05, 0.2), noise.uniform(0.05, 0.25), -1.0])
+    END = IN + p("femoral_length_mm") * d_fem
+    dense, idx = _spline([B, IB, EM, IN, END], d_cia, d_fem)
+    chain, idx = _resample(dense, SAMPLE_SPACING_MM, idx)
+    # the femoral bifurcation: common_femoral_length_mm along the vessel below the inguinal point
+    idx = idx[:4] + [idx[3] + int(round(p("common_femoral_length_mm") / SAMPLE_SPACING_MM)),
+                     idx[4]]
+    sc = _arclength(chain)
+    amp = 1.0 + 6.0 * p("iliac_tortuosity")
+    win = _ramp(sc, 5.0, 25.0) * (1.0 - 0.8 * _ramp(sc, sc[idx[3]] - 15.0, sc[idx[3]] + 5.0))
+    chain = _perturb(chain, noise, amp, (60.0, 140.0), win)
+    chain, idx = _resample(chain, SAMPLE_SPACING_MM, idx)
+    chain[0] = B
+    return chain, idx
+
+
+def _iliofemoral_axis(P: dict, side: str, sgn: float, B: np.ndarray, tree: _Tree) -> None:
+    """One side's iliofemoral segments (common and external iliac, common and superficial
+    femoral) with their radii and landmarks, and the internal iliac and profunda stubs."""
+    p = lambda k: P[f"{side}_{k}"]  # noqa: E731
+    chain, idx = _iliofemoral_centerline(P, side, sgn, B, tree.noise)
+    sc = _arclength(chain)
+    r_cia, r_eia = p("common_iliac_radius_mm"), p("external_iliac_radius_mm")
+    r_cfa, r_sfa = p("common_femoral_radius_mm"), p("superficial_femoral_radius_mm")
+    rc = _profile(sc, [0.0, sc[idx[1]], sc[idx[3]], sc[idx[4]], sc[-1]],
+                  [r_cia, 0.5 * (r_cia + r_eia), 0.5 * (r_eia + r_cfa), r_cfa, 0.95 * r_sfa],
+                  sigma_mm=3.0)
+    # smooth start: the common iliac leaves the aorta at the aortic radius's neighbourhood
+    names = iliofemoral_segments(side)
+    cuts = [0, idx[1], idx[3], idx[4], len(chain) - 1]
+    for name, a0, a1 in zip(names, cuts[:-1], cuts[1:]):
+        tree.centerlines[name] = chain[a0:a1 + 1].copy()
+        tree.radii[name] = rc[a0:a1 + 1].copy()
+    tree.landmarks[f"{side}_iliac_bifurcation"] = chain[idx[1]].copy()
+    tree.landmarks[f"{side}_inguinal"] = chain[idx[3]].copy()
+    tree.landmarks[f"{side}_femoral_bifurcation"] = chain[idx[4]].copy()
+    tree.landmarks[f"{side}_femoral_end"] = chain[-1].copy()
+    tc = _tangents(chain)
+    # internal iliac: posterior and inferior into the pelvis
+    d = _unit(np.array([0.05 * sgn, 0.75, -0.65]) + tree.jitter())
+    tree.stub(chain[idx[1]], d, d, 30.0, p("internal_iliac_radius_mm"), f"{side}_internal_iliac",
+              (chain, rc))
+    # profunda femoris: posterior-lateral, then down, diverging from the superficial femoral
+    d0 = _unit(np.array([0.6 * sgn, 0.8, -0.3]) + tree.jitter())
+    d0h = _unit(d0 - (d0 @ tc[idx[4]]) * tc[idx[4]])
+    d1 = _unit(0.7 * d0h + tc[idx[4]])
+    tree.stub(chain[idx[4]], d0, d1, 30.0, p("profunda_radius_mm"), f"{side}_profunda_femoris",
+              (chain, rc))
+
+
+def _aorta_landmarks(aorta: _Aorta, B: np.ndarray, tree: _Tree) -> None:
+    """Landmarks on the aorta: annulus centre, STJ, arch top, mid descending aorta, hiatus and
+    bifurcation."""
+    pts = aorta.points
+    desc = tree.centerlines["descending_aorta"]
+    tree.landmarks.update({
+        "annulus_center": np.zeros(3),
+        "sinotubular_junction": pts[aorta.i_stj].copy(),
+        "arch_top": pts[aorta.arch_apex].copy(),
         "mid_descending_aorta": desc[np.searchsorted(_arclength(desc), 0.5 * _arclength(desc)[-1])].copy(),
-        "aortic_hiatus": aorta[i_hiatus].copy(),
+        "aortic_hiatus": pts[aorta.i_hiatus].copy(),
         "bifurcation": B.copy(),
     })
-    P["arch_type_measured_drop_mm"] = float(z_top - aorta[i_bct, 2])
-    L = {k: L[k] for k in LANDMARKS}
-    C = {k: C[k] for k in SEGMENTS}
-    R = {k: R[k] for k in SEGMENTS}
-    return Anatomy(centerlines=C, radii=R, landmarks=L, params=_jsonable(P), seed=seed_int)
 
 
 def _jsonable(obj):
@@ -813,6 +943,38 @@ def deform_anatomy(anatomy: Anatomy, rng: SeedLike, *,
         access_side = "right" if u_side < 0.7 else "left"
     if access_side not in SIDES:
         raise InputError(f"access_side must be 'left' or 'right', got {access_side!r}")
+    fractions = _wire_fractions(wire_straightening, access_side, u_f, u_c)
+    root_motion_mm = _root_motion_amplitude(root_motion_mm, u_m)
+
+    # 1. guidewire straightening of the iliofemoral chains
+    lm_moves: Dict[str, np.ndarray] = {}
+    access_points: Dict[str, np.ndarray] = {}
+    for side in SIDES:
+        access_point, moves = _straighten_wire(anatomy, out, side, fractions.get(side, 0.0))
+        if access_point is not None:
+            access_points[side] = access_point
+            lm_moves.update(moves)
+    for lm, dv in lm_moves.items():
+        out.landmarks[lm] = anatomy.landmarks[lm] + dv
+
+    # 2. root motion: smooth field decaying away from the annulus
+    D = _unit(dvec) * root_motion_mm if root_motion_mm > 0 else np.zeros(3)
+    _move_root(out, anatomy.landmarks["annulus_center"], D, root_motion_sigma_mm)
+    out.state = "intra-operative"
+    out.params["deformation"] = _jsonable({
+        "access_side": access_side,
+        "wire_straightening": {s: fractions.get(s, 0.0) for s in SIDES},
+        "wire_access_points_lps": access_points,
+        "root_motion_mm": root_motion_mm,
+        "root_motion_vector_mm": D,
+        "root_motion_sigma_mm": float(root_motion_sigma_mm),
+    })
+    return out
+
+
+def _wire_fractions(wire_straightening, access_side: str, u_f: float, u_c: float) -> Dict[str, float]:
+    """Straightening fraction per side: as given, or drawn from the uniform numbers ``u_f`` (access
+    side) and ``u_c`` (contralateral share) when ``wire_straightening`` is None."""
     if wire_straightening is None:
         lo, hi = WIRE_STRAIGHTENING_RANGE
         f_acc = lo + u_f * (hi - lo)
@@ -827,60 +989,75 @@ def deform_anatomy(anatomy: Anatomy, rng: SeedLike, *,
     for s, f in fractions.items():
         if not 0.0 <= f <= 1.0:
             raise InputError(f"wire straightening fraction for the {s} side must be in [0, 1], got {f}")
+    return fractions
+
+
+def _root_motion_amplitude(root_motion_mm: Optional[float], u_m: float) -> float:
+    """|D| of the root motion: as given (checked to lie in [0, 50] mm), or drawn in
+    ``ROOT_MOTION_RANGE_MM`` from the uniform number ``u_m`` when None."""
     if root_motion_mm is None:
         lo, hi = ROOT_MOTION_RANGE_MM
         root_motion_mm = lo + u_m * (hi - lo)
     root_motion_mm = float(root_motion_mm)
     if not (math.isfinite(root_motion_mm) and 0.0 <= root_motion_mm <= 50.0):
         raise InputError(f"root_motion_mm must be in [0, 50], got {root_motion_mm}")
+    return root_motion_mm
 
-    # 1. guidewire straightening of the iliofemoral chains
+
+def _straighten_wire(anatomy: Anatomy, out: Anatomy, side: str,
+                     f: float) -> Tuple[Optional[np.ndarray], Dict[str, np.ndarray]]:
+    """Blend ``side``'s iliofemoral chain of ``anatomy`` toward the wire's straight path by ``f``,
+    writing the moved segments and branch stubs into ``out``. Returns the femoral access point
+    (None when nothing moves) and the displacement of each of the side's landmarks."""
+    names = [n for n in iliofemoral_segments(side) if n in out.centerlines]
+    if f == 0.0 or not names:
+        return None, {}
+    pts, _ = anatomy.chain(f"{side}_iliofemoral")
+    tree = cKDTree(pts)
+    lms = anatomy.landmarks
+    if f"{side}_inguinal" in lms and f"{side}_femoral_bifurcation" in lms:
+        i_acc = (int(tree.query(lms[f"{side}_inguinal"])[1])
+                 + int(tree.query(lms[f"{side}_femoral_bifurcation"])[1])) // 2
+    else:
+        i_acc = len(pts) - 1
+    disp = _wire_displacement(pts, i_acc, f)
+    k = 0
+    for j, name in enumerate(names):
+        m = len(anatomy.centerlines[name])
+        start = k if j == 0 else k - 1
+        out.centerlines[name] = anatomy.centerlines[name] + disp[start:start + m]
+        k = start + m
+    # branch stubs of this side move rigidly with their origin
+    for stub in (f"{side}_internal_iliac", f"{side}_profunda_femoris"):
+        if stub in out.centerlines:
+            _, i0 = tree.query(anatomy.centerlines[stub][0])
+            out.centerlines[stub] = anatomy.centerlines[stub] + disp[i0]
     lm_moves: Dict[str, np.ndarray] = {}
-    access_points: Dict[str, np.ndarray] = {}
-    for side in SIDES:
-        f = fractions.get(side, 0.0)
-        names = [n for n in iliofemoral_segments(side) if n in out.centerlines]
-        if f == 0.0 or not names:
-            continue
-        pts, _ = anatomy.chain(f"{side}_iliofemoral")
-        tree = cKDTree(pts)
-        lms = anatomy.landmarks
-        if f"{side}_inguinal" in lms and f"{side}_femoral_bifurcation" in lms:
-            i_acc = (int(tree.query(lms[f"{side}_inguinal"])[1])
-                     + int(tree.query(lms[f"{side}_femoral_bifurcation"])[1])) // 2
-        else:
-            i_acc = len(pts) - 1
-        seg = pts[: i_acc + 1]
-        sa = _arclength(seg)
-        straight = seg[0] + (sa / sa[-1])[:, None] * (seg[-1] - seg[0])
-        # the weight goes smoothly to 0 at both ends: no kink at the bifurcation or the access point
-        w = f * _ramp(sa, 0.0, 25.0) * _ramp(sa, sa[-1], sa[-1] - 30.0)
-        disp = np.zeros_like(pts)
-        disp[: i_acc + 1] = w[:, None] * (straight - seg)
-        access_points[side] = pts[i_acc]
-        k = 0
-        for j, name in enumerate(names):
-            m = len(anatomy.centerlines[name])
-            start = k if j == 0 else k - 1
-            out.centerlines[name] = anatomy.centerlines[name] + disp[start:start + m]
-            k = start + m
-        # branch stubs of this side move rigidly with their origin
-        for stub in (f"{side}_internal_iliac", f"{side}_profunda_femoris"):
-            if stub in out.centerlines:
-                _, i0 = tree.query(anatomy.centerlines[stub][0])
-                out.centerlines[stub] = anatomy.centerlines[stub] + disp[i0]
-        for lm in (f"{side}_iliac_bifurcation", f"{side}_inguinal", f"{side}_femoral_bifurcation",
-                   f"{side}_femoral_end"):
-            if lm in anatomy.landmarks:
-                _, i0 = tree.query(anatomy.landmarks[lm])
-                lm_moves[lm] = disp[i0]
-    for lm, dv in lm_moves.items():
-        out.landmarks[lm] = anatomy.landmarks[lm] + dv
+    for lm in (f"{side}_iliac_bifurcation", f"{side}_inguinal", f"{side}_femoral_bifurcation",
+               f"{side}_femoral_end"):
+        if lm in anatomy.landmarks:
+            _, i0 = tree.query(anatomy.landmarks[lm])
+            lm_moves[lm] = disp[i0]
+    return pts[i_acc], lm_moves
 
-    # 2. root motion: smooth field decaying away from the annulus
-    D = _unit(dvec) * root_motion_mm if root_motion_mm > 0 else np.zeros(3)
-    centre = anatomy.landmarks["annulus_center"]
-    sig2 = 2.0 * float(root_motion_sigma_mm) ** 2
+
+def _wire_displacement(pts: np.ndarray, i_acc: int, f: float) -> np.ndarray:
+    """Displacement of each chain point: up to the access point ``i_acc``, a fraction of the way
+    to the straight line from the first point to the access point; zero beyond it."""
+    seg = pts[: i_acc + 1]
+    sa = _arclength(seg)
+    straight = seg[0] + (sa / sa[-1])[:, None] * (seg[-1] - seg[0])
+    # the weight goes smoothly to 0 at both ends: no kink at the bifurcation or the access point
+    w = f * _ramp(sa, 0.0, 25.0) * _ramp(sa, sa[-1], sa[-1] - 30.0)
+    disp = np.zeros_like(pts)
+    disp[: i_acc + 1] = w[:, None] * (straight - seg)
+    return disp
+
+
+def _move_root(out: Anatomy, centre: np.ndarray, D: np.ndarray, sigma_mm: float) -> None:
+    """Move every centerline point and landmark of ``out`` by ``D`` weighted with a Gaussian of
+    ``sigma_mm`` about ``centre``."""
+    sig2 = 2.0 * float(sigma_mm) ** 2
 
     def move(x):
         w = np.exp(-np.sum((x - centre) ** 2, axis=-1) / sig2)
@@ -888,16 +1065,6 @@ def deform_anatomy(anatomy: Anatomy, rng: SeedLike, *,
 
     out.centerlines = {k: move(v) for k, v in out.centerlines.items()}
     out.landmarks = {k: move(v) for k, v in out.landmarks.items()}
-    out.state = "intra-operative"
-    out.params["deformation"] = _jsonable({
-        "access_side": access_side,
-        "wire_straightening": {s: fractions.get(s, 0.0) for s in SIDES},
-        "wire_access_points_lps": access_points,
-        "root_motion_mm": root_motion_mm,
-        "root_motion_vector_mm": D,
-        "root_motion_sigma_mm": float(root_motion_sigma_mm),
-    })
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1061,83 +1228,113 @@ def lumen_field(anatomy: Anatomy, voxel_mm: float = 1.0, region=None, blend_mm: 
     if not sources:
         raise InputError("the region contains no vessel")
     margin = max(blend_mm, 2.0 * h) + 0.5
-    lo = np.min([np.min(p - r[:, None], axis=0) for _, p, r in sources], axis=0) - margin
-    hi = np.max([np.max(p + r[:, None], axis=0) for _, p, r in sources], axis=0) + margin
-    origin = np.floor(lo / h) * h
-    nvox = np.ceil((hi - origin) / h).astype(int) + 1
-    # Two-level blocks: coarse blocks (_BLOCK voxels a side) find where a source can matter, fine
-    # blocks (_SUB voxels) are then skipped when far outside or deep inside (only the sign matters
-    # there; the field is 1-Lipschitz), the rest is computed voxel by voxel.
-    B1, B2 = _BLOCK, _SUB
-    nb1 = -(-nvox // B1)  # coarse blocks per axis (x, y, z)
-    nvox = nb1 * B1
-    field = np.full((nvox[2], nvox[1], nvox[0]), -margin, dtype=np.float32)
-    f6 = field.reshape(nvox[2] // B2, B2, nvox[1] // B2, B2, nvox[0] // B2, B2)  # a view
-    bz, by, bx = np.meshgrid(np.arange(nb1[2]), np.arange(nb1[1]), np.arange(nb1[0]), indexing="ij")
-    bidx1 = np.stack([bz.ravel(), by.ravel(), bx.ravel()], axis=1)  # (z, y, x)
-    cent1 = origin + h * (B1 * bidx1[:, ::-1] + (B1 - 1) / 2.0)
-    hd1 = h * (B1 - 1) * math.sqrt(3) / 2.0
-    hd2 = h * (B2 - 1) * math.sqrt(3) / 2.0
-    r = B1 // B2
-    cz, cy, cx = np.meshgrid(np.arange(r), np.arange(r), np.arange(r), indexing="ij")
-    children = np.stack([cz.ravel(), cy.ravel(), cx.ravel()], axis=1)
-    oz, oy, ox = np.meshgrid(np.arange(B2), np.arange(B2), np.arange(B2), indexing="ij")
-    offs = h * np.stack([ox.ravel(), oy.ravel(), oz.ravel()], axis=1)  # (B2^3, 3) xyz
-    chunk = max(1, 262144 // B2 ** 3)
+    grid = _BlockGrid(sources, h, margin)
     first = True
-    for _name, pts, rad in sources:
-        src = _Source(pts, rad, margin)
-        reach = rad.max() + margin + hd1
-        d1, i1 = src.tree.query(cent1, distance_upper_bound=reach, workers=-1)
+    for name, pts, rad in sources:
+        # the first source and the sinus bulges are merged without a fillet
+        k = 0.0 if (first or name in SINUS_SEGMENTS) else blend_mm
+        if grid.add(_Source(pts, rad, margin), k):
+            first = False
+    _cut_lvot(anatomy, grid.field, grid.origin, h, grid.nvox, box)
+    return grid.field, grid.origin, np.array([h, h, h])
+
+
+class _BlockGrid:
+    """The lumen field's voxel grid, filled source by source in two-level blocks: coarse blocks
+    (_BLOCK voxels a side) find where a source can matter, fine blocks (_SUB voxels) are then
+    skipped when far outside or deep inside (only the sign matters there; the field is
+    1-Lipschitz), the rest is computed voxel by voxel."""
+
+    def __init__(self, sources: List[Tuple[str, np.ndarray, np.ndarray]], h: float, margin: float):
+        self.h, self.margin = h, margin
+        lo = np.min([np.min(p - r[:, None], axis=0) for _, p, r in sources], axis=0) - margin
+        hi = np.max([np.max(p + r[:, None], axis=0) for _, p, r in sources], axis=0) + margin
+        self.origin = origin = np.floor(lo / h) * h
+        nvox = np.ceil((hi - origin) / h).astype(int) + 1
+        B1, B2 = _BLOCK, _SUB
+        nb1 = -(-nvox // B1)  # coarse blocks per axis (x, y, z)
+        self.nvox = nvox = nb1 * B1
+        self.field = np.full((nvox[2], nvox[1], nvox[0]), -margin, dtype=np.float32)
+        self.f6 = self.field.reshape(nvox[2] // B2, B2, nvox[1] // B2, B2, nvox[0] // B2, B2)  # a view
+        bz, by, bx = np.meshgrid(np.arange(nb1[2]), np.arange(nb1[1]), np.arange(nb1[0]), indexing="ij")
+        self.bidx1 = np.stack([bz.ravel(), by.ravel(), bx.ravel()], axis=1)  # (z, y, x)
+        self.cent1 = origin + h * (B1 * self.bidx1[:, ::-1] + (B1 - 1) / 2.0)
+        self.hd1 = h * (B1 - 1) * math.sqrt(3) / 2.0
+        self.hd2 = h * (B2 - 1) * math.sqrt(3) / 2.0
+        self.ratio = r = B1 // B2
+        cz, cy, cx = np.meshgrid(np.arange(r), np.arange(r), np.arange(r), indexing="ij")
+        self.children = np.stack([cz.ravel(), cy.ravel(), cx.ravel()], axis=1)
+        oz, oy, ox = np.meshgrid(np.arange(B2), np.arange(B2), np.arange(B2), indexing="ij")
+        self.offs = h * np.stack([ox.ravel(), oy.ravel(), oz.ravel()], axis=1)  # (B2^3, 3) xyz
+        self.chunk = max(1, 262144 // B2 ** 3)
+
+    def _fine_blocks(self, src: _Source) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """Fine blocks (z, y, x indices) of ``src``: those deep inside its lumen and those that need
+        voxel values; None when no coarse block is within its reach."""
+        margin, h, B2 = self.margin, self.h, _SUB
+        reach = src.radii.max() + margin + self.hd1
+        d1, i1 = src.tree.query(self.cent1, distance_upper_bound=reach, workers=-1)
         ok = np.flatnonzero(np.isfinite(d1))
-        act1 = ok[d1[ok] < src.local_rmax[i1[ok]] + margin + hd1]
+        act1 = ok[d1[ok] < src.local_rmax[i1[ok]] + margin + self.hd1]
         if len(act1) == 0:
-            continue
-        sub = (r * bidx1[act1][:, None, :] + children[None]).reshape(-1, 3)
-        cent2 = origin + h * (B2 * sub[:, ::-1] + (B2 - 1) / 2.0)
+            return None
+        sub = (self.ratio * self.bidx1[act1][:, None, :] + self.children[None]).reshape(-1, 3)
+        cent2 = self.origin + h * (B2 * sub[:, ::-1] + (B2 - 1) / 2.0)
         d2, i2 = src.tree.query(cent2, distance_upper_bound=reach, workers=-1)
         ok = np.isfinite(d2)
         near = np.zeros(len(sub), dtype=bool)
-        near[ok] = d2[ok] < src.local_rmax[i2[ok]] + margin + hd2
+        near[ok] = d2[ok] < src.local_rmax[i2[ok]] + margin + self.hd2
         deep = np.zeros(len(sub), dtype=bool)
-        deep[ok] = src.radii[i2[ok]] - d2[ok] - hd2 > margin
-        blk = sub[deep]
+        deep[ok] = src.radii[i2[ok]] - d2[ok] - self.hd2 > margin
+        return sub[deep], sub[near & ~deep]
+
+    def add(self, src: _Source, k: float) -> bool:
+        """Merge ``src`` into the field (smooth maximum with fillet ``k``); returns False when no
+        block is within its reach."""
+        blocks = self._fine_blocks(src)
+        if blocks is None:
+            return False
+        blk, todo = blocks
+        f6, margin, B2 = self.f6, self.margin, _SUB
         if len(blk):
             zi, yi, xi = blk[:, 0], blk[:, 1], blk[:, 2]
             f6[zi, :, yi, :, xi, :] = np.maximum(f6[zi, :, yi, :, xi, :], np.float32(margin))
-        todo = sub[near & ~deep]
-        for c0 in range(0, len(todo), chunk):
-            blk = todo[c0:c0 + chunk]
-            xyz = (origin + h * B2 * blk[:, ::-1])[:, None, :] + offs[None, :, :]
+        for c0 in range(0, len(todo), self.chunk):
+            blk = todo[c0:c0 + self.chunk]
+            xyz = (self.origin + self.h * B2 * blk[:, ::-1])[:, None, :] + self.offs[None, :, :]
             vals = src.values(xyz.reshape(-1, 3))
             vals = np.maximum(vals, -margin).astype(np.float32).reshape(len(blk), B2, B2, B2)
             zi, yi, xi = blk[:, 0], blk[:, 1], blk[:, 2]
             cur = f6[zi, :, yi, :, xi, :]
-            k = 0.0 if (first or _name in SINUS_SEGMENTS) else blend_mm
             f6[zi, :, yi, :, xi, :] = _smooth_max(cur, vals, k)
-        first = False
-    # flat cut of the left ventricular outflow tract: only inside a short cylinder about the root
-    # axis below the annulus, so that nothing else (descending aorta) is touched
-    if "aortic_root" in anatomy.centerlines:
-        root = anatomy.centerlines["aortic_root"]
-        p0 = root[0]
-        if box is None or np.all((p0 >= box[0]) & (p0 <= box[1])):
-            t0 = anatomy.annulus_normal
-            rcyl = max(float(np.max(anatomy.radii[s])) + float(np.max(np.linalg.norm(
-                np.cross(anatomy.centerlines[s] - p0, t0), axis=1)))
-                for s in ("aortic_root",) + SINUS_SEGMENTS if s in anatomy.centerlines) + 3.0
-            reach = rcyl + LVOT_MM + 2.0
-            i0 = np.clip(np.floor((p0 - reach - origin) / h).astype(int), 0, nvox - 1)
-            i1 = np.clip(np.ceil((p0 + reach - origin) / h).astype(int) + 1, 0, nvox)
-            zz, yy, xx = np.meshgrid(*(origin[a] + h * np.arange(i0[a], i1[a]) for a in (2, 1, 0)),
-                                     indexing="ij")
-            rel = np.stack([xx, yy, zz], axis=-1) - p0
-            axial = rel @ t0
-            radial = np.linalg.norm(rel - axial[..., None] * t0, axis=-1)
-            sub = field[i0[2]:i1[2], i0[1]:i1[1], i0[0]:i1[0]]
-            inside = (radial < rcyl) & (axial < LVOT_MM) & (axial > -rcyl)
-            sub[inside] = np.minimum(sub[inside], axial[inside].astype(np.float32))
-    return field, origin, np.array([h, h, h])
+        return True
+
+
+def _cut_lvot(anatomy: Anatomy, field: np.ndarray, origin: np.ndarray, h: float, nvox: np.ndarray,
+              box) -> None:
+    """Flat cut of the left ventricular outflow tract in ``field``: only inside a short cylinder
+    about the root axis below the annulus, so that nothing else (descending aorta) is touched."""
+    if "aortic_root" not in anatomy.centerlines:
+        return
+    root = anatomy.centerlines["aortic_root"]
+    p0 = root[0]
+    if not (box is None or np.all((p0 >= box[0]) & (p0 <= box[1]))):
+        return
+    t0 = anatomy.annulus_normal
+    rcyl = max(float(np.max(anatomy.radii[s])) + float(np.max(np.linalg.norm(
+        np.cross(anatomy.centerlines[s] - p0, t0), axis=1)))
+        for s in ("aortic_root",) + SINUS_SEGMENTS if s in anatomy.centerlines) + 3.0
+    reach = rcyl + LVOT_MM + 2.0
+    i0 = np.clip(np.floor((p0 - reach - origin) / h).astype(int), 0, nvox - 1)
+    i1 = np.clip(np.ceil((p0 + reach - origin) / h).astype(int) + 1, 0, nvox)
+    zz, yy, xx = np.meshgrid(*(origin[a] + h * np.arange(i0[a], i1[a]) for a in (2, 1, 0)),
+                             indexing="ij")
+    rel = np.stack([xx, yy, zz], axis=-1) - p0
+    axial = rel @ t0
+    radial = np.linalg.norm(rel - axial[..., None] * t0, axis=-1)
+    sub = field[i0[2]:i1[2], i0[1]:i1[1], i0[0]:i1[0]]
+    inside = (radial < rcyl) & (axial < LVOT_MM) & (axial > -rcyl)
+    sub[inside] = np.minimum(sub[inside], axial[inside].astype(np.float32))
 
 
 def anatomy_surface(anatomy: Anatomy, voxel_mm: float = 1.0, region=None, *,

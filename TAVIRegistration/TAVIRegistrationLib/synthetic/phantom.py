@@ -650,21 +650,16 @@ def _frame_times(rng, n: int, cine: bool, contrast: ContrastModel) -> Tuple[List
 def _generate_patient(index: int, config: PhantomConfig, folder: Path,
                       progress: Optional[Callable[[int], None]] = None) -> dict:
     """Generate one patient into ``folder`` (created); returns its index rows and case summary."""
-    from . import xray
-    from scipy import ndimage
-    from ..fluoro import write_fluoro_dicom
     from ..projection import ProjectionRenderer
+    from .anatomy import anatomy_to_json
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(exist_ok=True)
     (folder / "projections").mkdir(exist_ok=True)
     pt = _Patient(index, config, folder)
-    from .anatomy import anatomy_to_json
-
     anat_doc = anatomy_to_json(pt.pre)
     _write(folder / "anatomy.json", json.dumps(anat_doc).encode())
-    rng = pt.rng
-    plan = plan_series(rng, int(config.frames_per_patient), float(config.upper_fraction))
+    plan = plan_series(pt.rng, int(config.frames_per_patient), float(config.upper_fraction))
     true_model = _copy_polydata(pt.model)
     r_true = ProjectionRenderer(true_model)
     r_nom = ProjectionRenderer(pt.model)
@@ -672,190 +667,360 @@ def _generate_patient(index: int, config: PhantomConfig, folder: Path,
     series_docs = []
     try:
         for si, spec in enumerate(plan):
-            fov = spec["fov"]
-            sid = f"s{si:02d}"
-            g = draw_geometry(rng, fov, pt.pre, config.size)
-            iso, iso_name = draw_isocenter(rng, fov, pt.pre, pt.access_side)
-            iso = np.round(iso, 3)
-            geom = CArmGeometry(g["primary_angle_deg"], g["secondary_angle_deg"], g["sid_mm"], g["sod_mm"],
-                                g["pixel_spacing_mm"], g["rows"], g["cols"], tuple(iso))
-            pose = draw_pose(rng, iso)
-            T = np.asarray(pose["T_true"])
-            im = xray.draw_imaging(rng, geom.cols, fov, spec["cine"])
-            contrast = ContrastModel(pt.pre, pt.deform, fov, rng, pt.access_side)
-            iodine = float(rng.uniform(30.0, 70.0) if fov == "upper" else rng.uniform(80.0, 200.0))
-            hr = float(rng.uniform(55.0, 95.0))
-            card_amp = float(rng.uniform(0.8, 3.0))
-            card_dir = xray._unit(np.asarray(pt.body.info["heart"]["apex_dir"]) + rng.normal(0, 0.4, 3))
-            resp_amp = float(rng.uniform(0.3, 3.0))
-            resp_dir = xray._unit(np.array([0.0, -0.3, 1.0]) + rng.normal(0, 0.2, 3))
-            resp_period, resp_phase = float(rng.uniform(3.0, 5.5)), float(rng.uniform(0, 2 * math.pi))
-            stage = None
-            if fov == "upper":
-                stage = str(rng.choice(list(STAGES), p=list(STAGE_PROBABILITIES)))
-                devices = xray.build_upper_devices(pt.pre, rng, stage, pt.body.info["heart"])
-                if stage == "deployed" and rng.uniform() < 0.2:
-                    devices.moving = [d for d in devices.moving if not d.name.startswith("pigtail")]
-            else:
-                devices = xray.build_lower_devices(pt.pre, rng, pt.access_side)
-            times, ft = _frame_times(rng, spec["frames"], spec["cine"], contrast)
-            grid = xray.RayGrid(geom)
-            # static background of the series
-            static = xray.solid_path_lengths(pt.body.solids, grid, T)
-            xray.tube_path_lengths(pt.body.tubes + devices.static, grid, T, out=static)
-            mu_static = xray.static_attenuation(static, grid, rng, float(rng.uniform(0.01, 0.03)),
-                                                float(rng.uniform(0.02, 0.06)))
-            mov_bind = [pt.deform.bind(d.points) for d in devices.moving]
-            # lumen voxels that can reach the detector in this series
-            xy, _w = grid.project_posed(pt.vox, T)
-            h, w = grid.shape
-            mg = 60.0 / grid.factor
-            vsel = np.flatnonzero((xy[:, 0] > -mg) & (xy[:, 0] < w + mg) & (xy[:, 1] > -mg) & (xy[:, 1] < h + mg))
-            vbind = xray_binding_subset(pt.vox_bind, vsel)
-            v_owner = pt.vox_owner[vsel]
-            v_pts, v_vol = pt.vox[vsel], pt.vox_vol[vsel]
-            v_r = pt.deform.r[v_owner]
-            nominal = r_nom.render(geom, with_depth=False).mask
-            nom_rel = f"projections/{sid}_nominal.png"
-            _write(folder / nom_rel, _png_bytes(nominal * 255))
-            cl_nom = project(geom, pt.cl_pre)
-            lm_nom = project(geom, pt.lm_pre)
-            region = region_mask_pre(pt.pre, fov, pt.cl_pre)
-            frames_u = []
-            frame_docs = []
-            last_true = None
-            for k, t in enumerate(times):
-                motion = {"time_s": float(t)}
-                if fov == "upper":
-                    ph = 2 * math.pi * (t * hr / 60.0)
-                    motion["cardiac_mm"] = (card_amp * 0.5 * (1 - math.cos(ph)) * card_dir).tolist()
-                    motion["respiratory_mm"] = (resp_amp * math.sin(2 * math.pi * t / resp_period + resp_phase) * resp_dir).tolist()
-                else:
-                    motion["cardiac_mm"] = [0.0, 0.0, 0.0]
-                    motion["respiratory_mm"] = [0.0, 0.0, 0.0]
-                frame_rng = np.random.default_rng(np.random.SeedSequence([int(config.seed), index, si, k, 7]))
-                # true surface and its projection
-                if last_true is None or fov == "upper":
-                    sp = true_points(pt.deform, T, pt.surf_pts, motion, pt.surf_bind)
-                    _set_points(true_model, sp)
-                    last_true = r_true.render(geom, with_depth=False).mask
-                true_mask = last_true
-                # contrast in the lumen
-                c_samp = contrast.concentration(t)
-                c_vox = c_samp[v_owner]
-                vp = true_points(pt.deform, T, v_pts, motion, vbind)
-                A = xray.splat_volume(vp, v_vol * c_vox, grid, VOXEL_MM)
-                sil = xray.downsample_mean(true_mask.astype(np.float32), grid.factor)
-                cf = _coarse_factor(grid)
-                A = xray.sharpen_with_silhouette(A, sil, cf)
-                visible = c_vox * iodine * xray.MU_IODINE_PER_MG_ML * 2.0 * v_r >= VISIBILITY_ATTENUATION
-                # moving devices
-                moved = []
-                inj = contrast.injecting(t) if fov == "upper" else 0.0
-                for d, b in zip(devices.moving, mov_bind):
-                    dd = d.moved(true_points(pt.deform, T, d.points, motion, b))
-                    if d.name == "pigtail lumen":
-                        dd.weight = inj
-                        if inj <= 0.01:
-                            continue
-                    moved.append(dd)
-                mats = xray.tube_path_lengths(moved, grid, T, points_are_posed=True)
-                mu = mu_static.copy()
-                for m, L in mats.items():
-                    mu += np.float32(xray.MU_PER_MM[m]) * L
-                mu += np.float32(iodine * xray.MU_IODINE_PER_MG_ML) * A
-                np.maximum(mu, 0.0, out=mu)
-                frame, open_field = xray.form_image(mu, grid, im, frame_rng)
-                # ground-truth mask as opacified
-                if visible.any():
-                    B = xray.splat_volume(vp[visible], v_vol[visible], grid, VOXEL_MM)
-                    Bn = xray.upsample(B, grid.factor, (geom.rows, geom.cols)) if grid.factor > 1 else B
-                    gt = Bn > MASK_PATH_MM
-                    gt = ndimage.binary_dilation(gt, iterations=max(1, cf * grid.factor // 2))
-                    gt &= true_mask > 0
-                    gt &= open_field > 0.5
-                else:
-                    gt = np.zeros((geom.rows, geom.cols), bool)
-                mask_rel = f"masks/{sid}_f{k:03d}.png"
-                true_rel = f"projections/{sid}_f{k:03d}_true.png"
-                _write(folder / mask_rel, _png_bytes(gt.astype(np.uint8) * 255))
-                _write(folder / true_rel, _png_bytes(true_mask * 255))
-                # landmarks and the ground-truth affine
-                lm_true = project(geom, true_points(pt.deform, T, pt.lm_pre, motion, pt.lm_bind))
-                cl_true = project(geom, true_points(pt.deform, T, pt.cl_pre, motion, pt.cl_bind))
-                inside = region & _inside(cl_nom, geom) & _inside(cl_true, geom)
-                if inside.sum() >= 6:
-                    M, rms = fit_affine(cl_nom[inside], cl_true[inside])
-                else:
-                    M, rms = np.eye(3), float("nan")
-                frames_u.append(frame)
-                doc = dict(motion)
-                doc.update({
-                    "index": k, "mask": mask_rel, "projection_true": true_rel,
-                    "opacified_px": int(gt.sum()), "bolus": float(contrast.injecting(t)),
-                    "affine": M.tolist(), "affine_rms_px": None if not math.isfinite(rms) else rms,
-                    "affine_points": int(inside.sum()),
-                    "landmarks_px": {n: [float(x), float(y)] for n, (x, y) in zip(pt.lm_names, lm_true)},
-                    "landmarks_nominal_px": {n: [float(x), float(y)] for n, (x, y) in zip(pt.lm_names, lm_nom)},
-                    "landmarks_in_frame": [n for n, p in zip(pt.lm_names, lm_true) if _inside(p[None], geom)[0]],
-                })
-                frame_docs.append(doc)
-                if progress is not None:
-                    progress(1)
-            # DICOM
-            dcm_rel = f"series_{si:02d}.dcm"
-            arr = np.stack(frames_u)
-            ts = "explicit"
-            if arr.dtype == np.uint8 and len(arr) == 1 and rng.uniform() < 0.5:
-                ts = "jpeg-lossless"
-            write_fluoro_dicom(
-                folder / dcm_rel, arr, geom, modality="XA", transfer_syntax=ts,
-                frame_time_ms=ft if spec["cine"] else None,
-                patient_name=f"Phantom^{pt.name}", patient_id=f"TAVIREG-{pt.name}",
-                study_instance_uid=pt.study_uid, series_instance_uid=_uid(FORMAT, config.seed, index, si),
-                series_description=f"TAVIRegistration phantom {fov} FoV {'cine' if spec['cine'] else 'single'}",
-                bits_stored=im.bits_stored, intensifier_size_mm=None,
-                sop_instance_uid=_uid(FORMAT, config.seed, index, si, "sop"),
-                content_datetime=PHANTOM_DATETIME,
-            )
-            gdoc = geom.to_dict()
-            gdoc["coplanar"] = bool(g["coplanar"])
-            series_docs.append({
-                "series": sid, "fov": fov, "file": dcm_rel, "cine": bool(spec["cine"]),
-                "frame_time_ms": ft, "transfer_syntax": ts, "geometry": gdoc,
-                "isocenter_lps": iso.tolist(), "isocenter_from": iso_name,
-                "pose": pose, "stage": stage, "iodine_mg_ml": iodine,
-                "contrast": _jsonable(contrast.params), "imaging": im.to_dict(),
-                "devices": sorted({d.name for d in devices.moving + devices.static}),
-                "device_info": _jsonable(devices.info),
-                "motion": {"heart_rate_bpm": hr, "cardiac_amplitude_mm": card_amp,
-                           "cardiac_direction": card_dir.tolist(), "cardiac_sigma_mm": CARDIAC_SIGMA_MM,
-                           "respiratory_amplitude_mm": resp_amp, "respiratory_direction": resp_dir.tolist(),
-                           "respiratory_period_s": resp_period, "respiratory_sigma_mm": RESPIRATORY_SIGMA_MM},
-                "projection_nominal": nom_rel, "frames": frame_docs,
-            })
-            for doc in frame_docs:
-                rows_out.append({
-                    "patient": pt.name, "fov": fov, "series": sid,
-                    "image": f"patients/{pt.name}/{dcm_rel}", "frame": doc["index"],
-                    "mask": f"patients/{pt.name}/{doc['mask']}",
-                    "projection_true": f"patients/{pt.name}/{doc['projection_true']}",
-                    "projection_nominal": f"patients/{pt.name}/{nom_rel}",
-                    "case": f"patients/{pt.name}/case.json",
-                    "affine": json.dumps([[round(v, 6) for v in row] for row in doc["affine"]]),
-                    "affine_rms_px": "" if doc["affine_rms_px"] is None else f"{doc['affine_rms_px']:.4f}",
-                    "opacified_px": doc["opacified_px"], "rows": geom.rows, "cols": geom.cols,
-                    "primary_deg": geom.primary_angle_deg, "secondary_deg": geom.secondary_angle_deg,
-                    "sid_mm": geom.sid_mm, "sod_mm": geom.sod_mm,
-                    "pixel_spacing_mm": geom.pixel_spacing_mm[0],
-                    "isocenter_lps": ";".join(f"{c:.3f}" for c in iso),
-                    "cine": int(spec["cine"]), "stage": stage or "", "phantom_version": VERSION,
-                })
+            series = _draw_series(pt, si, spec)
+            doc = _generate_series(pt, series, true_model, r_true, r_nom, progress)
+            series_docs.append(doc)
+            rows_out.extend(_index_rows(pt, series, doc))
     finally:
         r_true.close()
         r_nom.close()
-    case = {
-        "format": FORMAT, "version": VERSION, "patient": pt.name, "seed": int(config.seed),
+    _write(folder / "case.json", json.dumps(_jsonable(_case_doc(pt, series_docs)), indent=1).encode())
+    return {"patient": pt.name, "rows": rows_out}
+
+
+@dataclass
+class _RootMotion:
+    """Periodic cardiac and respiratory motion of the aortic root during one series."""
+
+    hr: float                # heart rate (bpm)
+    card_amp: float          # cardiac amplitude (mm)
+    card_dir: np.ndarray
+    resp_amp: float          # respiratory amplitude (mm)
+    resp_dir: np.ndarray
+    resp_period: float       # s
+    resp_phase: float        # rad
+
+    @staticmethod
+    def draw(rng: np.random.Generator, apex_dir) -> "_RootMotion":
+        """Draw the motion: cardiac along the heart's long axis, respiratory mostly head-foot."""
+        from . import xray
+
+        hr = float(rng.uniform(55.0, 95.0))
+        card_amp = float(rng.uniform(0.8, 3.0))
+        card_dir = xray._unit(np.asarray(apex_dir) + rng.normal(0, 0.4, 3))
+        resp_amp = float(rng.uniform(0.3, 3.0))
+        resp_dir = xray._unit(np.array([0.0, -0.3, 1.0]) + rng.normal(0, 0.2, 3))
+        resp_period, resp_phase = float(rng.uniform(3.0, 5.5)), float(rng.uniform(0, 2 * math.pi))
+        return _RootMotion(hr, card_amp, card_dir, resp_amp, resp_dir, resp_period, resp_phase)
+
+    def at(self, t: float, fov: str) -> dict:
+        """Time and root displacements (mm) of a frame at ``t`` s; no motion in the lower FoV."""
+        motion = {"time_s": float(t)}
+        if fov == "upper":
+            ph = 2 * math.pi * (t * self.hr / 60.0)
+            motion["cardiac_mm"] = (self.card_amp * 0.5 * (1 - math.cos(ph)) * self.card_dir).tolist()
+            motion["respiratory_mm"] = (self.resp_amp * math.sin(2 * math.pi * t / self.resp_period + self.resp_phase)
+                                        * self.resp_dir).tolist()
+        else:
+            motion["cardiac_mm"] = [0.0, 0.0, 0.0]
+            motion["respiratory_mm"] = [0.0, 0.0, 0.0]
+        return motion
+
+    def to_dict(self) -> dict:
+        """The ``motion`` entry of a series in case.json."""
+        return {"heart_rate_bpm": self.hr, "cardiac_amplitude_mm": self.card_amp,
+                "cardiac_direction": self.card_dir.tolist(), "cardiac_sigma_mm": CARDIAC_SIGMA_MM,
+                "respiratory_amplitude_mm": self.resp_amp, "respiratory_direction": self.resp_dir.tolist(),
+                "respiratory_period_s": self.resp_period, "respiratory_sigma_mm": RESPIRATORY_SIGMA_MM}
+
+
+@dataclass
+class _Series:
+    """What is drawn for one series: its plan entry, nominal C-arm geometry and isocentre, true
+    rigid pose, imaging, contrast, root motion, procedure stage, devices and frame times."""
+
+    index: int
+    spec: dict               # plan entry: fov, frames, cine
+    g: dict                  # draw_geometry's result
+    geom: CArmGeometry
+    iso: np.ndarray
+    iso_name: str
+    pose: dict
+    T: np.ndarray            # pose["T_true"] as an array
+    im: "xray.Imaging"
+    contrast: ContrastModel
+    iodine: float            # mg/ml
+    motion: _RootMotion
+    stage: Optional[str]     # upper FoV only
+    devices: "xray.DeviceSet"
+    times: List[float]
+    ft: Optional[float]      # frame time (ms) of a cine series
+
+    @property
+    def fov(self) -> str:
+        return self.spec["fov"]
+
+    @property
+    def sid(self) -> str:
+        return f"s{self.index:02d}"
+
+
+def _draw_series(pt: _Patient, si: int, spec: dict) -> _Series:
+    """Draw series ``si`` of the patient's plan from the patient's series stream (fixed order)."""
+    from . import xray
+
+    rng, fov = pt.rng, spec["fov"]
+    g = draw_geometry(rng, fov, pt.pre, pt.config.size)
+    iso, iso_name = draw_isocenter(rng, fov, pt.pre, pt.access_side)
+    iso = np.round(iso, 3)
+    geom = CArmGeometry(g["primary_angle_deg"], g["secondary_angle_deg"], g["sid_mm"], g["sod_mm"],
+                        g["pixel_spacing_mm"], g["rows"], g["cols"], tuple(iso))
+    pose = draw_pose(rng, iso)
+    T = np.asarray(pose["T_true"])
+    im = xray.draw_imaging(rng, geom.cols, fov, spec["cine"])
+    contrast = ContrastModel(pt.pre, pt.deform, fov, rng, pt.access_side)
+    iodine = float(rng.uniform(30.0, 70.0) if fov == "upper" else rng.uniform(80.0, 200.0))
+    motion = _RootMotion.draw(rng, pt.body.info["heart"]["apex_dir"])
+    stage, devices = _draw_devices(pt, fov)
+    times, ft = _frame_times(rng, spec["frames"], spec["cine"], contrast)
+    return _Series(si, spec, g, geom, iso, iso_name, pose, T, im, contrast, iodine, motion, stage, devices,
+                   times, ft)
+
+
+def _draw_devices(pt: _Patient, fov: str) -> Tuple[Optional[str], "xray.DeviceSet"]:
+    """The procedure stage (upper FoV; None in the lower) and the devices in view."""
+    from . import xray
+
+    rng = pt.rng
+    stage = None
+    if fov == "upper":
+        stage = str(rng.choice(list(STAGES), p=list(STAGE_PROBABILITIES)))
+        devices = xray.build_upper_devices(pt.pre, rng, stage, pt.body.info["heart"])
+        if stage == "deployed" and rng.uniform() < 0.2:
+            devices.moving = [d for d in devices.moving if not d.name.startswith("pigtail")]
+    else:
+        devices = xray.build_lower_devices(pt.pre, rng, pt.access_side)
+    return stage, devices
+
+
+def _generate_series(pt: _Patient, s: _Series, true_model, r_true, r_nom,
+                     progress: Optional[Callable[[int], None]]) -> dict:
+    """Render and write one series (nominal projection, frames with their ground truth, the XA
+    DICOM); returns its entry for case.json."""
+    from . import xray
+
+    grid = xray.RayGrid(s.geom)
+    # static background of the series
+    static = xray.solid_path_lengths(pt.body.solids, grid, s.T)
+    xray.tube_path_lengths(pt.body.tubes + s.devices.static, grid, s.T, out=static)
+    mu_static = xray.static_attenuation(static, grid, pt.rng, float(pt.rng.uniform(0.01, 0.03)),
+                                        float(pt.rng.uniform(0.02, 0.06)))
+    frames = _SeriesFrames(pt, s, grid, mu_static, true_model, r_true)
+    nominal = r_nom.render(s.geom, with_depth=False).mask
+    nom_rel = f"projections/{s.sid}_nominal.png"
+    _write(pt.folder / nom_rel, _png_bytes(nominal * 255))
+    frames_u = []
+    frame_docs = []
+    for k, t in enumerate(s.times):
+        frame, doc = frames.render(k, t)
+        frames_u.append(frame)
+        frame_docs.append(doc)
+        if progress is not None:
+            progress(1)
+    dcm_rel, ts = _write_series_dicom(pt, s, np.stack(frames_u))
+    gdoc = s.geom.to_dict()
+    gdoc["coplanar"] = bool(s.g["coplanar"])
+    return {
+        "series": s.sid, "fov": s.fov, "file": dcm_rel, "cine": bool(s.spec["cine"]),
+        "frame_time_ms": s.ft, "transfer_syntax": ts, "geometry": gdoc,
+        "isocenter_lps": s.iso.tolist(), "isocenter_from": s.iso_name,
+        "pose": s.pose, "stage": s.stage, "iodine_mg_ml": s.iodine,
+        "contrast": _jsonable(s.contrast.params), "imaging": s.im.to_dict(),
+        "devices": sorted({d.name for d in s.devices.moving + s.devices.static}),
+        "device_info": _jsonable(s.devices.info),
+        "motion": s.motion.to_dict(),
+        "projection_nominal": nom_rel, "frames": frame_docs,
+    }
+
+
+class _SeriesFrames:
+    """Renders the frames of one series: the X-ray image, the ground-truth mask and true
+    projection (written as PNG), the landmarks and the nominal-to-true affine of each frame."""
+
+    def __init__(self, pt: _Patient, s: _Series, grid: "xray.RayGrid", mu_static: np.ndarray,
+                 true_model, r_true):
+        self.pt, self.s, self.grid, self.mu_static = pt, s, grid, mu_static
+        self.true_model, self.r_true = true_model, r_true
+        self.last_true: Optional[np.ndarray] = None
+        self.mov_bind = [pt.deform.bind(d.points) for d in s.devices.moving]
+        # lumen voxels that can reach the detector in this series
+        xy, _w = grid.project_posed(pt.vox, s.T)
+        h, w = grid.shape
+        mg = 60.0 / grid.factor
+        vsel = np.flatnonzero((xy[:, 0] > -mg) & (xy[:, 0] < w + mg) & (xy[:, 1] > -mg) & (xy[:, 1] < h + mg))
+        self.vbind = xray_binding_subset(pt.vox_bind, vsel)
+        self.v_owner = pt.vox_owner[vsel]
+        self.v_pts, self.v_vol = pt.vox[vsel], pt.vox_vol[vsel]
+        self.v_r = pt.deform.r[self.v_owner]
+        self.cf = _coarse_factor(grid)
+        self.cl_nom = project(s.geom, pt.cl_pre)
+        self.lm_nom = project(s.geom, pt.lm_pre)
+        self.region = region_mask_pre(pt.pre, s.fov, pt.cl_pre)
+
+    def render(self, k: int, t: float) -> Tuple[np.ndarray, dict]:
+        """Frame ``k`` at time ``t`` s: the image, and its entry for case.json (PNGs written)."""
+        from . import xray
+
+        pt, s = self.pt, self.s
+        motion = s.motion.at(t, s.fov)
+        frame_rng = np.random.default_rng(np.random.SeedSequence([int(pt.config.seed), pt.index, s.index, k, 7]))
+        true_mask = self._true_projection(motion)
+        vp, A, visible = self._contrast(t, motion, true_mask)
+        mu = self._attenuation(t, motion, A)
+        frame, open_field = xray.form_image(mu, self.grid, s.im, frame_rng)
+        gt = self._gt_mask(vp, visible, true_mask, open_field)
+        mask_rel = f"masks/{s.sid}_f{k:03d}.png"
+        true_rel = f"projections/{s.sid}_f{k:03d}_true.png"
+        _write(pt.folder / mask_rel, _png_bytes(gt.astype(np.uint8) * 255))
+        _write(pt.folder / true_rel, _png_bytes(true_mask * 255))
+        doc = dict(motion)
+        doc.update({
+            "index": k, "mask": mask_rel, "projection_true": true_rel,
+            "opacified_px": int(gt.sum()), "bolus": float(s.contrast.injecting(t)),
+        })
+        doc.update(self._landmarks_and_affine(motion))
+        return frame, doc
+
+    def _true_projection(self, motion: dict) -> np.ndarray:
+        """The true projection of the deformed, moved, posed model (rendered once per lower-FoV
+        series: nothing moves there)."""
+        pt, s = self.pt, self.s
+        if self.last_true is None or s.fov == "upper":
+            sp = true_points(pt.deform, s.T, pt.surf_pts, motion, pt.surf_bind)
+            _set_points(self.true_model, sp)
+            self.last_true = self.r_true.render(s.geom, with_depth=False).mask
+        return self.last_true
+
+    def _contrast(self, t: float, motion: dict,
+                  true_mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Contrast in the lumen: the voxels' true positions, their splatted iodine path lengths
+        (sharpened to the true silhouette) and which voxels are visibly opacified."""
+        from . import xray
+
+        pt, s, grid = self.pt, self.s, self.grid
+        c_samp = s.contrast.concentration(t)
+        c_vox = c_samp[self.v_owner]
+        vp = true_points(pt.deform, s.T, self.v_pts, motion, self.vbind)
+        A = xray.splat_volume(vp, self.v_vol * c_vox, grid, VOXEL_MM)
+        sil = xray.downsample_mean(true_mask.astype(np.float32), grid.factor)
+        A = xray.sharpen_with_silhouette(A, sil, self.cf)
+        visible = c_vox * s.iodine * xray.MU_IODINE_PER_MG_ML * 2.0 * self.v_r >= VISIBILITY_ATTENUATION
+        return vp, A, visible
+
+    def _attenuation(self, t: float, motion: dict, A: np.ndarray) -> np.ndarray:
+        """Line integral of mu per work pixel: the static background, the moving devices (the
+        pigtail's lumen only while injecting) and the iodine."""
+        from . import xray
+
+        pt, s = self.pt, self.s
+        moved = []
+        inj = s.contrast.injecting(t) if s.fov == "upper" else 0.0
+        for d, b in zip(s.devices.moving, self.mov_bind):
+            dd = d.moved(true_points(pt.deform, s.T, d.points, motion, b))
+            if d.name == "pigtail lumen":
+                dd.weight = inj
+                if inj <= 0.01:
+                    continue
+            moved.append(dd)
+        mats = xray.tube_path_lengths(moved, self.grid, s.T, points_are_posed=True)
+        mu = self.mu_static.copy()
+        for m, L in mats.items():
+            mu += np.float32(xray.MU_PER_MM[m]) * L
+        mu += np.float32(s.iodine * xray.MU_IODINE_PER_MG_ML) * A
+        np.maximum(mu, 0.0, out=mu)
+        return mu
+
+    def _gt_mask(self, vp: np.ndarray, visible: np.ndarray, true_mask: np.ndarray,
+                 open_field: np.ndarray) -> np.ndarray:
+        """The ground-truth mask as opacified: the projection of the visible voxels, cut to the
+        true silhouette and the open field."""
+        from scipy import ndimage
+
+        from . import xray
+
+        geom, grid = self.s.geom, self.grid
+        if visible.any():
+            B = xray.splat_volume(vp[visible], self.v_vol[visible], grid, VOXEL_MM)
+            Bn = xray.upsample(B, grid.factor, (geom.rows, geom.cols)) if grid.factor > 1 else B
+            gt = Bn > MASK_PATH_MM
+            gt = ndimage.binary_dilation(gt, iterations=max(1, self.cf * grid.factor // 2))
+            gt &= true_mask > 0
+            gt &= open_field > 0.5
+        else:
+            gt = np.zeros((geom.rows, geom.cols), bool)
+        return gt
+
+    def _landmarks_and_affine(self, motion: dict) -> dict:
+        """The frame's landmarks (true and nominal pixels) and the least-squares affine from the
+        nominal to the true projection of the centerline points in the FoV's region."""
+        pt, s, geom = self.pt, self.s, self.s.geom
+        lm_true = project(geom, true_points(pt.deform, s.T, pt.lm_pre, motion, pt.lm_bind))
+        cl_true = project(geom, true_points(pt.deform, s.T, pt.cl_pre, motion, pt.cl_bind))
+        inside = self.region & _inside(self.cl_nom, geom) & _inside(cl_true, geom)
+        if inside.sum() >= 6:
+            M, rms = fit_affine(self.cl_nom[inside], cl_true[inside])
+        else:
+            M, rms = np.eye(3), float("nan")
+        return {
+            "affine": M.tolist(), "affine_rms_px": None if not math.isfinite(rms) else rms,
+            "affine_points": int(inside.sum()),
+            "landmarks_px": {n: [float(x), float(y)] for n, (x, y) in zip(pt.lm_names, lm_true)},
+            "landmarks_nominal_px": {n: [float(x), float(y)] for n, (x, y) in zip(pt.lm_names, self.lm_nom)},
+            "landmarks_in_frame": [n for n, p in zip(pt.lm_names, lm_true) if _inside(p[None], geom)[0]],
+        }
+
+
+def _write_series_dicom(pt: _Patient, s: _Series, arr: np.ndarray) -> Tuple[str, str]:
+    """Write the series' frames as XA DICOM with the nominal geometry; returns the file (relative
+    to the patient folder) and the transfer syntax."""
+    from ..fluoro import write_fluoro_dicom
+
+    config, index, si, fov = pt.config, pt.index, s.index, s.fov
+    dcm_rel = f"series_{si:02d}.dcm"
+    ts = "explicit"
+    if arr.dtype == np.uint8 and len(arr) == 1 and pt.rng.uniform() < 0.5:
+        ts = "jpeg-lossless"
+    write_fluoro_dicom(
+        pt.folder / dcm_rel, arr, s.geom, modality="XA", transfer_syntax=ts,
+        frame_time_ms=s.ft if s.spec["cine"] else None,
+        patient_name=f"Phantom^{pt.name}", patient_id=f"TAVIREG-{pt.name}",
+        study_instance_uid=pt.study_uid, series_instance_uid=_uid(FORMAT, config.seed, index, si),
+        series_description=f"TAVIRegistration phantom {fov} FoV {'cine' if s.spec['cine'] else 'single'}",
+        bits_stored=s.im.bits_stored, intensifier_size_mm=None,
+        sop_instance_uid=_uid(FORMAT, config.seed, index, si, "sop"),
+        content_datetime=PHANTOM_DATETIME,
+    )
+    return dcm_rel, ts
+
+
+def _index_rows(pt: _Patient, s: _Series, series_doc: dict) -> List[dict]:
+    """The index.csv rows (without the split) of the frames of one written series."""
+    geom, iso, dcm_rel, nom_rel = s.geom, s.iso, series_doc["file"], series_doc["projection_nominal"]
+    rows = []
+    for doc in series_doc["frames"]:
+        rows.append({
+            "patient": pt.name, "fov": s.fov, "series": s.sid,
+            "image": f"patients/{pt.name}/{dcm_rel}", "frame": doc["index"],
+            "mask": f"patients/{pt.name}/{doc['mask']}",
+            "projection_true": f"patients/{pt.name}/{doc['projection_true']}",
+            "projection_nominal": f"patients/{pt.name}/{nom_rel}",
+            "case": f"patients/{pt.name}/case.json",
+            "affine": json.dumps([[round(v, 6) for v in row] for row in doc["affine"]]),
+            "affine_rms_px": "" if doc["affine_rms_px"] is None else f"{doc['affine_rms_px']:.4f}",
+            "opacified_px": doc["opacified_px"], "rows": geom.rows, "cols": geom.cols,
+            "primary_deg": geom.primary_angle_deg, "secondary_deg": geom.secondary_angle_deg,
+            "sid_mm": geom.sid_mm, "sod_mm": geom.sod_mm,
+            "pixel_spacing_mm": geom.pixel_spacing_mm[0],
+            "isocenter_lps": ";".join(f"{c:.3f}" for c in iso),
+            "cine": int(s.spec["cine"]), "stage": s.stage or "", "phantom_version": VERSION,
+        })
+    return rows
+
+
+def _case_doc(pt: _Patient, series_docs: List[dict]) -> dict:
+    """The patient's case.json document (before ``_jsonable``)."""
+    return {
+        "format": FORMAT, "version": VERSION, "patient": pt.name, "seed": int(pt.config.seed),
         "anatomy_seed": pt.anat_seed, "coordinate_system": "LPS", "units": "mm",
         "model": "model.vtk", "anatomy": "anatomy.json",
         "deformation": _jsonable(pt.deformation_params),
@@ -871,8 +1036,6 @@ def _generate_patient(index: int, config: PhantomConfig, folder: Path,
         },
         "series": series_docs,
     }
-    _write(folder / "case.json", json.dumps(_jsonable(case), indent=1).encode())
-    return {"patient": pt.name, "rows": rows_out}
 
 
 def xray_binding_subset(b: Binding, sel: np.ndarray) -> Binding:
@@ -958,7 +1121,7 @@ def generate_dataset(config: PhantomConfig, progress=None) -> dict:
     """Generate ``config.patients`` patients into ``config.out``; returns a summary.
 
     ``progress``: optional callable(n) called with the number of frames just finished."""
-    from ..outputs import OutputSet, check_writable_dir
+    from ..outputs import check_writable_dir
     from ..projection import probe_rendering
 
     config.validate()
@@ -972,36 +1135,7 @@ def generate_dataset(config: PhantomConfig, progress=None) -> dict:
     n = int(config.patients)
     workers = config.workers or min(2, os.cpu_count() or 1)
     workers = max(1, min(workers, n))
-    tmps = {i: out / "patients" / f".{patient_name(i)}.partial-{os.getpid()}" for i in range(n)}
-    for p in tmps.values():
-        shutil.rmtree(p, ignore_errors=True)
-    results: Dict[int, dict] = {}
-    try:
-        if workers == 1:
-            for i in range(n):
-                results[i] = _generate_patient(i, config, tmps[i], progress)
-                _publish_dir(tmps[i], out / "patients" / patient_name(i))
-        else:
-            ctx = mp.get_context("spawn")
-            with ctx.Manager() as manager:
-                queue = manager.Queue()
-                with ctx.Pool(workers, maxtasksperchild=1) as pool:
-                    pending = pool.imap_unordered(_worker, [(i, config, str(tmps[i]), queue) for i in range(n)])
-                    done = 0
-                    it = iter(pending)
-                    while done < n:
-                        _drain_progress(queue, progress)  # while waiting for patients
-                        try:
-                            i, res = it.next(timeout=0.2)
-                        except mp.TimeoutError:
-                            continue
-                        results[i] = res
-                        _publish_dir(tmps[i], out / "patients" / patient_name(i))
-                        done += 1
-                    _drain_progress(queue, progress)
-    finally:
-        for p in tmps.values():
-            shutil.rmtree(p, ignore_errors=True)
+    results = _generate_patients(config, out, workers, progress)
     if config.overwrite:  # patients of an older, larger data set must not linger in the folder
         keep = {patient_name(i) for i in range(n)}
         for d in (out / "patients").iterdir():
@@ -1016,6 +1150,69 @@ def generate_dataset(config: PhantomConfig, progress=None) -> dict:
             rows.append(r)
     elapsed = time.perf_counter() - t0
     counts = {s: sorted(p for p, v in split.items() if v == s) for s in ("train", "val", "test")}
+    summary = {
+        "out": str(out), "patients": n, "frames": len(rows), "seed": int(config.seed),
+        "frames_per_fov": {f: sum(1 for r in rows if r["fov"] == f) for f in ("upper", "lower")},
+        "split": counts, "workers": workers, "seconds": round(elapsed, 1),
+    }
+    _write_index_files(config, out, rows, split, counts)
+    if config.contact_sheet:
+        summary["contact_sheet"] = str(out / "contact_sheet.png")
+    return summary
+
+
+def _generate_patients(config: PhantomConfig, out: Path, workers: int, progress) -> Dict[int, dict]:
+    """Generate every patient into a temporary folder and publish it under ``out/patients`` when
+    done (in ``workers`` processes when more than one); returns each patient's result by index."""
+    n = int(config.patients)
+    tmps = {i: out / "patients" / f".{patient_name(i)}.partial-{os.getpid()}" for i in range(n)}
+    for p in tmps.values():
+        shutil.rmtree(p, ignore_errors=True)
+    results: Dict[int, dict] = {}
+    try:
+        if workers == 1:
+            for i in range(n):
+                results[i] = _generate_patient(i, config, tmps[i], progress)
+                _publish_dir(tmps[i], out / "patients" / patient_name(i))
+        else:
+            results = _generate_in_pool(config, out, tmps, workers, progress)
+    finally:
+        for p in tmps.values():
+            shutil.rmtree(p, ignore_errors=True)
+    return results
+
+
+def _generate_in_pool(config: PhantomConfig, out: Path, tmps: Dict[int, Path], workers: int,
+                      progress) -> Dict[int, dict]:
+    """Generate the patients in a pool of spawned processes, publishing each as it finishes and
+    passing the workers' frame counts on to ``progress``; returns each patient's result by index."""
+    n = len(tmps)
+    results: Dict[int, dict] = {}
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        queue = manager.Queue()
+        with ctx.Pool(workers, maxtasksperchild=1) as pool:
+            pending = pool.imap_unordered(_worker, [(i, config, str(tmps[i]), queue) for i in range(n)])
+            done = 0
+            it = iter(pending)
+            while done < n:
+                _drain_progress(queue, progress)  # while waiting for patients
+                try:
+                    i, res = it.next(timeout=0.2)
+                except mp.TimeoutError:
+                    continue
+                results[i] = res
+                _publish_dir(tmps[i], out / "patients" / patient_name(i))
+                done += 1
+            _drain_progress(queue, progress)
+    return results
+
+
+def _write_index_files(config: PhantomConfig, out: Path, rows: List[dict], split: Dict[str, str],
+                       counts: Dict[str, List[str]]) -> None:
+    """Write index.csv, split.json and (when asked) contact_sheet.png, all or none."""
+    from ..outputs import OutputSet
+
     split_doc = {"format": FORMAT, "seed": int(config.seed), "patients": split, "by_split": counts,
                  "rule": "patient-wise: about 70 % train, 10 % val, 20 % test (10 patients: 7/1/2)"}
     buf = io.StringIO()
@@ -1023,20 +1220,12 @@ def generate_dataset(config: PhantomConfig, progress=None) -> dict:
     wr.writeheader()
     for r in rows:
         wr.writerow({k: r.get(k, "") for k in INDEX_COLUMNS})
-    summary = {
-        "out": str(out), "patients": n, "frames": len(rows), "seed": int(config.seed),
-        "frames_per_fov": {f: sum(1 for r in rows if r["fov"] == f) for f in ("upper", "lower")},
-        "split": counts, "workers": workers, "seconds": round(elapsed, 1),
-    }
     with OutputSet() as outs:
         outs.add(out / "index.csv", lambda fh: fh.write(buf.getvalue().encode()))
         outs.add(out / "split.json", lambda fh: fh.write(json.dumps(split_doc, indent=1).encode()))
         if config.contact_sheet:
             sheet = contact_sheet(out, rows, config.real_dir, int(config.seed))
             outs.add(out / "contact_sheet.png", lambda fh: fh.write(_png_bytes(sheet)))
-    if config.contact_sheet:
-        summary["contact_sheet"] = str(out / "contact_sheet.png")
-    return summary
 
 
 # =============================================================================================

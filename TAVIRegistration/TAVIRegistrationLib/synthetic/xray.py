@@ -627,6 +627,22 @@ def _aorta_y_at(anatomy, z: float) -> Tuple[float, float]:
     return float(p[i, 1]), float(r[i])
 
 
+def _uniform(rng: np.random.Generator):
+    """``U(a, b)``: one float drawn uniformly from [a, b) by ``rng``."""
+    return lambda a, b: float(rng.uniform(a, b))
+
+
+@dataclass
+class _Trunk:
+    """Cross-section of the body outline (an elliptic cylinder) in the pre-op frame."""
+
+    half_width: float  # skin half width (x)
+    y_front: float     # skin in front of the heart
+    y_back: float      # skin behind the spine
+    yc: float          # centre (y)
+    hb: float          # half depth (y)
+
+
 def build_body(anatomy, rng: np.random.Generator) -> Scene:
     """The patient's static background anatomy in the pre-op frame: body outline, lungs and heart,
     trachea, spine (vertebral bodies with cortical shells, pedicles, processes), ribs, sternum,
@@ -641,12 +657,47 @@ def build_body(anatomy, rng: np.random.Generator) -> Scene:
     sc = Scene()
     x0 = float(P.get("midline_x_mm", -12.0))
     ann = _lm(anatomy, "annulus_center", np.zeros(3))
-    bif = _lm(anatomy, "bifurcation")
-    z_bif = float(bif[2])
-    hiatus = _lm(anatomy, "aortic_hiatus")
-    U = lambda a, b: float(rng.uniform(a, b))  # noqa: E731
+    z_bif = float(_lm(anatomy, "bifurcation")[2])
+    y_t = _spine(sc, anatomy, rng, x0, z_bif)
+    # ---- thorax ------------------------------------------------------------------------------
+    trunk = _trunk(sc, anatomy, rng, x0, y_t)
+    lung_top, domes = _heart_and_lungs(sc, rng, x0, ann, y_t, trunk)
+    _airways(sc, x0, y_t)
+    # pulmonary vessels: random branching trees from the hila, clipped to the lungs
+    for sgn in (1, -1):
+        hilum = np.array([x0 + sgn * 45.0, y_t["T6"][0] - 25.0, ann[2] + 25.0])
+        _vessel_tree(sc, hilum, sgn, rng, x0, trunk.yc, trunk.half_width, trunk.hb, lung_top, domes)
+    for k in range(1, 13):
+        yv, zv, bv = y_t[f"T{k}"]
+        _rib(sc, k, x0, yv, zv, bv, trunk.half_width, trunk.yc, trunk.hb, trunk.y_front, rng)
+    st_top, st_bot = _sternum_and_clavicles(sc, rng, x0, y_t, trunk.y_front)
+    # ---- pelvis and hips, then gas and foreign bodies -----------------------------------------
+    _pelvis(sc, anatomy, rng, x0, y_t)
+    _bowel_gas(sc, rng, x0, trunk.y_front, y_t["L4"][0], z_bif)
+    _sternal_wires(sc, rng, st_top, st_bot)
+    _ecg_electrodes(sc, rng, x0, ann, trunk)
+    return sc
 
-    # ---- spine: levels from T1 to L5, L4 at the bifurcation --------------------------------
+
+def _spine(sc: Scene, anatomy, rng: np.random.Generator, x0: float,
+           z_bif: float) -> Dict[str, Tuple[float, float, float]]:
+    """Vertebrae T1 to L5 (L4 at the bifurcation) behind the aorta; returns per level name the
+    (y, z) of the body centre and its half depth."""
+    levels, spine_y = _spine_levels(anatomy, rng, z_bif)
+    zs = np.array([lv[1] for lv in levels])
+    ys = ndimage.gaussian_filter1d(np.array([spine_y[lv[0]][0] for lv in levels]), 1.0)
+    sc.info["spine"] = {"x": x0, "levels": [(lv[0], float(z), float(y)) for lv, z, y in zip(levels, zs, ys)]}
+    for (name, z, hgt, lumbar), yv in zip(levels, ys):
+        _vertebra(sc, rng, name, x0, yv, z, hgt, lumbar, spine_y[name][1])
+    return {lv[0]: (float(y), float(lv[1]), spine_y[lv[0]][1]) for lv, y in zip(levels, ys)}
+
+
+def _spine_levels(anatomy, rng: np.random.Generator,
+                  z_bif: float) -> Tuple[List[tuple], Dict[str, Tuple[float, float]]]:
+    """Levels from L5 up to T1 as (name, z_centre, height, lumbar?), and per level the body's y
+    (before smoothing) and half depth."""
+    U = _uniform(rng)
+    hiatus = _lm(anatomy, "aortic_hiatus")
     lumbar_h = U(33.0, 38.0)
     thoracic_h = U(24.0, 28.0)
     levels = []  # (name, z_centre, height, lumbar?)
@@ -665,39 +716,46 @@ def build_body(anatomy, rng: np.random.Generator) -> Scene:
             b = 13.0 + 3.0 * (1.0 - (z - z_t12) / (12 * thoracic_h))
             yv = ya + U(6.0, 12.0)
         spine_y[name] = (yv, b)
-    zs = np.array([lv[1] for lv in levels])
-    ys = ndimage.gaussian_filter1d(np.array([spine_y[lv[0]][0] for lv in levels]), 1.0)
-    sc.info["spine"] = {"x": x0, "levels": [(lv[0], float(z), float(y)) for lv, z, y in zip(levels, zs, ys)]}
-    for (name, z, hgt, lumbar), yv in zip(levels, ys):
-        b = spine_y[name][1]
-        a = (b * U(1.35, 1.5)) if lumbar else (b * U(1.15, 1.3))
-        half = 0.5 * hgt - (U(4.5, 6.0) if lumbar else U(2.5, 3.5))
-        body = cylinder((x0, yv, z), (a, b, half))
-        body.clip = ellipsoid((x0, yv, z), (1.25 * a, 1.25 * b, 1.3 * half))  # rounded rims
-        sc.add_shell(body, (1.3, 1.3, 0.5), f"vertebral body {name}")
-        # pedicles: short elliptic cylinders front-to-back (the 'eyes' of an AP view)
-        for sgn in (-1, 1):
-            ped = cylinder((x0 + sgn * (a - 4.0), yv + b + 6.0, z + 0.15 * hgt),
-                           ((4.5 if lumbar else 3.5), (6.5 if lumbar else 5.0), 8.0),
-                           R=np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]]).T)
-            sc.add_shell(ped, 1.5, f"pedicle {name}")
-            # lamina toward the spinous process
-            sc.add_bone_tube([(x0 + sgn * (a - 4.0), yv + b + 12.0, z),
-                              (x0 + sgn * 6.0, yv + b + 24.0, z - 2.0),
-                              (x0, yv + b + 27.0, z - 3.0)], 2.5, 1.0, f"lamina {name}")
-            # transverse processes: long and thin in the lumbar spine, stubby in the thorax
-            tp_len = U(30.0, 40.0) if lumbar else U(22.0, 28.0)
-            tp_back = 4.0 if lumbar else 14.0
-            sc.add_bone_tube([(x0 + sgn * (a - 2.0), yv + b + 10.0, z + 0.1 * hgt),
-                              (x0 + sgn * (a - 2.0 + tp_len), yv + b + 10.0 + tp_back, z + 0.1 * hgt - 3.0)],
-                             3.5 if lumbar else 3.0, 1.0, f"transverse process {name}")
-        # spinous process: down and back (long and steep in the thorax)
-        drop = 6.0 if lumbar else 22.0
-        sc.add_bone_tube([(x0, yv + b + 26.0, z - 3.0), (x0, yv + b + 50.0, z - 3.0 - drop)],
-                         4.0 if lumbar else 3.0, 1.0, f"spinous process {name}")
-    y_t = {lv[0]: (float(y), float(lv[1]), spine_y[lv[0]][1]) for lv, y in zip(levels, ys)}
+    return levels, spine_y
 
-    # ---- thorax ------------------------------------------------------------------------------
+
+def _vertebra(sc: Scene, rng: np.random.Generator, name: str, x0: float, yv: float, z: float,
+              hgt: float, lumbar: bool, b: float) -> None:
+    """One vertebra: body with a cortical shell, pedicles, laminae, transverse and spinous
+    processes."""
+    U = _uniform(rng)
+    a = (b * U(1.35, 1.5)) if lumbar else (b * U(1.15, 1.3))
+    half = 0.5 * hgt - (U(4.5, 6.0) if lumbar else U(2.5, 3.5))
+    body = cylinder((x0, yv, z), (a, b, half))
+    body.clip = ellipsoid((x0, yv, z), (1.25 * a, 1.25 * b, 1.3 * half))  # rounded rims
+    sc.add_shell(body, (1.3, 1.3, 0.5), f"vertebral body {name}")
+    # pedicles: short elliptic cylinders front-to-back (the 'eyes' of an AP view)
+    for sgn in (-1, 1):
+        ped = cylinder((x0 + sgn * (a - 4.0), yv + b + 6.0, z + 0.15 * hgt),
+                       ((4.5 if lumbar else 3.5), (6.5 if lumbar else 5.0), 8.0),
+                       R=np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]]).T)
+        sc.add_shell(ped, 1.5, f"pedicle {name}")
+        # lamina toward the spinous process
+        sc.add_bone_tube([(x0 + sgn * (a - 4.0), yv + b + 12.0, z),
+                          (x0 + sgn * 6.0, yv + b + 24.0, z - 2.0),
+                          (x0, yv + b + 27.0, z - 3.0)], 2.5, 1.0, f"lamina {name}")
+        # transverse processes: long and thin in the lumbar spine, stubby in the thorax
+        tp_len = U(30.0, 40.0) if lumbar else U(22.0, 28.0)
+        tp_back = 4.0 if lumbar else 14.0
+        sc.add_bone_tube([(x0 + sgn * (a - 2.0), yv + b + 10.0, z + 0.1 * hgt),
+                          (x0 + sgn * (a - 2.0 + tp_len), yv + b + 10.0 + tp_back, z + 0.1 * hgt - 3.0)],
+                         3.5 if lumbar else 3.0, 1.0, f"transverse process {name}")
+    # spinous process: down and back (long and steep in the thorax)
+    drop = 6.0 if lumbar else 22.0
+    sc.add_bone_tube([(x0, yv + b + 26.0, z - 3.0), (x0, yv + b + 50.0, z - 3.0 - drop)],
+                     4.0 if lumbar else 3.0, 1.0, f"spinous process {name}")
+
+
+def _trunk(sc: Scene, anatomy, rng: np.random.Generator, x0: float,
+           y_t: Dict[str, Tuple[float, float, float]]) -> _Trunk:
+    """The body: an elliptic cylinder of soft tissue from the neck down past the groin (the
+    thighs' separation below the perineum lies outside every lower-FoV view here)."""
+    U = _uniform(rng)
     y_vb_mid, _, b_mid = y_t["T7"]
     chest_hw = U(140.0, 165.0)          # skin half width
     y_back = y_vb_mid + b_mid + 70.0    # skin behind the spine
@@ -709,10 +767,17 @@ def build_body(anatomy, rng: np.random.Generator) -> Scene:
     z_perineum = 0.5 * (ing_l[2] + ing_r[2]) - U(50.0, 70.0)
     z_low = z_perineum - 150.0
     sc.info["body"] = {"chest_half_width": chest_hw, "y_front": y_front, "y_back": y_back}
-    # body: an elliptic cylinder from the neck down past the groin (the thighs' separation below
-    # the perineum lies outside every lower-FoV view here)
     trunk = cylinder((x0, yc_chest, 0.5 * (z_top + z_low)), (chest_hw, hb, 0.5 * (z_top - z_low)))
     sc.solids.append(Solid(trunk, "soft", 1.0, [], "body"))
+    return _Trunk(chest_hw, y_front, y_back, yc_chest, hb)
+
+
+def _heart_and_lungs(sc: Scene, rng: np.random.Generator, x0: float, ann: np.ndarray,
+                     y_t: Dict[str, Tuple[float, float, float]],
+                     trunk: _Trunk) -> Tuple[float, Tuple[float, float]]:
+    """Lungs (minus the heart) and the gastric air bubble; returns the lung top and the (left,
+    right) diaphragm dome heights."""
+    U = _uniform(rng)
     # heart: long axis from the base (behind the annulus) toward the apex (left, anterior, down)
     apex_dir = _unit(np.array([0.55, -0.45, -0.70]) + rng.normal(0, 0.08, 3))
     heart_c = ann + 40.0 * apex_dir + np.array([-18.0, -5.0, 0.0])
@@ -726,29 +791,32 @@ def build_body(anatomy, rng: np.random.Generator) -> Scene:
     for sgn, zd in ((1, z_dome_l), (-1, z_dome_r)):
         hz = 0.5 * (lung_top - zd)
         cz = zd + hz
-        lung = ellipsoid((x0 + sgn * U(68.0, 80.0), yc_chest + 12.0, cz),
-                         (chest_hw - U(75.0, 85.0), hb - 20.0, hz))
+        lung = ellipsoid((x0 + sgn * U(68.0, 80.0), trunk.yc + 12.0, cz),
+                         (trunk.half_width - U(75.0, 85.0), trunk.hb - 20.0, hz))
         sc.solids.append(Solid(lung, "lung", 1.0, [heart], "lung"))
     # gastric air bubble under the left dome
     if rng.uniform() < 0.7:
+        y_front = trunk.y_front
         sc.solids.append(Solid(ellipsoid((x0 + U(55, 85), y_front + U(60, 90), z_dome_l - U(25, 40)),
                                          (U(20, 35), U(15, 25), U(12, 20))), "air", 1.0, [], "stomach gas"))
-    # trachea and main bronchi
+    return lung_top, (z_dome_l, z_dome_r)
+
+
+def _airways(sc: Scene, x0: float, y_t: Dict[str, Tuple[float, float, float]]) -> None:
+    """Trachea and main bronchi (air tubes from above the carina at T5)."""
     carina = np.array([x0 + 3.0, y_t["T5"][0] - 28.0, y_t["T5"][1]])
     sc.tubes.append(LineSet.from_curve([carina + (0, 5, 140), carina], 8.5, "air", spacing=1.0, name="trachea"))
     for sgn in (1, -1):
         sc.tubes.append(LineSet.from_curve(
             spline_curve([carina, carina + (sgn * 25, 5, -15), carina + (sgn * 45, 12, -40)], 1.0),
             6.0, "air", name="bronchus"))
-    # pulmonary vessels: random branching trees from the hila, clipped to the lungs
-    for sgn in (1, -1):
-        hilum = np.array([x0 + sgn * 45.0, y_t["T6"][0] - 25.0, ann[2] + 25.0])
-        _vessel_tree(sc, hilum, sgn, rng, x0, yc_chest, chest_hw, hb, lung_top, (z_dome_l, z_dome_r))
-    # ribs
-    for k in range(1, 13):
-        yv, zv, bv = y_t[f"T{k}"]
-        _rib(sc, k, x0, yv, zv, bv, chest_hw, yc_chest, hb, y_front, rng)
-    # sternum (manubrium + body) and the clavicles
+
+
+def _sternum_and_clavicles(sc: Scene, rng: np.random.Generator, x0: float,
+                           y_t: Dict[str, Tuple[float, float, float]],
+                           y_front: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Sternum (manubrium + body) and the clavicles; returns the sternum's top and bottom."""
+    U = _uniform(rng)
     z_sj = y_t["T2"][1] - 10.0
     st_top = np.array([x0 + 2.0, y_front + 14.0, z_sj])
     st_bot = np.array([x0 + 2.0, y_front + 24.0, y_t["T10"][1]])
@@ -760,9 +828,13 @@ def build_body(anatomy, rng: np.random.Generator) -> Scene:
                                        st_top + (sgn * 140, 60, 22)], 1.0), 7.0, 2.0, "clavicle")
     sc.info["sternum"] = {"top": st_top.tolist(), "bottom": st_bot.tolist()}
     sc.info["y_front"] = float(y_front)
+    return st_top, st_bot
 
-    # ---- pelvis and hips ----------------------------------------------------------------------
-    yv4, zv4, _ = y_t["L4"]
+
+def _pelvis(sc: Scene, anatomy, rng: np.random.Generator, x0: float,
+            y_t: Dict[str, Tuple[float, float, float]]) -> None:
+    """Sacrum, and on each side the hip (``_hip``) and the pelvic ring (``_pubis_and_brim``)."""
+    _, zv4, _ = y_t["L4"]
     yv5, zv5, _ = y_t["L5"]
     # sacrum: a thick plate tilted forward at the top
     sac_c = np.array([x0, yv5 + 25.0, zv5 - 50.0])
@@ -775,50 +847,71 @@ def build_body(anatomy, rng: np.random.Generator) -> Scene:
         for sgn in (-1, 1):
             sc.solids.append(Solid(ellipsoid(sac_c + sac_R @ (sgn * 20.0, 0.0, 30.0 - 18.0 * lv), (4.0, 18.0, 4.0), sac_R),
                                    "cancellous", -1.0, [], "sacral foramen"))
+    ing_l, ing_r = _lm(anatomy, "left_inguinal"), _lm(anatomy, "right_inguinal")
     for ing, sgn in ((ing_l, 1), (ing_r, -1)):
-        # femoral head (posterolateral of the inguinal point: the artery crosses its medial third)
-        fh = ing + np.array([sgn * U(8, 18), U(28, 40), U(-30, -18)])
-        r_head = U(21.0, 25.0)
-        sc.add_shell(ellipsoid(fh, (r_head,) * 3), 2.0, "femoral head")
-        # iliac wing: a thin curved plate from the acetabular roof up to the crest (about L4),
-        # flaring forward and out
-        crest_z = zv4 + U(-10, 5)
-        wing_c = np.array([x0 + sgn * U(78, 92), fh[1] + U(-5, 10), 0.5 * (fh[2] + 20.0 + crest_z)])
-        wR = rotation_about((0, 0, 1), math.radians(sgn * U(30, 45))) @ rotation_about((1, 0, 0), math.radians(U(-10, 10)))
-        wing = ellipsoid(wing_c, (U(52, 62), U(8, 11), 0.5 * (crest_z - fh[2] - 20.0)), wR)
-        sc.add_shell(wing, 2.0, "iliac wing")
-        # iliac body between the wing and the acetabulum, and the ischial tuberosity
-        sc.add_shell(ellipsoid(fh + (-sgn * 8, 5, 30), (28.0, 22.0, 26.0)), 1.5, "iliac body")
-        isch = fh + np.array([-sgn * U(8, 14), U(10, 20), -U(55, 65)])
-        sc.add_shell(ellipsoid(isch, (13.0, 14.0, 18.0)), 1.5, "ischial tuberosity")
-        # femoral neck, greater and lesser trochanter, shaft
-        gt = fh + np.array([sgn * U(45, 55), U(5, 15), U(-38, -28)])
-        sc.add_bone_tube([fh, fh + 0.45 * (gt - fh), gt], U(13, 16), 2.5, "femoral neck")
-        sc.add_shell(ellipsoid(gt + (sgn * 5, 0, 0), (15.0, 16.0, 22.0)), 2.0, "greater trochanter")
-        shaft_bot = gt + np.array([-sgn * U(20, 35), U(-15, 0), -320.0])
-        sc.add_bone_tube([gt - (sgn * 6, 0, 10), shaft_bot], U(13, 15), U(4.5, 6.0), "femoral shaft", spacing=2.0)
-        sc.add_shell(ellipsoid(gt + (-sgn * 22, -5, -40), (8.0, 8.0, 10.0)), 1.5, "lesser trochanter")
-        # acetabular roof (the sourcil) over the head
-        arc = [fh + r_head * 1.08 * np.array([sgn * math.sin(a), 0.2, math.cos(a)]) for a in np.linspace(-0.5, 1.3, 9)]
-        sc.add_bone_tube(arc, 4.0, 2.0, "acetabular rim")
-        # obturator ring: superior pubic ramus, inferior ramus, ischium (an oval hole below and
-        # medial of the acetabulum) and the pubic body at the symphysis
-        sym = np.array([x0 + sgn * 6.0, ing[1] + U(-5, 10), fh[2] - U(25, 40)])
-        oc = np.array([x0 + sgn * U(42, 52), fh[1] - 5.0, fh[2] - U(35, 45)])
-        oa, ob = U(22, 28), U(15, 20)
-        ring = [oc + (oa * math.cos(a), 0.0, ob * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 41)]
-        sc.add_bone_tube(spline_curve(ring, 1.0), U(5.5, 7.0), 1.8, "obturator ring")
-        sc.add_bone_tube([fh + (-sgn * 15, -5, 5), oc + (0, 0, ob), sym + (0, 0, 6)], 7.0, 1.8, "superior pubic ramus")
-        sc.add_shell(ellipsoid(sym + (sgn * 10, 0, -8), (14.0, 12.0, 22.0)), 1.5, "pubic body")
-        # pelvic brim (arcuate line): half of the inlet oval, from the promontory to the symphysis
-        prom = np.array([x0, yv5 - 10.0, zv5 + 12.0])
-        ctr = 0.5 * (prom + sym + (0, 0, 10))
-        ax_ap = 0.5 * (sym + (0, 0, 10) - prom)
-        tw = U(58, 68)
-        brim = [ctr + math.cos(a) * ax_ap * -1.0 + sgn * math.sin(a) * np.array([tw, 0.0, 0.0])
-                for a in np.linspace(0.0, math.pi, 25)]
-        sc.add_bone_tube(spline_curve(brim, 1.0), 4.0, 1.6, "pelvic brim")
-    # bowel gas: colon segments and small bubbles in the abdomen and pelvis
+        fh = _hip(sc, rng, ing, sgn, x0, zv4)
+        _pubis_and_brim(sc, rng, ing, fh, sgn, x0, yv5, zv5)
+
+
+def _hip(sc: Scene, rng: np.random.Generator, ing: np.ndarray, sgn: int, x0: float,
+         zv4: float) -> np.ndarray:
+    """Femoral head, iliac wing and body, ischial tuberosity, proximal femur and acetabular rim of
+    one side; returns the femoral head centre."""
+    U = _uniform(rng)
+    # femoral head (posterolateral of the inguinal point: the artery crosses its medial third)
+    fh = ing + np.array([sgn * U(8, 18), U(28, 40), U(-30, -18)])
+    r_head = U(21.0, 25.0)
+    sc.add_shell(ellipsoid(fh, (r_head,) * 3), 2.0, "femoral head")
+    # iliac wing: a thin curved plate from the acetabular roof up to the crest (about L4),
+    # flaring forward and out
+    crest_z = zv4 + U(-10, 5)
+    wing_c = np.array([x0 + sgn * U(78, 92), fh[1] + U(-5, 10), 0.5 * (fh[2] + 20.0 + crest_z)])
+    wR = rotation_about((0, 0, 1), math.radians(sgn * U(30, 45))) @ rotation_about((1, 0, 0), math.radians(U(-10, 10)))
+    wing = ellipsoid(wing_c, (U(52, 62), U(8, 11), 0.5 * (crest_z - fh[2] - 20.0)), wR)
+    sc.add_shell(wing, 2.0, "iliac wing")
+    # iliac body between the wing and the acetabulum, and the ischial tuberosity
+    sc.add_shell(ellipsoid(fh + (-sgn * 8, 5, 30), (28.0, 22.0, 26.0)), 1.5, "iliac body")
+    isch = fh + np.array([-sgn * U(8, 14), U(10, 20), -U(55, 65)])
+    sc.add_shell(ellipsoid(isch, (13.0, 14.0, 18.0)), 1.5, "ischial tuberosity")
+    # femoral neck, greater and lesser trochanter, shaft
+    gt = fh + np.array([sgn * U(45, 55), U(5, 15), U(-38, -28)])
+    sc.add_bone_tube([fh, fh + 0.45 * (gt - fh), gt], U(13, 16), 2.5, "femoral neck")
+    sc.add_shell(ellipsoid(gt + (sgn * 5, 0, 0), (15.0, 16.0, 22.0)), 2.0, "greater trochanter")
+    shaft_bot = gt + np.array([-sgn * U(20, 35), U(-15, 0), -320.0])
+    sc.add_bone_tube([gt - (sgn * 6, 0, 10), shaft_bot], U(13, 15), U(4.5, 6.0), "femoral shaft", spacing=2.0)
+    sc.add_shell(ellipsoid(gt + (-sgn * 22, -5, -40), (8.0, 8.0, 10.0)), 1.5, "lesser trochanter")
+    # acetabular roof (the sourcil) over the head
+    arc = [fh + r_head * 1.08 * np.array([sgn * math.sin(a), 0.2, math.cos(a)]) for a in np.linspace(-0.5, 1.3, 9)]
+    sc.add_bone_tube(arc, 4.0, 2.0, "acetabular rim")
+    return fh
+
+
+def _pubis_and_brim(sc: Scene, rng: np.random.Generator, ing: np.ndarray, fh: np.ndarray, sgn: int,
+                    x0: float, yv5: float, zv5: float) -> None:
+    """One side's obturator ring (superior pubic ramus, inferior ramus, ischium: an oval hole below
+    and medial of the acetabulum), the pubic body at the symphysis, and the pelvic brim."""
+    U = _uniform(rng)
+    sym = np.array([x0 + sgn * 6.0, ing[1] + U(-5, 10), fh[2] - U(25, 40)])
+    oc = np.array([x0 + sgn * U(42, 52), fh[1] - 5.0, fh[2] - U(35, 45)])
+    oa, ob = U(22, 28), U(15, 20)
+    ring = [oc + (oa * math.cos(a), 0.0, ob * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 41)]
+    sc.add_bone_tube(spline_curve(ring, 1.0), U(5.5, 7.0), 1.8, "obturator ring")
+    sc.add_bone_tube([fh + (-sgn * 15, -5, 5), oc + (0, 0, ob), sym + (0, 0, 6)], 7.0, 1.8, "superior pubic ramus")
+    sc.add_shell(ellipsoid(sym + (sgn * 10, 0, -8), (14.0, 12.0, 22.0)), 1.5, "pubic body")
+    # pelvic brim (arcuate line): half of the inlet oval, from the promontory to the symphysis
+    prom = np.array([x0, yv5 - 10.0, zv5 + 12.0])
+    ctr = 0.5 * (prom + sym + (0, 0, 10))
+    ax_ap = 0.5 * (sym + (0, 0, 10) - prom)
+    tw = U(58, 68)
+    brim = [ctr + math.cos(a) * ax_ap * -1.0 + sgn * math.sin(a) * np.array([tw, 0.0, 0.0])
+            for a in np.linspace(0.0, math.pi, 25)]
+    sc.add_bone_tube(spline_curve(brim, 1.0), 4.0, 1.6, "pelvic brim")
+
+
+def _bowel_gas(sc: Scene, rng: np.random.Generator, x0: float, y_front: float, yv4: float,
+               z_bif: float) -> None:
+    """Bowel gas: colon segments and small bubbles in the abdomen and pelvis."""
+    U = _uniform(rng)
     for _ in range(int(rng.integers(3, 9))):
         c = np.array([x0 + U(-110, 110), U(y_front + 30, yv4 - 20), z_bif + U(-90, 110)])
         kind = rng.uniform()
@@ -832,7 +925,10 @@ def build_body(anatomy, rng: np.random.Generator) -> Scene:
             sc.solids.append(Solid(ellipsoid(c, (U(6, 22), U(5, 15), U(5, 18)),
                                              rotation_about(rng.normal(size=3), U(0, 3))),
                                    "air", U(0.5, 1.0), [], "bowel gas"))
-    # sternotomy wires (previous cardiac surgery) in some patients
+
+
+def _sternal_wires(sc: Scene, rng: np.random.Generator, st_top: np.ndarray, st_bot: np.ndarray) -> None:
+    """Sternotomy wires (previous cardiac surgery) in some patients."""
     if rng.uniform() < 0.25:
         n_w = int(rng.integers(5, 8))
         for z in np.linspace(st_top[2] - 15, st_bot[2] + 15, n_w):
@@ -843,7 +939,12 @@ def build_body(anatomy, rng: np.random.Generator) -> Scene:
             sc.tubes.append(LineSet.from_curve(loop, 0.45, "steel", spacing=0.4, name="sternal wire"))
             sc.tubes.append(LineSet.from_curve([c + (0, -9, 0), c + (2, -13, -3), c + (-2, -16, -6)], 0.9,
                                                "steel", spacing=0.4, name="sternal wire twist"))
-    # ECG electrodes and leads on the skin (chest)
+
+
+def _ecg_electrodes(sc: Scene, rng: np.random.Generator, x0: float, ann: np.ndarray, trunk: _Trunk) -> None:
+    """ECG electrodes (snaps) and their leads on the chest skin."""
+    U = _uniform(rng)
+    chest_hw, yc_chest, hb = trunk.half_width, trunk.yc, trunk.hb
     for _ in range(int(rng.integers(1, 5))):
         ang = U(-1.2, 1.2)
         zz = ann[2] + U(-140, 120)
@@ -857,7 +958,6 @@ def build_body(anatomy, rng: np.random.Generator) -> Scene:
             direction = _unit(direction + rng.normal(0, 0.35, 3) * (1, 0, 1))
             lead.append(lead[-1] + 30.0 * direction)
         sc.tubes.append(LineSet.from_curve(spline_curve(lead, 1.0), 0.7, "steel", weight=0.25, name="ECG lead"))
-    return sc
 
 
 def _rib(sc: Scene, k: int, x0, yv, zv, bv, chest_hw, yc, hb, y_front, rng) -> None:
