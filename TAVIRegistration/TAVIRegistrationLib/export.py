@@ -119,11 +119,14 @@ def dicom_writer(ds) -> Callable:
 
 
 def strict_json(obj):
-    """``obj`` as strict JSON values: NaN and infinity become None, numpy scalars Python numbers, paths text."""
+    """``obj`` as strict JSON values: NaN and infinity become None, numpy scalars and arrays Python
+    numbers and lists, paths text, mapping keys text."""
     if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
+        return {str(k): strict_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [strict_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_json(obj.tolist())
     if isinstance(obj, np.generic):
         return strict_json(obj.item())
     if isinstance(obj, float):

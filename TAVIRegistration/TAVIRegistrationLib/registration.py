@@ -688,7 +688,7 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
                   margin: Optional[float] = None, models_directory=None,
                   sitk_options: Optional[Dict[str, Any]] = None, passes: Optional[int] = None,
                   fov: Optional[str] = None, keep_better_start: bool = True,
-                  hold: float = 0.0) -> RegistrationResult:
+                  hold: float = 0.0, prior=None) -> RegistrationResult:
     """Register the model's projection (inside ``roi``) to the frame's vessel mask.
 
     ``moving_frame_mask``: the projection mask on the frame's pixel grid (everything outside ``roi``
@@ -706,9 +706,12 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     the model's ``refine_steps`` from the manifest, else ``DEFAULT_REFINE_STEPS``).
     ``keep_better_start``: a result whose Dice with the fixed mask over the registration window is
     below the start's (the identity, or ``init``) is replaced by the start, with a warning (off only
-    for references that must show the loss's own optimum). ``hold``: with ``init``, the start is also
-    kept (silently) when the result improves that Dice by no more than ``hold``: a cine frame that
-    did not move keeps the last affine instead of creeping away from it (``RUN_HOLD_DICE``).
+    for references that must show the loss's own optimum). ``prior``: a 3x3 frame affine (the last
+    cine frame's) that stands in for the start in that comparison without being started from (the
+    CNN alone, composed onto a previous affine frame after frame, compounds its scale). ``hold``: with
+    ``init`` or ``prior``, that affine is also kept (silently) when the result improves the Dice by
+    no more than ``hold``: a cine frame that did not move keeps the last affine instead of creeping
+    away from it (``RUN_HOLD_DICE``).
     """
     if method not in METHODS:
         raise InputError(f"registration method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -718,6 +721,8 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     roi_only, fixed, roi, window, mov_w, fix_w, box_w = prepare_pair(moving_frame_mask, fixed_mask, roi, margin, size)
     warnings: List[str] = []
     init_m, theta_init = _initial_affine(init, window)
+    if prior is not None:
+        init_m = _initial_affine(prior, window)[0]
 
     if method == "sitk":
         theta = sitk_register(mov_w, fix_w, box_w, theta_init, **(sitk_options or {}))

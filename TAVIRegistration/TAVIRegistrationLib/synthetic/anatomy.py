@@ -60,6 +60,7 @@ from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 from scipy.spatial import cKDTree
 
 from ..errors import InputError
+from ..export import strict_json
 
 #: Centerline sample spacing (mm) of generated anatomies.
 SAMPLE_SPACING_MM = 0.5
@@ -512,7 +513,7 @@ class _Tree:
         L = {k: self.landmarks[k] for k in LANDMARKS}
         C = {k: self.centerlines[k] for k in SEGMENTS}
         R = {k: self.radii[k] for k in SEGMENTS}
-        return Anatomy(centerlines=C, radii=R, landmarks=L, params=_jsonable(P), seed=seed)
+        return Anatomy(centerlines=C, radii=R, landmarks=L, params=strict_json(P), seed=seed)
 
 
 @dataclass
@@ -892,22 +893,6 @@ def _aorta_landmarks(aorta: _Aorta, B: np.ndarray, tree: _Tree) -> None:
     })
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    return obj
-
-
 # ---------------------------------------------------------------------------------------------
 # intra-operative deformation
 # ---------------------------------------------------------------------------------------------
@@ -961,7 +946,7 @@ def deform_anatomy(anatomy: Anatomy, rng: SeedLike, *,
     D = _unit(dvec) * root_motion_mm if root_motion_mm > 0 else np.zeros(3)
     _move_root(out, anatomy.landmarks["annulus_center"], D, root_motion_sigma_mm)
     out.state = "intra-operative"
-    out.params["deformation"] = _jsonable({
+    out.params["deformation"] = strict_json({
         "access_side": access_side,
         "wire_straightening": {s: fractions.get(s, 0.0) for s in SIDES},
         "wire_access_points_lps": access_points,
@@ -1082,7 +1067,7 @@ def anatomy_to_json(anatomy: Anatomy) -> dict:
         "centerlines": {k: np.asarray(v, float).tolist() for k, v in anatomy.centerlines.items()},
         "radii": {k: np.asarray(v, float).tolist() for k, v in anatomy.radii.items()},
         "landmarks": {k: np.asarray(v, float).tolist() for k, v in anatomy.landmarks.items()},
-        "params": _jsonable(anatomy.params),
+        "params": strict_json(anatomy.params),
     }
 
 

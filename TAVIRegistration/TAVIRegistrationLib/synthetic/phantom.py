@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import InputError
+from ..export import strict_json
 from ..geometry import CArmGeometry, project
 
 if TYPE_CHECKING:  # for annotations only; imported where used (see below)
@@ -674,7 +675,7 @@ def _generate_patient(index: int, config: PhantomConfig, folder: Path,
     finally:
         r_true.close()
         r_nom.close()
-    _write(folder / "case.json", json.dumps(_jsonable(_case_doc(pt, series_docs)), indent=1).encode())
+    _write(folder / "case.json", json.dumps(strict_json(_case_doc(pt, series_docs)), indent=1).encode())
     return {"patient": pt.name, "rows": rows_out}
 
 
@@ -825,9 +826,9 @@ def _generate_series(pt: _Patient, s: _Series, true_model, r_true, r_nom,
         "frame_time_ms": s.ft, "transfer_syntax": ts, "geometry": gdoc,
         "isocenter_lps": s.iso.tolist(), "isocenter_from": s.iso_name,
         "pose": s.pose, "stage": s.stage, "iodine_mg_ml": s.iodine,
-        "contrast": _jsonable(s.contrast.params), "imaging": s.im.to_dict(),
+        "contrast": strict_json(s.contrast.params), "imaging": s.im.to_dict(),
         "devices": sorted({d.name for d in s.devices.moving + s.devices.static}),
-        "device_info": _jsonable(s.devices.info),
+        "device_info": strict_json(s.devices.info),
         "motion": s.motion.to_dict(),
         "projection_nominal": nom_rel, "frames": frame_docs,
     }
@@ -1023,7 +1024,7 @@ def _case_doc(pt: _Patient, series_docs: List[dict]) -> dict:
         "format": FORMAT, "version": VERSION, "patient": pt.name, "seed": int(pt.config.seed),
         "anatomy_seed": pt.anat_seed, "coordinate_system": "LPS", "units": "mm",
         "model": "model.vtk", "anatomy": "anatomy.json",
-        "deformation": _jsonable(pt.deformation_params),
+        "deformation": strict_json(pt.deformation_params),
         "deformation_model": {"neighbours": DEFORM_NEIGHBOURS, "tau_mm": DEFORM_TAU_MM,
                               "cardiac_sigma_mm": CARDIAC_SIGMA_MM,
                               "respiratory_sigma_mm": RESPIRATORY_SIGMA_MM},
@@ -1059,23 +1060,6 @@ def _copy_polydata(pd):
     out = vtkPolyData()
     out.DeepCopy(pd)
     return out
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
 
 
 # =============================================================================================
