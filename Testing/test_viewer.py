@@ -421,9 +421,9 @@ def demo_case(tmp_path_factory):
     return make_demo_case(tmp_path_factory.mktemp("demo_case"))
 
 
-def test_register_from_the_viewer_matches_the_cli(window, demo_case, tmp_path, monkeypatch, qtbot):
-    """Register clicked in the viewer and ``tavireg register`` on the same inputs (model, frame,
-    isocentre, ROI, the shipped networks): the same affine and the same registered pixels."""
+def open_demo_with_shipped_networks(window, demo_case, monkeypatch):
+    """The demo case open in the viewer with the shipped networks and the ROI a user would draw;
+    returns (the models folder, the isocentre, the ROI). Skips without a shipped segmentation network."""
     from TAVIRegistrationLib.networks.weights import installed
 
     shipped = REPO / "Resources" / "Models"
@@ -436,6 +436,13 @@ def test_register_from_the_viewer_matches_the_cli(window, demo_case, tmp_path, m
     assert window.waitIdle(60) and window.frameProjection is not None, window.errors
     roi = demo_case.truth().user_roi()
     window.setRoi(roi)
+    return shipped, iso, roi
+
+
+def test_register_from_the_viewer_matches_the_cli(window, demo_case, tmp_path, monkeypatch, qtbot):
+    """Register clicked in the viewer and ``tavireg register`` on the same inputs (model, frame,
+    isocentre, ROI, the shipped networks): the same affine and the same registered pixels."""
+    shipped, iso, roi = open_demo_with_shipped_networks(window, demo_case, monkeypatch)
     assert tuple(window.movingRoi()) == tuple(roi)
     assert window.registerButton.isEnabled()
     qtbot.mouseClick(window.registerButton, Qt.LeftButton)
@@ -466,18 +473,7 @@ def test_register_run_then_play_shows_each_frame_with_its_registration(window, d
     """Register run registers every frame (as the pipeline's ``register_run`` does on the same inputs);
     stepping or playing the run then shows each frame with its own registered projection."""
     from TAVIRegistrationLib.fluoro import read_fluoro
-    from TAVIRegistrationLib.networks.weights import installed
-
-    shipped = REPO / "Resources" / "Models"
-    monkeypatch.setenv("TAVIREG_MODELS_DIR", str(shipped))
-    if not installed("segmentation"):
-        pytest.skip("no segmentation network shipped in Resources/Models")
-    iso = demo_case.isocenter_lps
-    window.openCase(demo_case.model_path, demo_case.fluoro_path, options=viewer.CaseOptions(isocenter_lps=iso),
-                    frame=demo_case.frame_index)
-    assert window.waitIdle(60) and window.frameProjection is not None, window.errors
-    roi = demo_case.truth().user_roi()
-    window.setRoi(roi)
+    shipped, iso, roi = open_demo_with_shipped_networks(window, demo_case, monkeypatch)
     assert window.registerRunAction.isEnabled() and window.playAction.isEnabled()
     window.registerRunAction.trigger()
     assert window.waitIdle(300) and window.run is not None, window.errors

@@ -18,6 +18,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -229,13 +230,13 @@ class RegistrationPipeline:
     def register(self, index: int, roi: Optional[Sequence[int]] = None, *, fixed_mask: Optional[np.ndarray] = None,
                  method: Optional[str] = None, init: Optional[np.ndarray] = None, fov: str = "auto",
                  seg_model=None, reg_model=None, device=None, hold: float = 0.0,
-                 prior: Optional[np.ndarray] = None) -> "FrameRegistration":
+                 prior: Optional[np.ndarray] = None, refine_steps: Optional[int] = None) -> "FrameRegistration":
         """Register the model's projection (inside ``roi``) to frame ``index``.
 
         ``fixed_mask``: the frame's vessel mask when known (skips segmentation); else the DRU-Net
         segmentation. ``method``: cnn, cnn+refine or sitk (default: ``registration.default_method``).
         ``init``: a frame-grid affine to start from (the previous cine frame's
-        ``frame_matrix``); ``hold``, ``prior``: see ``registration.register_pair``. A degenerate or failed result
+        ``frame_matrix``); ``hold``, ``prior``, ``refine_steps``: see ``registration.register_pair``. A degenerate or failed result
         is returned with ``valid`` False and the reasons in ``problems``: front ends must not show its
         overlay as if it were valid.
         """
@@ -264,7 +265,8 @@ class RegistrationPipeline:
             raise InputError(f"frame {index}: {what}; nothing to register to: pick a frame with contrast (the "
                              "one with the most contrast medium), or give the frame's vessel mask")
         result = register_pair(fp.projection.mask, fixed, roi, method=method, model=reg_model,
-                               init=init, device=device, fov=frame_fov, hold=hold, prior=prior)
+                               init=init, device=device, fov=frame_fov, hold=hold, prior=prior,
+                               refine_steps=refine_steps)
         warnings.extend(result.warnings)
         return FrameRegistration(index, roi, fp, fixed, fixed_source, result, warnings)
 
@@ -283,34 +285,49 @@ class RegistrationPipeline:
         frames = [int(i) for i in frames]
         if batch_size is None:
             batch_size = RUN_BATCH["cuda" if _on_gpu(device) else "cpu"]
+        chunks = [frames[k:k + batch_size] for k in range(0, len(frames), batch_size)]
         init = None
-        for start in range(0, len(frames), batch_size):
-            chunk = frames[start:start + batch_size]
-            seg_s = 0.0
-            if fixed_masks is None:
-                try:
-                    seg_s = self.segment_ahead(chunk, fov=fov, device=device, batch_size=batch_size) / len(chunk)
-                except InputError:
-                    pass  # each frame then fails on its own, with its own message, below
-            for index in chunk:
-                t0 = time.perf_counter()
-                frame = self._register_run_frame(index, roi, method, init, fov, device,
-                                                 None if fixed_masks is None else fixed_masks(index))
-                frame.seconds = {"segment": seg_s, "register": time.perf_counter() - t0}
-                if frame.registered:
-                    init = frame.registration.result.frame_matrix
-                self.forget(index, keep_projection=True)
-                yield frame
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tavireg-segment") as ahead:
+            def segment(chunk):
+                if fixed_masks is not None or not chunk:
+                    return None
+                return ahead.submit(self._segment_chunk, chunk, fov, device, batch_size)
+
+            pending = segment(chunks[0] if chunks else [])
+            for n, chunk in enumerate(chunks):
+                seg_s = pending.result() if pending is not None else 0.0
+                # the next chunk is segmented while this one registers
+                pending = segment(chunks[n + 1] if n + 1 < len(chunks) else [])
+                for index in chunk:
+                    t0 = time.perf_counter()
+                    frame = self._register_run_frame(index, roi, method, init, fov, device,
+                                                     None if fixed_masks is None else fixed_masks(index))
+                    frame.seconds = {"segment": seg_s, "register": time.perf_counter() - t0}
+                    if frame.registered:
+                        init = frame.registration.result.frame_matrix
+                    self.forget(index, keep_projection=True)
+                    yield frame
+
+    def _segment_chunk(self, chunk, fov, device, batch_size) -> float:
+        """``segment_ahead`` of one chunk of a run: its seconds per frame (0 when it failed: each frame
+        then fails on its own, with its own message, when it registers)."""
+        try:
+            return self.segment_ahead(chunk, fov=fov, device=device, batch_size=batch_size) / len(chunk)
+        except InputError:
+            return 0.0
 
     def _register_run_frame(self, index, roi, method, init, fov, device, fixed_mask) -> RunFrame:
-        from .registration import RUN_HOLD_DICE, default_method
+        from .registration import RUN_HOLD_DICE, RUN_REFINE_STEPS, default_method
 
         try:
             # the CNN alone starts afresh (composed onto the last affine frame after frame it compounds
-            # its scale) and keeps the last affine unless it does better; the optimisers start from it
+            # its scale) and keeps the last affine unless it does better; the optimisers start from it,
+            # near their optimum (fewer L-BFGS iterations)
             fresh = (method or default_method([])) == "cnn"
+            warm = init is not None and not fresh
             reg = self.register(index, roi, method=method, init=None if fresh else init, fov=fov, device=device,
-                                fixed_mask=fixed_mask, hold=RUN_HOLD_DICE, prior=init if fresh else None)
+                                fixed_mask=fixed_mask, hold=RUN_HOLD_DICE, prior=init if fresh else None,
+                                refine_steps=RUN_REFINE_STEPS if warm else None)
         except InputError as exc:
             return RunFrame(index, None, str(exc))
         if not reg.valid:
@@ -349,7 +366,7 @@ class RegistrationPipeline:
             fp = self._projections.pop(index, None)
             if fp is not None and not any(p.geometry == fp.geometry for p in self._projections.values()):
                 self._renders.pop(fp.geometry, None)
-        for key in [k for k in self._segmentations if k[0] == index]:
+        for key in [k for k in list(self._segmentations) if k[0] == index]:  # (a run segments ahead meanwhile)
             del self._segmentations[key]
 
     def close(self) -> None:

@@ -86,6 +86,9 @@ DEFAULT_REFINE_STEPS = 40
 #: a cine frame whose registration gains no more than this in window Dice over the previous frame's
 #: affine keeps that affine (``register_pair(hold=...)``): noise does not make a static run creep
 RUN_HOLD_DICE = 0.005
+#: L-BFGS iterations of ``cnn+refine`` for a cine frame started from the last frame's affine (it starts
+#: near the optimum; ``DEFAULT_REFINE_STEPS`` from the network's affine)
+RUN_REFINE_STEPS = 16
 #: the refinement works on window images of this size whatever the network's input size
 REFINE_SIZE = 256
 #: check_affine limits

@@ -301,12 +301,15 @@ def segment_frames(images: Sequence, fov: str = "auto", model=None, device=None,
         threshold = threshold_for(entry, fov_used)
     elif not 0.0 < float(threshold) < 1.0:
         raise InputError(f"threshold must lie between 0 and 1, got {threshold}")
+    from .networks.weights import inference_module
+
+    net = inference_module(module)
     results: List[SegmentationResult] = []
     for start in range(0, len(arrays), batch_size):
         batch = arrays[start:start + batch_size]
         inputs = [preprocess(arr, size) for arr in batch]
         with torch.inference_mode():
-            logits = module(torch.from_numpy(np.stack([x for x, _ in inputs]))[:, None].to(dev)).float()
+            logits = net(torch.from_numpy(np.stack([x for x, _ in inputs]))[:, None].to(dev)).float()
             for k, arr in enumerate(batch):
                 prob = torch.sigmoid(resize_image(logits[k:k + 1], arr.shape))[0, 0].cpu().numpy().astype(np.float32)
                 results.append(SegmentationResult(

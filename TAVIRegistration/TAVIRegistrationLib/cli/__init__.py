@@ -18,21 +18,12 @@ from typing import Callable, Dict, Optional, Sequence
 from ..errors import InputError
 from .common import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, Parser  # noqa: F401 - the exit codes are the contract
 
-#: every command: (name, module of this package, the function adding its parser, the function running it);
-#: a module is imported when the parser is built
+#: every command and the module of this package that holds it: ``add_<command>_parser(sub)`` adds its
+#: options, ``run_<command>(args)`` runs it (``-`` as ``_``); a module is imported when the parser is built
 _REGISTRY = [
-    ("info", "case", "add_info_parser", "run_info"),
-    ("project", "case", "add_project_parser", "run_project"),
-    ("register", "case", "add_register_parser", "run_register"),
-    ("demo", "demo", "add_demo_parser", "run_demo"),
-    ("bench", "bench", "add_bench_parser", "run_bench"),
-    ("phantom", "phantom", "add_phantom_parser", "run_phantom"),
-    ("gui", "case", "add_gui_parser", "run_gui"),
-    ("segment", "segment", "add_segment_parser", "run_segment"),
-    ("gradcam", "segment", "add_gradcam_parser", "run_gradcam"),
-    ("train-seg", "train", "add_train_seg_parser", "run_train_seg"),
-    ("train-reg", "train", "add_train_reg_parser", "run_train_reg"),
-    ("evaluate", "evaluate", "add_evaluate_parser", "run_evaluate"),
+    ("info", "case"), ("project", "case"), ("register", "case"), ("demo", "demo"), ("bench", "bench"),
+    ("phantom", "phantom"), ("gui", "case"), ("segment", "segment"), ("gradcam", "segment"),
+    ("train-seg", "train"), ("train-reg", "train"), ("evaluate", "evaluate"),
 ]
 
 _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -48,10 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tavireg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for name, module_name, add, run in _REGISTRY:
+    for name, module_name in _REGISTRY:
         module = importlib.import_module(f".{module_name}", __package__)
-        getattr(module, add)(sub)
-        _COMMANDS[name] = getattr(module, run)
+        function = name.replace("-", "_")
+        getattr(module, f"add_{function}_parser")(sub)
+        _COMMANDS[name] = getattr(module, f"run_{function}")
     return parser
 
 

@@ -22,7 +22,10 @@ class CaseLoader:
     def __init__(self, window):
         self.window = window
 
-    def _askOpen(self, title, filters) -> Optional[Path]:
+    def _askOpen(self, path, title, filters) -> Optional[Path]:
+        """``path`` as a Path, or the file the user picks in an open dialog (None: cancelled)."""
+        if path is not None:
+            return Path(path)
         w = self.window
         result = qt.QFileDialog.getOpenFileName(w, title, w._lastDir, filters)
         path = result[0] if isinstance(result, (tuple, list)) else result
@@ -38,21 +41,17 @@ class CaseLoader:
     def openModel(self, path=None, options: Optional[CaseOptions] = None) -> None:
         """Read a surface model (a file dialog without ``path``); keeps the current fluoroscopy."""
         w = self.window
+        path = self._askOpen(path, "Open vessel model", MODEL_FILTERS)
         if path is None:
-            path = self._askOpen("Open vessel model", MODEL_FILTERS)
-            if path is None:
-                return
-        path = Path(path)
+            return
         self._load(f"Reading {path.name}", path, None, w.fluoroPath, w.series, options or w.options, w.frameIndex)
 
     def openFluoro(self, path=None) -> None:
         """Read a fluoroscopy run (a file dialog without ``path``); keeps the current model."""
         w = self.window
+        path = self._askOpen(path, "Open fluoroscopy", FLUORO_FILTERS)
         if path is None:
-            path = self._askOpen("Open fluoroscopy", FLUORO_FILTERS)
-            if path is None:
-                return
-        path = Path(path)
+            return
         self._load(f"Reading {path.name}", w.modelPath, w.model, path, None, w.options, 0)
 
     def openCase(self, model_path=None, fluoro_path=None, options: Optional[CaseOptions] = None,

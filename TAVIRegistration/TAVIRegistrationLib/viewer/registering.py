@@ -40,19 +40,27 @@ class Registrar:
         ``overlay.overlay_rgb`` of it, like the CLI. A degenerate result is reported and not shown.
         """
         w = self.window
-        if not w.registrationAvailable():
-            w.reportError("Register", InputError(REGISTER_UNAVAILABLE_TIP))
-            return
-        if w.pipeline is None or w.frameProjection is None:
-            return
-        try:
-            roi = w.movingRoi()
-        except InputError as exc:
-            w.reportError("Register", exc)
+        roi = self._roi("Register")
+        if roi is None:
             return
         pipeline, index = w.pipeline, w.frameIndex
         w.jobs.submit(f"Registering frame {index}", lambda: pipeline.register(index, roi),
                       lambda result: self._done(pipeline, index, result))
+
+    def _roi(self, title: str):
+        """The ROI to register, or None (an error reported under ``title``) when registration cannot
+        run now."""
+        w = self.window
+        if not w.registrationAvailable():
+            w.reportError(title, InputError(REGISTER_UNAVAILABLE_TIP))
+            return None
+        if w.pipeline is None or w.frameProjection is None:
+            return None
+        try:
+            return w.movingRoi()
+        except InputError as exc:
+            w.reportError(title, exc)
+            return None
 
     def registerRun(self) -> None:
         """Register the projection ROI to every frame of the run in the worker thread (Cancel stops it
@@ -60,15 +68,8 @@ class Registrar:
         stepped through; a frame that did not is shown without an overlay, its reason in the status bar
         and the warnings."""
         w = self.window
-        if not w.registrationAvailable():
-            w.reportError("Register run", InputError(REGISTER_UNAVAILABLE_TIP))
-            return
-        if w.pipeline is None or w.frameProjection is None:
-            return
-        try:
-            roi = w.movingRoi()
-        except InputError as exc:
-            w.reportError("Register run", exc)
+        roi = self._roi("Register run")
+        if roi is None:
             return
         pipeline, frames = w.pipeline, range(int(w.series.n_frames))
         holder = {}
