@@ -22,7 +22,7 @@ from .common import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, Parser  # noqa: F401 - t
 #: options, ``run_<command>(args)`` runs it (``-`` as ``_``); a module is imported when the parser is built
 _REGISTRY = [
     ("info", "case"), ("project", "case"), ("register", "case"), ("demo", "demo"), ("bench", "bench"),
-    ("phantom", "phantom"), ("gui", "case"), ("segment", "segment"), ("gradcam", "segment"),
+    ("phantom", "phantom"), ("foreign", "phantom"), ("gui", "case"), ("segment", "segment"), ("gradcam", "segment"),
     ("train-seg", "train"), ("train-reg", "train"), ("evaluate", "evaluate"),
 ]
 

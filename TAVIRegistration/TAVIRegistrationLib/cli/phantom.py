@@ -1,4 +1,5 @@
-"""``tavireg phantom``: synthetic TAVI cases (``synthetic.phantom``)."""
+"""``tavireg phantom``: synthetic TAVI cases (``synthetic.phantom``); ``tavireg foreign``: cases from a given
+vessel surface (``synthetic.foreign``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..synthetic.foreign import STYLES, ForeignConfig, generate_foreign
 from ..synthetic.phantom import PhantomConfig, default_real_dir, generate_dataset
 
 
@@ -50,3 +52,46 @@ def run_phantom(args) -> int:
     return 0
 
 
+
+
+def add_foreign_parser(sub) -> None:
+    p = sub.add_parser("foreign", help="registration cases from a given vessel surface (an anatomy the phantom "
+                                       "did not draw), frames in other styles")
+    p.add_argument("--mesh", type=Path, action="append", required=True,
+                   help="vessel surface file (repeatable: the files are joined, e.g. a wall and its caps)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--poses", type=int, default=6, help="true poses, each with its own C-arm view (default 6)")
+    p.add_argument("--styles", default=",".join(STYLES), help=f"frame styles (default {','.join(STYLES)})")
+    p.add_argument("--backgrounds", type=Path, help="real X-ray frames (N.png) for the angio style "
+                                                    "(default: the real angiograms' train folder, when found)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same data")
+    p.add_argument("--size", type=int, default=512, help="frame size in pixels (default 512)")
+    p.add_argument("--scale", type=float, help="scale of the surfaces to mm (default: 1, or up to an adult "
+                                               "aorta's size for a small model, with a note)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data set in --out")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def run_foreign(args) -> int:
+    from tqdm import tqdm
+
+    backgrounds = args.backgrounds
+    if backgrounds is None:
+        real = default_real_dir()
+        backgrounds = real / "train" if real is not None else None
+    cfg = ForeignConfig(meshes=args.mesh, out=args.out, poses=args.poses,
+                        styles=[s.strip() for s in args.styles.split(",") if s.strip()], seed=args.seed,
+                        size=args.size, scale=args.scale, backgrounds=backgrounds, overwrite=args.overwrite)
+    for mesh in cfg.meshes:
+        if not Path(mesh).is_file():
+            raise InputError(f"--mesh {mesh} does not exist")
+    cfg.validate()
+    with tqdm(total=cfg.poses, desc="foreign", unit="pose", file=sys.stderr, disable=None) as bar:
+        summary = generate_foreign(cfg, progress=bar.update)
+    for note in summary["notes"]:
+        print(f"warning: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['frames']} frames of {summary['poses']} poses ({', '.join(summary['styles'])}) -> {summary['out']}")
+    return 0
