@@ -709,12 +709,10 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     the model's ``refine_steps`` from the manifest, else ``DEFAULT_REFINE_STEPS``).
     ``keep_better_start``: a result whose Dice with the fixed mask over the registration window is
     below the start's (the identity, or ``init``) is replaced by the start, with a warning (off only
-    for references that must show the loss's own optimum). ``prior``: a 3x3 frame affine (the last
-    cine frame's) that stands in for the start in that comparison without being started from (the
-    CNN alone, composed onto a previous affine frame after frame, compounds its scale). ``hold``: with
-    ``init`` or ``prior``, that affine is also kept (silently) when the result improves the Dice by
-    no more than ``hold``: a cine frame that did not move keeps the last affine instead of creeping
-    away from it (``RUN_HOLD_DICE``).
+    for references that must show the loss's own optimum). ``prior``: a frame affine (the last cine
+    frame's) standing in for the start in that comparison, not started from. ``hold``: with ``init``
+    or ``prior``, that affine is also kept when the result gains no more than ``hold`` in that Dice
+    (a cine frame that did not move does not creep: ``RUN_HOLD_DICE``).
     """
     if method not in METHODS:
         raise InputError(f"registration method must be one of {', '.join(METHODS)}, got {method!r}")

@@ -314,7 +314,9 @@ def inference_module(module):
         frozen = module
         if isinstance(module, torch.jit.ScriptModule) and not module.training:
             try:
-                frozen = torch.jit.optimize_for_inference(torch.jit.freeze(module))
+                with warnings.catch_warnings():  # TorchScript's deprecation notice is not the user's concern
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    frozen = torch.jit.optimize_for_inference(torch.jit.freeze(module))
             except Exception:  # noqa: BLE001 - an unfreezable network runs as it is
                 frozen = module
         _INFERENCE[key] = (module, frozen)
