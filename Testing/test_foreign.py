@@ -1,6 +1,6 @@
 """``tavireg foreign``: registration cases from a vessel surface the phantom did not draw.
 
-A small surface (a bent tube written here) stands in for a real anatomy; the real thoracic aorta in
+A small surface (the sample case's toy aortic root) stands in for a real anatomy; the real thoracic aorta in
 ``../shared/data/meshes`` is used where it is present.
 """
 
@@ -21,32 +21,10 @@ SHARED_AORTA = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes
 
 
 def bent_tube(tmp_path: Path) -> Path:
-    """A closed tube of radius 6 bent through 90 degrees, about 40 units across (small: it gets scaled)."""
-    from vtkmodules.vtkCommonCore import vtkPoints
-    from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData, vtkPolyLine
-    from vtkmodules.vtkFiltersCore import vtkTriangleFilter, vtkTubeFilter
+    """The sample case's toy aortic root (a curved tube and a sphere, under 120 mm across: it gets scaled)."""
+    from TAVIRegistrationLib.synthetic.sample_case import vessel_polydata
 
-    pts = vtkPoints()
-    for t in np.linspace(0, np.pi / 2, 40):
-        pts.InsertNextPoint(30 * np.cos(t), 0.0, 30 * np.sin(t))
-    line = vtkPolyLine()
-    line.GetPointIds().SetNumberOfIds(40)
-    for i in range(40):
-        line.GetPointIds().SetId(i, i)
-    cells = vtkCellArray()
-    cells.InsertNextCell(line)
-    poly = vtkPolyData()
-    poly.SetPoints(pts)
-    poly.SetLines(cells)
-    tube = vtkTubeFilter()
-    tube.SetInputData(poly)
-    tube.SetRadius(6.0)
-    tube.SetNumberOfSides(24)
-    tube.CappingOn()
-    triangles = vtkTriangleFilter()
-    triangles.SetInputConnection(tube.GetOutputPort())
-    triangles.Update()
-    return save_model(triangles.GetOutput(), tmp_path / "tube.stl")
+    return save_model(vessel_polydata(), tmp_path / "root.stl")
 
 
 def test_foreign_cases_carry_a_consistent_ground_truth(tmp_path):
