@@ -353,6 +353,35 @@ def test_dynamic_without_increments_and_static_with_increments_warn(tmp_path):
     assert any("STATIC" in w and "ignored" in w for w in s2.warnings)
 
 
+@pytest.mark.parametrize("syntax, n, dtype, high, extra", [
+    ("explicit", 4, np.uint16, 4096, {}),
+    ("implicit", 1, np.uint16, 1024, {}),
+    ("rle", 3, np.uint16, 4096, {}),
+    ("jpeg-lossless", 3, np.uint16, 4096, {}),
+    ("jpeg-baseline", 2, np.uint8, 256, {}),
+    ("explicit", 3, np.uint16, 4096, {"photometric": "MONOCHROME1", "bits_stored": 12, "rescale": (2.0, -100.0)}),
+])
+def test_a_streamed_run_decodes_each_frame_as_the_whole_read_does(tmp_path, syntax, n, dtype, high, extra):
+    """``read_fluoro(stream=True)``: no decoded run held; frame i decoded when asked for, equal to the
+    whole read's frame i (rescale and MONOCHROME1 included); the same frame with the most contrast."""
+    frames = make_frames(n, dtype=dtype, high=high)
+    frames[n // 2, 10:20, 10:30] //= 4  # a darker (opacified) patch in the middle frame
+    path = write(tmp_path, frames=frames, transfer_syntax=syntax, **extra)
+    whole, streamed = read_fluoro(path), read_fluoro(path, stream=True)
+    assert streamed.frames is None and streamed.has_pixels and whole.has_pixels
+    assert "PixelData" not in streamed.header and streamed.header.SOPInstanceUID == whole.header.SOPInstanceUID
+    for i in range(n):
+        np.testing.assert_array_equal(streamed.frame(i), whole.frame(i))
+    assert streamed.most_opacified_frame() == whole.most_opacified_frame()
+    input_error(lambda: streamed.frame(n), "out of range")
+
+
+def test_a_streamed_run_with_undecodable_pixel_data_is_refused_when_read(tmp_path):
+    # JPEG-lossy.dcm carries a known-bad JPEG stream: the streamed read decodes frame 0 at once
+    path = transplant("JPEG-lossy.dcm", tmp_path)
+    input_error(lambda: read_fluoro(path, stream=True), "cannot decode", "frame 0")
+
+
 def test_enhanced_xa_per_frame_functional_groups(tmp_path):
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
@@ -392,6 +421,9 @@ def test_enhanced_xa_per_frame_functional_groups(tmp_path):
     assert [(g.primary_angle_deg, g.secondary_angle_deg) for g in s.geometries] == [(-30, 20), (-28, 21)]
     assert s.geometry(1).sid_mm == 1150 and s.geometry(1).sod_mm == pytest.approx(780)
     np.testing.assert_array_equal(s.frames, frames)
+    streamed = read_fluoro(path, stream=True)
+    for i in range(2):
+        np.testing.assert_array_equal(streamed.frame(i), frames[i])
 
 
 # -- fallbacks and overrides -------------------------------------------------------------------

@@ -33,7 +33,7 @@ import warnings as _pywarnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -139,6 +139,7 @@ class FluoroSeries:
     photometric_interpretation: str = "MONOCHROME2"
     bits_stored: int = 0
     geometry_error: Optional[str] = None  # why ``geometries`` is empty (require_geometry=False)
+    decoder: Optional[Callable[[int], np.ndarray]] = None  # frame i on demand (read_fluoro(stream=True))
 
     def _check_index(self, index: Any, what: str = "frame") -> int:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
@@ -151,6 +152,11 @@ class FluoroSeries:
             )
         return i
 
+    @property
+    def has_pixels(self) -> bool:
+        """Whether frames can be had: decoded at reading, or decoded when asked for (``stream``)."""
+        return self.frames is not None or self.decoder is not None
+
     def _pixels(self) -> np.ndarray:
         if self.frames is None:
             raise RuntimeError("pixels were not loaded: call read_fluoro(..., load_pixels=True)")
@@ -158,10 +164,16 @@ class FluoroSeries:
 
     def frame(self, index: int = 0) -> np.ndarray:
         """Frame ``index`` as float32 (rows, cols); InputError if out of range."""
-        return self._pixels()[self._check_index(index)]
+        i = self._check_index(index)
+        if self.frames is None and self.decoder is not None:
+            return self.decoder(i)
+        return self._pixels()[i]
 
     def most_opacified_frame(self) -> int:
-        """The frame with the most contrast medium by ``opacification_scores`` (0 for a single frame)."""
+        """The frame with the most contrast medium by ``opacification_scores`` (0 for a single frame;
+        a streamed run is decoded frame by frame, never whole)."""
+        if self.frames is None and self.decoder is not None:
+            return int(np.argmax(opacification_scores(self.frame(i) for i in range(self.n_frames))))
         return int(np.argmax(opacification_scores(self._pixels())))
 
     def resolve_frame(self, choice: Union[int, str, None]) -> Tuple[int, Optional[str]]:
@@ -185,7 +197,7 @@ class FluoroSeries:
         return len({(g.primary_angle_deg, g.secondary_angle_deg) for g in self.geometries}) > 1
 
     def info_dict(self, frame: int = 0) -> dict:
-        """The ``tavireg info --json`` keys (project guide) for one frame, plus a few extras."""
+        """The ``tavireg info --json`` keys (docs/commands.md) for one frame, plus a few extras."""
         g = self.geometry(frame)
         return {
             "modality": self.modality,
@@ -259,6 +271,8 @@ def opacification_scores(frames: np.ndarray, power: float = 2.0) -> np.ndarray:
     ``FluoroSeries.resolve_frame`` names the choice in the warnings, to be checked by eye."""
     from scipy import ndimage
 
+    if not isinstance(frames, np.ndarray):  # frames one by one (a streamed run): the same argmax
+        return _streamed_opacification_scores(frames, power)
     f = np.asarray(frames, np.float32)
     if f.ndim != 3 or f.shape[0] < 2:
         return np.zeros(max(1, f.shape[0] if f.ndim == 3 else 1))
@@ -267,6 +281,25 @@ def opacification_scores(frames: np.ndarray, power: float = 2.0) -> np.ndarray:
     step = max(1, int(round(min(f.shape[1:]) / _OPACIFICATION_GRID)))
     small = np.stack([ndimage.uniform_filter(x, 2 * step + 1)[::step, ::step] for x in f])
     return (np.clip(small.max(axis=0)[None] - small, 0, None) ** power).mean(axis=(1, 2))
+
+
+def _streamed_opacification_scores(frames, power: float) -> np.ndarray:
+    """``opacification_scores`` of frames given one at a time, each box-filtered as it comes (only the
+    small copies are kept); scaled by the 1st-99th percentiles of those copies instead of the frames'
+    (the scale is common to all frames, so the ranking is the same)."""
+    from scipy import ndimage
+
+    small = []
+    for x in frames:
+        x = np.asarray(x, np.float32)
+        step = max(1, int(round(min(x.shape) / _OPACIFICATION_GRID)))
+        small.append(ndimage.uniform_filter(x, 2 * step + 1)[::step, ::step])
+    if len(small) < 2:
+        return np.zeros(max(1, len(small)))
+    s = np.stack(small)
+    lo, hi = np.percentile(s, (1, 99))
+    s = (s - lo) / max(float(hi - lo), 1e-6)
+    return (np.clip(s.max(axis=0)[None] - s, 0, None) ** power).mean(axis=(1, 2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,6 +318,7 @@ def read_fluoro(
     pixel_spacing_mm: Optional[Spacing] = None,
     load_pixels: bool = True,
     require_geometry: bool = True,
+    stream: bool = False,
 ) -> FluoroSeries:
     """Read an XA/RF fluoroscopy DICOM file: frames (optional) and C-arm geometry per frame.
 
@@ -293,6 +327,8 @@ def read_fluoro(
     reads the header only (still checking that decodable pixel data is there).
     ``require_geometry=False`` (for segmentation, which needs pixels only) turns a missing or
     impossible geometry into a warning; ``geometry(i)`` then raises InputError with the reason.
+    ``stream=True`` keeps the encoded pixel data and decodes a frame when it is asked for (frame 0 at
+    once, to check the pixel data): what a long run registered frame by frame wants.
     """
     # pydicom warns (UserWarning) about odd values while converting elements: the problems that
     # matter become InputError or entries in ``warnings``; the rest must not reach the terminal.
@@ -307,6 +343,7 @@ def read_fluoro(
             sod_mm,
             pixel_spacing_mm,
             require_geometry,
+            stream,
         )
 
 
@@ -319,6 +356,7 @@ def _read_fluoro(
     sod_mm,
     pixel_spacing_mm,
     require_geometry: bool,
+    stream: bool = False,
 ) -> FluoroSeries:
     notes: List[str] = []
     ds, unread_tail = _read_dataset(path, load_pixels, notes)
@@ -357,11 +395,15 @@ def _read_fluoro(
         notes.append(f"no usable C-arm geometry: {exc}")
     frame_time = _frame_time(ds)
 
-    frames = None
-    if load_pixels:
-        frames = _decode_frames(ds, name, pix, tsuid, enhanced)
-
-    header = _strip_pixels(ds)
+    frames = decoder = None
+    if load_pixels and stream:
+        decoder = _FrameDecoder(ds, name, pix, tsuid, enhanced)
+        decoder(0)  # the pixel data decodes: checked now, not in the middle of a run
+        header = _header_of(ds)
+    else:
+        if load_pixels:
+            frames = _decode_frames(ds, name, pix, tsuid, enhanced)
+        header = _strip_pixels(ds)
     return FluoroSeries(
         path=path,
         modality=modality,
@@ -379,6 +421,7 @@ def _read_fluoro(
         photometric_interpretation=pix["photometric"],
         bits_stored=pix["bits_stored"],
         geometry_error=geometry_error,
+        decoder=decoder,
     )
 
 
@@ -1250,22 +1293,92 @@ def _decode_frames(ds, name: str, pix: dict, tsuid: str, enhanced: bool) -> np.n
             f"{name}: NumberOfFrames (0028,0008) says {n} but only {count} frame(s) could be decoded"
         )
 
-    # Modality LUT (rescale), per frame in Enhanced objects; then MONOCHROME1 -> bigger = brighter
-    # by mirroring within the rescaled range of the stored values.
+    for i in range(n) if enhanced else [None]:
+        _to_values(out if i is None else out[i], ds, pix, i, enhanced)
+    return out
+
+
+def _to_values(target: np.ndarray, ds, pix: dict, frame: Optional[int], enhanced: bool) -> None:
+    """Stored values to values in place (float32 ``target``: one frame, or every frame when ``frame`` is
+    None and the rescale is global): the modality LUT (rescale, per frame in Enhanced objects), then
+    MONOCHROME1 mirrored within the rescaled range of the stored values, so that bigger = brighter."""
     bs = pix["bits_stored"]
     lo, hi = (-(1 << (bs - 1)), (1 << (bs - 1)) - 1) if pix["signed"] else (0, (1 << bs) - 1)
-    for i in range(n) if enhanced else [None]:
-        slope = _single(ds, _T_SLOPE, i, enhanced)
-        intercept = _single(ds, _T_INTERCEPT, i, enhanced)
-        s = 1.0 if slope is None else slope
-        b = 0.0 if intercept is None else intercept
-        target = out if i is None else out[i]
-        if s != 1.0 or b != 0.0:
-            target *= np.float32(s)
-            target += np.float32(b)
-        if pix["photometric"] == "MONOCHROME1":
-            np.subtract(np.float32((lo + hi) * s + 2 * b), target, out=target)
-    return out
+    slope = _single(ds, _T_SLOPE, frame, enhanced)
+    intercept = _single(ds, _T_INTERCEPT, frame, enhanced)
+    s = 1.0 if slope is None else slope
+    b = 0.0 if intercept is None else intercept
+    if s != 1.0 or b != 0.0:
+        target *= np.float32(s)
+        target += np.float32(b)
+    if pix["photometric"] == "MONOCHROME1":
+        np.subtract(np.float32((lo + hi) * s + 2 * b), target, out=target)
+
+
+class _FrameDecoder:
+    """Frame ``i`` of a run decoded when it is asked for (``read_fluoro(..., stream=True)``): the file's
+    encoded pixel data is kept instead of the decoded run (a thousand 512-pixel frames are 1 GB as
+    float32), so that a run registered frame by frame stays flat in memory."""
+
+    #: frames kept decoded (a run's steps ask for a frame more than once, from two threads)
+    KEEP = 8
+
+    def __init__(self, ds, name: str, pix: dict, tsuid: str, enhanced: bool):
+        import threading
+        from collections import OrderedDict
+
+        self.ds, self.name, self.pix, self.tsuid, self.enhanced = ds, name, pix, tsuid, enhanced
+        self._kept: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, index: int) -> np.ndarray:
+        """Frame ``index`` (float32, values): a read-only array, decoded now or kept from a recent call."""
+        index = int(index)
+        with self._lock:
+            if index in self._kept:
+                self._kept.move_to_end(index)
+                return self._kept[index]
+        frame = self._decode(index)
+        frame.setflags(write=False)
+        with self._lock:
+            self._kept[index] = frame
+            while len(self._kept) > self.KEEP:
+                self._kept.popitem(last=False)
+        return frame
+
+    def _decode(self, index: int) -> np.ndarray:
+        from pydicom.pixels import pixel_array
+
+        rows, cols = self.pix["rows"], self.pix["cols"]
+        with _pywarnings.catch_warnings(), _native_stderr_dropped(self.tsuid == RLE_UID):
+            _pywarnings.simplefilter("ignore")
+            try:
+                arr = pixel_array(self.ds, index=int(index)) if self.pix["frames"] > 1 else pixel_array(self.ds)
+            except MemoryError:
+                raise InputError(f"{self.name}: not enough memory to decode frame {index}") from None
+            except (KeyboardInterrupt, SystemExit, GeneratorExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - as in _decode_frames
+                raise InputError(f"{self.name}: cannot decode frame {index} ({_uid_name(self.tsuid)}): "
+                                 f"{_short(exc)}") from None
+        if arr.shape != (rows, cols):
+            raise InputError(f"{self.name}: frame {index} decoded to shape {arr.shape}, expected ({rows}, {cols})")
+        out = arr.astype(np.float32)
+        _to_values(out, self.ds, self.pix, int(index) if self.enhanced else None, self.enhanced)
+        return out
+
+
+def _header_of(ds):
+    """A copy of ``ds`` without its pixel data (the elements themselves shared): the header of a
+    streamed run, whose dataset keeps the pixel data for its decoder."""
+    from pydicom.dataset import Dataset
+
+    header = Dataset()
+    for elem in ds:
+        if elem.tag not in (_T_PIXEL_DATA, _T_EXT_OFFSETS, _T_EXT_LENGTHS, *_OTHER_PIXEL_DATA):
+            header.add(elem)
+    header.file_meta = getattr(ds, "file_meta", Dataset())
+    return header
 
 
 def _strip_pixels(ds):

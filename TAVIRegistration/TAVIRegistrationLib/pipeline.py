@@ -116,7 +116,12 @@ class RunRegistration:
     failures: Dict[int, str] = field(default_factory=dict)  # frame index -> reason
 
     def failure_warnings(self) -> List[str]:
-        return [f"frame {i} not registered: {why}" for i, why in sorted(self.failures.items())]
+        return failure_warnings(self.failures)
+
+
+def failure_warnings(failures: Dict[int, str]) -> List[str]:
+    """One warning per frame of a run that did not register, in frame order."""
+    return [f"frame {i} not registered: {why}" for i, why in sorted(failures.items())]
 
 
 class RegistrationPipeline:

@@ -8,9 +8,11 @@
 
 A run of several frames (``--frame all``) adds ``DIR/frames.csv`` (per-frame status, transform,
 metrics and time; a frame that did not register is a ``failed`` row with its reason) and
-``DIR/overlay.gif`` (the overlay movie; a failed frame shows without a projection, in a red border);
-the four single-frame files then show the last frame that registered, the one a user watching live
-fluoroscopy sees. Everything is written through one
+``DIR/overlay.gif`` (the overlay movie, at most ``MOVIE_SIDE`` pixels a side; a failed frame shows
+without a projection, in a red border); the four single-frame files then show the last frame that
+registered, the one a user watching live fluoroscopy sees. A run is recorded frame by frame as it
+registers (``RunRecord``): only the last registration, each frame's row and its movie picture are
+kept, so a long run does not hold its frames or masks. Everything is written through one
 ``OutputSet``: all files appear together, or none.
 """
 
@@ -26,6 +28,8 @@ from .outputs import OutputSet, check_writable_dir, image_png_writer, mask_png_w
 from .overlay import mark_flagged, overlay_rgb
 
 METRIC_KEYS = ("dice", "precision", "recall")
+#: the overlay movie's largest side in pixels (a 1024-pixel run is halved: a thousand frames stay small)
+MOVIE_SIDE = 512
 
 
 def frame_overlay(pipe, reg, mode: str = "contour") -> np.ndarray:
@@ -57,29 +61,133 @@ def _failed_record(frame: int, why: str, columns: Sequence[str]) -> Dict[str, ob
     return rec
 
 
-def _run_records(results: Sequence, failures: Dict[int, str]) -> List[Dict[str, object]]:
-    """frames.csv: every frame of the run in order, registered or not."""
-    records = {int(r.frame_index): _frame_record(r) for r in results}
-    columns = list(next(iter(records.values())).keys())
-    records.update({int(i): _failed_record(i, why, columns) for i, why in failures.items()})
-    return [records[i] for i in sorted(records)]
+class RunRecord:
+    """What the files of a registration need, gathered frame by frame as a run registers: each
+    frame's row (frames.csv, transform.json) and movie picture, the warnings, and the last frame that
+    registered, whose files are written (nothing else of a frame is kept)."""
+
+    def __init__(self, pipe, mode: str = "contour"):
+        self.pipe, self.mode = pipe, mode
+        self.last = None
+        self.rows: Dict[int, Dict[str, object]] = {}
+        self.matrices: Dict[int, list] = {}
+        self.failures: Dict[int, str] = {}
+        self.movie: Dict[int, object] = {}
+        self.warnings: List[str] = []
+        self.given_mask_rows: List[Dict[str, object]] = []
+        self.seconds: List[float] = []
+        self.flagged: List[int] = []
+
+    def add(self, reg) -> None:
+        """A frame that registered (``pipeline.FrameRegistration``)."""
+        i = int(reg.frame_index)
+        self.last = reg
+        self.rows[i] = _frame_record(reg)
+        self.matrices[i] = np.asarray(reg.matrix).tolist()
+        self.warnings.extend(w for w in reg.warnings if w not in self.warnings)
+        self.seconds.append(float(reg.result.seconds))
+        if reg.result.flagged:
+            self.flagged.append(i)
+        if reg.fixed_source == "given":
+            self.given_mask_rows.append(self.rows[i])
+        self.movie[i] = _movie_picture(frame_overlay(self.pipe, reg, self.mode))
+
+    def fail(self, index: int, why: str) -> None:
+        """A frame that did not register, and why: a row, and the frame in a red border in the movie."""
+        i = int(index)
+        self.failures[i] = why
+        frame = self.pipe.frame(i)
+        self.movie[i] = _movie_picture(mark_flagged(overlay_rgb(frame, np.zeros(frame.shape, np.uint8))))
+
+    @property
+    def frames(self) -> int:
+        return len(self.rows) + len(self.failures)
+
+    def records(self) -> List[Dict[str, object]]:
+        """frames.csv: every frame of the run in order, registered or not."""
+        columns = list(next(iter(self.rows.values())).keys())
+        rows = dict(self.rows)
+        rows.update({i: _failed_record(i, why, columns) for i, why in self.failures.items()})
+        return [rows[i] for i in sorted(rows)]
 
 
-def write_registration_outputs(out_dir, pipe, results: Sequence, *, mode: str = "contour",
+def _movie_picture(rgb: np.ndarray):
+    """One frame of the overlay movie: at most ``MOVIE_SIDE`` pixels a side, in a 256-colour palette."""
+    from PIL import Image
+
+    picture = Image.fromarray(rgb)
+    if max(picture.size) > MOVIE_SIDE:
+        scale = MOVIE_SIDE / max(picture.size)
+        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
+                                 Image.BILINEAR)
+    return picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+
+
+def write_registration_outputs(out_dir, pipe, results, *, mode: str = "contour",
                                inputs: Sequence = (), warnings: Sequence[str] = (),
                                anonymize: bool = False, failures: Optional[Dict[int, str]] = None) -> Dict[str, object]:
-    """Write the files of one registered frame, or of a run; returns the JSON summary.
-    ``failures``: frames of the run that did not register, with the reason (frames.csv, the movie).
+    """Write the files of one registered frame, or of a run; returns the JSON summary. ``results``:
+    a ``RunRecord`` (a run recorded as it registered), or registrations with the ``failures`` of
+    the frames that did not register (frames.csv, the movie).
 
     ``anonymize``: the DICOM Secondary Capture without the patient's identity (``export``); the
     other files hold no patient identifiers either way (no names, IDs or UIDs)."""
     out = Path(out_dir)
     check_writable_dir(out)
-    last = results[-1]
-    all_warnings: List[str] = list(dict.fromkeys(list(warnings) + [w for r in results for w in r.warnings]))
+    record = results if isinstance(results, RunRecord) else _record(pipe, mode, results, failures or {})
+    last = record.last
+    all_warnings: List[str] = list(dict.fromkeys(list(warnings) + record.warnings))
     rgb = frame_overlay(pipe, last, mode)
-    geom = pipe.geometry(last.frame_index)
-    transform = {
+    transform = _transform_record(pipe, last, all_warnings, anonymize)
+    is_run = record.frames > 1
+    if is_run:
+        transform["frames"] = [record.rows[i] | {"matrix": record.matrices[i]} for i in sorted(record.rows)]
+        transform["failed_frames"] = {str(i): why for i, why in sorted(record.failures.items())}
+    comments = (f"TAVIRegistration {last.result.method} registration, frame {last.frame_index}, "
+                f"Dice {last.metrics.get('dice', float('nan')):.3f} vs {transform['metrics_reference']}. "
+                + ("FLAGGED: low agreement, check before relying on it. " if last.result.flagged else "")
+                + "Research use only.")
+    with OutputSet(inputs=[p for p in inputs if p is not None]) as outs:
+        outs.add(out / "overlay.png", image_png_writer(rgb))
+        outs.add(out / "registered_projection.png", mask_png_writer(last.registered_mask))
+        outs.add(out / "transform.json", json_writer(transform))
+        outs.add(out / "overlay.dcm", dicom_writer(secondary_capture(
+            rgb, getattr(pipe.series, "header", None), frame_index=last.frame_index, comments=comments,
+            anonymize=anonymize)))
+        if record.given_mask_rows:
+            outs.add(out / "metrics.csv", csv_writer(record.given_mask_rows))
+        if is_run:
+            outs.add(out / "frames.csv", csv_writer(record.records()))
+            movie = [record.movie[i] for i in sorted(record.movie)]
+            outs.add(out / "overlay.gif", _gif_writer(movie, getattr(pipe.series, "frame_time_ms", None)))
+    return {
+        "out": str(out),
+        "frames": sorted(record.rows),
+        "matrix": transform["matrix"],
+        "roi": transform["roi"],
+        "method": transform["method"],
+        "metrics": transform["metrics"],
+        "metrics_reference": transform["metrics_reference"],
+        "flagged_frames": sorted(record.flagged),
+        "failed_frames": sorted(record.failures),
+        "median_seconds_per_frame": float(np.median(record.seconds)),
+        "warnings": all_warnings,
+    }
+
+
+def _record(pipe, mode: str, results: Sequence, failures: Dict[int, str]) -> RunRecord:
+    record = RunRecord(pipe, mode)
+    for reg in sorted(results, key=lambda r: int(r.frame_index)):
+        record.add(reg)
+    record.last = results[-1]
+    for i, why in failures.items():
+        record.fail(i, why)
+    return record
+
+
+def _transform_record(pipe, last, warnings: List[str], anonymize: bool) -> Dict[str, object]:
+    """transform.json of the frame whose files are written."""
+    return {
         "matrix": np.asarray(last.matrix).tolist(),
         "matrix_convention": "3x3 homogeneous: moving-ROI pixel (x=col, y=row; 0,0 = ROI top-left) -> frame pixel",
         "roi": [int(v) for v in last.roi],
@@ -93,55 +201,14 @@ def write_registration_outputs(out_dir, pipe, results: Sequence, *, mode: str = 
         "flagged": bool(last.result.flagged),
         "flags": list(last.result.flags),
         "anonymized_dicom": bool(anonymize),
-        "geometry": geom.to_dict(),
-        "warnings": all_warnings,
-    }
-    failures = dict(failures or {})
-    is_run = len(results) + len(failures) > 1
-    if is_run:
-        transform["frames"] = [_frame_record(r) | {"matrix": np.asarray(r.matrix).tolist()} for r in results]
-        transform["failed_frames"] = {str(i): why for i, why in sorted(failures.items())}
-    comments = (f"TAVIRegistration {last.result.method} registration, frame {last.frame_index}, "
-                f"Dice {last.metrics.get('dice', float('nan')):.3f} vs {transform['metrics_reference']}. "
-                + ("FLAGGED: low agreement, check before relying on it. " if last.result.flagged else "")
-                + "Research use only.")
-    with OutputSet(inputs=[p for p in inputs if p is not None]) as outs:
-        outs.add(out / "overlay.png", image_png_writer(rgb))
-        outs.add(out / "registered_projection.png", mask_png_writer(last.registered_mask))
-        outs.add(out / "transform.json", json_writer(transform))
-        outs.add(out / "overlay.dcm", dicom_writer(secondary_capture(
-            rgb, getattr(pipe.series, "header", None), frame_index=last.frame_index, comments=comments,
-            anonymize=anonymize)))
-        if any(r.fixed_source == "given" for r in results):
-            outs.add(out / "metrics.csv", csv_writer([_frame_record(r) for r in results]))
-        if is_run:
-            outs.add(out / "frames.csv", csv_writer(_run_records(results, failures)))
-            pictures = {int(r.frame_index): frame_overlay(pipe, r, mode) for r in results}
-            for i in failures:  # the frame as it is, in the red border: nothing registered there
-                pictures[int(i)] = mark_flagged(overlay_rgb(pipe.frame(i), np.zeros_like(last.registered_mask)))
-            movie = [pictures[i] for i in sorted(pictures)]
-            outs.add(out / "overlay.gif", _gif_writer(movie, getattr(pipe.series, "frame_time_ms", None)))
-    times = [float(r.result.seconds) for r in results]
-    return {
-        "out": str(out),
-        "frames": [int(r.frame_index) for r in results],
-        "matrix": transform["matrix"],
-        "roi": transform["roi"],
-        "method": transform["method"],
-        "metrics": transform["metrics"],
-        "metrics_reference": transform["metrics_reference"],
-        "flagged_frames": [int(r.frame_index) for r in results if r.result.flagged],
-        "failed_frames": sorted(int(i) for i in failures),
-        "median_seconds_per_frame": float(np.median(times)),
-        "warnings": all_warnings,
+        "geometry": pipe.geometry(last.frame_index).to_dict(),
+        "warnings": warnings,
     }
 
 
-def _gif_writer(frames: List[np.ndarray], frame_time_ms) -> object:
-    from PIL import Image
-
+def _gif_writer(pictures: List[object], frame_time_ms) -> object:
+    """Writer of the overlay movie from its pictures (``_movie_picture``)."""
     duration = int(frame_time_ms) if frame_time_ms and frame_time_ms > 0 else 100
-    pictures = [Image.fromarray(f) for f in frames]
 
     def write(fh):
         pictures[0].save(fh, format="GIF", save_all=True, append_images=pictures[1:], duration=duration, loop=0)

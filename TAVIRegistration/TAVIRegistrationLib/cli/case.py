@@ -3,6 +3,7 @@ and a vessel model), over ``pipeline.RegistrationPipeline``."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -156,13 +157,14 @@ def add_register_parser(sub) -> None:
 def run_register(args) -> int:
     from ..fluoro import read_fluoro
     from ..outputs import read_mask_png
-    from ..pipeline import RegistrationPipeline
+    from ..pipeline import RegistrationPipeline, failure_warnings
     from ..registration import RegistrationFailed
     from .. import report
 
     warnings: List[str] = []
     model = load_model_from_args(args, warnings)
-    series = read_fluoro(args.fluoro, **geometry_overrides_from_args(args).as_kwargs())
+    # frames decoded when registered: a long run is never held whole
+    series = read_fluoro(args.fluoro, stream=True, **geometry_overrides_from_args(args).as_kwargs())
     iso = tuple(floats(args.isocenter, 3, "--isocenter")) if args.isocenter else None
     frames, frame_note = _frame_list(args.frame, series)
     roi = tuple(int(v) for v in floats(args.roi, 4, "--roi")) if args.roi else None
@@ -173,22 +175,18 @@ def run_register(args) -> int:
                  if args.fixed_mask else None)
         if fixed is not None and str(args.frame).strip().lower() == "all":
             raise InputError("--fixed-mask is one frame's mask: it cannot be combined with --frame all")
-        failures = {}
+        record = report.RunRecord(pipe, args.mode)
         if len(frames) == 1:
             reg = pipe.register(frames[0], roi, fixed_mask=fixed, method=args.method, fov=args.fov, device=device)
             if not reg.valid:
                 raise RegistrationFailed(f"frame {frames[0]}: {reg.result.message} (no overlay written)")
-            results = [reg]
+            record.add(reg)
         else:  # a run survives its frames: a failed frame is recorded and the run goes on
-            run = pipe.register_run(frames, roi, method=args.method, fov=args.fov, device=device)
-            if not run.registrations:
-                first, why = min(run.failures.items())
-                raise RegistrationFailed(f"no frame of the run registered (frame {first}: {why}); nothing written")
-            results, failures = run.registrations, run.failures
-            warnings.extend(run.failure_warnings())
+            _record_run(pipe, frames, roi, args, device, record)
+            warnings.extend(failure_warnings(record.failures))
         summary = report.write_registration_outputs(
-            args.out, pipe, results, mode=args.mode, inputs=[args.model, args.fluoro, args.fixed_mask],
-            warnings=warnings, anonymize=args.anonymize, failures=failures,
+            args.out, pipe, record, mode=args.mode, inputs=[args.model, args.fluoro, args.fixed_mask],
+            warnings=warnings, anonymize=args.anonymize,
         )
     emit_warnings(summary["warnings"])
     if args.json:
@@ -197,6 +195,25 @@ def run_register(args) -> int:
         for line in report.summary_lines(summary):
             print(line)
     return EXIT_OK
+
+
+def _record_run(pipe, frames, roi, args, device, record) -> None:
+    """``register --frame all``: the run registered frame by frame into ``record`` (with a progress bar);
+    RegistrationFailed when no frame registered."""
+    from tqdm import tqdm
+
+    from ..registration import RegistrationFailed
+
+    with tqdm(total=len(frames), desc="register", unit="frame", file=sys.stderr, disable=None) as bar:
+        for frame in pipe.iter_run(frames, roi, method=args.method, fov=args.fov, device=device):
+            if frame.registered:
+                record.add(frame.registration)
+            else:
+                record.fail(frame.index, frame.failure)
+            bar.update(1)
+    if record.last is None:
+        first, why = min(record.failures.items())
+        raise RegistrationFailed(f"no frame of the run registered (frame {first}: {why}); nothing written")
 
 
 def _frame_list(text: str, series) -> Tuple[List[int], Optional[str]]:
