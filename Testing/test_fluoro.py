@@ -369,6 +369,7 @@ def test_a_streamed_run_decodes_each_frame_as_the_whole_read_does(tmp_path, synt
     path = write(tmp_path, frames=frames, transfer_syntax=syntax, **extra)
     whole, streamed = read_fluoro(path), read_fluoro(path, stream=True)
     assert streamed.frames is None and streamed.has_pixels and whole.has_pixels
+    assert streamed.decoder.path == path  # each frame read from the file: no pixel data held
     assert "PixelData" not in streamed.header and streamed.header.SOPInstanceUID == whole.header.SOPInstanceUID
     for i in range(n):
         np.testing.assert_array_equal(streamed.frame(i), whole.frame(i))

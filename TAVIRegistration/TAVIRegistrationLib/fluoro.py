@@ -359,7 +359,7 @@ def _read_fluoro(
     stream: bool = False,
 ) -> FluoroSeries:
     notes: List[str] = []
-    ds, unread_tail = _read_dataset(path, load_pixels, notes)
+    ds, unread_tail = _read_dataset(path, load_pixels and not stream, notes)  # streamed: pixel data deferred
     name = path.name
 
     modality, sop_class = _check_kind(ds, name, notes)
@@ -397,9 +397,7 @@ def _read_fluoro(
 
     frames = decoder = None
     if load_pixels and stream:
-        decoder = _FrameDecoder(ds, name, pix, tsuid, enhanced)
-        decoder(0)  # the pixel data decodes: checked now, not in the middle of a run
-        header = _header_of(ds)
+        decoder, header = _stream_decoder(ds, path, name, pix, tsuid, enhanced)
     else:
         if load_pixels:
             frames = _decode_frames(ds, name, pix, tsuid, enhanced)
@@ -1316,18 +1314,20 @@ def _to_values(target: np.ndarray, ds, pix: dict, frame: Optional[int], enhanced
 
 
 class _FrameDecoder:
-    """Frame ``i`` of a run decoded when it is asked for (``read_fluoro(..., stream=True)``): the file's
-    encoded pixel data is kept instead of the decoded run (a thousand 512-pixel frames are 1 GB as
-    float32), so that a run registered frame by frame stays flat in memory."""
+    """Frame ``i`` of a run decoded when it is asked for (``read_fluoro(..., stream=True)``), so that a
+    run registered frame by frame stays flat in memory (a thousand 512-pixel frames are 1 GB as
+    float32): from the file itself when ``path`` is given (only that frame's bytes are read, about
+    1 ms a frame), else from the dataset's pixel data, kept encoded."""
 
     #: frames kept decoded (a run's steps ask for a frame more than once, from two threads)
     KEEP = 8
 
-    def __init__(self, ds, name: str, pix: dict, tsuid: str, enhanced: bool):
+    def __init__(self, ds, name: str, pix: dict, tsuid: str, enhanced: bool, path: Optional[Path] = None):
         import threading
         from collections import OrderedDict
 
         self.ds, self.name, self.pix, self.tsuid, self.enhanced = ds, name, pix, tsuid, enhanced
+        self.path = path
         self._kept: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self._lock = threading.Lock()
 
@@ -1353,7 +1353,8 @@ class _FrameDecoder:
         with _pywarnings.catch_warnings(), _native_stderr_dropped(self.tsuid == RLE_UID):
             _pywarnings.simplefilter("ignore")
             try:
-                arr = pixel_array(self.ds, index=int(index)) if self.pix["frames"] > 1 else pixel_array(self.ds)
+                src = str(self.path) if self.path is not None else self.ds
+                arr = pixel_array(src, index=int(index)) if self.pix["frames"] > 1 else pixel_array(src)
             except MemoryError:
                 raise InputError(f"{self.name}: not enough memory to decode frame {index}") from None
             except (KeyboardInterrupt, SystemExit, GeneratorExit):
@@ -1366,6 +1367,25 @@ class _FrameDecoder:
         out = arr.astype(np.float32)
         _to_values(out, self.ds, self.pix, int(index) if self.enhanced else None, self.enhanced)
         return out
+
+
+def _stream_decoder(ds, path: Path, name: str, pix: dict, tsuid: str, enhanced: bool):
+    """``(decoder, header)`` of a streamed run. Frames are read from the file itself when it decodes
+    by itself (its own transfer syntax, nothing repaired in reading); else from the dataset's pixel
+    data, read now. Frame 0 is decoded at once: broken pixel data is refused now, not in the middle
+    of a run."""
+    header = _header_of(ds)
+    file_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if file_syntax == tsuid:
+        from_file = _FrameDecoder(header, name, pix, tsuid, enhanced, path=path)
+        try:
+            from_file(0)
+            return from_file, header
+        except InputError:
+            pass
+    decoder = _FrameDecoder(ds, name, pix, tsuid, enhanced)
+    decoder(0)
+    return decoder, header
 
 
 def _header_of(ds):

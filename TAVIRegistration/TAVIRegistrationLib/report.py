@@ -8,7 +8,7 @@
 
 A run of several frames (``--frame all``) adds ``DIR/frames.csv`` (per-frame status, transform,
 metrics and time; a frame that did not register is a ``failed`` row with its reason) and
-``DIR/overlay.gif`` (the overlay movie, at most ``MOVIE_SIDE`` pixels a side; a failed frame shows
+``DIR/overlay.gif`` (the overlay movie, at most ``MOVIE_SIDE`` pixels a side, less for a long run; a failed frame shows
 without a projection, in a red border); the four single-frame files then show the last frame that
 registered, the one a user watching live fluoroscopy sees. A run is recorded frame by frame as it
 registers (``RunRecord``): only the last registration, each frame's row and its movie picture are
@@ -28,8 +28,10 @@ from .outputs import OutputSet, check_writable_dir, image_png_writer, mask_png_w
 from .overlay import mark_flagged, overlay_rgb
 
 METRIC_KEYS = ("dice", "precision", "recall")
-#: the overlay movie's largest side in pixels (a 1024-pixel run is halved: a thousand frames stay small)
+#: the overlay movie's largest side in pixels, and the pixels all its pictures may hold together: a long
+#: run's movie is drawn smaller (a thousand frames at 256 pixels), so that it does not grow with the run
 MOVIE_SIDE = 512
+MOVIE_PIXELS = 64 * 2 ** 20
 
 
 def frame_overlay(pipe, reg, mode: str = "contour") -> np.ndarray:
@@ -66,8 +68,9 @@ class RunRecord:
     frame's row (frames.csv, transform.json) and movie picture, the warnings, and the last frame that
     registered, whose files are written (nothing else of a frame is kept)."""
 
-    def __init__(self, pipe, mode: str = "contour"):
+    def __init__(self, pipe, mode: str = "contour", n_frames: int = 1):
         self.pipe, self.mode = pipe, mode
+        self.movie_side = int(min(MOVIE_SIDE, max(128, (MOVIE_PIXELS / max(1, n_frames)) ** 0.5)))
         self.last = None
         self.rows: Dict[int, Dict[str, object]] = {}
         self.matrices: Dict[int, list] = {}
@@ -90,14 +93,15 @@ class RunRecord:
             self.flagged.append(i)
         if reg.fixed_source == "given":
             self.given_mask_rows.append(self.rows[i])
-        self.movie[i] = _movie_picture(frame_overlay(self.pipe, reg, self.mode))
+        self.movie[i] = _movie_picture(frame_overlay(self.pipe, reg, self.mode), self.movie_side)
 
     def fail(self, index: int, why: str) -> None:
         """A frame that did not register, and why: a row, and the frame in a red border in the movie."""
         i = int(index)
         self.failures[i] = why
         frame = self.pipe.frame(i)
-        self.movie[i] = _movie_picture(mark_flagged(overlay_rgb(frame, np.zeros(frame.shape, np.uint8))))
+        self.movie[i] = _movie_picture(mark_flagged(overlay_rgb(frame, np.zeros(frame.shape, np.uint8))),
+                                       self.movie_side)
 
     @property
     def frames(self) -> int:
@@ -111,13 +115,13 @@ class RunRecord:
         return [rows[i] for i in sorted(rows)]
 
 
-def _movie_picture(rgb: np.ndarray):
-    """One frame of the overlay movie: at most ``MOVIE_SIDE`` pixels a side, in a 256-colour palette."""
+def _movie_picture(rgb: np.ndarray, side: int = MOVIE_SIDE):
+    """One frame of the overlay movie: at most ``side`` pixels a side, in a 256-colour palette."""
     from PIL import Image
 
     picture = Image.fromarray(rgb)
-    if max(picture.size) > MOVIE_SIDE:
-        scale = MOVIE_SIDE / max(picture.size)
+    if max(picture.size) > side:
+        scale = side / max(picture.size)
         picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
                                  Image.BILINEAR)
     return picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
@@ -176,7 +180,7 @@ def write_registration_outputs(out_dir, pipe, results, *, mode: str = "contour",
 
 
 def _record(pipe, mode: str, results: Sequence, failures: Dict[int, str]) -> RunRecord:
-    record = RunRecord(pipe, mode)
+    record = RunRecord(pipe, mode, len(results) + len(failures))
     for reg in sorted(results, key=lambda r: int(r.frame_index)):
         record.add(reg)
     record.last = results[-1]

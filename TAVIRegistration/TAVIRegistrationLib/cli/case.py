@@ -175,7 +175,7 @@ def run_register(args) -> int:
                  if args.fixed_mask else None)
         if fixed is not None and str(args.frame).strip().lower() == "all":
             raise InputError("--fixed-mask is one frame's mask: it cannot be combined with --frame all")
-        record = report.RunRecord(pipe, args.mode)
+        record = report.RunRecord(pipe, args.mode, len(frames))
         if len(frames) == 1:
             reg = pipe.register(frames[0], roi, fixed_mask=fixed, method=args.method, fov=args.fov, device=device)
             if not reg.valid:
