@@ -284,9 +284,10 @@ class RegistrationPipeline:
         Each frame is warm-started from the last frame that registered (the first from scratch); a
         frame that fails (no vessel found, a degenerate affine) is yielded with its reason and the run
         goes on from the last good affine; a frame that does not gain more than ``RUN_HOLD_DICE`` over it
-        keeps it (a static run does not creep). Frames are segmented ``batch_size`` at a time ahead of their
-        registration (unless ``fixed_masks``, a function of the frame index, gives their masks); default
-        ``RUN_BATCH`` for the device (a CPU's caches favour small batches, a GPU large ones)."""
+        keeps it (a static run does not creep). Frames are segmented ``batch_size`` at a time (default
+        ``RUN_BATCH`` for the device: a CPU's caches favour small batches, a GPU large ones) in a second
+        thread while the frames before them register, unless ``fixed_masks`` (a function of the frame
+        index) gives their masks."""
         frames = [int(i) for i in frames]
         if batch_size is None:
             batch_size = RUN_BATCH["cuda" if _on_gpu(device) else "cpu"]

@@ -70,6 +70,7 @@ class RunRecord:
 
     def __init__(self, pipe, mode: str = "contour", n_frames: int = 1):
         self.pipe, self.mode = pipe, mode
+        self.with_movie = n_frames > 1  # one frame: no movie
         self.movie_side = int(min(MOVIE_SIDE, max(128, (MOVIE_PIXELS / max(1, n_frames)) ** 0.5)))
         self.last = None
         self.rows: Dict[int, Dict[str, object]] = {}
@@ -93,7 +94,8 @@ class RunRecord:
             self.flagged.append(i)
         if reg.fixed_source == "given":
             self.given_mask_rows.append(self.rows[i])
-        self.movie[i] = _movie_picture(frame_overlay(self.pipe, reg, self.mode), self.movie_side)
+        if self.with_movie:
+            self.movie[i] = _movie_picture(frame_overlay(self.pipe, reg, self.mode), self.movie_side)
 
     def fail(self, index: int, why: str) -> None:
         """A frame that did not register, and why: a row, and the frame in a red border in the movie."""
