@@ -579,7 +579,7 @@ def goals_markdown(goals: Dict[str, Dict[str, object]]) -> str:
 
 def _patients_label(split: str) -> str:
     return {"test": "held-out phantom patients", "val": "the validation phantom patients",
-            "all": "every phantom patient of the data set"}.get(split, f"phantom patients of the {split!r} split")
+            "all": "every patient (case) of the data set"}.get(split, f"phantom patients of the {split!r} split")
 
 
 def table_markdown(table: Sequence[Dict[str, object]], fixed: str = "truth", split: str = "test") -> str:
