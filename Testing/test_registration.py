@@ -310,6 +310,33 @@ def test_a_result_worse_than_the_start_is_not_returned(vessel):
     assert R.corner_error(res.matrix, frame_m @ R.roi_matrix(ROI), ROI) < 1.0
 
 
+def test_the_projection_beyond_the_frame_moves_in_with_the_affine():
+    """A vessel running out of the top of the frame, found 24 px lower in the frame: with the projection
+    rendered past the frame (a canvas), the part that was above the top edge is brought into the frame
+    by the affine; without it a strip at the top stays uncovered. The affine itself is estimated from
+    the frame's part alone, the same either way."""
+    rows, cols, pad = 160, 160, 40
+    canvas = np.zeros((rows + 2 * pad, cols + 2 * pad), np.uint8)
+    canvas[0:pad + 110, pad + 70:pad + 86] = 1  # a vessel from far above the frame down to row 110...
+    canvas[pad + 60:pad + 72, pad + 86:pad + 104] = 1  # ...with a branch, which fixes where it is along it
+    frame_part = canvas[pad:pad + rows, pad:pad + cols].copy()
+    fixed = np.zeros((rows, cols), np.uint8)
+    fixed[24:, :] = frame_part[:-24, :]  # the same vessel 24 px lower: the frame shows it from its top edge
+    fixed[0:24, 70:86] = 1
+    roi = (50, 0, 56, 130)  # drawn up to the frame's top edge
+    with_canvas = R.register_pair(frame_part, fixed, roi, "sitk", canvas=canvas, pad=pad)
+    alone = R.register_pair(frame_part, fixed, roi, "sitk")
+    assert with_canvas.valid and alone.valid
+    np.testing.assert_allclose(with_canvas.frame_matrix, alone.frame_matrix, atol=1e-9)
+    assert abs(with_canvas.frame_matrix[1, 2] - 24.0) < 4.0
+    top = slice(0, 16), slice(70, 86)
+    assert with_canvas.registered_mask[top].mean() > 0.9 and alone.registered_mask[top].mean() < 0.1
+    assert with_canvas.metrics["window_dice"] > alone.metrics["window_dice"] + 0.05
+    assert with_canvas.roi == alone.roi == roi  # the affine still maps the ROI drawn
+    assert R.extend_roi(roi, canvas, pad, rows, cols) == (50, -40, 56, 170)
+    assert R.extend_roi((50, 10, 56, 120), canvas, pad, rows, cols) == (50, 10, 56, 120)  # off the edge: as drawn
+
+
 def test_degenerate_prediction_is_flagged_not_shown(vessel):
     _, fixed = _known_case(vessel)
     net = RegNet(channels=scaled_channels(0.125), fc=16)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import InputError
 from .geometry import CArmGeometry
-from .projection import Projection, ProjectionRenderer
+from .projection import Projection, ProjectionRenderer, render_with_canvas
 from .roi import Roi, bounding_roi, validate_roi
 
 
@@ -78,6 +78,10 @@ class FrameRegistration:
     def metrics(self) -> Dict[str, float]:
         return self.result.metrics
 
+
+#: the projection is rendered this share of the frame's size beyond each of its edges: the part of the
+#: model outside the frame takes part in a registration that brings it in
+PROJECTION_PAD = 0.25
 
 #: frames segmented together by ``iter_run`` (measured: on a 2-core CPU the DRU-Net takes 43-45 ms a
 #: frame in batches of 1-2, 52-58 ms in 4 and 67-70 ms in 8)
@@ -170,7 +174,8 @@ class RegistrationPipeline:
     def _render(self, index: int, geom: CArmGeometry) -> FrameProjection:
         if self._renderer is None:
             self._renderer = ProjectionRenderer(self.model.polydata)
-        proj = self._renderer.render(geom, orthographic=self.orthographic, with_depth=True)
+        pad = int(round(PROJECTION_PAD * max(geom.rows, geom.cols)))
+        proj = render_with_canvas(self._renderer, geom, pad, orthographic=self.orthographic)
         if proj.area_px == 0:
             hint = getattr(self.model, "extent_problem", "")
             raise InputError(
@@ -271,7 +276,7 @@ class RegistrationPipeline:
                              "one with the most contrast medium), or give the frame's vessel mask")
         result = register_pair(fp.projection.mask, fixed, roi, method=method, model=reg_model,
                                init=init, device=device, fov=frame_fov, hold=hold, prior=prior,
-                               refine_steps=refine_steps)
+                               refine_steps=refine_steps, canvas=fp.projection.canvas, pad=fp.projection.pad)
         warnings.extend(result.warnings)
         return FrameRegistration(index, roi, fp, fixed, fixed_source, result, warnings)
 

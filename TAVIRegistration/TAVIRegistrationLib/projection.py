@@ -101,7 +101,10 @@ class Projection:
 
     ``mask``: uint8 0/1 (rows, cols), the binary silhouette. ``depth_mm``: float32 (rows, cols),
     distance from the source along the central ray to the nearest surface, NaN where the model is
-    absent (None when not asked for). ``matrix``: the 3x4 projection matrix used.
+    absent (None when not asked for). ``matrix``: the 3x4 projection matrix used. ``canvas``: the
+    silhouette on a detector ``pad`` pixels larger on every side (frame pixel (x, y) is canvas pixel
+    (x + pad, y + pad)), where the pipeline renders it: the part of the model outside the frame,
+    which a registration may bring into it.
     """
 
     mask: np.ndarray
@@ -109,6 +112,8 @@ class Projection:
     matrix: np.ndarray
     geometry: CArmGeometry
     orthographic: bool = False
+    canvas: Optional[np.ndarray] = None
+    pad: int = 0
 
     @property
     def area_px(self) -> int:
@@ -228,6 +233,20 @@ class ProjectionRenderer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def render_with_canvas(renderer: "ProjectionRenderer", geom: CArmGeometry, pad: int, orthographic: bool = False,
+                       with_depth: bool = True) -> Projection:
+    """``renderer.render`` on a detector ``pad`` pixels larger on every side (the same pixel spacing and
+    centre), cropped to the frame: the frame's projection, with the whole of it as ``canvas``."""
+    from dataclasses import replace
+
+    rows, cols, pad = int(geom.rows), int(geom.cols), int(pad)
+    big = renderer.render(replace(geom, rows=rows + 2 * pad, cols=cols + 2 * pad), orthographic, with_depth)
+    crop = (slice(pad, pad + rows), slice(pad, pad + cols))
+    depth = None if big.depth_mm is None else big.depth_mm[crop].copy()
+    return Projection(big.mask[crop].copy(), depth, projection_matrix(geom, orthographic), geom, orthographic,
+                      canvas=big.mask, pad=pad)
 
 
 def render_projection(polydata, geom: CArmGeometry, orthographic: bool = False, with_depth: bool = True) -> Projection:

@@ -608,9 +608,62 @@ def _as_mask(arr, what: str) -> np.ndarray:
     return (a > (0.5 if np.issubdtype(a.dtype, np.floating) and a.max() <= 1.0 else 0)).astype(np.uint8)
 
 
-def prepare_pair(moving_frame_mask, fixed_mask, roi, margin: float = DEFAULT_MARGIN, size: int = NET_SIZE):
-    """Checked inputs on the window: ``(moving (ROI-masked, frame grid), fixed, roi, window,
-    moving_w, fixed_w, roi_box_w)``; the last three float32 (size, size). InputError when unusable."""
+@dataclass
+class MovingMask:
+    """The moving projection of a registration, its ROI only, on a canvas ``pad`` pixels larger than the
+    frame on every side (frame pixel (x, y) is canvas pixel (x + pad, y + pad)): a registration may
+    bring into the frame a part of the model that projects outside it."""
+
+    canvas: np.ndarray
+    pad: int = 0
+
+    def crop(self, window: Window, size: Optional[int] = None) -> np.ndarray:
+        """``crop_window`` of the canvas on a window given in frame pixels."""
+        return crop_window(self.canvas, Window(window.x0 + self.pad, window.y0 + self.pad, window.side), size)
+
+    def roi_crop(self, roi: Sequence[int]) -> np.ndarray:
+        """The ROI's pixels (an ROI in frame pixels, which may reach ``pad`` beyond the frame)."""
+        x, y, w, h = (int(v) for v in roi)
+        p = self.pad
+        return self.canvas[y + p:y + p + h, x + p:x + p + w]
+
+
+def extend_roi(roi: Sequence[int], canvas: np.ndarray, pad: int, rows: int, cols: int) -> Roi:
+    """``roi`` (inside the frame) grown past each frame edge it reaches, over the part of the projection
+    that goes on beyond that edge (within ``pad``; ``canvas`` as in ``MovingMask``): the user's ROI
+    cut by the frame stands for the vessel it covers, not for where the frame ends."""
+    x, y, w, h = (int(v) for v in roi)
+    p = int(pad)
+    if p <= 0:
+        return (x, y, w, h)
+    cols_span = slice(x + p, x + w + p)
+    rows_span = slice(y + p, y + h + p)
+    x0, y0, x1, y1 = x, y, x + w, y + h
+    if y == 0:
+        hit = np.flatnonzero(canvas[:p, cols_span].any(axis=1))
+        y0 = int(hit[0]) - p if hit.size else y0
+    if y + h == rows:
+        hit = np.flatnonzero(canvas[rows + p:, cols_span].any(axis=1))
+        y1 = rows + int(hit[-1]) + 1 if hit.size else y1
+    if x == 0:
+        hit = np.flatnonzero(canvas[rows_span, :p].any(axis=0))
+        x0 = int(hit[0]) - p if hit.size else x0
+    if x + w == cols:
+        hit = np.flatnonzero(canvas[rows_span, cols + p:].any(axis=0))
+        x1 = cols + int(hit[-1]) + 1 if hit.size else x1
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def prepare_pair(moving_frame_mask, fixed_mask, roi, margin: float = DEFAULT_MARGIN, size: int = NET_SIZE,
+                 canvas=None, pad: int = 0):
+    """Checked inputs on the window: ``(moving, shown, fixed, roi, window, moving_w, fixed_w, roi_box_w)``;
+    the last three float32 (size, size). ``moving`` (a ``MovingMask``): the projection inside ``roi``
+    on the frame, which the affine is estimated from (nothing beyond the frame: the frame shows
+    nothing there to match); ``shown``: ``(MovingMask, ROI)`` of what the affine moves into the
+    registered projection: with ``canvas`` (the projection ``pad`` pixels beyond the frame on every
+    side), ``roi`` grown past each frame edge it reaches over the projection there (``extend_roi``),
+    so that a part of the vessel outside the frame that the registration brings in is drawn.
+    InputError when unusable."""
     moving = _as_mask(moving_frame_mask, "moving projection mask")
     fixed = _as_mask(fixed_mask, "fixed (frame vessel) mask")
     if moving.shape != fixed.shape:
@@ -618,7 +671,8 @@ def prepare_pair(moving_frame_mask, fixed_mask, roi, margin: float = DEFAULT_MAR
             f"the projection ({moving.shape[1]}x{moving.shape[0]}) and the frame mask ({fixed.shape[1]}x{fixed.shape[0]}) "
             "differ in size: both must lie on the frame's pixel grid"
         )
-    roi = validate_roi(roi, fixed.shape[0], fixed.shape[1])
+    rows, cols = fixed.shape
+    roi = validate_roi(roi, rows, cols)
     x, y, w, h = roi
     roi_only = np.zeros_like(moving)
     roi_only[y:y + h, x:x + w] = moving[y:y + h, x:x + w]
@@ -636,8 +690,20 @@ def prepare_pair(moving_frame_mask, fixed_mask, roi, margin: float = DEFAULT_MAR
             "no overlap between the projection's region and the frame's vessels: the segmentation has no vessel "
             f"inside the registration window around ROI {x},{y},{w},{h} (move the ROI or enlarge the margin)"
         )
-    return (roi_only, fixed, roi, window, crop_window(roi_only, window, size), crop_window(fixed, window, size),
-            box_window(roi, window, size))
+    mov = MovingMask(roi_only)
+    shown = (mov, roi)
+    if canvas is not None:
+        canvas, pad = _as_mask(canvas, "projection canvas"), int(pad)
+        if canvas.shape != (rows + 2 * pad, cols + 2 * pad):
+            raise InputError(f"the projection canvas is {canvas.shape[1]}x{canvas.shape[0]}, not the frame grown "
+                             f"by {pad} pixels on every side")
+        grown = extend_roi(roi, canvas, pad, rows, cols)
+        if grown != roi:
+            gx, gy, gw, gh = grown
+            kept = np.zeros_like(canvas)
+            kept[gy + pad:gy + pad + gh, gx + pad:gx + pad + gw] = canvas[gy + pad:gy + pad + gh, gx + pad:gx + pad + gw]
+            shown = (MovingMask(kept, pad), grown)
+    return mov, shown, fixed, roi, window, mov.crop(window, size), crop_window(fixed, window, size), box_window(roi, window, size)
 
 
 def _frame_metrics(registered: np.ndarray, fixed: np.ndarray, frame_matrix: np.ndarray, roi: Roi,
@@ -654,17 +720,22 @@ def _frame_metrics(registered: np.ndarray, fixed: np.ndarray, frame_matrix: np.n
             "window_dice": whole["dice"], "window_precision": whole["precision"], "window_recall": whole["recall"]}
 
 
-def _better_start(roi_only, fixed, roi: Roi, window: Window, init_m: Optional[np.ndarray],
+def _shown_warp(shown, frame_matrix: np.ndarray, shape) -> np.ndarray:
+    """The registered projection on the frame: ``shown`` = (``MovingMask``, its ROI) moved by the frame
+    affine (the part of the vessel beyond the frame that it brings in included)."""
+    moving, roi = shown
+    return warp_mask(moving.roi_crop(roi), np.asarray(frame_matrix) @ roi_matrix(roi), shape)
+
+
+def _better_start(shown, fixed, roi: Roi, window: Window, init_m: Optional[np.ndarray],
                   metrics: Dict[str, float], method: str, hold: float = 0.0):
     """``(frame matrix, registered mask, metrics, warning or None)`` of the start (the identity, or
     ``init_m``) when the result of ``metrics`` does not agree better with ``fixed`` by more than
     ``hold`` in Dice over the whole registration window (the same region for both); None when it
     does. The warning says so when the result agrees less than the start; a result that gains less
     than ``hold`` is a frame that did not move, and the start is kept without one."""
-    x, y, w, h = roi
     start_m = init_m if init_m is not None else np.eye(3)
-    start_reg = roi_only if init_m is None else warp_mask(roi_only[y:y + h, x:x + w], start_m @ roi_matrix(roi),
-                                                          fixed.shape)
+    start_reg = _shown_warp(shown, start_m, fixed.shape)
     start_metrics = _frame_metrics(start_reg, fixed, start_m, roi, window)
     if metrics["window_dice"] > start_metrics["window_dice"] + hold or (
             hold == 0.0 and metrics["window_dice"] == start_metrics["window_dice"]):
@@ -691,7 +762,7 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
                   margin: Optional[float] = None, models_directory=None,
                   sitk_options: Optional[Dict[str, Any]] = None, passes: Optional[int] = None,
                   fov: Optional[str] = None, keep_better_start: bool = True,
-                  hold: float = 0.0, prior=None) -> RegistrationResult:
+                  hold: float = 0.0, prior=None, canvas=None, pad: int = 0) -> RegistrationResult:
     """Register the model's projection (inside ``roi``) to the frame's vessel mask.
 
     ``moving_frame_mask``: the projection mask on the frame's pixel grid (everything outside ``roi``
@@ -712,14 +783,17 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     for references that must show the loss's own optimum). ``prior``: a frame affine (the last cine
     frame's) standing in for the start in that comparison, not started from. ``hold``: with ``init``
     or ``prior``, that affine is also kept when the result gains no more than ``hold`` in that Dice
-    (a cine frame that did not move does not creep: ``RUN_HOLD_DICE``).
+    (a cine frame that did not move does not creep: ``RUN_HOLD_DICE``). ``canvas``, ``pad``: the
+    projection beyond the frame (``projection.Projection.canvas``): where ``roi`` reaches a frame
+    edge, the projection past it moves with the affine into the registered mask (``prepare_pair``).
     """
     if method not in METHODS:
         raise InputError(f"registration method must be one of {', '.join(METHODS)}, got {method!r}")
     module, entry, dev, size = _method_network(method, model, device, models_directory, fov)
     margin, passes, refine_steps = _manifest_settings(entry, margin, passes, refine_steps)
     t0 = time.perf_counter()
-    roi_only, fixed, roi, window, mov_w, fix_w, box_w = prepare_pair(moving_frame_mask, fixed_mask, roi, margin, size)
+    moving, shown, fixed, roi, window, mov_w, fix_w, box_w = prepare_pair(moving_frame_mask, fixed_mask, roi,
+                                                                          margin, size, canvas, pad)
     warnings: List[str] = []
     init_m, theta_init = _initial_affine(init, window)
     if prior is not None:
@@ -731,7 +805,7 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
         th, th0, net_inputs = _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes)
         if method == "cnn+refine" and refine_steps > 0:
             if size != REFINE_SIZE:
-                net_inputs = _window_tensors(roi_only, fixed, roi, window, REFINE_SIZE, dev)
+                net_inputs = _window_tensors(moving, fixed, roi, window, REFINE_SIZE, dev)
             th = _refined_theta(th, th0, net_inputs, refine_steps, warnings)
         theta = th[0].detach().cpu().double().numpy()
     frame_matrix, problems = _checked_frame_matrix(theta, window, roi)
@@ -739,11 +813,10 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     matrix = frame_matrix @ roi_matrix(roi)
     flags: List[str] = []
     if np.all(np.isfinite(frame_matrix)):
-        x, y, w, h = roi
-        registered = warp_mask(roi_only[y:y + h, x:x + w], matrix, fixed.shape)  # as the front ends draw it
+        registered = _shown_warp(shown, frame_matrix, fixed.shape)  # as the front ends draw it
         metrics = _frame_metrics(registered, fixed, frame_matrix, roi, window)
         if not problems and keep_better_start:
-            kept = _better_start(roi_only, fixed, roi, window, init_m, metrics, method,
+            kept = _better_start(shown, fixed, roi, window, init_m, metrics, method,
                                  hold if init_m is not None else 0.0)
             if kept is not None:
                 frame_matrix, registered, metrics, note = kept
@@ -847,12 +920,12 @@ def _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes):
     return th, th0, (mv, fx, bx)
 
 
-def _window_tensors(roi_only, fixed, roi: Roi, window: Window, size: int, dev):
+def _window_tensors(moving: MovingMask, fixed, roi: Roi, window: Window, size: int, dev):
     """(moving, fixed, ROI box) cropped to the window at ``size`` pixels, as (1, 1, size, size) tensors."""
     import torch
 
     return tuple(torch.from_numpy(a)[None, None].to(dev) for a in (
-        crop_window(roi_only, window, size), crop_window(fixed, window, size), box_window(roi, window, size)))
+        moving.crop(window, size), crop_window(fixed, window, size), box_window(roi, window, size)))
 
 
 def _refined_theta(th, th0, inputs, refine_steps: int, warnings: List[str]):
