@@ -783,21 +783,19 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     for references that must show the loss's own optimum). ``prior``: a frame affine (the last cine
     frame's) standing in for the start in that comparison, not started from. ``hold``: with ``init``
     or ``prior``, that affine is also kept when the result gains no more than ``hold`` in that Dice
-    (a cine frame that did not move does not creep: ``RUN_HOLD_DICE``). ``canvas``, ``pad``: the
-    projection beyond the frame (``projection.Projection.canvas``): where ``roi`` reaches a frame
-    edge, the projection past it moves with the affine into the registered mask (``prepare_pair``).
+    (a cine frame that did not move does not creep: ``RUN_HOLD_DICE``). ``canvas``, ``pad``: see
+    ``prepare_pair`` (the projection past the frame's edges, moved into the registered mask).
     """
     if method not in METHODS:
         raise InputError(f"registration method must be one of {', '.join(METHODS)}, got {method!r}")
     module, entry, dev, size = _method_network(method, model, device, models_directory, fov)
     margin, passes, refine_steps = _manifest_settings(entry, margin, passes, refine_steps)
     t0 = time.perf_counter()
-    moving, shown, fixed, roi, window, mov_w, fix_w, box_w = prepare_pair(moving_frame_mask, fixed_mask, roi,
-                                                                          margin, size, canvas, pad)
+    moving, shown, fixed, roi, window, mov_w, fix_w, box_w = prepare_pair(
+        moving_frame_mask, fixed_mask, roi, margin, size, canvas, pad)
     warnings: List[str] = []
     init_m, theta_init = _initial_affine(init, window)
-    if prior is not None:
-        init_m = _initial_affine(prior, window)[0]
+    init_m = _initial_affine(prior, window)[0] if prior is not None else init_m  # what the result must beat
 
     if method == "sitk":
         theta = sitk_register(mov_w, fix_w, box_w, theta_init, **(sitk_options or {}))
