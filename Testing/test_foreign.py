@@ -15,7 +15,7 @@ from TAVIRegistrationLib import cli
 from TAVIRegistrationLib.fluoro import read_fluoro
 from TAVIRegistrationLib.mesh import load_model, save_model
 from TAVIRegistrationLib.synthetic import foreign
-from TAVIRegistrationLib.synthetic.phantom import frame_truth
+from TAVIRegistrationLib.synthetic.phantom import case_index_version, frame_truth
 
 SHARED_AORTA = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes" / "thoracic_aorta"
 
@@ -38,6 +38,7 @@ def test_foreign_cases_carry_a_consistent_ground_truth(tmp_path):
     with open(out / "index.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["style"] for r in rows] == ["bold", "bold"] and all(r["split"] == "test" for r in rows)
+    assert case_index_version(out / "index.csv") is None  # not a phantom's: validates beside any version
     for row in rows:
         series = read_fluoro(out / row["image"])
         assert series.n_frames == 1 and series.bits_stored == 12 and series.photometric_interpretation == "MONOCHROME2"

@@ -324,10 +324,13 @@ def contrast_rules() -> Dict[str, Tuple[str, ...]]:
 
 def index_version(row: Dict[str, str]) -> Optional[int]:
     """The generator version of an ``index.csv`` row: its ``phantom_version``; 1 for a phantom row
-    written before that column existed (it names its ``case.json``); None for a row not made here."""
+    written before that column existed (it names its ``case.json``); None for a row not made here,
+    including one that names the generator that made it in ``source`` (``tavireg foreign``)."""
     text = (row.get("phantom_version") or "").strip()
     if text.isdigit():
         return int(text)
+    if (row.get("source") or "").strip():
+        return None
     return 1 if (row.get("case") or "").strip() else None
 
 
