@@ -392,6 +392,46 @@ def test_augmentation_scale_range_zooms_the_vessels():
         _config("x", "out", scale_range=(0.2, 1.0)).check()
 
 
+def test_restyle_draws_a_new_picture_around_the_same_vessels(tmp_path):
+    """--restyle: a dark vessel painted out leaves its background; a restyled frame keeps its mask (the
+    lumen is darker than the pixels just outside it in every frame drawn) on another background,
+    repeatably from the seed; share 0 leaves the batch as it was; the share is checked and recorded."""
+    from TAVIRegistrationLib.training.appearance import paint_out_vessels, restyle_batch
+
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    background = 0.4 + 0.4 * xx / 63  # a ramp
+    masks = torch.zeros(8, 1, 64, 64)
+    for i in range(8):
+        masks[i, 0, :, 10 + 5 * i:16 + 5 * i] = 1  # a vertical vessel, 6 px wide, somewhere else in each
+        masks[i, 0, 30 + i:36 + i, :] = 1  # and a horizontal one
+    images = (background * (1 - 0.8 * masks)).clamp(0, 1)
+    clean = paint_out_vessels(images, masks)
+    assert float((clean - background).abs()[masks.bool()].max()) < 0.05
+    near = torch.nn.functional.max_pool2d(masks, 5, stride=1, padding=2).bool()
+    assert float((clean - images).abs()[~near].max()) == 0.0  # the vessels and their edges only
+
+    out = restyle_batch(images, masks, torch.Generator().manual_seed(0), 1.0)
+    assert out.shape == images.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert torch.equal(out, restyle_batch(images, masks, torch.Generator().manual_seed(0), 1.0))
+    assert not torch.equal(out, restyle_batch(images, masks, torch.Generator().manual_seed(1), 1.0))
+    ring = torch.nn.functional.max_pool2d(masks, 9, stride=1, padding=4).bool() & ~near
+    for i in range(8):
+        inside, outside = out[i][masks[i].bool()].mean(), out[i][ring[i]].mean()
+        assert inside < outside, (i, float(inside), float(outside))
+        assert float((out[i] - images[i]).abs().mean()) > 0.02  # a new picture
+    assert torch.equal(restyle_batch(images, masks, torch.Generator().manual_seed(0), 0.0), images)
+
+    with pytest.raises(InputError, match="--restyle must lie"):
+        _config("x", "out", restyle=1.5).check()
+    with pytest.raises(InputError, match="--no-augment"):
+        _config("x", "out", restyle=0.5, augment=False).check()
+    data = write_vessel_folder(tmp_path / "data", n=5)
+    train(_config(data, tmp_path / "plain"))
+    train(_config(data, tmp_path / "restyled", restyle=0.5, export="r", export_dir=str(tmp_path / "m")))
+    assert not _same_state(_state(tmp_path / "plain" / "last.pt"), _state(tmp_path / "restyled" / "last.pt"))
+    assert " --restyle 0.5 " in load_manifest(tmp_path / "m")[0]["command"]
+
+
 def test_random_crops_cut_the_same_window_from_image_and_mask():
     x = torch.arange(2 * 64 * 64, dtype=torch.float32).view(2, 1, 64, 64)
     xc, yc = random_crops(x, x.clone(), 32, torch.Generator().manual_seed(1))

@@ -100,6 +100,10 @@ def add_train_seg_parser(sub) -> None:
     p.add_argument("--scale-range", type=pair_of_floats, default=seg_training.TrainConfig.scale_range, metavar="LO,HI",
                    help="zoom of the random affine augmentation, uniform in LO-HI (default 0.9,1.1; above 1 "
                         "zooms in, drawing vessels wider than the frames show them)")
+    p.add_argument("--restyle", type=float, default=0.0, metavar="P",
+                   help="share of the training frames drawn anew around their vessel masks: another frame's "
+                        "background with its vessels painted out, the lumen from faint to dense, devices, "
+                        "shutters, gamma, noise, bit depth (default 0)")
     add_common_training_arguments(p, seg_training.TrainConfig)
 
 

@@ -30,7 +30,10 @@ batch, on the training device, with random numbers drawn from a CPU generator se
 one: left-right flip (p = 0.5; it turns an LAO appearance into an RAO one, still a plausible frame;
 no head-feet flip, which no C-arm produces), small affine (rotation +-10 deg, scale 0.9-1.1, shift
 +-5 %), Gaussian blur (p = 0.25, sigma 0.5-1.2 px), gamma 0.7-1.4, contrast 0.8-1.2 and brightness
-+-0.08, Gaussian noise (sigma up to 0.03). ``--crop N`` then trains on one random N x N window of
++-0.08, Gaussian noise (sigma up to 0.03). ``--restyle P`` then draws a share P of the frames anew
+around their masks (``appearance``: another frame's background with its vessels painted out, or a
+smooth field; the lumen from faint to dense; devices; shutters; gamma, sharpening, noise, bit
+depth), so that no one renderer's look is all the network sees. ``--crop N`` then trains on one random N x N window of
 each augmented frame (128 of 256: about 4 times faster per step on a CPU, more steps per minute).
 
 Loss (``--loss``): ``per-fov`` (the paper's: binary cross-entropy for upper-FoV frames, soft Dice for
@@ -80,6 +83,7 @@ from ..errors import InputError
 from ..segmentation import (FOVS, UNKNOWN_FOV, preprocess, read_image_file, resize_mask, scores_from_counts,
                            threshold_counts)
 from ..outputs import read_mask_png
+from .appearance import gaussian_blur, restyle_batch
 from .common import TrainingConfig, TrainingRun, finite_median, natural_key, read_case_index, row_fov_and_frame
 
 LOSSES = ("per-fov", "dice", "bce", "combined")
@@ -89,7 +93,7 @@ THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 FOLDER_FOVS = FOVS + (UNKNOWN_FOV,)
 _CSV_COLUMNS = ("patient", "split", "fov", "image", "frame", "mask")
 #: what must agree between a checkpoint and the run that resumes it
-RESUME_KEYS = ("base_channels", "size", "seed", "loss", "batch_size", "augment", "crop")
+RESUME_KEYS = ("base_channels", "size", "seed", "loss", "batch_size", "augment", "crop", "restyle")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,10 +115,12 @@ class TrainConfig(TrainingConfig):
     crop: int = 0
     #: zoom of the random affine augmentation, drawn uniformly (> 1 zooms in: vessels drawn wider)
     scale_range: Tuple[float, float] = (0.9, 1.1)
+    #: share of the training frames drawn anew around their masks (``appearance.restyle_batch``)
+    restyle: float = 0.0
 
     SUBCOMMAND = "train-seg"
     COMMAND_OPTIONS = ("epochs", "batch_size", "base_channels", "lr", "weight_decay", "loss", "seed", "size",
-                       "val_fraction", "folder_fov", "crop", "scale_range")
+                       "val_fraction", "folder_fov", "crop", "scale_range", "restyle")
 
     def check(self) -> None:
         if not self.data:
@@ -131,6 +137,10 @@ class TrainConfig(TrainingConfig):
             raise InputError(f"--folder-fov must be upper, lower or unknown, got {self.folder_fov!r}")
         if self.crop and not (32 <= self.crop <= self.size and self.crop % 16 == 0):
             raise InputError(f"--crop must be 0 or a multiple of 16 in 32-{self.size}, got {self.crop}")
+        if not 0.0 <= self.restyle <= 1.0:
+            raise InputError(f"--restyle must lie in 0-1, got {self.restyle:g}")
+        if self.restyle and not self.augment:
+            raise InputError("--restyle is an augmentation: it cannot go with --no-augment")
         lo, hi = (float(v) for v in self.scale_range)
         if not 0.5 <= lo <= hi <= 2.0:
             raise InputError(f"--scale-range must be LO,HI with 0.5 <= LO <= HI <= 2, got {lo:g},{hi:g}")
@@ -296,7 +306,7 @@ def augment_batch(images, masks, gen, scale_range: Sequence[float] = TrainConfig
     sigmas = (0.5 + 0.7 * torch.rand(b, generator=gen)).tolist()
     for i in range(b):
         if do_blur[i]:
-            images[i:i + 1] = _gaussian_blur(images[i:i + 1], sigmas[i])
+            images[i:i + 1] = gaussian_blur(images[i:i + 1], sigmas[i])
     gamma = torch.exp(u(math.log(0.7), math.log(1.4))).view(b, 1, 1, 1)
     contrast = u(0.8, 1.2).view(b, 1, 1, 1)
     bright = u(-0.08, 0.08).view(b, 1, 1, 1)
@@ -317,19 +327,6 @@ def random_crops(images, masks, size: int, gen):
     xs = torch.randint(0, w - size + 1, (b,), generator=gen).tolist()
     crop = lambda t: torch.stack([t[i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(zip(ys, xs))])
     return crop(images), crop(masks)
-
-
-def _gaussian_blur(x, sigma: float):
-    import torch
-    import torch.nn.functional as F
-
-    r = max(1, int(math.ceil(2.5 * sigma)))
-    k = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (k / sigma) ** 2)
-    k = k / k.sum()
-    x = F.pad(x, (r, r, r, r), mode="replicate")
-    x = F.conv2d(x, k.view(1, 1, 1, -1))
-    return F.conv2d(x, k.view(1, 1, -1, 1))
 
 
 def segmentation_loss(logits, target, lower, mode: str = "per-fov"):
@@ -520,6 +517,8 @@ def _train_epoch(run: TrainingRun, net, opt, train_set: List[Sample], epoch: int
         lower = torch.tensor([train_set[i].fov == "lower" for i in idx], device=device)
         if config.augment:
             x, y = augment_batch(x, y, gen, config.scale_range)
+            if config.restyle:
+                x = restyle_batch(x, y, gen, config.restyle)
         if config.crop and config.crop < config.size:
             x, y = random_crops(x, y, config.crop, gen)
         return segmentation_loss(net(x), y, lower, config.loss)
