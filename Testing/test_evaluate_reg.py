@@ -116,12 +116,16 @@ def test_evaluate_reg_boxplots_not_blank(sitk_eval):
     img = np.asarray(Image.open(sitk_eval / "boxplots.png").convert("RGB")).astype(int)
     assert img.shape[0] > 200 and img.shape[1] > 600
     assert img.std() > 10
-    # boxes are filled with colour, not only black lines on white: coloured pixels inside the panels
-    # (above the legend), not counting the red 5 mm line
-    colourful = (img.max(axis=2) - img.min(axis=2)) > 60
-    red_line = (img[..., 0] > 150) & (img[..., 1] < 100) & (img[..., 2] < 100)
-    panels = slice(0, int(0.85 * img.shape[0]))
-    assert (colourful & ~red_line)[panels].sum() > 300
+    # boxes are filled with the legend's colours, not only black lines on white: the method's hue
+    # (sitk's blue patch in the legend below the panels) fills pixels inside the panels too (boxes of
+    # a few frames are thin, so the fill is few pixels, shaded by the box's edge)
+    split = int(0.85 * img.shape[0])
+    legend, panels = img[split:], img[:split]
+
+    def blue(a):
+        return ((a[..., 2] - a[..., 0]) > 50) & (a[..., 2] > 100)
+
+    assert blue(legend).sum() > 20 and blue(panels).sum() > 30
 
 
 def test_window_overlap_definition():
@@ -259,6 +263,25 @@ def test_dice_optimum_is_the_refinement_from_the_truth_affine():
     # a refused pair (no vessel in the fixed mask): NaN figures and a failure verdict
     refused = ev.optimum_near_truth(vessel, np.zeros(frame, np.uint8), roi, truth(true_m), 5)
     assert math.isnan(refused["tre_optimum_mm"]) and refused["success_optimum"] is False
+    # with the projection past the frame, as the methods get it: a bar that leaves the top of the frame,
+    # found 12 px lower, is covered up to the frame's edge at the optimum only with the canvas
+    pad, down = 32, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 12.0], [0.0, 0.0, 1.0]])
+    bar = vessel.copy()
+    bar[0:80, 120:130] = 1
+    canvas = np.zeros((frame[0] + 2 * pad, frame[1] + 2 * pad), np.uint8)
+    canvas[pad:-pad, pad:-pad] = bar
+    canvas[0:pad, pad + 120:pad + 130] = 1
+    fixed_bar = R.warp_mask(bar, down, frame)
+    fixed_bar[0:12, 120:130] = 1
+    top_roi = (60, 0, 130, 190)
+    moved_bar = {k: (down @ np.r_[p, 1.0])[:2] for k, p in nominal.items()}
+    bar_truth = FrameTruth(mask=fixed_bar, projection_nominal=bar, affine=down, landmarks_px=moved_bar,
+                           landmarks_nominal_px=nominal, landmarks_in_frame=list(nominal), mm_per_px_at_isocenter=0.2,
+                           isocenter_lps=(0.0, 0.0, 0.0))
+    cut = ev.optimum_near_truth(bar, fixed_bar, top_roi, bar_truth, 5)
+    whole = ev.optimum_near_truth(bar, fixed_bar, top_roi, bar_truth, 5, canvas=canvas, pad=pad)
+    assert whole["tre_optimum_mm"] < 0.3 and cut["tre_optimum_mm"] < 0.3
+    assert whole["dice_optimum"] > cut["dice_optimum"] + 0.01
 
 
 def test_eligible_rows_by_split_and_contrast():

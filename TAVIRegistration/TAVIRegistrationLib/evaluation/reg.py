@@ -331,7 +331,8 @@ def _evaluate_frame(pipe, root: Path, r: Dict[str, str], run: Sequence[str], fix
     tre_ref, _ = mean_tre_mm(truth, truth.affine, roi)
     fixed_mask, seg_s = truth.mask, float("nan")
     try:
-        proj = pipe.project(i).projection.mask
+        projection = pipe.project(i).projection
+        proj = projection.mask
         if fixed == "segmentation":
             t0 = time.perf_counter()
             seg = pipe.segment(i, device=device)
@@ -339,7 +340,8 @@ def _evaluate_frame(pipe, root: Path, r: Dict[str, str], run: Sequence[str], fix
             fixed_mask = None  # the pipeline segments (cached)
             if not seg.mask.any():
                 raise InputError("the segmentation is empty")
-        optimum = optimum_near_truth(proj, truth.mask if fixed == "truth" else seg.mask, roi, truth, n_lm)
+        optimum = optimum_near_truth(proj, truth.mask if fixed == "truth" else seg.mask, roi, truth, n_lm,
+                                     canvas=projection.canvas, pad=projection.pad)
     except InputError as exc:
         for m in run:
             records.append(_failed_record(base, m, roi, str(exc), truth, tre0, n_lm, seg_s))
@@ -397,18 +399,19 @@ def _identity_network():
     return RegNet(channels=scaled_channels(0.125), fc=16).eval()
 
 
-def optimum_near_truth(proj, fixed_mask, roi, truth, n_landmarks: int) -> Dict[str, object]:
+def optimum_near_truth(proj, fixed_mask, roi, truth, n_landmarks: int, canvas=None, pad: int = 0) -> Dict[str, object]:
     """The "Dice optimum" reference of one frame (see the module docstring): ``cnn+refine`` with a
     network that outputs the identity, warm-started (``init``) from the phantom's least-squares
     affine, so that the refinement alone moves it to the nearest optimum of the registration loss
-    against ``fixed_mask`` (window margin ``registration.DEFAULT_MARGIN``). Its overlap with the
-    ground-truth mask, TRE and success; NaN values when the refinement refuses the pair."""
+    against ``fixed_mask`` (window margin ``registration.DEFAULT_MARGIN``), with the projection past
+    the frame (``canvas``, ``pad``) as the methods get it. Its overlap with the ground-truth mask,
+    TRE and success; NaN values when the refinement refuses the pair."""
     from ..registration import register_pair
 
     nan = float("nan")
     try:
         res = register_pair(proj, fixed_mask, roi, "cnn+refine", model=_identity_network(), init=truth.affine,
-                            keep_better_start=False)
+                            keep_better_start=False, canvas=canvas, pad=pad)
     except InputError:
         return {"dice_optimum": nan, "precision_optimum": nan, "recall_optimum": nan, "tre_optimum_mm": nan,
                 "success_optimum": _success(False, nan, n_landmarks)}
