@@ -419,7 +419,7 @@ def affine_prior(theta, max_log_scale: float = math.log(1.5), max_anisotropy: fl
 
 
 def pair_loss(theta, moving, fixed, roi_box, levels: Sequence[int] = tuple(range(LOSS_LEVELS)),
-              reduce: bool = True, prior_weight: float = 1.0, valid=None):
+              reduce: bool = True, prior_weight: float = 1.0):
     """1 - soft Dice of the warped moving image against the fixed image inside the warped ROI.
 
     ``moving``, ``fixed``, ``roi_box``: (B, 1, N, N) in [0, 1] on the window (``roi_box`` is 1
@@ -429,18 +429,14 @@ def pair_loss(theta, moving, fixed, roi_box, levels: Sequence[int] = tuple(range
     scaling the ROI up over vessels beyond it). The Dice is averaged over a blur pyramid
     (``levels`` of ``LOSS_LEVELS``: resolution 1/2^k, then a sigma-1 Gaussian) so that the loss
     still has a gradient when thin vessels do not overlap yet; ``prior_weight`` times
-    ``affine_prior`` is added (zero for plausible affines). ``valid`` (same shape, optional): where
-    the frame is (1) on the window; the warped moving image counts only there (beyond the frame the
-    fixed image knows nothing, so a moving vessel there is neither matched nor missed). Returns the
-    batch mean (or the per-sample values with ``reduce=False``).
+    ``affine_prior`` is added (zero for plausible affines). Returns the batch mean (or the
+    per-sample values with ``reduce=False``).
     """
     import torch
 
     warped = warp_images(theta, torch.cat([moving, roi_box], dim=1))
     w, footprint = warped[:, :1], warped[:, 1:2]
     f = fixed * footprint
-    if valid is not None:
-        w, f = w * valid, f * valid
     per = None
     for lvl in levels:
         d = 1 - soft_dice(_pyramid_level(w, lvl), _pyramid_level(f, lvl))
@@ -451,7 +447,7 @@ def pair_loss(theta, moving, fixed, roi_box, levels: Sequence[int] = tuple(range
     return per.mean() if reduce else per
 
 
-def refine_theta(theta0, moving, fixed, roi_box, steps: int = DEFAULT_REFINE_STEPS, valid=None):
+def refine_theta(theta0, moving, fixed, roi_box, steps: int = DEFAULT_REFINE_STEPS):
     """Refine theta (B, 2, 3) by minimising ``pair_loss`` with L-BFGS (strong Wolfe line search).
 
     Coarse to fine: ``steps // 2`` iterations on the images at half resolution with the whole blur
@@ -459,17 +455,16 @@ def refine_theta(theta0, moving, fixed, roi_box, steps: int = DEFAULT_REFINE_STE
     the resolution: align_corners=False). Never returns a theta whose loss is worse than the start's
     (sample by sample). Measured on synthetic vessel trees with a modest affine (rotation 8 deg,
     scale 8 %, shift 10 px): 40 iterations from the identity bring the ROI corners within 0.4 px in
-    about 0.1 s on a 2-core CPU. ``valid``: see ``pair_loss``.
+    about 0.1 s on a 2-core CPU.
     """
     import torch
     import torch.nn.functional as F
 
     theta0 = theta0.detach()
     theta = theta0.clone().requires_grad_(True)
-    full = (moving, fixed, roi_box, valid)
-    half = [None if x is None else F.avg_pool2d(x, 2) for x in full] if moving.shape[-1] >= 64 else None
+    half = [F.avg_pool2d(x, 2) for x in (moving, fixed, roi_box)] if moving.shape[-1] >= 64 else None
     n1 = int(steps) // 2 if half is not None else 0
-    stages = [(half, tuple(range(LOSS_LEVELS - 1)), n1), (full, (0, 1), int(steps) - n1)]
+    stages = [(half, tuple(range(LOSS_LEVELS - 1)), n1), ((moving, fixed, roi_box), (0, 1), int(steps) - n1)]
     for images, levels, iters in stages:
         if iters <= 0:
             continue
@@ -478,14 +473,14 @@ def refine_theta(theta0, moving, fixed, roi_box, steps: int = DEFAULT_REFINE_STE
 
         def closure(images=images, levels=levels, opt=opt):
             opt.zero_grad(set_to_none=True)
-            loss = pair_loss(theta, *images[:3], levels, valid=images[3])
+            loss = pair_loss(theta, *images, levels)
             loss.backward()
             return loss
 
         opt.step(closure)
     with torch.no_grad():
-        final = pair_loss(theta, moving, fixed, roi_box, (0, 1), reduce=False, valid=valid)
-        start = pair_loss(theta0, moving, fixed, roi_box, (0, 1), reduce=False, valid=valid)
+        final = pair_loss(theta, moving, fixed, roi_box, (0, 1), reduce=False)
+        start = pair_loss(theta0, moving, fixed, roi_box, (0, 1), reduce=False)
         keep = (torch.isfinite(final) & (final <= start)).view(-1, 1, 1) & torch.isfinite(theta).all()
         return torch.where(keep, theta.detach(), theta0)
 
@@ -807,7 +802,8 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     else:
         th, th0, net_inputs = _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes)
         if method == "cnn+refine" and refine_steps > 0:
-            net_inputs = _refine_inputs(net_inputs, moving, shown, fixed, roi, window, size, dev)
+            if size != REFINE_SIZE:
+                net_inputs = _window_tensors(moving, fixed, roi, window, REFINE_SIZE, dev)
             th = _refined_theta(th, th0, net_inputs, refine_steps, warnings)
         theta = th[0].detach().cpu().double().numpy()
     frame_matrix, problems = _checked_frame_matrix(theta, window, roi)
@@ -922,28 +918,12 @@ def _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes):
     return th, th0, (mv, fx, bx)
 
 
-def _window_tensors(moving: MovingMask, fixed, roi: Roi, window: Window, size: int, dev, frame_valid: bool = False):
-    """(moving, fixed, ROI box) cropped to the window at ``size`` pixels, as (1, 1, size, size) tensors;
-    with ``frame_valid`` also where the frame is on the window (``pair_loss``'s ``valid``)."""
+def _window_tensors(moving: MovingMask, fixed, roi: Roi, window: Window, size: int, dev):
+    """(moving, fixed, ROI box) cropped to the window at ``size`` pixels, as (1, 1, size, size) tensors."""
     import torch
 
-    arrays = [moving.crop(window, size), crop_window(fixed, window, size), box_window(roi, window, size)]
-    if frame_valid:
-        arrays.append(crop_window(np.ones(fixed.shape, np.float32), window, size))
-    return tuple(torch.from_numpy(a)[None, None].to(dev) for a in arrays)
-
-
-def _refine_inputs(net_inputs, moving: MovingMask, shown, fixed, roi: Roi, window: Window, size: int, dev):
-    """The refinement's (moving, fixed, ROI box[, valid]) at ``REFINE_SIZE``: the network's own
-    inputs when they are at that size and the projection stops at the ROI; where the projection
-    reaches past the frame (``shown`` extends the ROI), that wider projection with where the frame
-    is, so that the part beyond an edge slides in as the affine moves it and counts only once it
-    lands in the frame."""
-    if shown[1] != roi:
-        return _window_tensors(shown[0], fixed, shown[1], window, REFINE_SIZE, dev, frame_valid=True)
-    if size != REFINE_SIZE:
-        return _window_tensors(moving, fixed, roi, window, REFINE_SIZE, dev)
-    return net_inputs
+    return tuple(torch.from_numpy(a)[None, None].to(dev) for a in (
+        moving.crop(window, size), crop_window(fixed, window, size), box_window(roi, window, size)))
 
 
 def _refined_theta(th, th0, inputs, refine_steps: int, warnings: List[str]):
@@ -952,16 +932,15 @@ def _refined_theta(th, th0, inputs, refine_steps: int, warnings: List[str]):
     ``warnings``)."""
     import torch
 
-    mv, fx, bx, *rest = inputs
-    valid = rest[0] if rest else None
+    mv, fx, bx = inputs
     start = th0 if th0 is not None else th.new_tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
     with torch.no_grad():
-        if float(pair_loss(start, mv, fx, bx, valid=valid)) < float(pair_loss(th, mv, fx, bx, valid=valid)):
+        if float(pair_loss(start, mv, fx, bx)) < float(pair_loss(th, mv, fx, bx)):
             th = start
             warnings.append("refinement started from the " + ("initial affine" if th0 is not None else "identity")
                             + ": it agreed better with the frame than the network's affine")
     with torch.enable_grad():
-        return refine_theta(th, mv, fx, bx, steps=refine_steps, valid=valid)
+        return refine_theta(th, mv, fx, bx, steps=refine_steps)
 
 
 def _checked_frame_matrix(theta, window: Window, roi: Roi) -> Tuple[np.ndarray, List[str]]:
