@@ -531,6 +531,13 @@ def test_train_checkpoint_resume_export(tiny_models, tmp_path, monkeypatch):
     assert entry["metrics"]["train_minutes"] == round(sum(h["seconds"] for h in history) / 60, 2)
     with pytest.raises(InputError, match="base_channels"):
         train(_config(data, tmp_path / "a", epochs=3, resume="last", base_channels=4))
+    # a checkpoint written before an option existed resumes as having run with its default, and only so
+    ck = torch.load(tmp_path / "b" / "last.pt", map_location="cpu", weights_only=False)
+    del ck["config"]["restyle"]
+    torch.save(ck, tmp_path / "b" / "last.pt")
+    assert train(_config(data, tmp_path / "b", epochs=3, resume="last"))["epochs_done"] == 3
+    with pytest.raises(InputError, match="restyle=0.0"):
+        train(_config(data, tmp_path / "b", epochs=4, resume="last", restyle=0.5))
 
 
 def test_init_fine_tunes_from_a_checkpoint_or_an_installed_model(tiny_models, tmp_path, monkeypatch):

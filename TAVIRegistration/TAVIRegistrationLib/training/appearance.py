@@ -98,19 +98,21 @@ def restyle_batch(images, masks, gen, probability: float = 0.5):
         return images
     dev = images.device
     n = chosen.numel()
+    picked = chosen.to(dev)
 
     def u(lo, hi):
         return (lo + (hi - lo) * torch.rand(n, 1, 1, 1, generator=gen)).to(dev)
 
-    donors = (chosen + int(torch.randint(1, max(b, 2), (1,), generator=gen))) % b  # another frame of the batch
-    other = paint_out_vessels(images[donors.to(dev)], masks[donors.to(dev)])
+    shift = int(torch.randint(1, max(b, 2), (1,), generator=gen))
+    donors = ((chosen + shift) % b).to(dev)  # another frame of the batch
+    other = paint_out_vessels(images[donors], masks[donors])
     field = smooth_field(n, h, w, gen).to(dev)
     use_field = (torch.rand(n, 1, 1, 1, generator=gen) < 0.3).to(dev)
     background = torch.where(use_field, 0.35 + 0.45 * field, other)
     background = (background - 0.5) * u(0.6, 1.2) + u(0.45, 0.65)  # exposure and window of the other frame
 
     # path length through the lumen: largest along a wide vessel's axis, small in thin branches
-    mask = masks[chosen.to(dev)]
+    mask = masks[picked]
     depth = gaussian_blur(mask, 4.0)
     depth = depth / depth.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     lumen = gaussian_blur(mask * (0.35 + 0.65 * depth), 0.6 + 0.9 * float(torch.rand(1, generator=gen)))
@@ -137,5 +139,5 @@ def restyle_batch(images, masks, gen, probability: float = 0.5):
     picture = picture + u(0.0, 0.05) * picture.clamp_min(0).sqrt() * noise
     levels = 2.0 ** torch.randint(6, 13, (n, 1, 1, 1), generator=gen).to(dev).float()
     out = images.clone()
-    out[chosen.to(dev)] = torch.round(picture.clamp(0, 1) * (levels - 1)) / (levels - 1)
+    out[picked] = torch.round(picture.clamp(0, 1) * (levels - 1)) / (levels - 1)
     return out

@@ -611,9 +611,11 @@ class TrainingRun:
         ck_path = self.resume_path
         ck = self.load_checkpoint(ck_path)
         old = ck.get("config", {})
+        defaults = {f.name: f.default for f in fields(self.config)}
         for key in keys:
-            if old.get(key) != getattr(self.config, key):
-                raise InputError(f"cannot resume {ck_path}: it was trained with {key}={old.get(key)!r}, "
+            was = old.get(key, defaults.get(key))  # an option newer than the checkpoint: it ran with the default
+            if was != getattr(self.config, key):
+                raise InputError(f"cannot resume {ck_path}: it was trained with {key}={was!r}, "
                                  f"this run asks for {getattr(self.config, key)!r}")
         if ck.get("split") != self.split:
             raise InputError(f"cannot resume {ck_path}: the training/validation patients differ from the checkpoint's")
