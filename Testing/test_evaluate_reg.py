@@ -83,10 +83,16 @@ def test_evaluate_reg_outputs_and_table(sitk_eval):
             assert _f(row["success_rate_optimum"]) == pytest.approx(sum(optimum) / len(optimum))
             assert _f(row["median_tre_optimum_mm"]) == pytest.approx(
                 float(np.median([_f(r["tre_optimum_mm"]) for r in with_lm])), abs=1e-5)
+            matched = [r["success_matched_optimum"] == "True" for r in with_lm]
+            assert _f(row["success_rate_matched_optimum"]) == pytest.approx(sum(matched) / len(matched))
+            matched_tre = [_f(r["tre_matched_optimum_mm"]) for r in with_lm]
+            assert all(math.isfinite(v) for v in matched_tre)  # the phantom writes the true projection
+            assert _f(row["median_tre_matched_optimum_mm"]) == pytest.approx(float(np.median(matched_tre)), abs=1e-5)
         assert int(row["n_invalid"]) == sum(r["valid"] != "True" for r in recs)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"] == ["sitk"] and summary["fixed"] == "truth"
     assert set(summary["goals"]["sitk"]) == set(ev.GOALS) == set(summary["goals"][ev.OPTIMUM_LABEL])
+    assert set(summary["goals"][ev.MATCHED_LABEL]) == set(ev.GOALS)
     all_row = next(r for r in table if r["fov"] == "all")
     optimum_tre = summary["goals"][ev.OPTIMUM_LABEL]["median_tre_mm"]
     assert optimum_tre["value"] == pytest.approx(_f(all_row["median_tre_optimum_mm"]), abs=1e-5)
@@ -282,6 +288,44 @@ def test_dice_optimum_is_the_refinement_from_the_truth_affine():
     whole = ev.optimum_near_truth(bar, fixed_bar, top_roi, bar_truth, 5, canvas=canvas, pad=pad)
     assert whole["tre_optimum_mm"] < 0.3 and cut["tre_optimum_mm"] < 0.3
     assert whole["dice_optimum"] > cut["dice_optimum"] + 0.01
+
+
+def test_matched_optimum_separates_unfilled_vessels_from_the_method():
+    """The content-matched reference: the model holds a trunk and two limbs; the frame shows the left
+    limb filled, the right one unfilled, and another filled vessel beside where the right limb lies.
+    The Dice optimum against the frame's mask drags the model's right limb onto that vessel, off the
+    landmarks; the optimum against the model's own vessels under the truth (``projection_true``) is not."""
+    from PIL import Image, ImageDraw
+
+    from TAVIRegistrationLib import registration as R
+    from TAVIRegistrationLib.synthetic.phantom import FrameTruth
+
+    frame, roi = (256, 256), (40, 30, 180, 200)
+
+    def drawn(*lines):
+        image = Image.new("L", frame[::-1], 0)
+        for line in lines:
+            ImageDraw.Draw(image).line(line, 1, 10)
+        return np.asarray(image, np.uint8).copy()
+
+    trunk, left, right = [(128, 40), (128, 120)], [(128, 120), (80, 220)], [(128, 120), (176, 220)]
+    model = drawn(trunk, left, right)
+    true_m = np.array([[1.0, 0.0, 9.0], [0.0, 1.0, -6.0], [0.0, 0.0, 1.0]])
+    frame_mask = R.warp_mask(drawn(trunk, left, [(150, 130), (196, 225)]), true_m, frame)
+    nominal = {"top": np.array([128.0, 50.0]), "bifurcation": np.array([128.0, 118.0]), "left": np.array([85.0, 210.0])}
+    truth = FrameTruth(mask=frame_mask, projection_nominal=model, affine=true_m,
+                       landmarks_px={k: (true_m @ np.r_[p, 1.0])[:2] for k, p in nominal.items()},
+                       landmarks_nominal_px=nominal, landmarks_in_frame=list(nominal), mm_per_px_at_isocenter=0.5,
+                       isocenter_lps=(0.0, 0.0, 0.0), projection_true=R.warp_mask(model, true_m, frame))
+    plain = ev.optimum_near_truth(model, truth.mask, roi, truth, 3)
+    matched = ev.optimum_near_truth(model, truth.projection_true, roi, truth, 3, name="matched_optimum")
+    assert set(matched) == {"dice_matched_optimum", "precision_matched_optimum", "recall_matched_optimum",
+                            "tre_matched_optimum_mm", "success_matched_optimum"}
+    assert matched["tre_matched_optimum_mm"] < 0.3 and matched["success_matched_optimum"] is True
+    assert plain["tre_optimum_mm"] > 2.0
+    # no true projection in the index: NaN figures, no verdict of success
+    missing = ev.optimum_near_truth(model, None, roi, truth, 3, name="matched_optimum")
+    assert math.isnan(missing["tre_matched_optimum_mm"]) and missing["success_matched_optimum"] is False
 
 
 def test_eligible_rows_by_split_and_contrast():

@@ -310,6 +310,18 @@ def test_a_result_worse_than_the_start_is_not_returned(vessel):
     assert R.corner_error(res.matrix, frame_m @ R.roi_matrix(ROI), ROI) < 1.0
 
 
+def test_scale_prior_is_symmetric_and_grows_with_the_magnification_change():
+    """The magnification is known: the prior costs nothing at scale 1, grows with the change, and costs
+    as much for growing by k as for shrinking by 1/k."""
+    def cost(k):
+        return float(R.affine_prior(torch.tensor([[[k, 0.0, 0.0], [0.0, k, 0.0]]]))[0])
+
+    assert cost(1.0) == 0.0
+    assert 0 < cost(1.05) < cost(1.1) < cost(1.3) < cost(1.6)
+    assert cost(1.2) == pytest.approx(cost(1 / 1.2), rel=1e-4)
+    assert cost(1.1) == pytest.approx(R.SCALE_WEIGHT * math.log(1.1) ** 2, rel=1e-4)
+
+
 def test_the_projection_beyond_the_frame_moves_in_with_the_affine():
     """A vessel running out of the top of the frame, found 24 px lower in the frame: with the projection
     rendered past the frame (a canvas), the part that was above the top edge is brought into the frame

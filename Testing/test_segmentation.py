@@ -395,7 +395,8 @@ def test_augmentation_scale_range_zooms_the_vessels():
 def test_restyle_draws_a_new_picture_around_the_same_vessels(tmp_path):
     """--restyle: a dark vessel painted out leaves its background; a restyled frame keeps its mask (the
     lumen is darker than the pixels just outside it in every frame drawn) on another background,
-    repeatably from the seed; share 0 leaves the batch as it was; the share is checked and recorded."""
+    repeatably from the seed; a frame drawn without contrast has no lumen and an empty mask; share 0
+    leaves the batch as it was; the share is checked and recorded."""
     from TAVIRegistrationLib.training.appearance import paint_out_vessels, restyle_batch
 
     yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
@@ -410,16 +411,22 @@ def test_restyle_draws_a_new_picture_around_the_same_vessels(tmp_path):
     near = torch.nn.functional.max_pool2d(masks, 5, stride=1, padding=2).bool()
     assert float((clean - images).abs()[~near].max()) == 0.0  # the vessels and their edges only
 
-    out = restyle_batch(images, masks, torch.Generator().manual_seed(0), 1.0)
+    out, out_masks = restyle_batch(images, masks, torch.Generator().manual_seed(0), 1.0, empty=0.0)
     assert out.shape == images.shape and float(out.min()) >= 0 and float(out.max()) <= 1
-    assert torch.equal(out, restyle_batch(images, masks, torch.Generator().manual_seed(0), 1.0))
-    assert not torch.equal(out, restyle_batch(images, masks, torch.Generator().manual_seed(1), 1.0))
+    assert torch.equal(out_masks, masks)
+    assert torch.equal(out, restyle_batch(images, masks, torch.Generator().manual_seed(0), 1.0, empty=0.0)[0])
+    assert not torch.equal(out, restyle_batch(images, masks, torch.Generator().manual_seed(1), 1.0, empty=0.0)[0])
+    blank, blank_masks = restyle_batch(images, masks, torch.Generator().manual_seed(0), 1.0, empty=1.0)
+    assert blank_masks.sum() == 0 and masks.sum() > 0  # the input is not changed
+    for i in range(8):  # the same draws without the lumen: lighter where the vessels were
+        assert blank[i][masks[i].bool()].mean() > out[i][masks[i].bool()].mean() + 0.01
     ring = torch.nn.functional.max_pool2d(masks, 9, stride=1, padding=4).bool() & ~near
     for i in range(8):
         inside, outside = out[i][masks[i].bool()].mean(), out[i][ring[i]].mean()
         assert inside < outside, (i, float(inside), float(outside))
         assert float((out[i] - images[i]).abs().mean()) > 0.02  # a new picture
-    assert torch.equal(restyle_batch(images, masks, torch.Generator().manual_seed(0), 0.0), images)
+    same, same_masks = restyle_batch(images, masks, torch.Generator().manual_seed(0), 0.0)
+    assert torch.equal(same, images) and torch.equal(same_masks, masks)
 
     with pytest.raises(InputError, match="--restyle must lie"):
         _config("x", "out", restyle=1.5).check()

@@ -103,7 +103,8 @@ def add_train_seg_parser(sub) -> None:
     p.add_argument("--restyle", type=float, default=0.0, metavar="P",
                    help="share of the training frames drawn anew around their vessel masks: another frame's "
                         "background with its vessels painted out, the lumen from faint to dense, devices, "
-                        "shutters, gamma, noise, bit depth (default 0)")
+                        "shutters, gamma, noise, bit depth; a fifth of them without contrast, with an empty "
+                        "mask (default 0)")
     add_common_training_arguments(p, seg_training.TrainConfig)
 
 

@@ -1330,6 +1330,9 @@ class FrameTruth:
     landmarks_in_frame: List[str]
     mm_per_px_at_isocenter: float
     isocenter_lps: Tuple[float, float, float]
+    #: uint8 0/1: the pre-op model's own vessels under the true geometry and motion, every one drawn as if
+    #: filled (the frame's content matched to the model's); None where the index names none
+    projection_true: Optional[np.ndarray] = None
 
     def user_roi(self, margin: float = 0.08) -> Optional[Tuple[int, int, int, int]]:
         """The ROI a user would draw on the projection (``opacified_roi`` of this frame)."""
@@ -1363,6 +1366,9 @@ def frame_truth(root, row: Dict[str, str]) -> FrameTruth:
     geom = series_geometry(series)
     mask = (np.asarray(Image.open(root / row["mask"])) > 0).astype(np.uint8)
     nominal = (np.asarray(Image.open(root / row["projection_nominal"])) > 0).astype(np.uint8)
+    true_path = root / row["projection_true"] if row.get("projection_true") else None
+    projection_true = ((np.asarray(Image.open(true_path)) > 0).astype(np.uint8)
+                       if true_path is not None and true_path.is_file() else None)
     return FrameTruth(
         mask=mask, projection_nominal=nominal, affine=np.asarray(frame["affine"], float),
         landmarks_px={k: np.asarray(v, float) for k, v in frame["landmarks_px"].items()},
@@ -1370,4 +1376,5 @@ def frame_truth(root, row: Dict[str, str]) -> FrameTruth:
         landmarks_in_frame=list(frame["landmarks_in_frame"]),
         mm_per_px_at_isocenter=float(np.mean(geom.pixel_spacing_mm)) / geom.magnification,
         isocenter_lps=tuple(float(v) for v in series["isocenter_lps"]),
+        projection_true=projection_true,
     )

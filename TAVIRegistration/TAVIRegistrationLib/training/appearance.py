@@ -6,7 +6,9 @@ many: the background is another frame of the batch with its vessels painted out 
 when the batch holds real angiograms) or a smooth field; the lumen is laid on it as an absorber,
 from faint to dense, with uneven filling; wires, catheters and a delivery capsule are drawn over it
 and stay background in the mask; collimator shutters, gamma, edge enhancement, noise and the grey
-levels of 6- to 12-bit pictures follow. Every draw comes from the CPU generator that the caller
+levels of 6- to 12-bit pictures follow. A share of the restyled frames (``EMPTY_SHARE``) is drawn
+without its vessels and with an empty mask: a frame before the injection, whose anatomy, devices and
+display the network must leave unmarked. Every draw comes from the CPU generator that the caller
 seeds, so a training run repeats.
 """
 
@@ -16,6 +18,8 @@ import math
 
 #: how many points trace one device curve (wire, catheter, capsule)
 DEVICE_POINTS = 96
+#: share of the restyled frames drawn without contrast (no lumen, empty mask)
+EMPTY_SHARE = 0.2
 
 
 def gaussian_blur(x, sigma: float):
@@ -86,16 +90,17 @@ def device_shadow(b: int, h: int, w: int, gen, max_devices: int = 3):
     return out
 
 
-def restyle_batch(images, masks, gen, probability: float = 0.5):
-    """The batch ((B, 1, H, W) in [0, 1], masks 0/1) with each sample, with ``probability``, drawn
-    anew around its mask (module docstring); the masks are unchanged. Draws from ``gen`` (a CPU
-    generator) whatever the device of the batch."""
+def restyle_batch(images, masks, gen, probability: float = 0.5, empty: float = EMPTY_SHARE):
+    """``(images, masks)``: the batch ((B, 1, H, W) in [0, 1], masks 0/1) with each sample, with
+    ``probability``, drawn anew around its mask (module docstring); of those, a share ``empty`` is
+    drawn without contrast and gets an empty mask, the other masks are unchanged. Draws from ``gen``
+    (a CPU generator) whatever the device of the batch."""
     import torch
 
     b, _, h, w = images.shape
     chosen = torch.nonzero(torch.rand(b, generator=gen) < probability).view(-1)
     if chosen.numel() == 0:
-        return images
+        return images, masks
     dev = images.device
     n = chosen.numel()
     picked = chosen.to(dev)
@@ -112,7 +117,8 @@ def restyle_batch(images, masks, gen, probability: float = 0.5):
     background = (background - 0.5) * u(0.6, 1.2) + u(0.45, 0.65)  # exposure and window of the other frame
 
     # path length through the lumen: largest along a wide vessel's axis, small in thin branches
-    mask = masks[picked]
+    no_contrast = (torch.rand(n, 1, 1, 1, generator=gen) < empty).to(dev)
+    mask = torch.where(no_contrast, torch.zeros_like(masks[picked]), masks[picked])
     depth = gaussian_blur(mask, 4.0)
     depth = depth / depth.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     lumen = gaussian_blur(mask * (0.35 + 0.65 * depth), 0.6 + 0.9 * float(torch.rand(1, generator=gen)))
@@ -138,6 +144,7 @@ def restyle_batch(images, masks, gen, probability: float = 0.5):
     noise = torch.randn(n, 1, h, w, generator=gen).to(dev)
     picture = picture + u(0.0, 0.05) * picture.clamp_min(0).sqrt() * noise
     levels = 2.0 ** torch.randint(6, 13, (n, 1, 1, 1), generator=gen).to(dev).float()
-    out = images.clone()
+    out, out_masks = images.clone(), masks.clone()
     out[picked] = torch.round(picture.clamp(0, 1) * (levels - 1)) / (levels - 1)
-    return out
+    out_masks[picked] = mask.to(masks.dtype)
+    return out, out_masks

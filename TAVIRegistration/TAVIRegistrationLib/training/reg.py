@@ -47,8 +47,9 @@ median error of the ROI corners in frame pixels where the ground truth is known 
 Optimisation: AdamW with a cosine decay (``training.lr_at``); the last (affine) layer learns at
 ``HEAD_LR_UNITS / fc`` of the rate without weight decay (at the body's rate one Adam step would
 move the predicted affine by ~0.5); gradient norm clipped at ``GRAD_CLIP``. The loss adds
-``registration.affine_prior``, zero for plausible affines (scale within 1.5x, anisotropy 1.3, shift
-within 40 % of the window), which keeps early training out of degenerate shrink-onto-a-blob
+``registration.affine_prior``: ``SCALE_WEIGHT`` times the squared log of the scale (the
+magnification is known), and zero for other plausible changes (scale within 1.5x, anisotropy 1.3,
+shift within 40 % of the window), which keeps training out of degenerate shrink-onto-a-blob
 solutions; it uses no ground truth.
 
 The training run is ``training``'s, shared with ``train-seg``: ``DIR/last.pt`` / ``best.pt`` /

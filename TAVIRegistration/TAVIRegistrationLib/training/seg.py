@@ -33,7 +33,8 @@ no head-feet flip, which no C-arm produces), small affine (rotation +-10 deg, sc
 +-0.08, Gaussian noise (sigma up to 0.03). ``--restyle P`` then draws a share P of the frames anew
 around their masks (``appearance``: another frame's background with its vessels painted out, or a
 smooth field; the lumen from faint to dense; devices; shutters; gamma, sharpening, noise, bit
-depth), so that no one renderer's look is all the network sees. ``--crop N`` then trains on one
+depth; a fifth of them without contrast and with an empty mask), so that no one renderer's look
+is all the network sees. ``--crop N`` then trains on one
 random N x N window of each augmented frame (128 of 256: about 4 times faster per step on a CPU,
 more steps per minute).
 
@@ -519,7 +520,7 @@ def _train_epoch(run: TrainingRun, net, opt, train_set: List[Sample], epoch: int
         if config.augment:
             x, y = augment_batch(x, y, gen, config.scale_range)
             if config.restyle:
-                x = restyle_batch(x, y, gen, config.restyle)
+                x, y = restyle_batch(x, y, gen, config.restyle)
         if config.crop and config.crop < config.size:
             x, y = random_crops(x, y, config.crop, gen)
         return segmentation_loss(net(x), y, lower, config.loss)
