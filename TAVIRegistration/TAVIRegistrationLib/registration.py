@@ -405,7 +405,7 @@ def affine_prior(theta, max_log_scale: float = math.log(1.5), max_anisotropy: fl
     """Per-sample penalty (B,) that is small for plausible thetas and grows outside them.
 
     ``scale_weight`` times the squared log of the mean scale (the projection's magnification is known:
-    a 10 % change costs 0.011 at weight 1, about what a 1 % better Dice gains), then zero while the mean
+    a 10 % change costs about 0.01 at weight 1, what a 1 % better Dice gains), then zero while the mean
     scale lies within exp(+-``max_log_scale``), the ratio of the singular values within
     ``max_anisotropy`` and the translation within +-``max_shift`` (normalised units; the window spans
     2) and quadratic beyond, plus a term against reflections. It uses no ground truth: it keeps
@@ -438,9 +438,8 @@ def pair_loss(theta, moving, fixed, roi_box, levels: Sequence[int] = tuple(range
     scaling the ROI up over vessels beyond it). The Dice is averaged over a blur pyramid
     (``levels`` of ``LOSS_LEVELS``: resolution 1/2^k, then a sigma-1 Gaussian) so that the loss
     still has a gradient when thin vessels do not overlap yet; ``prior_weight`` times
-    ``affine_prior`` is added (a small cost for a change of scale, zero for other plausible
-    changes). Returns the batch mean (or the
-    per-sample values with ``reduce=False``).
+    ``affine_prior`` is added (a small cost for a change of scale, zero for other plausible changes).
+    Returns the batch mean (or the per-sample values with ``reduce=False``).
     """
     import torch
 

@@ -1331,7 +1331,7 @@ class FrameTruth:
     mm_per_px_at_isocenter: float
     isocenter_lps: Tuple[float, float, float]
     #: uint8 0/1: the pre-op model's own vessels under the true geometry and motion, every one drawn as if
-    #: filled (the frame's content matched to the model's); None where the index names none
+    #: filled (the frame's content matched to the model's); None where the index row names none
     projection_true: Optional[np.ndarray] = None
 
     def user_roi(self, margin: float = 0.08) -> Optional[Tuple[int, int, int, int]]:
@@ -1357,18 +1357,17 @@ class FrameTruth:
 
 def frame_truth(root, row: Dict[str, str]) -> FrameTruth:
     """The ground truth of the frame of ``index.csv`` row ``row`` in the data set at ``root``."""
-    from PIL import Image
+    from ..outputs import read_mask_png
 
     root = Path(root)
     case = json.loads((root / row["case"]).read_text())
     series = next(s for s in case["series"] if s["series"] == row["series"])
     frame = next(f for f in series["frames"] if int(f["index"]) == int(row["frame"]))
     geom = series_geometry(series)
-    mask = (np.asarray(Image.open(root / row["mask"])) > 0).astype(np.uint8)
-    nominal = (np.asarray(Image.open(root / row["projection_nominal"])) > 0).astype(np.uint8)
-    true_path = root / row["projection_true"] if row.get("projection_true") else None
-    projection_true = ((np.asarray(Image.open(true_path)) > 0).astype(np.uint8)
-                       if true_path is not None and true_path.is_file() else None)
+    mask = read_mask_png(root / row["mask"])
+    nominal = read_mask_png(root / row["projection_nominal"], mask.shape, "nominal projection")
+    projection_true = (read_mask_png(root / row["projection_true"], mask.shape, "true projection")
+                       if row.get("projection_true") else None)
     return FrameTruth(
         mask=mask, projection_nominal=nominal, affine=np.asarray(frame["affine"], float),
         landmarks_px={k: np.asarray(v, float) for k, v in frame["landmarks_px"].items()},

@@ -116,9 +116,9 @@ def restyle_batch(images, masks, gen, probability: float = 0.5, empty: float = E
     background = torch.where(use_field, 0.35 + 0.45 * field, other)
     background = (background - 0.5) * u(0.6, 1.2) + u(0.45, 0.65)  # exposure and window of the other frame
 
-    # path length through the lumen: largest along a wide vessel's axis, small in thin branches
     no_contrast = (torch.rand(n, 1, 1, 1, generator=gen) < empty).to(dev)
     mask = torch.where(no_contrast, torch.zeros_like(masks[picked]), masks[picked])
+    # path length through the lumen: largest along a wide vessel's axis, small in thin branches
     depth = gaussian_blur(mask, 4.0)
     depth = depth / depth.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     lumen = gaussian_blur(mask * (0.35 + 0.65 * depth), 0.6 + 0.9 * float(torch.rand(1, generator=gen)))

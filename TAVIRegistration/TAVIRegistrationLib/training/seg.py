@@ -34,9 +34,8 @@ no head-feet flip, which no C-arm produces), small affine (rotation +-10 deg, sc
 around their masks (``appearance``: another frame's background with its vessels painted out, or a
 smooth field; the lumen from faint to dense; devices; shutters; gamma, sharpening, noise, bit
 depth; a fifth of them without contrast and with an empty mask), so that no one renderer's look
-is all the network sees. ``--crop N`` then trains on one
-random N x N window of each augmented frame (128 of 256: about 4 times faster per step on a CPU,
-more steps per minute).
+is all the network sees. ``--crop N`` then trains on one random N x N window of each augmented frame
+(128 of 256: about 4 times faster per step on a CPU, more steps per minute).
 
 Loss (``--loss``): ``per-fov`` (the paper's: binary cross-entropy for upper-FoV frames, soft Dice for
 lower-FoV frames, per sample), ``bce``, ``dice`` or ``combined`` (BCE + Dice). AdamW with a cosine
