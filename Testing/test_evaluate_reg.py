@@ -88,6 +88,11 @@ def test_evaluate_reg_outputs_and_table(sitk_eval):
             matched_tre = [_f(r["tre_matched_optimum_mm"]) for r in with_lm]
             assert all(math.isfinite(v) for v in matched_tre)  # the phantom writes the true projection
             assert _f(row["median_tre_matched_optimum_mm"]) == pytest.approx(float(np.median(matched_tre)), abs=1e-5)
+            by_run = {}
+            for r in with_lm:
+                by_run.setdefault((r["patient"], r["series"]), []).append(r["success"] == "True")
+            assert _f(row["success_rate_by_run"]) == pytest.approx(np.mean([np.mean(v) for v in by_run.values()]))
+        assert int(row["n_runs"]) == len({(r["patient"], r["series"]) for r in recs})
         assert int(row["n_invalid"]) == sum(r["valid"] != "True" for r in recs)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"] == ["sitk"] and summary["fixed"] == "truth"
@@ -174,6 +179,20 @@ def test_evaluate_reg_skips_missing_network(tmp_path, test_index, monkeypatch):
 def test_spread_keeps_both_ends():
     assert ev.spread(list(range(10)), 3) in ([0, 4, 9], [0, 5, 9])
     assert ev.spread(list(range(4)), None) == [0, 1, 2, 3]
+
+
+def test_success_by_run_weighs_every_run_once():
+    """A run of three successful frames and a run of one failed frame: 75 % of the frames, 50 % of the
+    runs; a frame without a landmark (no verdict) counts in neither."""
+    def rec(series, success):
+        return {"method": "cnn", "fov": "lower", "patient": "P1", "series": series, "valid": True,
+                "success": success, "n_landmarks": 0 if success is None else 2}
+
+    records = [rec("s1", True), rec("s1", True), rec("s1", True), rec("s2", False), rec("s3", None)]
+    row = next(r for r in ev.summarize(records, ["cnn"]) if r["fov"] == "all")
+    assert row["n"] == 5 and row["n_runs"] == 3 and row["n_tre"] == 4
+    assert row["success_rate"] == pytest.approx(0.75) and row["success_rate_by_run"] == pytest.approx(0.5)
+    assert "| cnn | all | 5 (3) |" in ev.table_markdown(ev.summarize(records, ["cnn"]))
 
 
 def test_bench_pipeline_tiny_generated_case(tmp_path, monkeypatch):
