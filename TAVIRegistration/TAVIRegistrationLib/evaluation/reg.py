@@ -489,11 +489,11 @@ def _rate_by_run(recs) -> Optional[float]:
     """The success rate with every run (patient x series) weighted equally: the mean of the runs'
     own rates. A run's frames share a C-arm geometry (the lower FoV's runs hold still), so one run of
     15 frames weighs 15 times a single frame in ``success_rate``; this one counts it once."""
-    runs: Dict[Tuple[str, str], List[bool]] = {}
+    runs: Dict[Tuple[str, str], List[Dict[str, object]]] = {}
     for r in recs:
-        if r.get("success") is not None:
-            runs.setdefault(_run_key(r), []).append(bool(r["success"]))
-    return float(np.mean([_rate(v) for v in runs.values()])) if runs else None
+        runs.setdefault(_run_key(r), []).append(r)
+    rates = [rate for rate in (_rate(_verdicts(run, "success")) for run in runs.values()) if rate is not None]
+    return float(np.mean(rates)) if rates else None
 
 
 def summarize(records: Sequence[Dict[str, object]], methods: Sequence[str]) -> List[Dict[str, object]]:
