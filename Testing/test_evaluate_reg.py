@@ -88,6 +88,12 @@ def test_evaluate_reg_outputs_and_table(sitk_eval):
             matched_tre = [_f(r["tre_matched_optimum_mm"]) for r in with_lm]
             assert all(math.isfinite(v) for v in matched_tre)  # the phantom writes the true projection
             assert _f(row["median_tre_matched_optimum_mm"]) == pytest.approx(float(np.median(matched_tre)), abs=1e-5)
+            known = [r["success_known_filling"] == "True" for r in with_lm]
+            assert _f(row["success_rate_known_filling"]) == pytest.approx(sum(known) / len(known))
+            known_tre = [_f(r["tre_known_filling_mm"]) for r in with_lm]
+            assert all(math.isfinite(v) for v in known_tre)  # the default registration network is installed
+            assert all(v < ev.SUCCESS_MM for ok, v in zip(known, known_tre) if ok)
+            assert _f(row["median_tre_known_filling_mm"]) == pytest.approx(float(np.median(known_tre)), abs=1e-5)
             by_run = {}
             for r in with_lm:
                 by_run.setdefault((r["patient"], r["series"]), []).append(r["success"] == "True")
@@ -345,6 +351,14 @@ def test_matched_optimum_separates_unfilled_vessels_from_the_method():
     # no true projection in the index: NaN figures, no verdict of success
     missing = ev.optimum_near_truth(model, None, roi, truth, 3, name="matched_optimum")
     assert math.isnan(missing["tre_matched_optimum_mm"]) and missing["success_matched_optimum"] is False
+    # the method told which vessels are filled: it registers the trunk and the left limb only
+    filled = truth.filled_region() & (model > 0)
+    right_only = (drawn(right) > 0) & ~(drawn(trunk, left) > 0)
+    assert filled[drawn(trunk, left) > 0].mean() > 0.95 and filled[right_only].mean() < 0.05
+    known = ev.known_filling_reference(model, truth.mask, roi, truth, 3)
+    assert set(known) == {"dice_known_filling", "precision_known_filling", "recall_known_filling",
+                          "tre_known_filling_mm", "success_known_filling"}
+    assert known["tre_known_filling_mm"] < 1.0 and known["success_known_filling"] is True
 
 
 def test_eligible_rows_by_split_and_contrast():

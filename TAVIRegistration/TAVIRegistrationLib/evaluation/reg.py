@@ -32,7 +32,10 @@ Per frame (rows of ``index.csv`` with ``split == 'test'`` and a non-empty opacif
   the model's own vessels under the true geometry and motion, every one as if filled), the content
   the model's ROI holds. The gap between the two optima is what the frame's unfilled vessels (an
   uninjected limb, filling, washout) cost the loss; what is left of the matched optimum's error is
-  the 2D affine against the deformation and the loss's own bias;
+  the 2D affine against the deformation and the loss's own bias; "filling known" for ``cnn+refine``
+  itself (the default network, then the refinement) registering only the part of the projection
+  that the frame shows filled (``known_filling_reference``): how far the method would get if it knew
+  which of the model's vessels carry contrast, the target of any estimate of that;
 * TRE: the mean, over the landmarks inside the ROI, of the distance between the registration's
   frame affine applied to the nominally projected landmark and its true position
   (``FrameTruth.landmark_errors_mm``), mm at the isocentre; NaN when no landmark lies in the ROI;
@@ -86,8 +89,10 @@ PER_FRAME_COLUMNS = (
     "dice_truth_affine", "precision_truth_affine", "recall_truth_affine",
     "dice_optimum", "precision_optimum", "recall_optimum",
     "dice_matched_optimum", "precision_matched_optimum", "recall_matched_optimum",
+    "dice_known_filling", "precision_known_filling", "recall_known_filling",
     "fixed_dice", "tre_mm", "tre_before_mm", "tre_truth_affine_mm", "tre_optimum_mm", "tre_matched_optimum_mm",
-    "n_landmarks", "success", "success_optimum", "success_matched_optimum", "seconds", "segment_seconds",
+    "tre_known_filling_mm", "n_landmarks", "success", "success_optimum", "success_matched_optimum",
+    "success_known_filling", "seconds", "segment_seconds",
     "valid", "problems", "warnings",
 )
 TABLE_COLUMNS = (
@@ -96,7 +101,7 @@ TABLE_COLUMNS = (
     "median_tre_before_mm", "median_tre_truth_affine_mm", "median_tre_optimum_mm", "success_rate", "success_rate_optimum",
     "median_recall_truth_affine", "median_recall_optimum", "median_dice_matched_optimum", "median_recall_matched_optimum",
     "median_tre_matched_optimum_mm", "success_rate_matched_optimum", "n_runs", "success_rate_by_run",
-    "median_ms",
+    "median_tre_known_filling_mm", "success_rate_known_filling", "median_ms",
 )
 
 
@@ -350,10 +355,11 @@ def _evaluate_frame(pipe, root: Path, r: Dict[str, str], run: Sequence[str], fix
             fixed_mask = None  # the pipeline segments (cached)
             if not seg.mask.any():
                 raise InputError("the segmentation is empty")
-        optimum = optimum_near_truth(proj, truth.mask if fixed == "truth" else seg.mask, roi, truth, n_lm,
-                                     canvas=projection.canvas, pad=projection.pad)
+        fixed_now = truth.mask if fixed == "truth" else seg.mask
+        optimum = optimum_near_truth(proj, fixed_now, roi, truth, n_lm, canvas=projection.canvas, pad=projection.pad)
         optimum.update(optimum_near_truth(proj, truth.projection_true, roi, truth, n_lm, canvas=projection.canvas,
                                           pad=projection.pad, name="matched_optimum"))
+        optimum.update(known_filling_reference(proj, fixed_now, roi, truth, n_lm, r["fov"], device))
     except InputError as exc:
         for m in run:
             records.append(_failed_record(base, m, roi, str(exc), truth, tre0, n_lm, seg_s))
@@ -422,7 +428,6 @@ def optimum_near_truth(proj, fixed_mask, roi, truth, n_landmarks: int, canvas=No
     and ``success_<name>``; NaN values when the refinement refuses the pair or ``fixed_mask`` is None."""
     from ..registration import register_pair
 
-    nan = float("nan")
     res = None
     if fixed_mask is not None:
         try:
@@ -430,6 +435,31 @@ def optimum_near_truth(proj, fixed_mask, roi, truth, n_landmarks: int, canvas=No
                                 keep_better_start=False, canvas=canvas, pad=pad)
         except InputError:
             pass
+    return _reference_record(res, truth, roi, n_landmarks, name)
+
+
+def known_filling_reference(proj, fixed_mask, roi, truth, n_landmarks: int, fov: Optional[str] = None,
+                            device=None) -> Dict[str, object]:
+    """The "filling known" reference of one frame (see the module docstring): ``cnn+refine`` with the
+    default network, as the methods run it, registering only the part of the projection that the
+    frame shows filled (``FrameTruth.filled_region``), as ``dice_known_filling``, ...,
+    ``success_known_filling`` (the keys of ``optimum_near_truth``); NaN values when it refuses the pair."""
+    from ..registration import register_pair
+
+    res = None
+    filled = ((np.asarray(proj) > 0) & truth.filled_region()).astype(np.uint8)
+    try:
+        res = register_pair(filled, fixed_mask, roi, "cnn+refine", fov=fov, device=device)
+    except InputError:
+        pass
+    return _reference_record(res, truth, roi, n_landmarks, "known_filling")
+
+
+def _reference_record(res, truth, roi, n_landmarks: int, name: str) -> Dict[str, object]:
+    """Overlap with the ground-truth mask, TRE and success of a reference registration ``res`` (None:
+    refused), as ``dice_<name>``, ``precision_<name>``, ``recall_<name>``, ``tre_<name>_mm`` and
+    ``success_<name>``."""
+    nan = float("nan")
     if res is None:
         return {f"dice_{name}": nan, f"precision_{name}": nan, f"recall_{name}": nan, f"tre_{name}_mm": nan,
                 f"success_{name}": _success(False, nan, n_landmarks)}
@@ -507,6 +537,7 @@ def summarize(records: Sequence[Dict[str, object]], methods: Sequence[str]) -> L
             verdicts = _verdicts(recs, "success")
             optimum = _verdicts(recs, "success_optimum")
             matched = _verdicts(recs, "success_matched_optimum")
+            known = _verdicts(recs, "success_known_filling")
             tre_recs = [r for r in recs if int(r.get("n_landmarks") or 0) > 0]
             med_s = _median(recs, "seconds")
             table.append({
@@ -529,6 +560,8 @@ def summarize(records: Sequence[Dict[str, object]], methods: Sequence[str]) -> L
                 "success_rate": _rate(verdicts), "success_rate_optimum": _rate(optimum),
                 "success_rate_matched_optimum": _rate(matched),
                 "n_runs": len({_run_key(r) for r in recs}), "success_rate_by_run": _rate_by_run(recs),
+                "median_tre_known_filling_mm": _median(tre_recs, "tre_known_filling_mm"),
+                "success_rate_known_filling": _rate(known),
                 "median_ms": None if med_s is None else 1000.0 * med_s,
             })
     return table
@@ -652,13 +685,17 @@ def table_markdown(table: Sequence[Dict[str, object]], fixed: str = "truth", spl
         "perfect minimiser of that loss returns there; a method far below it fails by itself, a frame where "
         "the optimum fails too fails by the loss. Matched optimum: the same against the model's own vessels "
         "under the true geometry, all drawn as if filled (no content mismatch): the gap between the two "
-        "optima is what the frame's unfilled vessels cost, the rest is the 2D affine against the deformation.",
+        "optima is what the frame's unfilled vessels cost, the rest is the 2D affine against the deformation. "
+        "Filling known: cnn+refine with the default network registering only the part of the projection "
+        "that the frame shows filled (known from the phantom): what the method would reach if it knew which "
+        "of the model's vessels carry contrast.",
         "",
     ]
     header = ("method", "FoV", "n (runs)", "invalid", "Dice", "precision", "recall", "Dice before", "Dice truth affine",
               "Dice optimum", "TRE median (mm)", "TRE mean (mm)", "TRE before (mm)", "TRE truth affine (mm)",
-              "TRE optimum (mm)", "TRE matched optimum (mm)", "success", "success, runs equal", "success optimum",
-              "success matched optimum", "time (ms)")
+              "TRE optimum (mm)", "TRE matched optimum (mm)", "TRE filling known (mm)", "success",
+              "success, runs equal", "success optimum", "success matched optimum", "success filling known",
+              "time (ms)")
     rows = []
     for r in table:
         rows.append([r["method"], r["fov"], f"{r['n']} ({r['n_runs']})", r["n_invalid"]]
@@ -666,7 +703,8 @@ def table_markdown(table: Sequence[Dict[str, object]], fixed: str = "truth", spl
                     + [number_cell(r[k], ".2f") for k in _TABLE_TRE_KEYS]
                     + [f"{percent_cell(r['success_rate'])} (n={r['n_tre']})", percent_cell(r["success_rate_by_run"]),
                        percent_cell(r["success_rate_optimum"]),
-                       percent_cell(r["success_rate_matched_optimum"]), number_cell(r["median_ms"], ".0f")])
+                       percent_cell(r["success_rate_matched_optimum"]), percent_cell(r["success_rate_known_filling"]),
+                       number_cell(r["median_ms"], ".0f")])
     return "\n".join(lines + markdown_table(header, "ll" + "r" * (len(header) - 2), rows)) + "\n"
 
 
@@ -674,7 +712,7 @@ def table_markdown(table: Sequence[Dict[str, object]], fixed: str = "truth", spl
 _TABLE_DICE_KEYS = ("median_dice", "median_precision", "median_recall", "median_dice_before",
                     "median_dice_truth_affine", "median_dice_optimum")
 _TABLE_TRE_KEYS = ("median_tre_mm", "mean_tre_mm", "median_tre_before_mm", "median_tre_truth_affine_mm",
-                   "median_tre_optimum_mm", "median_tre_matched_optimum_mm")
+                   "median_tre_optimum_mm", "median_tre_matched_optimum_mm", "median_tre_known_filling_mm")
 
 
 # =============================================================================================

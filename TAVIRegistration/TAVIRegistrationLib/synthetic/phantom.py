@@ -1293,6 +1293,17 @@ def contact_sheet(out: Path, rows: List[dict], real_dir: Optional[Path], seed: i
 # =============================================================================================
 # ground truth of one frame, for evaluation and the demo
 # =============================================================================================
+def pulled_back(mask: np.ndarray, affine) -> np.ndarray:
+    """bool: the frame mask ``mask`` pulled back onto the nominal projection's grid through the
+    phantom's nominal -> true ``affine`` (a nominal pixel is set where its true position is)."""
+    from scipy import ndimage
+
+    A = np.asarray(affine, float)
+    # output (nominal) pixel (row, col) samples the true mask at A applied to (col, row)
+    rc = np.array([[A[1, 1], A[1, 0]], [A[0, 1], A[0, 0]]])
+    return ndimage.affine_transform(np.asarray(mask).astype(np.float32), rc, offset=(A[1, 2], A[0, 2]), order=0) > 0.5
+
+
 def opacified_roi(mask: np.ndarray, projection_nominal: np.ndarray, affine, margin: float = 0.08
                   ) -> Optional[Tuple[int, int, int, int]]:
     """The ROI a user would draw on the projection: around the part of the model that is
@@ -1300,13 +1311,7 @@ def opacified_roi(mask: np.ndarray, projection_nominal: np.ndarray, affine, marg
     nominal -> true ``affine`` onto the nominal projection), grown by ``margin`` of its size. None
     when nothing is opacified. (A user sees where the contrast is; the affine only stands in for
     that look.)"""
-    from scipy import ndimage
-
-    A = np.asarray(affine, float)
-    # output (nominal) pixel (row, col) samples the true mask at A applied to (col, row)
-    rc = np.array([[A[1, 1], A[1, 0]], [A[0, 1], A[0, 0]]])
-    back = ndimage.affine_transform(np.asarray(mask).astype(np.float32), rc, offset=(A[1, 2], A[0, 2]), order=0)
-    sel = (back > 0.5) & (np.asarray(projection_nominal) > 0)
+    sel = pulled_back(mask, affine) & (np.asarray(projection_nominal) > 0)
     if not sel.any():
         return None
     ys, xs = np.nonzero(sel)
@@ -1337,6 +1342,15 @@ class FrameTruth:
     def user_roi(self, margin: float = 0.08) -> Optional[Tuple[int, int, int, int]]:
         """The ROI a user would draw on the projection (``opacified_roi`` of this frame)."""
         return opacified_roi(self.mask, self.projection_nominal, self.affine, margin)
+
+    def filled_region(self, radius: int = 3) -> np.ndarray:
+        """bool, frame grid: where the nominal projection's vessels are contrast-filled in this frame
+        (the opacified mask pulled back through the affine, grown by ``radius`` pixels for the
+        affine's residual): what a registration would register if it knew which vessels are filled."""
+        from scipy import ndimage
+
+        back = pulled_back(self.mask, self.affine)
+        return ndimage.binary_dilation(back, iterations=int(radius)) if radius > 0 else back
 
     def landmark_errors_mm(self, frame_matrix: np.ndarray, roi=None) -> np.ndarray:
         """Target registration error (mm at the isocentre) of the landmarks inside the frame (and
