@@ -319,7 +319,8 @@ def test_matched_optimum_separates_unfilled_vessels_from_the_method():
     """The content-matched reference: the model holds a trunk and two limbs; the frame shows the left
     limb filled, the right one unfilled, and another filled vessel beside where the right limb lies.
     The Dice optimum against the frame's mask drags the model's right limb onto that vessel, off the
-    landmarks; the optimum against the model's own vessels under the truth (``projection_true``) is not."""
+    landmarks; the optimum against the model's own vessels under the truth (``projection_true``) is not,
+    and neither is ``cnn+refine`` told which of the model's vessels are filled (``known_filling_reference``)."""
     from PIL import Image, ImageDraw
 
     from TAVIRegistrationLib import registration as R
