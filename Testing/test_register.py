@@ -82,6 +82,24 @@ def test_register_writes_the_contract_outputs(frame, tmp_path, capsys):
     assert np.array_equal(sc.pixel_array, np.array(Image.open(out / "overlay.png")))
 
 
+def test_whole_model_registers_the_whole_projection(frame, tmp_path, capsys):
+    """By default the network methods register the projection up to the contrast front and say how
+    much they left out; ``--whole-model`` leaves nothing out."""
+    root, row, truth, mask_png = frame
+    roi = ",".join(map(str, truth.user_roi()))
+    shares = {}
+    for name, extra in (("front", ()), ("whole", ("--whole-model",))):
+        out = tmp_path / name
+        code = main(_args(frame, out, "--fixed-mask", mask_png, "--method", "cnn+refine", "--roi", roi, *extra))
+        err = capsys.readouterr().err
+        assert code == 0, err
+        t = json.loads((out / "transform.json").read_text())
+        shares[name] = t["metrics"]["hidden_share"]
+        assert ("contrast front" in err) == (shares[name] > 0), err
+    assert shares["whole"] == 0.0
+    assert 0.0 <= shares["front"] <= 1.0 - 0.3  # filling.MIN_KEEP of the projection is always kept
+
+
 def test_anonymize_strips_patient_identity_from_every_output(frame, tmp_path, capsys):
     """--anonymize: no output file holds the source's patient name, ID or study/series/instance UIDs;
     the Secondary Capture says so (PatientIdentityRemoved) and does not point back to the source."""

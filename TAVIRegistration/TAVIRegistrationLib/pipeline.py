@@ -132,14 +132,17 @@ class RegistrationPipeline:
     """One case: a surface model (LPS mm) and a fluoroscopy series, processed frame by frame.
 
     ``isocenter_lps``: the C-arm isocentre in the model's coordinates (default: see
-    ``default_isocenter``).
+    ``default_isocenter``). ``contrast_front``: the network methods register only the part of the
+    projection up to the contrast front that agrees best with the frame (``filling``); False
+    registers the whole projection.
     """
 
     def __init__(self, model, series, *, isocenter_lps: Optional[Sequence[float]] = None,
-                 orthographic: bool = False):
+                 orthographic: bool = False, contrast_front: bool = True):
         self.model = model
         self.series = series
         self.orthographic = bool(orthographic)
+        self.contrast_front = bool(contrast_front)
         self.warnings: List[str] = list(getattr(model, "warnings", [])) + list(getattr(series, "warnings", []))
         if isocenter_lps is None:
             isocenter_lps = default_isocenter(model, self.warnings)
@@ -274,9 +277,17 @@ class RegistrationPipeline:
                 else "the given vessel mask is empty"
             raise InputError(f"frame {index}: {what}; nothing to register to: pick a frame with contrast (the "
                              "one with the most contrast medium), or give the frame's vessel mask")
+        flow = None
+        if self.contrast_front and method != "sitk":
+            from .filling import vessel_flow
+
+            model_flow = vessel_flow(self.model)
+            flow = model_flow.project(fp.projection.matrix)
+            warnings.extend(model_flow.warnings)
         result = register_pair(fp.projection.mask, fixed, roi, method=method, model=reg_model,
                                init=init, device=device, fov=frame_fov, hold=hold, prior=prior,
-                               refine_steps=refine_steps, canvas=fp.projection.canvas, pad=fp.projection.pad)
+                               refine_steps=refine_steps, canvas=fp.projection.canvas, pad=fp.projection.pad,
+                               flow=flow)
         warnings.extend(result.warnings)
         return FrameRegistration(index, roi, fp, fixed, fixed_source, result, warnings)
 

@@ -24,6 +24,11 @@ Methods (all on identical inputs, so that comparisons are fair):
   (the paper's "traditional" alternative): Gaussian-blurred masks, mean squares metric restricted
   to the ROI, regular-step gradient descent, three resolutions (shrink 4, 2, 1).
 
+Given the model's path lengths on the frame (``flow``: ``filling.ProjectedFlow``), ``cnn`` and
+``cnn+refine`` register only the part of the projection up to the contrast front that agrees best
+with the frame (``filling.filled_front``): vessels of the model that carry no contrast in the frame
+would otherwise be dragged onto the filled ones. ``sitk`` registers the whole projection.
+
 The registration window (``registration_window``): a square of side ``max(w, h) * (1 + 2 margin)``
 frame pixels (margin 0.3 by default: the ROI keeps 62 % of the window, and a shift of up to ~19 %
 of the window in any direction, e.g. a 20 mm table move, still lies inside), centred on the ROI and
@@ -55,7 +60,9 @@ Agreement metrics (``RegistrationResult.metrics``), on the frame grid, of the re
 footprint* (the frame region the warped ROI covers, clipped to the window: outside it the moving
 image says nothing, so frame vessels there are not counted as misses), and ``window_dice``,
 ``window_precision``, ``window_recall`` over the whole window. ``segmentation.overlap_metrics``
-computes them.
+computes them. Where the contrast front left part of the projection out, they judge the part
+registered, and ``hidden_share`` says which share of the projection inside the ROI was left out (0
+otherwise); the registered mask is always the whole projection.
 
 Bad input raises ``InputError`` (empty moving image in the ROI, empty fixed mask or none of it in
 the window, an ROI outside the frame, shapes that differ). A degenerate result (reflection, scale
@@ -772,7 +779,7 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
                   margin: Optional[float] = None, models_directory=None,
                   sitk_options: Optional[Dict[str, Any]] = None, passes: Optional[int] = None,
                   fov: Optional[str] = None, keep_better_start: bool = True,
-                  hold: float = 0.0, prior=None, canvas=None, pad: int = 0) -> RegistrationResult:
+                  hold: float = 0.0, prior=None, canvas=None, pad: int = 0, flow=None) -> RegistrationResult:
     """Register the model's projection (inside ``roi``) to the frame's vessel mask.
 
     ``moving_frame_mask``: the projection mask on the frame's pixel grid (everything outside ``roi``
@@ -795,6 +802,12 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     or ``prior``, that affine is also kept when the result gains no more than ``hold`` in that Dice
     (a cine frame that did not move does not creep: ``RUN_HOLD_DICE``). ``canvas``, ``pad``: see
     ``prepare_pair`` (the projection past the frame's edges, moved into the registered mask).
+    ``flow``: the model's path lengths on this frame (``filling.ProjectedFlow``): cnn and cnn+refine
+    then register only the part of the projection up to the contrast front that agrees best with the
+    frame (``filling.filled_front``: vessels of the model without contrast in this frame are left
+    out), named in the warnings; the agreement metrics and the keep-the-start check judge that part,
+    and ``metrics["hidden_share"]`` says how much was left out (0 without). The registered mask is
+    always the whole projection.
     """
     if method not in METHODS:
         raise InputError(f"registration method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -806,47 +819,53 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     warnings: List[str] = []
     init_m, theta_init = _initial_affine(init, window)
     init_m = _initial_affine(prior, window)[0] if prior is not None else init_m  # what the result must beat
-
+    # fitted: what the affine is judged by: the whole projection, or its part up to the contrast front
     if method == "sitk":
-        theta = sitk_register(mov_w, fix_w, box_w, theta_init, **(sitk_options or {}))
+        theta, fitted, hidden_share = sitk_register(mov_w, fix_w, box_w, theta_init, **(sitk_options or {})), shown, 0.0
     else:
-        th, th0, net_inputs = _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes)
-        if method == "cnn+refine" and refine_steps > 0:
-            if size != REFINE_SIZE:
-                net_inputs = _window_tensors(moving, fixed, roi, window, REFINE_SIZE, dev)
-            th = _refined_theta(th, th0, net_inputs, refine_steps, warnings)
-        theta = th[0].detach().cpu().double().numpy()
+        theta, registered_part, hidden_share = _network_affine(
+            method, (module, dev, passes), flow, moving, fixed, roi, window, (mov_w, fix_w, box_w), theta_init,
+            refine_steps, warnings)
+        fitted = shown if registered_part is moving else (registered_part, roi)
     frame_matrix, problems = _checked_frame_matrix(theta, window, roi)
     seconds = time.perf_counter() - t0
-    matrix = frame_matrix @ roi_matrix(roi)
     flags: List[str] = []
     if np.all(np.isfinite(frame_matrix)):
-        registered = _shown_warp(shown, frame_matrix, fixed.shape)  # as the front ends draw it
+        registered = _shown_warp(fitted, frame_matrix, fixed.shape)
         metrics = _frame_metrics(registered, fixed, frame_matrix, roi, window)
         if not problems and keep_better_start:
-            kept = _better_start(shown, fixed, roi, window, init_m, metrics, method,
+            kept = _better_start(fitted, fixed, roi, window, init_m, metrics, method,
                                  hold if init_m is not None else 0.0)
             if kept is not None:
                 frame_matrix, registered, metrics, note = kept
-                matrix = frame_matrix @ roi_matrix(roi)
-                if note is not None:
-                    warnings.append(note)
+                warnings.extend([note] if note is not None else [])
+        metrics["hidden_share"] = hidden_share
+        if fitted is not shown:
+            registered = _shown_warp(shown, frame_matrix, fixed.shape)  # the whole projection, as the front ends draw it
         if not problems:
-            if not (registered & fixed).any():
-                problems.append("the registered projection does not overlap the frame's vessels at all")
-            else:
-                flag = _low_agreement_flag(metrics, entry, models_directory)
-                if flag is not None:
-                    flags.append(flag)
-                    warnings.extend(flags)
+            _check_overlap(registered, fixed, metrics, entry, models_directory, problems, flags, warnings)
     else:
         registered = np.zeros_like(fixed)
         metrics = {}
+    matrix = frame_matrix @ roi_matrix(roi)
     return RegistrationResult(
         matrix=matrix, frame_matrix=frame_matrix, method=method, seconds=seconds, metrics=metrics, roi=roi,
         window=window, registered_mask=registered, problems=problems, warnings=warnings, flags=flags,
         model_name=entry["name"] if entry else None, input_size=size,
     )
+
+
+def _check_overlap(registered, fixed, metrics: Dict[str, float], entry, models_directory, problems: List[str],
+                   flags: List[str], warnings: List[str]) -> None:
+    """A registered projection that misses the frame's vessels entirely is a problem; one that agrees
+    less than the low-agreement threshold is flagged (``flags`` and ``warnings``)."""
+    if not (registered & fixed).any():
+        problems.append("the registered projection does not overlap the frame's vessels at all")
+        return
+    flag = _low_agreement_flag(metrics, entry, models_directory)
+    if flag is not None:
+        flags.append(flag)
+        warnings.append(flag)
 
 
 def _method_network(method: str, model, device, models_directory, fov: Optional[str]):
@@ -926,6 +945,60 @@ def _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes):
             if was_training:
                 module.train()
     return th, th0, (mv, fx, bx)
+
+
+def _network_affine(method: str, network, flow, moving: MovingMask, fixed, roi: Roi, window: Window, images,
+                    theta_init, refine_steps: int, warnings: List[str]) -> Tuple[np.ndarray, MovingMask, float]:
+    """``(window Θ, the part of the projection registered, the share left out)`` of cnn and cnn+refine:
+    ``network`` = (module, device, passes), ``images`` = the window images (moving, fixed, ROI box);
+    with ``flow``, the part up to the contrast front (``_filling_front``), named in ``warnings``."""
+    module, dev, passes = network
+    mov_w, fix_w, box_w = images
+    hidden_share = 0.0
+    front = None if flow is None else _filling_front(flow, moving, images, window, theta_init, network)
+    if front is not None:
+        moving, front = front
+        mov_w, hidden_share = moving.crop(window, mov_w.shape[-1]), front.share
+        warnings.append(front.note())
+    th, th0, net_inputs = _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes)
+    if method == "cnn+refine" and refine_steps > 0:
+        if mov_w.shape[-1] != REFINE_SIZE:
+            net_inputs = _window_tensors(moving, fixed, roi, window, REFINE_SIZE, dev)
+        th = _refined_theta(th, th0, net_inputs, refine_steps, warnings)
+    return th[0].detach().cpu().double().numpy(), moving, hidden_share
+
+
+def _filling_front(flow, moving: MovingMask, window_images, window: Window, theta_init, network
+                   ) -> Optional[Tuple[MovingMask, Any]]:
+    """``(the projection up to the contrast front, the filling.FillingFront)``, or None when the whole
+    projection is kept: ``filling.filled_front`` on the window images (moving, fixed, ROI box), judged
+    from ``theta_init`` or at the affine of ``network`` = (module, device, passes) on them."""
+    from .filling import filled_front, window_flow
+
+    mov_w, fix_w, box_w = window_images
+
+    def network_theta():
+        th = _network_theta(*network[:2], mov_w, fix_w, box_w, theta_init, network[2])[0]
+        return th[0].detach().cpu().double().numpy()
+
+    front = filled_front(mov_w, fix_w, box_w, window_flow(flow, window, mov_w.shape[-1], mov_w), theta_init,
+                         network_theta)
+    if not front.hidden.any():
+        return None
+    hidden = window_mask_on_frame(front.hidden, window, moving.canvas.shape)
+    return MovingMask(np.where(hidden, 0, moving.canvas).astype(moving.canvas.dtype)), front
+
+
+def window_mask_on_frame(mask_w: np.ndarray, window: Window, shape: Sequence[int]) -> np.ndarray:
+    """A mask on the window's grid (N x N) on the frame grid ``shape``: every frame pixel of the window
+    takes the window pixel it lies in; False outside the window."""
+    n = np.asarray(mask_w).shape[0]
+    out = np.zeros((int(shape[0]), int(shape[1])), bool)
+    fr, fc, wr, wc = window.slices(shape)
+    r = np.minimum((np.arange(wr.start, wr.stop) * n) // window.side, n - 1)
+    c = np.minimum((np.arange(wc.start, wc.stop) * n) // window.side, n - 1)
+    out[fr, fc] = np.asarray(mask_w, bool)[r[:, None], c[None, :]]
+    return out
 
 
 def _window_tensors(moving: MovingMask, fixed, roi: Roi, window: Window, size: int, dev):

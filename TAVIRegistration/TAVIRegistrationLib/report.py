@@ -27,7 +27,7 @@ from .export import csv_writer, dicom_writer, json_writer, secondary_capture
 from .outputs import OutputSet, check_writable_dir, image_png_writer, mask_png_writer
 from .overlay import mark_flagged, overlay_rgb
 
-METRIC_KEYS = ("dice", "precision", "recall")
+METRIC_KEYS = ("dice", "precision", "recall", "hidden_share")
 #: the overlay movie's largest side in pixels, and the pixels all its pictures may hold together: a long
 #: run's movie is drawn smaller (a thousand frames at 256 pixels), so that it does not grow with the run
 MOVIE_SIDE = 512

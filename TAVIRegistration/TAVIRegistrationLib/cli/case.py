@@ -145,6 +145,9 @@ def add_register_parser(sub) -> None:
     p.add_argument("--method", choices=("cnn", "cnn+refine", "sitk"),
                    help="registration CNN, the CNN then a few optimisation steps of its loss, or SimpleITK "
                    "(default: cnn+refine when a registration network is installed, else sitk with a warning)")
+    p.add_argument("--whole-model", action="store_true",
+                   help="register the whole projection: by default cnn and cnn+refine leave out the vessels beyond "
+                   "the contrast front that agrees best with the frame (vessels without contrast in it)")
     p.add_argument("--fov", choices=("auto", "upper", "lower"), default="auto", help="field of view for segmentation")
     p.add_argument("--mode", choices=("contour", "fill"), default="contour", help="overlay drawing")
     p.add_argument("--force-cpu", action="store_true", help="do not use a GPU even when one is present")
@@ -169,7 +172,8 @@ def run_register(args) -> int:
     frames, frame_note = _frame_list(args.frame, series)
     roi = tuple(int(v) for v in floats(args.roi, 4, "--roi")) if args.roi else None
     device = "cpu" if args.force_cpu else None
-    with RegistrationPipeline(model, series, isocenter_lps=iso, orthographic=args.orthographic) as pipe:
+    with RegistrationPipeline(model, series, isocenter_lps=iso, orthographic=args.orthographic,
+                              contrast_front=not args.whole_model) as pipe:
         warnings[:] = pipe.warnings + ([frame_note] if frame_note else [])
         fixed = (read_mask_png(args.fixed_mask, (series.rows, series.cols), "fixed mask")
                  if args.fixed_mask else None)

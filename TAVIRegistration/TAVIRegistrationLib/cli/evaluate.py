@@ -284,7 +284,8 @@ def run_evaluate_reg(args) -> int:
             bar.refresh()
 
         res = reg_eval.evaluate_registration(args.data, methods, fixed=fixed, max_frames=max_frames, split=split,
-                                    progress=bar.update, on_total=on_total, device=device)
+                                    progress=bar.update, on_total=on_total, device=device,
+                                    contrast_front=not getattr(args, "whole_model", False))
     goals = reg_eval.check_goals(res.table)
     if split == "test":  # how the installed threshold does on held-out patients
         from ..registration import agreement_threshold
@@ -297,7 +298,7 @@ def run_evaluate_reg(args) -> int:
         "command": _command_line(args, methods, fixed, max_frames),
         "data": str(args.data), "phantom_version": res.phantom_version, "split": split, "fixed": fixed,
         "methods": res.methods,
-        "methods_requested": methods, "frames": len({(r["image"], r["frame"]) for r in res.records}),
+        "methods_requested": methods, "contrast_front": not getattr(args, "whole_model", False), "frames": len({(r["image"], r["frame"]) for r in res.records}),
         "skipped_frames": res.skipped_frames, "success_mm": reg_eval.SUCCESS_MM,
         "roi": "FrameTruth.user_roi(): around the contrast-filled part of the model, grown by 8 %",
         "table": res.table, "goals": goals, "low_agreement": agreement, "seconds": round(res.seconds, 1), "machine": machine_facts(),
@@ -332,6 +333,8 @@ def _command_line(args, methods, fixed, max_frames) -> str:
         parts += ["--max-frames", str(max_frames)]
     if getattr(args, "split", "test") not in (None, "test"):
         parts += ["--split", str(args.split)]
+    if getattr(args, "whole_model", False):
+        parts.append("--whole-model")
     if getattr(args, "device", "auto") not in (None, "auto"):
         parts += ["--device", str(args.device)]
     parts += ["--out", str(args.out)]
@@ -361,6 +364,8 @@ def add_evaluate_reg_arguments(p) -> None:
                    help="rows of which split (default test, the held-out patients; train/val serve choices made on "
                         "training data, such as the low-agreement threshold; all: every row, for a data set "
                         "generated only to validate or test on)")
+    p.add_argument("--whole-model", action="store_true",
+                   help="the methods register the whole projection (as 'tavireg register --whole-model')")
     p.add_argument("--device", default="auto", help="for the networks: auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -16,7 +16,9 @@ Per frame (rows of ``index.csv`` with ``split == 'test'`` and a non-empty opacif
   segmentation network);
 * each method (``cnn``, ``cnn+refine``, ``sitk``; a method whose network is not installed is
   skipped with a warning) registers through the same ``pipeline.RegistrationPipeline`` as the
-  command line, the viewer and the Slicer module;
+  command line, the viewer and the Slicer module: ``cnn`` and ``cnn+refine`` leave out the part of
+  the projection beyond the contrast front that agrees best with the frame (``filling``; its share is
+  ``hidden_share`` in ``per_frame.csv``), unless ``--whole-model``;
 * agreement with the truth (``window_overlap``, the demo's definition): Dice, precision and recall
   of the registered projection against the ground-truth mask restricted to the registration window
   (the square the registration saw; vessels outside it cannot be asked of it). "Before" is the same
@@ -90,7 +92,8 @@ PER_FRAME_COLUMNS = (
     "dice_optimum", "precision_optimum", "recall_optimum",
     "dice_matched_optimum", "precision_matched_optimum", "recall_matched_optimum",
     "dice_known_filling", "precision_known_filling", "recall_known_filling",
-    "fixed_dice", "tre_mm", "tre_before_mm", "tre_truth_affine_mm", "tre_optimum_mm", "tre_matched_optimum_mm",
+    "fixed_dice", "hidden_share", "tre_mm", "tre_before_mm", "tre_truth_affine_mm", "tre_optimum_mm",
+    "tre_matched_optimum_mm",
     "tre_known_filling_mm", "n_landmarks", "success", "success_optimum", "success_matched_optimum",
     "success_known_filling", "seconds", "segment_seconds",
     "valid", "problems", "warnings",
@@ -251,9 +254,10 @@ def evaluate_registration(index_csv, methods: Sequence[str] = METHODS, *, fixed:
                           max_frames: Optional[int] = None, split: str = "test",
                           progress: Optional[Callable[[int], None]] = None,
                           on_total: Optional[Callable[[int], None]] = None,
-                          models_directory=None, device=None) -> EvaluationResult:
+                          models_directory=None, device=None, contrast_front: bool = True) -> EvaluationResult:
     """Register every eligible frame with every available method and measure it (see the module
-    docstring). InputError on unusable input (no eligible frame, no method can run, ...)."""
+    docstring); ``contrast_front``: see ``pipeline.RegistrationPipeline``. InputError on unusable input
+    (no eligible frame, no method can run, ...)."""
     from ..fluoro import read_fluoro
     from ..mesh import load_model
     from ..synthetic.phantom import rows_version
@@ -281,7 +285,7 @@ def evaluate_registration(index_csv, methods: Sequence[str] = METHODS, *, fixed:
         model = models[case]
         series = read_fluoro(root / image)
         iso_lps = tuple(float(v) for v in iso.split(";"))
-        with RegistrationPipeline(model, series, isocenter_lps=iso_lps) as pipe:
+        with RegistrationPipeline(model, series, isocenter_lps=iso_lps, contrast_front=contrast_front) as pipe:
             for r in group:
                 _evaluate_frame(pipe, root, r, run, fixed, device, progress, records, skipped)
             for w in pipe.warnings:  # the model's and the file's fallbacks, once each
@@ -392,6 +396,7 @@ def _registered_record(base, method, roi, reg, proj, truth, tre0, tre_ref, n_lm,
         "dice": after["dice"], "precision": after["precision"], "recall": after["recall"],
         **_reference_metrics(proj, roi, truth, res.window),
         "fixed_dice": float(res.metrics.get("dice", float("nan"))),
+        "hidden_share": float(res.metrics.get("hidden_share", float("nan"))),
         "tre_mm": tre, "tre_before_mm": tre0, "tre_truth_affine_mm": tre_ref, **optimum,
         "n_landmarks": n_lm,
         "success": _success(valid, tre, n_lm), "seconds": float(res.seconds),
@@ -481,7 +486,7 @@ def _failed_record(base, method, roi, message, truth, tre0, n_lm, seg_s) -> Dict
     return base | {
         "method": method, "roi": _fmt_roi(roi), "window": "", "dice": 0.0, "precision": nan, "recall": 0.0,
         "dice_before": nan, "precision_before": nan, "recall_before": nan, "fixed_dice": nan,
-        "tre_mm": nan, "tre_before_mm": tre0, "n_landmarks": n_lm, "success": _success(False, nan, n_lm),
+        "hidden_share": nan, "tre_mm": nan, "tre_before_mm": tre0, "n_landmarks": n_lm, "success": _success(False, nan, n_lm),
         "seconds": nan, "segment_seconds": seg_s, "valid": False, "problems": message,
     }
 
