@@ -23,7 +23,9 @@ projection, or the cine start), not at the network's affine: a network trained o
 has already dragged the unfilled vessels onto the filled ones, where they look filled. The tolerance
 covers the start's error (a few millimetres). Where the start agrees too little for that judgement
 (``MIN_START_SCORE``), it judges at the network's affine. The whole projection is kept unless a front
-gains at least ``MIN_GAIN`` and keeps at least ``MIN_KEEP`` of it.
+gains at least ``MIN_GAIN`` and keeps at least ``MIN_KEEP`` of it. A start that lies farther from the
+truth than the tolerance, yet agrees above ``MIN_START_SCORE``, can be misjudged: filled vessels that
+do not yet lie on their image are taken for unfilled ones (the registration model card measures it).
 """
 
 from __future__ import annotations

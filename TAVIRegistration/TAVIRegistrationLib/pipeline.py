@@ -132,7 +132,7 @@ class RegistrationPipeline:
     """One case: a surface model (LPS mm) and a fluoroscopy series, processed frame by frame.
 
     ``isocenter_lps``: the C-arm isocentre in the model's coordinates (default: see
-    ``default_isocenter``). ``contrast_front``: the network methods register only the part of the
+    ``default_isocenter``). ``contrast_front``: ``cnn+refine`` registers only the part of the
     projection up to the contrast front that agrees best with the frame (``filling``); False
     registers the whole projection.
     """
@@ -278,7 +278,7 @@ class RegistrationPipeline:
             raise InputError(f"frame {index}: {what}; nothing to register to: pick a frame with contrast (the "
                              "one with the most contrast medium), or give the frame's vessel mask")
         flow = None
-        if self.contrast_front and method != "sitk":
+        if self.contrast_front and method == "cnn+refine":
             from .filling import vessel_flow
 
             model_flow = vessel_flow(self.model)

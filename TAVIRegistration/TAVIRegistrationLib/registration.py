@@ -24,10 +24,11 @@ Methods (all on identical inputs, so that comparisons are fair):
   (the paper's "traditional" alternative): Gaussian-blurred masks, mean squares metric restricted
   to the ROI, regular-step gradient descent, three resolutions (shrink 4, 2, 1).
 
-Given the model's path lengths on the frame (``flow``: ``filling.ProjectedFlow``), ``cnn`` and
-``cnn+refine`` register only the part of the projection up to the contrast front that agrees best
-with the frame (``filling.filled_front``): vessels of the model that carry no contrast in the frame
-would otherwise be dragged onto the filled ones. ``sitk`` registers the whole projection.
+Given the model's path lengths on the frame (``flow``: ``filling.ProjectedFlow``), ``cnn+refine``
+registers only the part of the projection up to the contrast front that agrees best with the frame
+(``filling.filled_front``): vessels of the model that carry no contrast in the frame would otherwise
+be dragged onto the filled ones. ``cnn`` (one network pass, the fast method) and ``sitk`` register
+the whole projection.
 
 The registration window (``registration_window``): a square of side ``max(w, h) * (1 + 2 margin)``
 frame pixels (margin 0.3 by default: the ROI keeps 62 % of the window, and a shift of up to ~19 %
@@ -802,8 +803,8 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     or ``prior``, that affine is also kept when the result gains no more than ``hold`` in that Dice
     (a cine frame that did not move does not creep: ``RUN_HOLD_DICE``). ``canvas``, ``pad``: see
     ``prepare_pair`` (the projection past the frame's edges, moved into the registered mask).
-    ``flow``: the model's path lengths on this frame (``filling.ProjectedFlow``): cnn and cnn+refine
-    then register only the part of the projection up to the contrast front that agrees best with the
+    ``flow``: the model's path lengths on this frame (``filling.ProjectedFlow``): cnn+refine then
+    registers only the part of the projection up to the contrast front that agrees best with the
     frame (``filling.filled_front``: vessels of the model without contrast in this frame are left
     out), named in the warnings; the agreement metrics and the keep-the-start check judge that part,
     and ``metrics["hidden_share"]`` says how much was left out (0 without). The registered mask is
@@ -951,11 +952,13 @@ def _network_affine(method: str, network, flow, moving: MovingMask, fixed, roi: 
                     theta_init, refine_steps: int, warnings: List[str]) -> Tuple[np.ndarray, MovingMask, float]:
     """``(window Θ, the part of the projection registered, the share left out)`` of cnn and cnn+refine:
     ``network`` = (module, device, passes), ``images`` = the window images (moving, fixed, ROI box);
-    with ``flow``, the part up to the contrast front (``_filling_front``), named in ``warnings``."""
+    cnn+refine with ``flow``: the part up to the contrast front (``_filling_front``), named in
+    ``warnings``."""
     module, dev, passes = network
     mov_w, fix_w, box_w = images
     hidden_share = 0.0
-    front = None if flow is None else _filling_front(flow, moving, images, window, theta_init, network)
+    front = None if flow is None or method != "cnn+refine" else _filling_front(flow, moving, images, window,
+                                                                               theta_init, network)
     if front is not None:
         moving, front = front
         mov_w, hidden_share = moving.crop(window, mov_w.shape[-1]), front.share

@@ -146,7 +146,7 @@ def add_register_parser(sub) -> None:
                    help="registration CNN, the CNN then a few optimisation steps of its loss, or SimpleITK "
                    "(default: cnn+refine when a registration network is installed, else sitk with a warning)")
     p.add_argument("--whole-model", action="store_true",
-                   help="register the whole projection: by default cnn and cnn+refine leave out the vessels beyond "
+                   help="register the whole projection: by default cnn+refine leaves out the vessels beyond "
                    "the contrast front that agrees best with the frame (vessels without contrast in it)")
     p.add_argument("--fov", choices=("auto", "upper", "lower"), default="auto", help="field of view for segmentation")
     p.add_argument("--mode", choices=("contour", "fill"), default="contour", help="overlay drawing")

@@ -365,7 +365,7 @@ def add_evaluate_reg_arguments(p) -> None:
                         "training data, such as the low-agreement threshold; all: every row, for a data set "
                         "generated only to validate or test on)")
     p.add_argument("--whole-model", action="store_true",
-                   help="the methods register the whole projection (as 'tavireg register --whole-model')")
+                   help="cnn+refine registers the whole projection (as 'tavireg register --whole-model')")
     p.add_argument("--device", default="auto", help="for the networks: auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

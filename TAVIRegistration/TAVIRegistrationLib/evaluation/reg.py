@@ -16,8 +16,8 @@ Per frame (rows of ``index.csv`` with ``split == 'test'`` and a non-empty opacif
   segmentation network);
 * each method (``cnn``, ``cnn+refine``, ``sitk``; a method whose network is not installed is
   skipped with a warning) registers through the same ``pipeline.RegistrationPipeline`` as the
-  command line, the viewer and the Slicer module: ``cnn`` and ``cnn+refine`` leave out the part of
-  the projection beyond the contrast front that agrees best with the frame (``filling``; its share is
+  command line, the viewer and the Slicer module: ``cnn+refine`` leaves out the part of the
+  projection beyond the contrast front that agrees best with the frame (``filling``; its share is
   ``hidden_share`` in ``per_frame.csv``), unless ``--whole-model``;
 * agreement with the truth (``window_overlap``, the demo's definition): Dice, precision and recall
   of the registered projection against the ground-truth mask restricted to the registration window
