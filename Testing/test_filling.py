@@ -64,6 +64,25 @@ def test_flow_distances_follow_the_vessels(bifurcation):
     assert not flow.warnings
 
 
+def test_every_part_of_a_model_in_pieces_gets_its_ends():
+    """Two separate vessels (an export with islands): each has its two tips among the ends, and no
+    path runs from one to the other."""
+    shape = (100, 60, 80)
+    mask = _segment(shape, (15, 30, 10), (15, 30, 90), 5.0) | _segment(shape, (60, 30, 10), (60, 30, 70), 4.0)
+    model = surface_from_polydata(_smoothed(_mask_surface(_padded_crop(mask))), space="LPS", units="mm",
+                                  name="two vessels")
+    flow = filling.vessel_flow(model)
+    points = model.points()
+    tips = points[flow.ends]
+    for tip in ((15, 30, 10), (15, 30, 90), (60, 30, 10), (60, 30, 70)):
+        assert np.min(np.linalg.norm(tips - np.asarray(tip, float), axis=1)) < 8.0, tip
+    left = points[:, 0] < 40
+    for k, end in enumerate(flow.ends):
+        own = left[end]
+        assert np.all(np.isfinite(flow.distance[k, left == own]))
+        assert np.all(np.isinf(flow.distance[k, left != own]))
+
+
 def test_open_surface_falls_back_to_surface_paths_with_a_warning():
     from vtkmodules.vtkFiltersSources import vtkPlaneSource
 

@@ -151,30 +151,35 @@ def surface_graph(points: np.ndarray, triangles: np.ndarray):
 
 
 def vessel_ends(graph, radius_mm: float = END_RADIUS_MM) -> np.ndarray:
-    """Vertex indices of the tips of the vessel tree: the vertex farthest (along the surface) from an
-    arbitrary one, and every vertex that is the farthest from that tip within ``radius_mm`` of itself
-    (at most ``MAX_ENDS``, the farthest first)."""
-    from scipy.sparse.csgraph import dijkstra
+    """Vertex indices of the tips of the vessel tree, in each connected part of the surface (largest
+    first): the vertex farthest (along the surface) from an arbitrary one, and every vertex that is
+    the farthest from that tip within ``radius_mm`` of itself (at most ``MAX_ENDS`` in all, the
+    farthest first)."""
+    from scipy.sparse.csgraph import connected_components, dijkstra
 
     def lengths(i, limit=np.inf):
         d = dijkstra(graph, indices=int(i), limit=limit)
         d[~np.isfinite(d)] = -1.0
         return d
 
-    first = int(np.argmax(lengths(0)))
-    d = lengths(first)
-    ends = [first]
-    taken = np.zeros(len(d), bool)
-    taken[d < 0] = True  # other components: their own ends are not reached from here
-    for v in np.argsort(-d):
-        if taken.all() or len(ends) >= MAX_ENDS:
+    _, part = connected_components(graph, directed=False)
+    ends: List[int] = []
+    for label in np.argsort(-np.bincount(part)):
+        first = int(np.argmax(lengths(np.flatnonzero(part == label)[0])))
+        d = lengths(first)
+        ends.append(first)
+        taken = d < 0  # the other parts
+        for v in np.argsort(-d):
+            if taken.all() or len(ends) >= MAX_ENDS:
+                break
+            if taken[v]:
+                continue
+            near = lengths(v, radius_mm) >= 0
+            if d[near].max() <= d[v] and v != first:
+                ends.append(int(v))
+            taken |= near
+        if len(ends) >= MAX_ENDS:
             break
-        if taken[v]:
-            continue
-        near = lengths(v, radius_mm) >= 0
-        if d[near].max() <= d[v] and v != first:
-            ends.append(int(v))
-        taken |= near
     return np.asarray(ends, np.int64)
 
 
