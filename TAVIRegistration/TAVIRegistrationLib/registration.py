@@ -957,13 +957,20 @@ def _network_affine(method: str, network, flow, moving: MovingMask, fixed, roi: 
     module, dev, passes = network
     mov_w, fix_w, box_w = images
     hidden_share = 0.0
+    whole = []  # the network's pass on the whole projection, where judging the front needed it
+
+    def network_on_whole():
+        whole.append(_network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes))
+        return whole[0][0][0].detach().cpu().double().numpy()
+
     front = None if flow is None or method != "cnn+refine" else _filling_front(flow, moving, images, window,
-                                                                               theta_init, network)
+                                                                               theta_init, network_on_whole)
     if front is not None:
         moving, front = front
         mov_w, hidden_share = moving.crop(window, mov_w.shape[-1]), front.share
         warnings.append(front.note())
-    th, th0, net_inputs = _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes)
+        whole.clear()  # the network sees the part up to the front instead
+    th, th0, net_inputs = whole[0] if whole else _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes)
     if method == "cnn+refine" and refine_steps > 0:
         if mov_w.shape[-1] != REFINE_SIZE:
             net_inputs = _window_tensors(moving, fixed, roi, window, REFINE_SIZE, dev)
@@ -971,19 +978,14 @@ def _network_affine(method: str, network, flow, moving: MovingMask, fixed, roi: 
     return th[0].detach().cpu().double().numpy(), moving, hidden_share
 
 
-def _filling_front(flow, moving: MovingMask, window_images, window: Window, theta_init, network
+def _filling_front(flow, moving: MovingMask, window_images, window: Window, theta_init, network_theta
                    ) -> Optional[Tuple[MovingMask, Any]]:
     """``(the projection up to the contrast front, the filling.FillingFront)``, or None when the whole
     projection is kept: ``filling.filled_front`` on the window images (moving, fixed, ROI box), judged
-    from ``theta_init`` or at the affine of ``network`` = (module, device, passes) on them."""
+    from ``theta_init`` or at the window Θ ``network_theta()`` returns."""
     from .filling import filled_front, window_flow
 
     mov_w, fix_w, box_w = window_images
-
-    def network_theta():
-        th = _network_theta(*network[:2], mov_w, fix_w, box_w, theta_init, network[2])[0]
-        return th[0].detach().cpu().double().numpy()
-
     front = filled_front(mov_w, fix_w, box_w, window_flow(flow, window, mov_w.shape[-1], mov_w), theta_init,
                          network_theta)
     if not front.hidden.any():

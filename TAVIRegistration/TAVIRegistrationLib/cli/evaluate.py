@@ -268,6 +268,7 @@ def run_evaluate_reg(args) -> int:
     fixed = getattr(args, "fixed", "truth") or "truth"
     max_frames = getattr(args, "max_frames", None)
     split = getattr(args, "split", "test") or "test"
+    contrast_front = not getattr(args, "whole_model", False)
     if max_frames is not None and max_frames < 1:
         raise InputError(f"--max-frames must be at least 1, got {max_frames}")
     reg_eval.load_index(args.data)  # bad input fails before the output folder is made
@@ -285,7 +286,7 @@ def run_evaluate_reg(args) -> int:
 
         res = reg_eval.evaluate_registration(args.data, methods, fixed=fixed, max_frames=max_frames, split=split,
                                     progress=bar.update, on_total=on_total, device=device,
-                                    contrast_front=not getattr(args, "whole_model", False))
+                                    contrast_front=contrast_front)
     goals = reg_eval.check_goals(res.table)
     if split == "test":  # how the installed threshold does on held-out patients
         from ..registration import agreement_threshold
@@ -298,7 +299,8 @@ def run_evaluate_reg(args) -> int:
         "command": _command_line(args, methods, fixed, max_frames),
         "data": str(args.data), "phantom_version": res.phantom_version, "split": split, "fixed": fixed,
         "methods": res.methods,
-        "methods_requested": methods, "contrast_front": not getattr(args, "whole_model", False), "frames": len({(r["image"], r["frame"]) for r in res.records}),
+        "methods_requested": methods, "contrast_front": contrast_front,
+        "frames": len({(r["image"], r["frame"]) for r in res.records}),
         "skipped_frames": res.skipped_frames, "success_mm": reg_eval.SUCCESS_MM,
         "roi": "FrameTruth.user_roi(): around the contrast-filled part of the model, grown by 8 %",
         "table": res.table, "goals": goals, "low_agreement": agreement, "seconds": round(res.seconds, 1), "machine": machine_facts(),

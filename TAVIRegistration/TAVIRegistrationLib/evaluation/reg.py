@@ -93,8 +93,7 @@ PER_FRAME_COLUMNS = (
     "dice_matched_optimum", "precision_matched_optimum", "recall_matched_optimum",
     "dice_known_filling", "precision_known_filling", "recall_known_filling",
     "fixed_dice", "hidden_share", "tre_mm", "tre_before_mm", "tre_truth_affine_mm", "tre_optimum_mm",
-    "tre_matched_optimum_mm",
-    "tre_known_filling_mm", "n_landmarks", "success", "success_optimum", "success_matched_optimum",
+    "tre_matched_optimum_mm", "tre_known_filling_mm", "n_landmarks", "success", "success_optimum", "success_matched_optimum",
     "success_known_filling", "seconds", "segment_seconds",
     "valid", "problems", "warnings",
 )
@@ -486,7 +485,8 @@ def _failed_record(base, method, roi, message, truth, tre0, n_lm, seg_s) -> Dict
     return base | {
         "method": method, "roi": _fmt_roi(roi), "window": "", "dice": 0.0, "precision": nan, "recall": 0.0,
         "dice_before": nan, "precision_before": nan, "recall_before": nan, "fixed_dice": nan,
-        "hidden_share": nan, "tre_mm": nan, "tre_before_mm": tre0, "n_landmarks": n_lm, "success": _success(False, nan, n_lm),
+        "hidden_share": nan, "tre_mm": nan, "tre_before_mm": tre0, "n_landmarks": n_lm,
+        "success": _success(False, nan, n_lm),
         "seconds": nan, "segment_seconds": seg_s, "valid": False, "problems": message,
     }
 
