@@ -104,6 +104,55 @@ def test_open_surface_falls_back_to_surface_paths_with_a_warning():
     assert flow.distance.max() > 55.0  # across the sheet's length
 
 
+def _drawn_tree(size=256):
+    """On a window grid: a trunk from the top and two limbs, and every pixel's path length (px) from
+    the trunk's top end."""
+    image = np.zeros((size, size), bool)
+    length = np.full((size, size), np.inf, np.float32)
+
+    def draw(a, b, half_width, start):
+        n = int(np.hypot(b[0] - a[0], b[1] - a[1]))
+        for t in range(n + 1):
+            r = int(round(a[0] + (b[0] - a[0]) * t / n))
+            c = int(round(a[1] + (b[1] - a[1]) * t / n))
+            box = np.s_[r - half_width:r + half_width + 1, c - half_width:c + half_width + 1]
+            image[box] = True
+            length[box] = np.minimum(length[box], start + t)
+        return start + n
+
+    fork = draw((40, 128), (130, 128), 6, 0)
+    draw((130, 128), (220, 60), 4, fork)
+    draw((130, 128), (220, 196), 4, fork)
+    return image, length, fork
+
+
+def test_a_start_far_off_is_shifted_onto_the_frame_before_the_front_is_judged():
+    """The frame shows the trunk and the first 40 % of the limbs filled, 36 px (three times the
+    tolerance) away from the unregistered projection. Judged where it lies, the filled trunk seems
+    partly uncovered and less than half of the unfilled limbs is left out; moved by the translation
+    that overlaps the frame most, most of them are left out, and nothing filled."""
+    moving, length, fork = _drawn_tree()
+    filled = length <= fork + 45
+    fixed = np.roll(np.roll(moving & filled, 30, axis=0), -20, axis=1)
+    box = np.zeros_like(moving)
+    box[20:240, 30:226] = True
+    identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    theta, shift = filling.shifted_start(moving, fixed, identity)
+    assert np.allclose(theta, [[1.0, 0.0, 2.0 * 20 / 256], [0.0, 1.0, -2.0 * 30 / 256]])
+    assert shift == pytest.approx(np.hypot(30, 20))
+    unfilled = (moving & ~filled).sum()
+    at_start = filling._judge(moving, fixed, box, length[None], identity, "start")
+    assert (at_start.hidden & ~filled).sum() < 0.5 * unfilled
+
+    def never():
+        raise AssertionError("the shifted start agrees enough: no network pass is needed")
+
+    front = filling.filled_front(moving, fixed, box, length[None], None, never)
+    assert front.at == "shifted start" and "shifted onto the frame's vessels" in front.note()
+    assert not (front.hidden & filled).any()
+    assert (front.hidden & ~filled).sum() > 0.75 * unfilled
+
+
 def test_registration_leaves_out_the_vessels_beyond_the_front(bifurcation):
     """The contrast, injected at the top of the trunk, has filled the trunk and the first 40 % of each
     limb (a bolus front on its way, as in the descending aorta of a root injection), and the patient

@@ -21,11 +21,12 @@ as covered when it lands within ``TOLERANCE_PX`` window pixels of a frame vessel
 counted inside the warped ROI. It judges at the start of the registration (the unregistered
 projection, or the cine start), not at the network's affine: a network trained on whole projections
 has already dragged the unfilled vessels onto the filled ones, where they look filled. The tolerance
-covers the start's error (a few millimetres). Where the start agrees too little for that judgement
+covers the start's error up to a few millimetres; a start farther off would let filled vessels that
+do not yet lie on their image pass for unfilled ones, so the start is first moved by the translation
+of the projection that overlaps the frame's vessels most (``shifted_start``), where that translation
+is longer than half the tolerance. Where the start agrees too little for a judgement
 (``MIN_START_SCORE``), it judges at the network's affine. The whole projection is kept unless a front
-gains at least ``MIN_GAIN`` and keeps at least ``MIN_KEEP`` of it. A start that lies farther from the
-truth than the tolerance, yet agrees above ``MIN_START_SCORE``, can be misjudged: filled vessels that
-do not yet lie on their image are taken for unfilled ones (the registration model card measures it).
+gains at least ``MIN_GAIN`` and keeps at least ``MIN_KEEP`` of it.
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ MIN_KEEP = 0.3
 MIN_GAIN = 0.01
 #: below this agreement at the start, the judgement is taken at the network's affine instead
 MIN_START_SCORE = 0.5
+#: the start is moved by the translation that overlaps the frame's vessels most (blurred by
+#: SHIFT_SIGMA_PX, searched within MAX_SHIFT of the window) before the judgement, when that
+#: translation is longer than SHIFT_GATE_PX (half the tolerance: a shorter one the tolerance covers);
+#: pixels of a 256-pixel window
+SHIFT_GATE_PX = TOLERANCE_PX / 2.0
+SHIFT_SIGMA_PX = 3.0
+MAX_SHIFT = 0.25
+
+
+#: where a front is judged, in words
+JUDGED_AT = {"start": "unregistered projection",
+             "shifted start": "unregistered projection shifted onto the frame's vessels",
+             "network": "network affine"}
 
 
 @dataclass
@@ -88,7 +102,7 @@ class FillingFront:
     the front (none when the whole projection is kept), ``share`` their part of the projection inside
     the ROI, ``end`` the chosen vessel end (its index in ``VesselFlow.ends``; None when nothing is left
     out), ``front_mm`` the front's path length from it, ``score``/``whole_score`` the agreement with and
-    without the front, ``at`` where it was judged ("start" or "network")."""
+    without the front, ``at`` where it was judged ("start", "shifted start" or "network")."""
 
     hidden: np.ndarray
     share: float
@@ -102,7 +116,7 @@ class FillingFront:
         """One line for the result's warnings."""
         return (f"{self.share:.0%} of the projection inside the ROI lies beyond the contrast front that agrees best "
                 f"with the frame ({self.front_mm:.0f} mm along the vessels from one of their ends, judged at the "
-                f"{'unregistered projection' if self.at == 'start' else 'network affine'}) and was left out of the "
+                f"{JUDGED_AT[self.at]}) and was left out of the "
                 "registration: vessels of the model without contrast in this frame")
 
 
@@ -261,34 +275,66 @@ def window_flow(flow: ProjectedFlow, window, size: int, silhouette_w: np.ndarray
     return out
 
 
+def _matrix(theta) -> np.ndarray:
+    """A window Θ (2x3, ``affine_grid`` convention: fixed grid -> moving sample point) as 3x3."""
+    return np.vstack([np.asarray(theta, float).reshape(2, 3), [0.0, 0.0, 1.0]])
+
+
+def _mapped(matrix: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, cols, inside)``: the pixels of a ``size`` grid that ``matrix`` (3x3, normalised
+    coordinates) maps the pixel centres ``rows``, ``cols`` to, and whether each lies on the grid."""
+    normalised = np.stack([(2 * cols + 1) / size - 1, (2 * rows + 1) / size - 1, np.ones(cols.size)])
+    c, r = np.rint(((matrix @ normalised)[:2] + 1.0) * size / 2.0 - 0.5).astype(np.int64)
+    return r, c, (c >= 0) & (r >= 0) & (c < size) & (r < size)
+
+
 def _covered(moving: np.ndarray, fixed: np.ndarray, box: np.ndarray, theta: np.ndarray):
     """``(rows, cols, covered, frame vessel pixels inside the warped ROI, area factor)`` under the
-    window Θ ``theta`` (``affine_grid`` convention: fixed grid -> moving sample point): the
-    projection's pixels, whether each lands within the tolerance of a frame vessel, and the factor
-    that turns the projection's pixels into areas on the fixed grid."""
+    window Θ ``theta``: the projection's pixels, whether each lands within the tolerance of a frame
+    vessel, and the factor that turns the projection's pixels into areas on the fixed grid."""
     from scipy import ndimage
 
     size = moving.shape[-1]
     reach = int(round(TOLERANCE_PX * size / 256.0))
     near = ndimage.binary_dilation(fixed, iterations=reach) if reach > 0 else fixed
-    big = np.vstack([np.asarray(theta, float).reshape(2, 3), [0.0, 0.0, 1.0]])
+    big = _matrix(theta)
 
-    def lookup(image, normalised):
-        c, r = np.rint((normalised[:2] + 1.0) * size / 2.0 - 0.5).astype(np.int64)
-        inside = (c >= 0) & (r >= 0) & (c < size) & (r < size)
+    def lookup(image, matrix, rows, cols):
+        r, c, inside = _mapped(matrix, rows, cols, size)
         out = np.zeros(c.size, bool)
         out[inside] = image[r[inside], c[inside]]
         return out
 
-    def normalised(rows, cols):
-        return np.stack([(2 * cols + 1) / size - 1, (2 * rows + 1) / size - 1, np.ones(cols.size)])
-
     rows, cols = np.nonzero(moving)
-    covered = lookup(near, np.linalg.solve(big, normalised(rows, cols)))
-    fr, fc = np.nonzero(fixed)
-    n_vessels = float(lookup(box, big @ normalised(fr, fc)).sum())
+    covered = lookup(near, np.linalg.inv(big), rows, cols)
+    n_vessels = float(lookup(box, big, *np.nonzero(fixed)).sum())
     area = 1.0 / max(abs(float(np.linalg.det(big[:2, :2]))), 1e-9)
     return rows, cols, covered, n_vessels, area
+
+
+def shifted_start(moving: np.ndarray, fixed: np.ndarray, theta: np.ndarray) -> Tuple[np.ndarray, float]:
+    """``(Θ, shift)``: the window Θ ``theta`` followed by the translation of the projection that
+    overlaps the frame's vessels (blurred by ``SHIFT_SIGMA_PX``) most, within ``MAX_SHIFT`` of the
+    window; ``shift`` its length in window pixels. A translation only: the start's large errors are
+    mostly shifts (the patient or the table moved), and a shift cannot shrink or stretch the
+    projection onto part of the frame's vessels."""
+    from scipy import ndimage, signal
+
+    size = moving.shape[-1]
+    half = size // 2  # the overlap is searched on a grid of half the window's resolution
+    big = _matrix(theta)
+    r, c, inside = _mapped(np.linalg.inv(big), *np.nonzero(moving), size)
+    m = np.zeros((half, half), np.float32)
+    m[np.minimum(r[inside] // 2, half - 1), np.minimum(c[inside] // 2, half - 1)] = 1.0
+    f = fixed[:2 * half, :2 * half].reshape(half, 2, half, 2).any(axis=(1, 3)).astype(np.float32)
+    f = ndimage.gaussian_filter(f, SHIFT_SIGMA_PX * size / 512.0)
+    overlap = signal.fftconvolve(f, m[::-1, ::-1], mode="full")  # [i, j]: shifted by (i, j) - (half - 1)
+    reach = int(MAX_SHIFT * half)
+    near = overlap[half - 1 - reach:half + reach, half - 1 - reach:half + reach]
+    i, j = np.unravel_index(int(np.argmax(near)), near.shape)
+    dy, dx = 2 * (i - reach), 2 * (j - reach)
+    shift = np.array([[1.0, 0.0, -2.0 * dx / size], [0.0, 1.0, -2.0 * dy / size], [0.0, 0.0, 1.0]])
+    return (big @ shift)[:2], float(np.hypot(dx, dy))
 
 
 def _judge(moving, fixed, box, flow_w, theta, at: str) -> FillingFront:
@@ -325,11 +371,17 @@ def filled_front(moving_w: np.ndarray, fixed_w: np.ndarray, box_w: np.ndarray, f
     """The contrast front of a registration pair on its window (all images square, of one size):
     ``moving_w`` the projection inside the ROI, ``fixed_w`` the frame's vessels, ``box_w`` the ROI,
     ``flow_w`` from ``window_flow``; judged at ``theta_start`` (the window Θ of the start; None: the
-    identity), or at ``network_theta()`` where the start agrees less than ``MIN_START_SCORE``."""
+    identity), moved by ``shifted_start`` where its shift is longer than ``SHIFT_GATE_PX``, or at
+    ``network_theta()`` where that start agrees less than ``MIN_START_SCORE``."""
     moving, fixed, box = (np.asarray(a) > 0.5 for a in (moving_w, fixed_w, box_w))
     if theta_start is None:
         theta_start = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    front = _judge(moving, fixed, box, flow_w, theta_start, "start")
+    shifted, shift = shifted_start(moving, fixed, theta_start)
+    if shift > SHIFT_GATE_PX * moving.shape[-1] / 256.0:
+        front = _judge(moving, fixed, box, flow_w, shifted, "shifted start")
+    else:
+        front = _judge(moving, fixed, box, flow_w, theta_start, "start")
     if front.whole_score < MIN_START_SCORE:
         front = _judge(moving, fixed, box, flow_w, network_theta(), "network")
     return front
+
