@@ -254,7 +254,7 @@ def window_flow(flow: ProjectedFlow, window, size: int, silhouette_w: np.ndarray
     from scipy import ndimage
 
     to_window = np.linalg.inv(window.net_to_frame(size))
-    p = flow.xy @ to_window[:2, :2].T + to_window[:2, 2]
+    p = to_window[:2, 2] + flow.xy[:, 0:1] * to_window[:2, 0] + flow.xy[:, 1:2] * to_window[:2, 1]  # no BLAS
     ok = np.all(np.isfinite(p), axis=1)
     c = np.rint(np.where(ok, p[:, 0], -1)).astype(np.int64)
     r = np.rint(np.where(ok, p[:, 1], -1)).astype(np.int64)
@@ -282,9 +282,10 @@ def _matrix(theta) -> np.ndarray:
 
 def _mapped(matrix: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(rows, cols, inside)``: the pixels of a ``size`` grid that ``matrix`` (3x3, normalised
-    coordinates) maps the pixel centres ``rows``, ``cols`` to, and whether each lies on the grid."""
-    normalised = np.stack([(2 * cols + 1) / size - 1, (2 * rows + 1) / size - 1, np.ones(cols.size)])
-    c, r = np.rint(((matrix @ normalised)[:2] + 1.0) * size / 2.0 - 0.5).astype(np.int64)
+    coordinates) maps the pixel centres ``rows``, ``cols`` to, and whether each lies on the grid
+    (element by element, not by a matrix product: see ``geometry.project_points``)."""
+    x, y = (2 * cols + 1) / size - 1, (2 * rows + 1) / size - 1
+    c, r = (np.rint((m[0] * x + m[1] * y + m[2] + 1.0) * size / 2.0 - 0.5).astype(np.int64) for m in matrix[:2])
     return r, c, (c >= 0) & (r >= 0) & (c < size) & (r < size)
 
 
@@ -318,7 +319,7 @@ def shifted_start(moving: np.ndarray, fixed: np.ndarray, theta: np.ndarray) -> T
     window; ``shift`` its length in window pixels. A translation only: the start's large errors are
     mostly shifts (the patient or the table moved), and a shift cannot shrink or stretch the
     projection onto part of the frame's vessels."""
-    from scipy import ndimage, signal
+    from scipy import fft, ndimage
 
     size = moving.shape[-1]
     half = size // 2  # the overlap is searched on a grid of half the window's resolution
@@ -328,7 +329,8 @@ def shifted_start(moving: np.ndarray, fixed: np.ndarray, theta: np.ndarray) -> T
     m[np.minimum(r[inside] // 2, half - 1), np.minimum(c[inside] // 2, half - 1)] = 1.0
     f = fixed[:2 * half, :2 * half].reshape(half, 2, half, 2).any(axis=(1, 3)).astype(np.float32)
     f = ndimage.gaussian_filter(f, SHIFT_SIGMA_PX * size / 512.0)
-    overlap = signal.fftconvolve(f, m[::-1, ::-1], mode="full")  # [i, j]: shifted by (i, j) - (half - 1)
+    # the full correlation by FFT: [i, j] is the overlap of m shifted by (i, j) - (half - 1)
+    overlap = fft.irfft2(fft.rfft2(f, (size, size)) * fft.rfft2(m[::-1, ::-1], (size, size)), (size, size))
     reach = int(MAX_SHIFT * half)
     near = overlap[half - 1 - reach:half + reach, half - 1 - reach:half + reach]
     i, j = np.unravel_index(int(np.argmax(near)), near.shape)

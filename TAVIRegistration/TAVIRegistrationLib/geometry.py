@@ -198,7 +198,11 @@ def projection_matrix(geom: CArmGeometry, orthographic: bool = False) -> np.ndar
 def project_points(P: np.ndarray, points_lps: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Project (N, 3) LPS points with a 3x4 matrix: returns ((N, 2) pixel xy = (col, row), (N,) w)."""
     pts = np.asarray(points_lps, dtype=float).reshape(-1, 3)
-    h = np.hstack([pts, np.ones((len(pts), 1))]) @ np.asarray(P, dtype=float).T
+    P = np.asarray(P, dtype=float)
+    # element by element, not a matrix product: numpy's BLAS threads spin on after one, taking the
+    # cores that the registration's torch threads need next (its network and refinement ran a
+    # third slower on 2 cores)
+    h = P[:, 3] + pts[:, 0:1] * P[:, 0] + pts[:, 1:2] * P[:, 1] + pts[:, 2:3] * P[:, 2]
     w = h[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
         xy = h[:, :2] / w[:, None]
