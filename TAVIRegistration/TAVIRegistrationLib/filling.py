@@ -280,7 +280,8 @@ def _matrix(theta) -> np.ndarray:
     return np.vstack([np.asarray(theta, float).reshape(2, 3), [0.0, 0.0, 1.0]])
 
 
-def _mapped(matrix: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _mapped(matrix: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int
+            ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(rows, cols, inside)``: the pixels of a ``size`` grid that ``matrix`` (3x3, normalised
     coordinates) maps the pixel centres ``rows``, ``cols`` to, and whether each lies on the grid
     (element by element, not by a matrix product: see ``geometry.project_points``)."""
@@ -386,4 +387,3 @@ def filled_front(moving_w: np.ndarray, fixed_w: np.ndarray, box_w: np.ndarray, f
     if front.whole_score < MIN_START_SCORE:
         front = _judge(moving, fixed, box, flow_w, network_theta(), "network")
     return front
-

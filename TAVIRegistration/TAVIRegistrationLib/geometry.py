@@ -200,8 +200,8 @@ def project_points(P: np.ndarray, points_lps: np.ndarray) -> Tuple[np.ndarray, n
     pts = np.asarray(points_lps, dtype=float).reshape(-1, 3)
     P = np.asarray(P, dtype=float)
     # element by element, not a matrix product: numpy's BLAS threads spin on after one, taking the
-    # cores that the registration's torch threads need next (its network and refinement ran a
-    # third slower on 2 cores)
+    # cores that torch needs next (on 2 cores the registration's network pass that followed took
+    # twice as long)
     h = P[:, 3] + pts[:, 0:1] * P[:, 0] + pts[:, 1:2] * P[:, 1] + pts[:, 2:3] * P[:, 2]
     w = h[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
