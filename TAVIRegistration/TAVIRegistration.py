@@ -407,6 +407,8 @@ class TAVIRegistrationParameterNode:
     roi - region of interest (x, y, w, h) in frame pixels; (0, 0, 0, 0) = none drawn yet.
     roiNode - optional Markups ROI that shows and edits the same region in the slice views.
     forceCpu - run the networks on the CPU (segmentation and registration).
+    wholeModel - cnn+refine registers the whole projection, not only its part up to the contrast front
+        (the vessels the frame shows filled; ``tavireg register --whole-model``).
     registrationTransform - output: the registration affine as a linear transform.
     exportDirectory - folder of the exported files.
     """
@@ -423,6 +425,7 @@ class TAVIRegistrationParameterNode:
     roi: Tuple[int, int, int, int] = (0, 0, 0, 0)
     roiNode: vtkMRMLMarkupsROINode
     forceCpu: bool = False
+    wholeModel: bool = False
     registrationTransform: vtkMRMLLinearTransformNode
     exportDirectory: Annotated[pathlib.Path, Default(generator=_defaultExportDirectory)]
 
@@ -609,8 +612,10 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                 "not available in this version.")
         registerReason = self.logic.stepAvailability("register")
         self.ui.transformSelector.enabled = not registerReason
+        self.ui.wholeModelCheckBox.enabled = not registerReason
         if registerReason:
             self.ui.transformSelector.toolTip = registerReason
+            self.ui.wholeModelCheckBox.toolTip = registerReason
 
     def _updateButtonStates(self):
         pn = self._parameterNode
@@ -854,7 +859,7 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             pn.model, pn.fluoroVolume, frameIndex=self.logic.currentFrameIndex(pn.fluoroVolume),
             roi=self.logic.validRoi(pn.roi, None), isocenterNode=pn.isocenter, transformNode=pn.registrationTransform,
             forceCpu=pn.forceCpu, orthographic=pn.orthographic, overlayOpacity=pn.overlayOpacity,
-            progress=progress))
+            wholeModel=pn.wholeModel, progress=progress))
         if outcome is None:
             return
         pn.registrationTransform = outcome.transformNode
@@ -877,7 +882,7 @@ class TAVIRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         outcome = self._run("Run registration", lambda progress: self.logic.registerRun(
             pn.model, pn.fluoroVolume, roi=self.logic.validRoi(pn.roi, None), isocenterNode=pn.isocenter,
             forceCpu=pn.forceCpu, orthographic=pn.orthographic, overlayOpacity=pn.overlayOpacity,
-            progress=progress))
+            wholeModel=pn.wholeModel, progress=progress))
         if outcome is None:
             return
         run = outcome.run
@@ -1621,11 +1626,14 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def registerFrame(self, modelNode, fluoroVolume, frameIndex=None, roi=None, isocenterNode=None,
                       transformNode=None, fixedMask=None, forceCpu=False, progress=None, method=None,
-                      outputVolume=None, orthographic=False, showResult=True, overlayOpacity=0.5):
+                      outputVolume=None, orthographic=False, showResult=True, overlayOpacity=0.5,
+                      wholeModel=False):
         """Register the projection's ROI to the frame (the library pipeline's ``register``).
 
         ``fixedMask`` (the frame's vessel mask, rows x cols), when given, replaces the DRU-Net
-        segmentation; ``method`` cnn, cnn+refine or sitk (default: the library's). A valid result becomes
+        segmentation; ``method`` cnn, cnn+refine or sitk (default: the library's); ``wholeModel``:
+        cnn+refine registers the whole projection instead of its part up to the contrast front (the
+        pipeline's ``contrast_front``). A valid result becomes
         the transform node (``setAffineTransform``) and the registered projection volume (role
         "registered projection") shown over the frame; a flagged one (low agreement) too, with the flag in
         its ``warnings``. A degenerate or failed registration raises RegistrationFailed and shows nothing.
@@ -1642,6 +1650,7 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
             raise InputError("the ROI %s lies outside the %d x %d frame" % (tuple(roi), shape[1], shape[0]))
         _report(progress, 0.5, "Segmenting and registering frame %d" % frameIndex if fixedMask is None
                 else "Registering frame %d" % frameIndex)
+        pipeline.contrast_front = not wholeModel
         registration = pipeline.register(int(frameIndex), roi, fixed_mask=fixedMask, method=method,
                                          device=self._device(forceCpu))
         registration.result.raise_if_invalid()
@@ -1661,9 +1670,10 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         return outcome
 
     def registerRun(self, modelNode, fluoroVolume, roi=None, isocenterNode=None, forceCpu=False, progress=None,
-                    method=None, orthographic=False, overlayOpacity=0.5, showResult=True):
+                    method=None, orthographic=False, overlayOpacity=0.5, showResult=True, wholeModel=False):
         """Register every frame of the run (the library pipeline's ``register_run``: each frame warm-started
-        from the last one that registered; a frame that fails is recorded and the run goes on).
+        from the last one that registered; a frame that fails is recorded and the run goes on);
+        ``wholeModel``: see ``registerFrame``.
 
         The registered projections and the affines become two sequences in the run's sequence browser,
         synchronised with its frames, so that playing the run plays the overlay. A frame that did not
@@ -1681,6 +1691,7 @@ class TAVIRegistrationLogic(ScriptedLoadableModuleLogic):
         def frameDone(done, total):
             _report(progress, 0.1 + 0.75 * done / total, "Registered frame %d of %d" % (done, total))
 
+        pipeline.contrast_front = not wholeModel
         run = pipeline.register_run(range(frames), roi, method=method, device=self._device(forceCpu),
                                     progress=frameDone)
         if not run.registrations:

@@ -328,6 +328,28 @@ def test_register_frame_with_a_given_mask_equals_the_library_pipeline(case):
     assert outcome.transformNode.GetAttribute("TAVIRegistration.role") == "registration"
 
 
+@needs_networks
+def test_register_frame_whole_model_turns_the_contrast_front_off(case):
+    """``wholeModel`` (the panel's "Whole model" box) is the pipeline's ``contrast_front`` turned off,
+    call by call: on a frame whose lower half shows no contrast the front leaves part of the
+    projection out, the whole model none, and each equals the library's pipeline with the front on
+    or off."""
+    logic, loaded = case
+    roi = (60, 50, 150, 160)
+    truth = loaded.truthMasks[0].copy()
+    truth[roi[1] + roi[3] // 2:] = 0  # the lower half of the ROI shows no contrast
+    for wholeModel in (True, False, True):
+        outcome = logic.registerFrame(loaded.modelNode, loaded.fluoroVolume, frameIndex=0, roi=roi,
+                                      isocenterNode=loaded.isocenterNode, fixedMask=truth, forceCpu=True,
+                                      method="cnn+refine", wholeModel=wholeModel)
+        pipeline = library_pipeline(logic, loaded)
+        pipeline.contrast_front = not wholeModel
+        expected = pipeline.register(0, roi, fixed_mask=truth, method="cnn+refine", device="cpu")
+        assert_same_registration(outcome, expected)
+        hidden = outcome.registration.result.metrics["hidden_share"]
+        assert hidden == 0.0 if wholeModel else hidden > 0.1, (wholeModel, hidden)
+
+
 # ------------------------------------------------------------------------------------------------
 # The parameter node
 # ------------------------------------------------------------------------------------------------
