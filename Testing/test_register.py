@@ -84,7 +84,7 @@ def test_register_writes_the_contract_outputs(frame, tmp_path, capsys):
 
 def test_whole_model_registers_the_whole_projection(frame, tmp_path, capsys):
     """By default cnn+refine registers the projection up to the contrast front and says how
-    much they left out; ``--whole-model`` leaves nothing out."""
+    much it left out; ``--whole-model`` leaves nothing out."""
     root, row, truth, mask_png = frame
     roi = ",".join(map(str, truth.user_roi()))
     shares = {}

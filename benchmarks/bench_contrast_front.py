@@ -56,7 +56,9 @@ def main(argv=None) -> int:
             registration.register_pair(truth.projection_nominal, truth.mask, roi, "cnn+refine")
         for kind in ("whole", "front", "front", "whole"):
             t0 = time.perf_counter()
-            projected = flow.project(projection_matrix(series_geometry(series[row["series"]]))) if kind == "front" else None
+            projected = None
+            if kind == "front":
+                projected = flow.project(projection_matrix(series_geometry(series[row["series"]])))
             registration.register_pair(truth.projection_nominal, truth.mask, roi, "cnn+refine", flow=projected)
             times[kind].append(time.perf_counter() - t0)
     result = {"frames": len(times["front"]) // 2,

@@ -36,6 +36,8 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
+from .registration import _h
+
 #: the lumen is voxelised at this spacing (mm), coarser where the model's bounding box would need more
 #: than ``MAX_VOXELS`` voxels
 VOXEL_MM = 2.0
@@ -275,11 +277,6 @@ def window_flow(flow: ProjectedFlow, window, size: int, silhouette_w: np.ndarray
     return out
 
 
-def _matrix(theta) -> np.ndarray:
-    """A window Θ (2x3, ``affine_grid`` convention: fixed grid -> moving sample point) as 3x3."""
-    return np.vstack([np.asarray(theta, float).reshape(2, 3), [0.0, 0.0, 1.0]])
-
-
 def _mapped(matrix: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int
             ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(rows, cols, inside)``: the pixels of a ``size`` grid that ``matrix`` (3x3, normalised
@@ -299,7 +296,7 @@ def _covered(moving: np.ndarray, fixed: np.ndarray, box: np.ndarray, theta: np.n
     size = moving.shape[-1]
     reach = int(round(TOLERANCE_PX * size / 256.0))
     near = ndimage.binary_dilation(fixed, iterations=reach) if reach > 0 else fixed
-    big = _matrix(theta)
+    big = _h(theta)  # Θ (fixed grid -> moving sample point) as 3x3
 
     def lookup(image, matrix, rows, cols):
         r, c, inside = _mapped(matrix, rows, cols, size)
@@ -324,7 +321,7 @@ def shifted_start(moving: np.ndarray, fixed: np.ndarray, theta: np.ndarray) -> T
 
     size = moving.shape[-1]
     half = size // 2  # the overlap is searched on a grid of half the window's resolution
-    big = _matrix(theta)
+    big = _h(theta)  # Θ (fixed grid -> moving sample point) as 3x3
     r, c, inside = _mapped(np.linalg.inv(big), *np.nonzero(moving), size)
     m = np.zeros((half, half), np.float32)
     m[np.minimum(r[inside] // 2, half - 1), np.minimum(c[inside] // 2, half - 1)] = 1.0
@@ -380,10 +377,8 @@ def filled_front(moving_w: np.ndarray, fixed_w: np.ndarray, box_w: np.ndarray, f
     if theta_start is None:
         theta_start = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     shifted, shift = shifted_start(moving, fixed, theta_start)
-    if shift > SHIFT_GATE_PX * moving.shape[-1] / 256.0:
-        front = _judge(moving, fixed, box, flow_w, shifted, "shifted start")
-    else:
-        front = _judge(moving, fixed, box, flow_w, theta_start, "start")
+    far = shift > SHIFT_GATE_PX * moving.shape[-1] / 256.0
+    front = _judge(moving, fixed, box, flow_w, shifted if far else theta_start, "shifted start" if far else "start")
     if front.whole_score < MIN_START_SCORE:
         front = _judge(moving, fixed, box, flow_w, network_theta(), "network")
     return front

@@ -93,8 +93,8 @@ PER_FRAME_COLUMNS = (
     "dice_matched_optimum", "precision_matched_optimum", "recall_matched_optimum",
     "dice_known_filling", "precision_known_filling", "recall_known_filling",
     "fixed_dice", "hidden_share", "tre_mm", "tre_before_mm", "tre_truth_affine_mm", "tre_optimum_mm",
-    "tre_matched_optimum_mm", "tre_known_filling_mm", "n_landmarks", "success", "success_optimum", "success_matched_optimum",
-    "success_known_filling", "seconds", "segment_seconds",
+    "tre_matched_optimum_mm", "tre_known_filling_mm", "n_landmarks", "success", "success_optimum",
+    "success_matched_optimum", "success_known_filling", "seconds", "segment_seconds",
     "valid", "problems", "warnings",
 )
 TABLE_COLUMNS = (
