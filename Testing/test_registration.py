@@ -310,6 +310,30 @@ def test_a_result_worse_than_the_start_is_not_returned(vessel):
     assert R.corner_error(res.matrix, frame_m @ R.roi_matrix(ROI), ROI) < 1.0
 
 
+def test_the_refinement_fits_the_segmentations_probability(vessel):
+    """A segmentation that also marks a doubtful copy of the vessels (probability 0.55, just above its
+    threshold) beside the confident ones (0.95): fitted to the thresholded mask, the refinement is
+    pulled between the two; fitted to the probability (``fixed_probability``), it lands on the
+    confident vessels. A probability equal to the mask changes nothing; a bad one is refused."""
+    frame_m, fixed = _known_case(vessel)
+    truth = frame_m @ R.roi_matrix(ROI)
+    doubtful = R.warp_mask(fixed, similarity(0.0, 1.0, (9.0, 7.0), (0, 0)), FRAME).astype(bool) & ~fixed.astype(bool)
+    probability = np.where(fixed > 0, 0.95, np.where(doubtful, 0.55, 0.02)).astype(np.float32)
+    mask = (probability >= 0.5).astype(np.uint8)
+    plain = R.register_pair(vessel, mask, ROI, "cnn+refine", model=RegNet())
+    weighted = R.register_pair(vessel, mask, ROI, "cnn+refine", model=RegNet(), fixed_probability=probability)
+    e_plain, e_weighted = (R.corner_error(r.matrix, truth, ROI) for r in (plain, weighted))
+    assert e_weighted < 1.5 and e_plain > e_weighted + 1.0, (e_plain, e_weighted)
+    # the metrics judge the mask in both
+    assert weighted.metrics["dice"] == pytest.approx(R._frame_metrics(
+        weighted.registered_mask, mask, weighted.frame_matrix, weighted.roi, weighted.window)["dice"])
+    same = R.register_pair(vessel, mask, ROI, "cnn+refine", model=RegNet(), fixed_probability=mask.astype(np.float32))
+    np.testing.assert_allclose(same.matrix, plain.matrix, atol=1e-9)
+    for bad in (probability[:-1], probability * 2, probability.astype(np.float64) * np.nan):
+        with pytest.raises(InputError):
+            R.register_pair(vessel, mask, ROI, "cnn+refine", model=RegNet(), fixed_probability=bad)
+
+
 def test_scale_prior_is_symmetric_and_grows_with_the_magnification_change():
     """The magnification is known: the prior costs nothing at scale 1, grows with the change, and costs
     as much for growing by k as for shrinking by 1/k."""

@@ -506,6 +506,30 @@ def test_register_run_then_play_shows_each_frame_with_its_registration(window, d
     assert window.run is None and window.registration is None
 
 
+def test_whole_model_action_turns_the_contrast_front_off(window, demo_case, monkeypatch, qtbot):
+    """Registration > Whole model is the pipeline's ``contrast_front`` turned off, read at each Register:
+    on the run's first frame (the bolus still arriving) the front leaves part of the projection out and
+    the whole model none, and each result equals the library pipeline's with the front on or off."""
+    from TAVIRegistrationLib.fluoro import read_fluoro
+    shipped, iso, roi = open_demo_with_shipped_networks(window, demo_case, monkeypatch)
+    window.setFrame(0)
+    assert window.waitIdle(60) and window.frameIndex == 0 and tuple(window.movingRoi()) == tuple(roi)
+    assert window.wholeModelAction.isCheckable() and not window.wholeModelAction.isChecked()
+    with RegistrationPipeline(load_model(demo_case.model_path), read_fluoro(demo_case.fluoro_path),
+                              isocenter_lps=iso) as pipe:
+        for whole in (True, False):
+            window.wholeModelAction.trigger()  # toggles: on, then off again
+            assert window.wholeModelAction.isChecked() == whole
+            window.registerAction.trigger()
+            assert window.waitIdle(300) and window.registration is not None, window.errors
+            pipe.contrast_front = not whole
+            expected = pipe.register(0, tuple(roi), device="cpu")
+            np.testing.assert_allclose(window.registration.matrix, expected.matrix, atol=1e-6)
+            np.testing.assert_array_equal(window.overlayMask(), expected.registered_mask)
+            hidden = window.registration.result.metrics["hidden_share"]
+            assert hidden == 0.0 if whole else hidden > 0.05, (whole, hidden)
+
+
 def test_flagged_registration_is_shown_with_its_flag(window, demo_case, tmp_path, monkeypatch, qtbot):
     """A low-agreement registration (threshold 0.99 here) is shown with a red border, the flag in the
     status bar and in the warnings panel."""

@@ -247,7 +247,7 @@ class RegistrationPipeline:
         """Register the model's projection (inside ``roi``) to frame ``index``.
 
         ``fixed_mask``: the frame's vessel mask when known (skips segmentation); else the DRU-Net
-        segmentation. ``method``: cnn, cnn+refine or sitk (default: ``registration.default_method``).
+        segmentation (its mask; cnn+refine's refinement fits its probability). ``method``: cnn, cnn+refine or sitk (default: ``registration.default_method``).
         ``init``: a frame-grid affine to start from (the previous cine frame's
         ``frame_matrix``); ``hold``, ``prior``, ``refine_steps``: see ``registration.register_pair``. A degenerate or failed result
         is returned with ``valid`` False and the reasons in ``problems``: front ends must not show its
@@ -263,7 +263,7 @@ class RegistrationPipeline:
             method = default_method(warnings)
         if fixed_mask is None:
             seg = self.segment(index, fov=fov, model=seg_model, device=device)
-            fixed, fixed_source = seg.mask, "segmentation"
+            fixed, fixed_source, probability = seg.mask, "segmentation", seg.probability
             warnings.extend(seg.warnings)
             frame_fov = seg.fov_used
         else:
@@ -271,7 +271,7 @@ class RegistrationPipeline:
             fixed = np.asarray(fixed_mask)
             if fixed.shape != (rows, cols):
                 raise InputError(f"fixed mask is {fixed.shape[1]}x{fixed.shape[0]}, the frame is {cols}x{rows}")
-            fixed, fixed_source = (fixed > 0).astype(np.uint8), "given"
+            fixed, fixed_source, probability = (fixed > 0).astype(np.uint8), "given", None
         if not fixed.any():
             what = "the vessel segmentation found no contrast-filled vessel" if fixed_source == "segmentation" \
                 else "the given vessel mask is empty"
@@ -287,7 +287,7 @@ class RegistrationPipeline:
         result = register_pair(fp.projection.mask, fixed, roi, method=method, model=reg_model,
                                init=init, device=device, fov=frame_fov, hold=hold, prior=prior,
                                refine_steps=refine_steps, canvas=fp.projection.canvas, pad=fp.projection.pad,
-                               flow=flow)
+                               flow=flow, fixed_probability=probability)
         warnings.extend(result.warnings)
         return FrameRegistration(index, roi, fp, fixed, fixed_source, result, warnings)
 

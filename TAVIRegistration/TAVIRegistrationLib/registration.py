@@ -15,7 +15,10 @@ Methods (all on identical inputs, so that comparisons are fair):
   over a small blur pyramid, plus ``affine_prior``, whose scale term ``SCALE_WEIGHT`` holds the
   projection's magnification, which the C-arm geometry fixes, against shrinking the ROI onto the
   part of the frame's vessels that matches), half at half resolution, half at full, on 256 x 256
-  window images whatever the network's input size. It
+  window images whatever the network's input size. Registering to the DRU-Net segmentation, the
+  refinement fits the segmentation's vessel probability rather than its thresholded mask
+  (``fixed_probability``): confident vessel pixels weigh more than doubtful ones, and a vessel the
+  network marked just below its threshold still counts a little. It
   starts from the network's affine, or from the identity (``init`` when given) where that already
   agrees better with the frame (a warning says so). (L-BFGS rather than Adam: on synthetic vessel
   trees Adam needed ~100 steps and a tuned learning rate to come within 1 px, L-BFGS reaches 0.4 px
@@ -625,6 +628,16 @@ def _as_mask(arr, what: str) -> np.ndarray:
     return (a > (0.5 if np.issubdtype(a.dtype, np.floating) and a.max() <= 1.0 else 0)).astype(np.uint8)
 
 
+def _as_probability(arr, shape: Sequence[int]) -> np.ndarray:
+    """A vessel probability map on the frame grid as float32, checked (InputError when unusable)."""
+    a = np.asarray(arr)
+    if a.shape != tuple(shape):
+        raise InputError(f"the vessel probability map has shape {a.shape}, the frame {tuple(shape)}")
+    if not np.issubdtype(a.dtype, np.floating) or not np.all(np.isfinite(a)) or a.min() < 0 or a.max() > 1:
+        raise InputError("the vessel probability map must hold finite floats between 0 and 1")
+    return a.astype(np.float32, copy=False)
+
+
 @dataclass
 class MovingMask:
     """The moving projection of a registration, its ROI only, on a canvas ``pad`` pixels larger than the
@@ -780,7 +793,8 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
                   margin: Optional[float] = None, models_directory=None,
                   sitk_options: Optional[Dict[str, Any]] = None, passes: Optional[int] = None,
                   fov: Optional[str] = None, keep_better_start: bool = True,
-                  hold: float = 0.0, prior=None, canvas=None, pad: int = 0, flow=None) -> RegistrationResult:
+                  hold: float = 0.0, prior=None, canvas=None, pad: int = 0, flow=None,
+                  fixed_probability=None) -> RegistrationResult:
     """Register the model's projection (inside ``roi``) to the frame's vessel mask.
 
     ``moving_frame_mask``: the projection mask on the frame's pixel grid (everything outside ``roi``
@@ -808,7 +822,9 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     frame (``filling.filled_front``: vessels of the model without contrast in this frame are left
     out), named in the warnings; the agreement metrics and the keep-the-start check judge that part,
     and ``metrics["hidden_share"]`` says how much was left out (0 without). The registered mask is
-    always the whole projection.
+    always the whole projection. ``fixed_probability``: the segmentation's vessel probability that
+    ``fixed_mask`` thresholds (same shape, values in [0, 1]): cnn+refine's refinement fits it instead of
+    the mask; the network, the contrast front, the metrics and the checks keep the mask.
     """
     if method not in METHODS:
         raise InputError(f"registration method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -817,6 +833,7 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     t0 = time.perf_counter()
     moving, shown, fixed, roi, window, mov_w, fix_w, box_w = prepare_pair(
         moving_frame_mask, fixed_mask, roi, margin, size, canvas, pad)
+    refine_fixed = fixed if fixed_probability is None else _as_probability(fixed_probability, fixed.shape)
     warnings: List[str] = []
     init_m, theta_init = _initial_affine(init, window)
     init_m = _initial_affine(prior, window)[0] if prior is not None else init_m  # what the result must beat
@@ -825,8 +842,8 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
         theta, fitted, hidden_share = sitk_register(mov_w, fix_w, box_w, theta_init, **(sitk_options or {})), shown, 0.0
     else:
         theta, registered_part, hidden_share = _network_affine(
-            method, (module, dev, passes), flow, moving, fixed, roi, window, (mov_w, fix_w, box_w), theta_init,
-            refine_steps, warnings)
+            method, (module, dev, passes), flow, moving, refine_fixed, roi, window, (mov_w, fix_w, box_w),
+            theta_init, refine_steps, warnings)
         fitted = shown if registered_part is moving else (registered_part, roi)
     frame_matrix, problems = _checked_frame_matrix(theta, window, roi)
     seconds = time.perf_counter() - t0
@@ -948,12 +965,14 @@ def _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes):
     return th, th0, (mv, fx, bx)
 
 
-def _network_affine(method: str, network, flow, moving: MovingMask, fixed, roi: Roi, window: Window, images,
-                    theta_init, refine_steps: int, warnings: List[str]) -> Tuple[np.ndarray, MovingMask, float]:
+def _network_affine(method: str, network, flow, moving: MovingMask, refine_fixed, roi: Roi, window: Window,
+                    images, theta_init, refine_steps: int, warnings: List[str]
+                    ) -> Tuple[np.ndarray, MovingMask, float]:
     """``(window Θ, the part of the projection registered, the share left out)`` of cnn and cnn+refine:
-    ``network`` = (module, device, passes), ``images`` = the window images (moving, fixed, ROI box);
-    cnn+refine with ``flow``: the part up to the contrast front (``_filling_front``), named in
-    ``warnings``."""
+    ``network`` = (module, device, passes), ``images`` = the window images (moving, fixed mask, ROI
+    box); ``refine_fixed``: what the refinement fits on the frame grid (the fixed mask itself, or the
+    segmentation's probability); cnn+refine with ``flow``: the part up to the contrast front
+    (``_filling_front``), named in ``warnings``."""
     module, dev, passes = network
     mov_w, fix_w, box_w = images
     hidden_share = 0.0
@@ -972,8 +991,8 @@ def _network_affine(method: str, network, flow, moving: MovingMask, fixed, roi: 
         whole.clear()  # the network sees the part up to the front instead
     th, th0, net_inputs = whole[0] if whole else _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes)
     if method == "cnn+refine" and refine_steps > 0:
-        if mov_w.shape[-1] != REFINE_SIZE:
-            net_inputs = _window_tensors(moving, fixed, roi, window, REFINE_SIZE, dev)
+        if mov_w.shape[-1] != REFINE_SIZE or refine_fixed.dtype != np.uint8:  # (a probability map)
+            net_inputs = _window_tensors(moving, refine_fixed, roi, window, REFINE_SIZE, dev)
         th = _refined_theta(th, th0, net_inputs, refine_steps, warnings)
     return th[0].detach().cpu().double().numpy(), moving, hidden_share
 

@@ -13,6 +13,9 @@ REGISTER_UNAVAILABLE_TIP = ("registration needs the vessel segmentation network,
                             "(train one with 'tavireg train-seg --export NAME')")
 REGISTER_TIP = "Register the projection ROI to the frame"
 REGISTER_RUN_TIP = "Register the projection ROI to every frame of the run (then play it)"
+WHOLE_MODEL_TIP = ("Register the whole projection, also the vessels beyond the contrast front that agrees best "
+                   "with the frame (by default cnn+refine leaves out the model's vessels that the frame shows "
+                   "without contrast; tavireg register --whole-model)")
 #: playback rate when the file does not give its frame time (frames per second)
 DEFAULT_PLAYBACK_FPS = 15.0
 
@@ -43,7 +46,7 @@ class Registrar:
         roi = self._roi("Register")
         if roi is None:
             return
-        pipeline, index = w.pipeline, w.frameIndex
+        pipeline, index = self._pipeline(), w.frameIndex
         w.jobs.submit(f"Registering frame {index}", lambda: pipeline.register(index, roi),
                       lambda result: self._done(pipeline, index, result))
 
@@ -62,6 +65,13 @@ class Registrar:
             w.reportError(title, exc)
             return None
 
+    def _pipeline(self):
+        """The case's pipeline, set to register the whole projection or up to the contrast front as
+        Registration > Whole model says (read when a registration starts)."""
+        pipeline = self.window.pipeline
+        pipeline.contrast_front = not self.window.wholeModelAction.isChecked()
+        return pipeline
+
     def registerRun(self) -> None:
         """Register the projection ROI to every frame of the run in the worker thread (Cancel stops it
         after the frame in progress). The frames that registered are then shown as the run plays or is
@@ -71,7 +81,7 @@ class Registrar:
         roi = self._roi("Register run")
         if roi is None:
             return
-        pipeline, frames = w.pipeline, range(int(w.series.n_frames))
+        pipeline, frames = self._pipeline(), range(int(w.series.n_frames))
         holder = {}
 
         def work():

@@ -45,7 +45,7 @@ from .facts import CaseDetails, case_rows, geometry_facts, roi_rows
 from .jobs import JobQueue, quietly
 from .loading import CaseLoader
 from .qt_compat import qt, Signal
-from .registering import REGISTER_UNAVAILABLE_TIP, Player, Registrar, registration_available
+from .registering import REGISTER_UNAVAILABLE_TIP, WHOLE_MODEL_TIP, Player, Registrar, registration_available
 from .widgets import FrameBar, FrameBox, Panel, projection_panel, small, style_icon
 
 __all__ = [
@@ -161,6 +161,9 @@ class ViewerWindow(qt.QMainWindow):
             "&Register", self.register, "Ctrl+R", REGISTER_UNAVAILABLE_TIP, "SP_MediaPlay")
         self.registerRunAction = self._action(
             "Register r&un", self.registerRun, "Ctrl+Shift+R", REGISTER_UNAVAILABLE_TIP, "SP_MediaSeekForward")
+        self.wholeModelAction = self._action(
+            "&Whole model (no contrast front)", lambda: None, None, WHOLE_MODEL_TIP)
+        self.wholeModelAction.setCheckable(True)
         self.playAction = self._action("&Play", lambda: self.setPlaying(self.playAction.isChecked()), "Space",
                                        "Play the run (with the registered overlay after Register run)",
                                        "SP_MediaPlay")
@@ -180,6 +183,8 @@ class ViewerWindow(qt.QMainWindow):
         regMenu = bar.addMenu("&Registration")
         regMenu.addAction(self.registerAction)
         regMenu.addAction(self.registerRunAction)
+        regMenu.addSeparator()
+        regMenu.addAction(self.wholeModelAction)
         self.viewMenu.addAction(self.playAction)
         helpMenu = bar.addMenu("&Help")
         helpMenu.addAction(self.aboutAction)
