@@ -247,7 +247,8 @@ class RegistrationPipeline:
         """Register the model's projection (inside ``roi``) to frame ``index``.
 
         ``fixed_mask``: the frame's vessel mask when known (skips segmentation); else the DRU-Net
-        segmentation (its mask; cnn+refine's refinement fits its probability). ``method``: cnn, cnn+refine or sitk (default: ``registration.default_method``).
+        segmentation (its mask; cnn+refine's refinement fits its probability). ``method``: cnn,
+        cnn+refine or sitk (default: ``registration.default_method``).
         ``init``: a frame-grid affine to start from (the previous cine frame's
         ``frame_matrix``); ``hold``, ``prior``, ``refine_steps``: see ``registration.register_pair``. A degenerate or failed result
         is returned with ``valid`` False and the reasons in ``problems``: front ends must not show its

@@ -833,7 +833,7 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     t0 = time.perf_counter()
     moving, shown, fixed, roi, window, mov_w, fix_w, box_w = prepare_pair(
         moving_frame_mask, fixed_mask, roi, margin, size, canvas, pad)
-    refine_fixed = fixed if fixed_probability is None else _as_probability(fixed_probability, fixed.shape)
+    probability = None if fixed_probability is None else _as_probability(fixed_probability, fixed.shape)
     warnings: List[str] = []
     init_m, theta_init = _initial_affine(init, window)
     init_m = _initial_affine(prior, window)[0] if prior is not None else init_m  # what the result must beat
@@ -842,8 +842,8 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
         theta, fitted, hidden_share = sitk_register(mov_w, fix_w, box_w, theta_init, **(sitk_options or {})), shown, 0.0
     else:
         theta, registered_part, hidden_share = _network_affine(
-            method, (module, dev, passes), flow, moving, refine_fixed, roi, window, (mov_w, fix_w, box_w),
-            theta_init, refine_steps, warnings)
+            method, (module, dev, passes), flow, moving, fixed, roi, window, (mov_w, fix_w, box_w), theta_init,
+            refine_steps, warnings, probability)
         fitted = shown if registered_part is moving else (registered_part, roi)
     frame_matrix, problems = _checked_frame_matrix(theta, window, roi)
     seconds = time.perf_counter() - t0
@@ -965,14 +965,14 @@ def _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes):
     return th, th0, (mv, fx, bx)
 
 
-def _network_affine(method: str, network, flow, moving: MovingMask, refine_fixed, roi: Roi, window: Window,
-                    images, theta_init, refine_steps: int, warnings: List[str]
+def _network_affine(method: str, network, flow, moving: MovingMask, fixed, roi: Roi, window: Window, images,
+                    theta_init, refine_steps: int, warnings: List[str], probability=None
                     ) -> Tuple[np.ndarray, MovingMask, float]:
     """``(window Θ, the part of the projection registered, the share left out)`` of cnn and cnn+refine:
-    ``network`` = (module, device, passes), ``images`` = the window images (moving, fixed mask, ROI
-    box); ``refine_fixed``: what the refinement fits on the frame grid (the fixed mask itself, or the
-    segmentation's probability); cnn+refine with ``flow``: the part up to the contrast front
-    (``_filling_front``), named in ``warnings``."""
+    ``network`` = (module, device, passes), ``images`` = the window images (moving, fixed, ROI box);
+    cnn+refine with ``flow``: the part up to the contrast front (``_filling_front``), named in
+    ``warnings``; with ``probability`` (the segmentation's, on the frame grid), the refinement fits it
+    instead of the fixed mask."""
     module, dev, passes = network
     mov_w, fix_w, box_w = images
     hidden_share = 0.0
@@ -991,8 +991,9 @@ def _network_affine(method: str, network, flow, moving: MovingMask, refine_fixed
         whole.clear()  # the network sees the part up to the front instead
     th, th0, net_inputs = whole[0] if whole else _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes)
     if method == "cnn+refine" and refine_steps > 0:
-        if mov_w.shape[-1] != REFINE_SIZE or refine_fixed.dtype != np.uint8:  # (a probability map)
-            net_inputs = _window_tensors(moving, refine_fixed, roi, window, REFINE_SIZE, dev)
+        if mov_w.shape[-1] != REFINE_SIZE or probability is not None:
+            net_inputs = _window_tensors(moving, fixed if probability is None else probability, roi, window,
+                                         REFINE_SIZE, dev)
         th = _refined_theta(th, th0, net_inputs, refine_steps, warnings)
     return th[0].detach().cpu().double().numpy(), moving, hidden_share
 
