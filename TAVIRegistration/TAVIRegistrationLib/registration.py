@@ -628,8 +628,11 @@ def _as_mask(arr, what: str) -> np.ndarray:
     return (a > (0.5 if np.issubdtype(a.dtype, np.floating) and a.max() <= 1.0 else 0)).astype(np.uint8)
 
 
-def _as_probability(arr, shape: Sequence[int]) -> np.ndarray:
-    """A vessel probability map on the frame grid as float32, checked (InputError when unusable)."""
+def _as_probability(arr, shape: Sequence[int]) -> Optional[np.ndarray]:
+    """A vessel probability map on the frame grid as float32, checked (InputError when unusable);
+    None for None."""
+    if arr is None:
+        return None
     a = np.asarray(arr)
     if a.shape != tuple(shape):
         raise InputError(f"the vessel probability map has shape {a.shape}, the frame {tuple(shape)}")
@@ -820,12 +823,10 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     ``flow``: the model's path lengths on this frame (``filling.ProjectedFlow``): cnn+refine then
     registers only the part of the projection up to the contrast front that agrees best with the
     frame (``filling.filled_front``: vessels of the model without contrast in this frame are left
-    out), named in the warnings; the agreement metrics and the keep-the-start check judge that part,
-    and ``metrics["hidden_share"]`` says how much was left out (0 without). The registered mask is
-    always the whole projection. ``fixed_probability``: the segmentation's vessel probability that
-    ``fixed_mask`` thresholds (same shape, values in [0, 1]): cnn+refine's refinement fits it instead of
-    the mask; the network, the contrast front, the metrics and the checks keep the mask.
-    """
+    out), named in the warnings; the metrics and the keep-the-start check judge that part, and
+    ``metrics["hidden_share"]`` says how much was left out (0 without); the registered mask is the
+    whole projection. ``fixed_probability``: the segmentation's probability that ``fixed_mask``
+    thresholds, which cnn+refine's refinement fits instead of the mask."""
     if method not in METHODS:
         raise InputError(f"registration method must be one of {', '.join(METHODS)}, got {method!r}")
     module, entry, dev, size = _method_network(method, model, device, models_directory, fov)
@@ -833,8 +834,8 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     t0 = time.perf_counter()
     moving, shown, fixed, roi, window, mov_w, fix_w, box_w = prepare_pair(
         moving_frame_mask, fixed_mask, roi, margin, size, canvas, pad)
-    probability = None if fixed_probability is None else _as_probability(fixed_probability, fixed.shape)
-    warnings: List[str] = []
+    probability = _as_probability(fixed_probability, fixed.shape)
+    warnings, flags = [], []  # (lists of str)
     init_m, theta_init = _initial_affine(init, window)
     init_m = _initial_affine(prior, window)[0] if prior is not None else init_m  # what the result must beat
     # fitted: what the affine is judged by: the whole projection, or its part up to the contrast front
@@ -847,7 +848,6 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
         fitted = shown if registered_part is moving else (registered_part, roi)
     frame_matrix, problems = _checked_frame_matrix(theta, window, roi)
     seconds = time.perf_counter() - t0
-    flags: List[str] = []
     if np.all(np.isfinite(frame_matrix)):
         registered = _shown_warp(fitted, frame_matrix, fixed.shape)
         metrics = _frame_metrics(registered, fixed, frame_matrix, roi, window)
