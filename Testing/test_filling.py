@@ -153,6 +153,39 @@ def test_a_start_far_off_is_shifted_onto_the_frame_before_the_front_is_judged():
     assert (front.hidden & ~filled).sum() > 0.75 * unfilled
 
 
+def test_the_upper_field_of_view_judges_with_the_tighter_tolerance():
+    """An aorta as the upper field of view shows it: the ascending aorta filled, the arch, and the
+    descending aorta running beside it 10-12 px away without contrast. Within the 12 px tolerance the
+    unfilled descending aorta passes for filled and nothing is left out; within the upper field of
+    view's 8 px it is left out, and nothing filled is."""
+    size = 256
+    moving = np.zeros((size, size), bool)
+    length = np.full((size, size), np.inf, np.float32)
+    moving[40:221, 94:107] = True  # the ascending aorta, from its root (row 220) up
+    length[40:221, 94:107] = (220 - np.arange(40, 221))[:, None]
+    moving[38:43, 94:119] = True  # the arch
+    length[38:40, 94:107] = 180
+    length[38:43, 107:119] = 180 + np.arange(1, 13)[None, :]
+    moving[40:221, 116:119] = True  # the descending aorta, 10-12 px from the ascending one
+    length[43:221, 116:119] = (192 + np.arange(1, 179))[:, None]
+    assert np.isfinite(length[moving]).all()
+    filled = length <= 182
+    fixed = moving & filled
+    box = np.ones_like(moving)
+    descending = moving & (length > 192)
+
+    def never():
+        raise AssertionError("the start agrees: no network pass is needed")
+
+    assert filling.tolerance_for(None) == filling.tolerance_for("lower") == filling.TOLERANCE_PX == 12.0
+    wide = filling.filled_front(moving, fixed, box, length[None], None, never, filling.tolerance_for("lower"))
+    assert not wide.hidden.any()
+    tight = filling.filled_front(moving, fixed, box, length[None], None, never, filling.tolerance_for("upper"))
+    assert filling.tolerance_for("upper") == 8.0 and tight.at == "start"
+    assert not (tight.hidden & filled).any()
+    assert (tight.hidden & descending).sum() > 0.9 * descending.sum()
+
+
 def test_registration_leaves_out_the_vessels_beyond_the_front(bifurcation):
     """The contrast, injected at the top of the trunk, has filled the trunk and the first 40 % of each
     limb (a bolus front on its way, as in the descending aorta of a root injection), and the patient

@@ -17,14 +17,15 @@ so a pixel where a filled and an unfilled vessel overlap counts as filled.
 
 ``filled_front`` then chooses the end and the front, and with them the part of the projection up to
 the front, that agrees best with the frame's vessels: a Dice in which a pixel of the projection counts
-as covered when it lands within ``TOLERANCE_PX`` window pixels of a frame vessel, the frame's vessels
-counted inside the warped ROI. It judges at the start of the registration (the unregistered
+as covered when it lands within ``TOLERANCE_PX`` window pixels of a frame vessel (``UPPER_FOV_TOLERANCE_PX``
+in the upper field of view, where the aorta's parts lie close together in projection), the frame's
+vessels counted inside the warped ROI. It judges at the start of the registration (the unregistered
 projection, or the cine start), not at the network's affine: a network trained on whole projections
 has already dragged the unfilled vessels onto the filled ones, where they look filled. The tolerance
 covers the start's error up to a few millimetres; a start farther off would let filled vessels that
 do not yet lie on their image pass for unfilled ones, so the start is first moved by the translation
 of the projection that overlaps the frame's vessels most (``shifted_start``), where that translation
-is longer than half the tolerance. Where the start agrees too little for a judgement
+is longer than half the wider tolerance. Where the start agrees too little for a judgement
 (``MIN_START_SCORE``), it judges at the network's affine. The whole projection is kept unless a front
 gains at least ``MIN_GAIN`` and keeps at least ``MIN_KEEP`` of it.
 """
@@ -47,8 +48,11 @@ MAX_VOXELS = 4_000_000
 END_RADIUS_MM = 20.0
 MAX_ENDS = 32
 #: a projection pixel is covered when it lands within this many pixels (city-block distance, 256-pixel
-#: window) of a frame vessel
+#: window) of a frame vessel; in the upper field of view within UPPER_FOV_TOLERANCE_PX (``tolerance_for``):
+#: there the root, the ascending and the descending aorta lie close together in projection, and the
+#: wider tolerance lets an unfilled descending aorta beside a filled ascending aorta pass for filled
 TOLERANCE_PX = 12.0
+UPPER_FOV_TOLERANCE_PX = 8.0
 #: the part up to the front keeps at least this share of the projection inside the ROI
 MIN_KEEP = 0.3
 #: a front is taken only when its agreement exceeds the whole projection's by this much
@@ -57,8 +61,8 @@ MIN_GAIN = 0.01
 MIN_START_SCORE = 0.5
 #: the start is moved by the translation that overlaps the frame's vessels most (blurred by
 #: SHIFT_SIGMA_PX, searched within MAX_SHIFT of the window) before the judgement, when that
-#: translation is longer than SHIFT_GATE_PX (half the tolerance: a shorter one the tolerance covers);
-#: pixels of a 256-pixel window
+#: translation is longer than SHIFT_GATE_PX (half the wider tolerance: a shorter one the tolerance
+#: covers); pixels of a 256-pixel window
 SHIFT_GATE_PX = TOLERANCE_PX / 2.0
 SHIFT_SIGMA_PX = 3.0
 MAX_SHIFT = 0.25
@@ -287,14 +291,21 @@ def _mapped(matrix: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int
     return r, c, (c >= 0) & (r >= 0) & (c < size) & (r < size)
 
 
-def _covered(moving: np.ndarray, fixed: np.ndarray, box: np.ndarray, theta: np.ndarray):
+def tolerance_for(fov: Optional[str]) -> float:
+    """The coverage tolerance (pixels of a 256-pixel window) of a frame of field of view ``fov``
+    (upper, lower, or None when unknown)."""
+    return UPPER_FOV_TOLERANCE_PX if fov == "upper" else TOLERANCE_PX
+
+
+def _covered(moving: np.ndarray, fixed: np.ndarray, box: np.ndarray, theta: np.ndarray,
+             tolerance_px: float = TOLERANCE_PX):
     """``(rows, cols, covered, frame vessel pixels inside the warped ROI, area factor)`` under the
-    window Θ ``theta``: the projection's pixels, whether each lands within the tolerance of a frame
+    window Θ ``theta``: the projection's pixels, whether each lands within ``tolerance_px`` of a frame
     vessel, and the factor that turns the projection's pixels into areas on the fixed grid."""
     from scipy import ndimage
 
     size = moving.shape[-1]
-    reach = int(round(TOLERANCE_PX * size / 256.0))
+    reach = int(round(tolerance_px * size / 256.0))
     near = ndimage.binary_dilation(fixed, iterations=reach) if reach > 0 else fixed
     big = _h(theta)  # Θ (fixed grid -> moving sample point) as 3x3
 
@@ -337,9 +348,9 @@ def shifted_start(moving: np.ndarray, fixed: np.ndarray, theta: np.ndarray) -> T
     return (big @ shift)[:2], float(np.hypot(dx, dy))
 
 
-def _judge(moving, fixed, box, flow_w, theta, at: str) -> FillingFront:
+def _judge(moving, fixed, box, flow_w, theta, at: str, tolerance_px: float = TOLERANCE_PX) -> FillingFront:
     """The best front at ``theta`` (see the module docstring)."""
-    rows, cols, covered, n_vessels, area = _covered(moving, fixed, box, theta)
+    rows, cols, covered, n_vessels, area = _covered(moving, fixed, box, theta, tolerance_px)
     n = float(cols.size)
 
     def agreement(n_covered, n_kept):
@@ -367,18 +378,21 @@ def _judge(moving, fixed, box, flow_w, theta, at: str) -> FillingFront:
 
 
 def filled_front(moving_w: np.ndarray, fixed_w: np.ndarray, box_w: np.ndarray, flow_w: np.ndarray,
-                 theta_start: Optional[np.ndarray], network_theta: Callable[[], np.ndarray]) -> FillingFront:
+                 theta_start: Optional[np.ndarray], network_theta: Callable[[], np.ndarray],
+                 tolerance_px: float = TOLERANCE_PX) -> FillingFront:
     """The contrast front of a registration pair on its window (all images square, of one size):
     ``moving_w`` the projection inside the ROI, ``fixed_w`` the frame's vessels, ``box_w`` the ROI,
     ``flow_w`` from ``window_flow``; judged at ``theta_start`` (the window Θ of the start; None: the
     identity), moved by ``shifted_start`` where its shift is longer than ``SHIFT_GATE_PX``, or at
-    ``network_theta()`` where that start agrees less than ``MIN_START_SCORE``."""
+    ``network_theta()`` where that start agrees less than ``MIN_START_SCORE``; a pixel is covered
+    within ``tolerance_px`` (``tolerance_for`` the frame's field of view)."""
     moving, fixed, box = (np.asarray(a) > 0.5 for a in (moving_w, fixed_w, box_w))
     if theta_start is None:
         theta_start = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     shifted, shift = shifted_start(moving, fixed, theta_start)
     far = shift > SHIFT_GATE_PX * moving.shape[-1] / 256.0
-    front = _judge(moving, fixed, box, flow_w, shifted if far else theta_start, "shifted start" if far else "start")
+    front = _judge(moving, fixed, box, flow_w, shifted if far else theta_start, "shifted start" if far else "start",
+                   tolerance_px)
     if front.whole_score < MIN_START_SCORE:
-        front = _judge(moving, fixed, box, flow_w, network_theta(), "network")
+        front = _judge(moving, fixed, box, flow_w, network_theta(), "network", tolerance_px)
     return front

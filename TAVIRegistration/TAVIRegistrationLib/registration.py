@@ -844,7 +844,7 @@ def register_pair(moving_frame_mask, fixed_mask, roi: Sequence[int], method: str
     else:
         theta, registered_part, hidden_share = _network_affine(
             method, (module, dev, passes), flow, moving, fixed, roi, window, (mov_w, fix_w, box_w), theta_init,
-            refine_steps, warnings, probability)
+            refine_steps, warnings, probability, fov)
         fitted = shown if registered_part is moving else (registered_part, roi)
     frame_matrix, problems = _checked_frame_matrix(theta, window, roi)
     seconds = time.perf_counter() - t0
@@ -966,13 +966,13 @@ def _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes):
 
 
 def _network_affine(method: str, network, flow, moving: MovingMask, fixed, roi: Roi, window: Window, images,
-                    theta_init, refine_steps: int, warnings: List[str], probability=None
-                    ) -> Tuple[np.ndarray, MovingMask, float]:
+                    theta_init, refine_steps: int, warnings: List[str], probability=None,
+                    fov: Optional[str] = None) -> Tuple[np.ndarray, MovingMask, float]:
     """``(window Θ, the part of the projection registered, the share left out)`` of cnn and cnn+refine:
     ``network`` = (module, device, passes), ``images`` = the window images (moving, fixed, ROI box);
     cnn+refine with ``flow``: the part up to the contrast front (``_filling_front``), named in
-    ``warnings``; with ``probability`` (the segmentation's, on the frame grid), the refinement fits it
-    instead of the fixed mask."""
+    ``warnings``, its tolerance that of the frame's field of view ``fov``; with ``probability`` (the
+    segmentation's, on the frame grid), the refinement fits it instead of the fixed mask."""
     module, dev, passes = network
     mov_w, fix_w, box_w = images
     hidden_share = 0.0
@@ -983,7 +983,7 @@ def _network_affine(method: str, network, flow, moving: MovingMask, fixed, roi: 
         return whole[0][0][0].detach().cpu().double().numpy()
 
     front = None if flow is None or method != "cnn+refine" else _filling_front(flow, moving, images, window,
-                                                                               theta_init, network_on_whole)
+                                                                               theta_init, network_on_whole, fov)
     if front is not None:
         moving, front = front
         mov_w, hidden_share = moving.crop(window, mov_w.shape[-1]), front.share
@@ -998,16 +998,17 @@ def _network_affine(method: str, network, flow, moving: MovingMask, fixed, roi: 
     return th[0].detach().cpu().double().numpy(), moving, hidden_share
 
 
-def _filling_front(flow, moving: MovingMask, window_images, window: Window, theta_init, network_theta
-                   ) -> Optional[Tuple[MovingMask, Any]]:
+def _filling_front(flow, moving: MovingMask, window_images, window: Window, theta_init, network_theta,
+                   fov: Optional[str] = None) -> Optional[Tuple[MovingMask, Any]]:
     """``(the projection up to the contrast front, the filling.FillingFront)``, or None when the whole
     projection is kept: ``filling.filled_front`` on the window images (moving, fixed, ROI box), judged
-    from ``theta_init`` or at the window Θ ``network_theta()`` returns."""
-    from .filling import filled_front, window_flow
+    from ``theta_init`` or at the window Θ ``network_theta()`` returns, with the tolerance of the
+    frame's field of view ``fov``."""
+    from .filling import filled_front, tolerance_for, window_flow
 
     mov_w, fix_w, box_w = window_images
     front = filled_front(mov_w, fix_w, box_w, window_flow(flow, window, mov_w.shape[-1], mov_w), theta_init,
-                         network_theta)
+                         network_theta, tolerance_for(fov))
     if not front.hidden.any():
         return None
     hidden = window_mask_on_frame(front.hidden, window, moving.canvas.shape)
