@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/bench_contrast_front.py --data PHANTOM_DIR [--frames 48] [--json]
 
 For frames spread over a ``tavireg phantom`` data set (its true vessel masks as fixed images, the
-ROI of ``evaluate reg``), ``registration.register_pair`` runs alternately with the model's path
-lengths (``filling``) and without them, twice each, in one process, so that both see the same
-frames, the same warm caches and the same machine load. Reported: the median time per frame of each
+ROI of ``evaluate reg``, the frame's field of view), ``registration.register_pair`` runs alternately
+with the model's path lengths (``filling``) and without them, twice each, in one process, so that
+both see the same frames, the same warm caches and the same machine load. Reported: the median time per frame of each
 (what ``RegistrationResult.seconds`` measures plus projecting the vertices on the frame), and the
 one-off time per model of ``filling.vessel_flow``.
 """
@@ -53,13 +53,14 @@ def main(argv=None) -> int:
         if roi is None:
             continue
         if not times["whole"]:  # the networks loaded outside the timing
-            registration.register_pair(truth.projection_nominal, truth.mask, roi, "cnn+refine")
+            registration.register_pair(truth.projection_nominal, truth.mask, roi, "cnn+refine", fov=row["fov"])
         for kind in ("whole", "front", "front", "whole"):
             t0 = time.perf_counter()
             projected = None
             if kind == "front":
                 projected = flow.project(projection_matrix(series_geometry(series[row["series"]])))
-            registration.register_pair(truth.projection_nominal, truth.mask, roi, "cnn+refine", flow=projected)
+            registration.register_pair(truth.projection_nominal, truth.mask, roi, "cnn+refine", fov=row["fov"],
+                                       flow=projected)
             times[kind].append(time.perf_counter() - t0)
     result = {"frames": len(times["front"]) // 2,
               "median_ms_front": 1000 * statistics.median(times["front"]),
