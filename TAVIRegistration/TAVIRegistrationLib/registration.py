@@ -944,9 +944,7 @@ def _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes):
     import torch
 
     with torch.no_grad():
-        mv = torch.from_numpy(mov_w)[None, None].to(dev)
-        fx = torch.from_numpy(fix_w)[None, None].to(dev)
-        bx = torch.from_numpy(box_w)[None, None].to(dev)
+        mv, fx, bx = (_window_tensor(a, dev) for a in (mov_w, fix_w, box_w))
         th0 = None
         if theta_init is not None:
             th0 = torch.as_tensor(theta_init, dtype=torch.float32, device=dev)[None]
@@ -991,9 +989,12 @@ def _network_affine(method: str, network, flow, moving: MovingMask, fixed, roi: 
         whole.clear()  # the network sees the part up to the front instead
     th, th0, net_inputs = whole[0] if whole else _network_theta(module, dev, mov_w, fix_w, box_w, theta_init, passes)
     if method == "cnn+refine" and refine_steps > 0:
-        if mov_w.shape[-1] != REFINE_SIZE or probability is not None:
-            net_inputs = _window_tensors(moving, fixed if probability is None else probability, roi, window,
-                                         REFINE_SIZE, dev)
+        refine_fixed = fixed if probability is None else probability
+        if mov_w.shape[-1] != REFINE_SIZE:
+            net_inputs = _window_tensors(moving, refine_fixed, roi, window, REFINE_SIZE, dev)
+        elif probability is not None:  # the network's moving and ROI images, the probability as fixed
+            net_inputs = (net_inputs[0], _window_tensor(crop_window(probability, window, REFINE_SIZE), dev),
+                          net_inputs[2])
         th = _refined_theta(th, th0, net_inputs, refine_steps, warnings)
     return th[0].detach().cpu().double().numpy(), moving, hidden_share
 
@@ -1027,11 +1028,16 @@ def window_mask_on_frame(mask_w: np.ndarray, window: Window, shape: Sequence[int
     return out
 
 
-def _window_tensors(moving: MovingMask, fixed, roi: Roi, window: Window, size: int, dev):
-    """(moving, fixed, ROI box) cropped to the window at ``size`` pixels, as (1, 1, size, size) tensors."""
+def _window_tensor(image_w: np.ndarray, dev):
+    """A window image (size x size) as a (1, 1, size, size) tensor on ``dev``."""
     import torch
 
-    return tuple(torch.from_numpy(a)[None, None].to(dev) for a in (
+    return torch.from_numpy(image_w)[None, None].to(dev)
+
+
+def _window_tensors(moving: MovingMask, fixed, roi: Roi, window: Window, size: int, dev):
+    """(moving, fixed, ROI box) cropped to the window at ``size`` pixels, as (1, 1, size, size) tensors."""
+    return tuple(_window_tensor(a, dev) for a in (
         moving.crop(window, size), crop_window(fixed, window, size), box_window(roi, window, size)))
 
 
